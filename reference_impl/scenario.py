@@ -1,0 +1,187 @@
+"""Scenario data: the parsed form of a scenario file (../shared/spec/scenario-contract.md).
+
+Plain frozen dataclasses shared by the loader (harness.loader, which validates TOML and names the file and
+key of every error), the real-QEMU executor and the reference model. Both backends consume the same
+expanded step list (:func:`expand_steps`), so they cannot disagree about what a scenario means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+ACTIONS = (
+    "set-capabilities",
+    "set-parameters",
+    "migrate",
+    "start-postcopy",
+    "cancel",
+    "wait",
+    "cont",
+    "stop",
+    "snapshot-save",
+    "qmp",
+)
+SIDES = ("source", "destination", "both")
+TRANSPORTS = ("tcp", "unix", "file", "exec")
+MODES = ("precopy", "postcopy", "background-snapshot")
+ACCELS = ("auto", "kvm", "tcg")
+REQUIREMENTS = ("kvm", "uffd", "uffd-wp", "vfio", "guest")
+PERSONALITIES = ("migratable", "no-p2p", "no-precopy", "no-dirty-logging", "no-migration")
+
+# Capabilities the destination must share with the source (contract: "How a scenario is executed").
+DESTINATION_CAPABILITIES = frozenset(
+    {
+        "postcopy-ram",
+        "multifd",
+        "x-ignore-shared",
+        "return-path",
+        "switchover-ack",
+        "postcopy-preempt",
+        "mapped-ram",
+    }
+)
+DESTINATION_PARAMETERS = frozenset({"multifd-channels", "multifd-compression"})
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One ``[[vm.device]]``: ``-device DRIVER,id=ID,KEY=VALUE...``.
+
+    ``personality`` is meaningful for vfio-pci only: what the VFIO provider must supply.
+    """
+
+    driver: str
+    id: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+    personality: str | None = None
+
+    def device_arg(self, extra: Mapping[str, str] | None = None) -> str:
+        """The ``-device`` value; ``extra`` (e.g. a provider's ``sysfsdev``) comes right after the driver."""
+        parts = [self.driver]
+        for key, value in (extra or {}).items():
+            parts.append(f"{key}={value}")
+        if self.id is not None:
+            parts.append(f"id={self.id}")
+        for key, value in self.properties.items():
+            parts.append(f"{key}={value}")
+        return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """One VM's configuration: ``[vm]`` merged with ``[source]`` or ``[destination]``."""
+
+    machine: str = "q35"
+    memory: str = "256M"
+    accel: str = "auto"
+    cpu: str | None = None
+    only_migratable: bool = False
+    args: tuple[str, ...] = ()
+    devices: tuple[DeviceSpec, ...] = ()
+
+    @property
+    def vfio_devices(self) -> tuple[DeviceSpec, ...]:
+        return tuple(d for d in self.devices if d.driver == "vfio-pci")
+
+
+@dataclass(frozen=True)
+class MigrationSpec:
+    """``[migration]``: the common case, expanded into steps by :func:`expand_steps`."""
+
+    capabilities: Mapping[str, bool] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    transport: str = "tcp"
+    mode: str = "precopy"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ``[[step]]`` (or one step of the ``[migration]`` expansion).
+
+    ``transport`` applies to ``migrate`` (default: the scenario's [migration] transport, else tcp).
+    ``command``/``arguments`` apply to ``qmp``.
+    """
+
+    action: str
+    side: str = "source"
+    capabilities: Mapping[str, bool] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    transport: str | None = None
+    command: str | None = None
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    # snapshot-save: the tag and job id (defaults are filled by the executor)
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    description: str = ""
+    requires: tuple[str, ...] = ()
+    source: VmSpec = field(default_factory=VmSpec)
+    destination: VmSpec = field(default_factory=VmSpec)
+    migration: MigrationSpec | None = None
+    steps: tuple[Step, ...] = ()
+    # Extensions (compatible with the contract): where the scenario came from, and free-form tags.
+    path: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @property
+    def expanded_steps(self) -> tuple[Step, ...]:
+        return expand_steps(self)
+
+    def with_source(self, **changes: Any) -> Scenario:
+        return replace(self, source=replace(self.source, **changes))
+
+
+def expand_steps(scenario: Scenario) -> tuple[Step, ...]:
+    """The step list both backends execute.
+
+    Explicit ``[[step]]`` tables win; otherwise ``[migration]`` expands as the contract says:
+    set-capabilities source, then destination (shared subset); set-parameters likewise; migrate;
+    start-postcopy (mode postcopy); wait. Mode background-snapshot adds the capability and writes to a
+    file unless the scenario chose exec.
+    """
+    if scenario.steps:
+        return scenario.steps
+    mig = scenario.migration
+    if mig is None:
+        return ()
+    caps = dict(mig.capabilities)
+    transport = mig.transport
+    if mig.mode == "background-snapshot":
+        caps.setdefault("background-snapshot", True)
+        if transport not in ("file", "exec"):
+            transport = "file"
+    steps: list[Step] = []
+    if caps:
+        steps.append(Step("set-capabilities", "source", capabilities=caps))
+        dest_caps = {k: v for k, v in caps.items() if k in DESTINATION_CAPABILITIES}
+        if dest_caps:
+            steps.append(Step("set-capabilities", "destination", capabilities=dest_caps))
+    if mig.parameters:
+        steps.append(Step("set-parameters", "source", parameters=dict(mig.parameters)))
+        dest_params = {k: v for k, v in mig.parameters.items() if k in DESTINATION_PARAMETERS}
+        if dest_params:
+            steps.append(Step("set-parameters", "destination", parameters=dest_params))
+    steps.append(Step("migrate", "source", transport=transport))
+    if mig.mode == "postcopy":
+        steps.append(Step("start-postcopy", "source"))
+    steps.append(Step("wait", "source"))
+    return tuple(steps)
+
+
+def migrate_transport(scenario: Scenario, step: Step) -> str:
+    """The transport a ``migrate`` step uses."""
+    if step.transport is not None:
+        return step.transport
+    if scenario.migration is not None:
+        if scenario.migration.mode == "background-snapshot" and scenario.migration.transport not in (
+            "file",
+            "exec",
+        ):
+            return "file"
+        return scenario.migration.transport
+    return "tcp"
