@@ -92,7 +92,14 @@ if [ ! -x "$q72/usr/bin/qemu-system-x86_64" ] || [ ! -f "$q72/.complete" ]; then
   echo "$ver" > "$q72/.complete"
 fi
 
-# --- 4. virtual environment ---------------------------------------------------------------------------
+# --- 4. the parts' own set-up: the VFIO lab's and the guest images' build tools ---------------------------
+for part in setup-lab.sh setup-guest.sh; do
+  if [ -f "$here/scripts/$part" ]; then
+    bash "$here/scripts/$part"
+  fi
+done
+
+# --- 5. virtual environment ---------------------------------------------------------------------------
 venv="$here/.venv"
 stamp="$venv/.migconform-installed"
 if [ ! -x "$venv/bin/python" ]; then
