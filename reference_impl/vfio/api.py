@@ -11,6 +11,17 @@ Device names: QEMU names a VFIO device by ``vbasedev->name`` (the host BDF, or t
 cannot know it, so it writes the placeholder ``<ID>`` (the device's ``id`` property, or
 ``vfio-pci#N`` for the N-th unnamed vfio-pci device, counting from 0). The comparison replaces each host
 name the provider allocated with the same placeholder.
+
+Predicting a migration that ``migrate`` accepts but that fails (additive, VFIO helper): the registered
+handlers are :class:`reference_impl.vfio.handlers.VfioSaveHandlers`. Once ``qemu_savevm_state_prepare``
+has passed, call :func:`reference_impl.vfio.handlers.vfio_migration_failure` with the VM's handlers and the
+same :class:`~reference_impl.savevm.PrepareContext`; it returns the source's ``error-desc`` (e.g.
+"ram_save_setup failed: Operation not supported" when the device advertises DMA logging but the host's
+report fails, HostFacts.vfio_dirty_report_works=False) and the migration's verdict is then ``failed``, or
+None when VFIO does not make it fail. ``VfioSaveHandlers.migration_failure(ctx)`` is the per-device part
+(it ignores the rule that device tracking is used only when every device of the container supports it).
+The device-state sequences QEMU drives, for comparison with VFIO_MIGRATION events, are in
+:mod:`reference_impl.vfio.sequences`.
 """
 
 from __future__ import annotations
@@ -56,3 +67,7 @@ class VfioRealized:
     handler: SaveVMHandlers | None = None
     # warn_report lines (not compared; informational).
     warnings: list[str] = field(default_factory=list)
+    # The device's own migration blocker (vbasedev->migration_blocker), already added to the VM's
+    # MigrationBlockers; None when it has none. Global blockers (multiple devices; 8.0's vIOMMU) are not
+    # listed here. Any per-device blocker hides ``vfio`` in query-migrate (realize.vfio_mig_active).
+    blocker: str | None = None

@@ -1,0 +1,399 @@
+"""``migconform``: the command line (also ``python -m harness``).
+
+Exit status (contract): 0 when every compared scenario agrees (skips allowed and counted), 1 when any
+diverges or errs (or an interrupted run left items unrun), 2 for bad usage, unusable binaries or
+unloadable scenarios. Results files are written while the run goes, so Ctrl-C keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from harness import results as results_io
+from harness.loader import ScenarioError, load_scenarios
+from harness.report import console, html, junit
+from harness.results import Results
+from harness.runner import (
+    BACKENDS,
+    ProviderUnavailable,
+    RunOptions,
+    Target,
+    parse_shard,
+    run_sync,
+    select_shard,
+    target_for_profile,
+    targets_for_binaries,
+)
+from reference_impl.scenario import Scenario
+from reference_impl.versions import profile_for
+
+if TYPE_CHECKING:
+    from harness.binaries import QemuBinary
+    from harness.vfio.allocator import VfioDeviceAllocator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUITE_ENV = "MIGCONFORM_SUITE"
+
+
+class UsageError(Exception):
+    """Bad usage the user can fix (exit status 2)."""
+
+
+def suite_path() -> Path:
+    """The bundled scenario suite: ``$MIGCONFORM_SUITE``, else the repository's, else the current folder's."""
+    override = os.environ.get(SUITE_ENV)
+    if override:
+        return Path(override)
+    for base in (REPO_ROOT, Path.cwd()):
+        candidate = base / "tests" / "conformance" / "scenarios"
+        if candidate.is_dir():
+            return candidate
+    raise UsageError(f"cannot find the bundled suite (tests/conformance/scenarios); set {SUITE_ENV}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool = False) -> None:
+    parser.add_argument(
+        "--qemu",
+        action="append",
+        default=[],
+        metavar="BINARY",
+        help="QEMU binary to test (repeatable; default: $QEMU_BINARY, the set-up script's versions, PATH)",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="both", help="default: both (QEMU and the model)")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="VERSION",
+        help="model profile for --backend reference (repeatable), e.g. 8.2",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="outcome records and comparisons")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="JUnit XML, one testcase per scenario x version")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="HTML report")
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N", help="scenarios run in parallel"
+    )
+    parser.add_argument("--shard", metavar="K/N", help="run only the K-th of N stable slices of the scenarios")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="bound of each wait (default 60)")
+    parser.add_argument("--vfio-provider", metavar="NAME", help="where VFIO devices come from (e.g. mtty)")
+    parser.add_argument(
+        "--vfio-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the VFIO provider (repeatable), e.g. variant=iovabm for mtty",
+    )
+    parser.add_argument(
+        "--vfio-device", action="append", default=[], metavar="BDF", help="a real host device for VFIO (repeatable)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migconform",
+        description="Conformance harness for QEMU live migration: real QEMU against a reference model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run scenario files or folders")
+    run.add_argument("paths", nargs="+", metavar="PATH", help="scenario files or folders of them")
+    _add_run_options(run)
+
+    conf = sub.add_parser("conformance", help="run the bundled suite; results/ gets JSON, JUnit and HTML")
+    _add_run_options(conf)
+    conf.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR", help="default: results/")
+
+    merge = sub.add_parser("merge", help="merge results files (e.g. shards)")
+    merge.add_argument("inputs", nargs="+", type=Path, metavar="RESULTS.json")
+    merge.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json")
+    merge.add_argument("--junit", type=Path, metavar="FILE")
+    merge.add_argument("--html", type=Path, metavar="FILE")
+
+    report = sub.add_parser("report", help="render a results file")
+    report.add_argument("results", type=Path, metavar="RESULTS.json")
+    report.add_argument("--html", type=Path, metavar="OUT.html")
+    report.add_argument("--junit", type=Path, metavar="OUT.xml")
+
+    sub.add_parser("qemus", help="the QEMU binaries found, their accelerators and host facts")
+
+    sweep = sub.add_parser("sweep", help="every capability set of --size, model against QEMU")
+    sweep.add_argument("--qemu", action="append", default=[], metavar="BINARY")
+    sweep.add_argument("--backend", choices=BACKENDS, default="both", help="default: both (QEMU and the model)")
+    sweep.add_argument("--size", type=_positive_int, default=2, metavar="K", help="capabilities per set (default 2)")
+    sweep.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N")
+    sweep.add_argument("--transports", default="tcp,file", help="comma-separated (default tcp,file)")
+    sweep.add_argument("--modes", default="precopy,postcopy,background-snapshot", help="comma-separated")
+    sweep.add_argument("--shard", metavar="K/N", help="only the K-th of N slices of the generated scenarios")
+    sweep.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N generated scenarios")
+    sweep.add_argument(
+        "--timeout", type=float, default=20.0, metavar="S", help="bound of each wait (default 20: the VMs are tiny)"
+    )
+    sweep.add_argument("--json", type=Path, metavar="FILE")
+    sweep.add_argument("--html", type=Path, metavar="FILE")
+    sweep.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _binaries(paths: Sequence[str]) -> list[QemuBinary]:
+    from harness.binaries import discover_binaries, load_binary
+    from harness.errors import BinaryError
+
+    try:
+        if paths:
+            return [load_binary(p, origin="--qemu") for p in paths]
+        found = discover_binaries()
+    except BinaryError as exc:
+        raise UsageError(f"unusable QEMU binary: {exc}") from None
+    if not found:
+        raise UsageError("no QEMU binary found: pass --qemu BINARY, set QEMU_BINARY, or run scripts/setup.sh")
+    return found
+
+
+def _targets(args: argparse.Namespace) -> list[Target]:
+    if args.profile:
+        if args.backend != "reference":
+            raise UsageError("--profile applies to --backend reference only (with QEMU the binary sets the version)")
+        if args.qemu:
+            raise UsageError("--profile and --qemu exclude each other (the model runs at the profile's version)")
+        targets = []
+        for text in args.profile:
+            try:
+                profile_for(text)
+                targets.append(target_for_profile(text))
+            except ValueError as exc:
+                raise UsageError(f"--profile {text}: {exc}") from None
+        return targets
+    return targets_for_binaries(_binaries(args.qemu))
+
+
+def _write_reports(res: Results, json_path: Path | None, junit_path: Path | None, html_path: Path | None) -> None:
+    if json_path is not None:
+        results_io.save(res, json_path)
+    if junit_path is not None:
+        results_io.write_atomic(junit_path, junit.render(res))
+    if html_path is not None:
+        results_io.write_atomic(html_path, html.render(res))
+
+
+def _vfio_options(items: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--vfio-option expects KEY=VALUE, not {item!r}")
+        options[key] = value
+    return options
+
+
+def _host_allocator(args: argparse.Namespace) -> VfioDeviceAllocator | None:
+    """Real host devices from --vfio-device (and $MIGCONFORM_VFIO_DEVICES), inspected before any QEMU runs."""
+    from harness.vfio.host import HostDeviceAllocator, configured_devices, inspect
+
+    names = configured_devices(args.vfio_device)
+    if not names:
+        return None
+    if args.vfio_provider:
+        raise UsageError("--vfio-device and --vfio-provider exclude each other (one source of VFIO devices)")
+    try:
+        devices = [inspect(name) for name in names]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not any(d.usable for d in devices):
+        problems = "; ".join(f"{d.name}: {', '.join(d.problems)}" for d in devices)
+        raise UsageError(f"no usable VFIO device: {problems}")
+    for d in devices:
+        if not d.usable:
+            sys.stderr.write(f"migconform: warning: VFIO device {d.name} unusable: {', '.join(d.problems)}\n")
+    return HostDeviceAllocator(devices)
+
+
+def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Path | None, ...]) -> int:
+    json_path, junit_path, html_path = outputs
+    if args.shard:
+        try:
+            k, n = parse_shard(args.shard)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        scenarios = select_shard(scenarios, k, n)
+    targets = _targets(args)
+    options = RunOptions(
+        backend=args.backend,
+        jobs=args.jobs,
+        json_path=json_path,
+        timeout=args.timeout,
+        vfio_provider=args.vfio_provider,
+        vfio_options=_vfio_options(args.vfio_option),
+        allocator=_host_allocator(args) if args.backend != "reference" else None,
+        progress=None if args.quiet else sys.stderr,
+        meta={"argv": sys.argv[1:], "shard": args.shard},
+    )
+    res = run_sync(scenarios, targets, options)
+    _write_reports(res, json_path, junit_path, html_path)
+    if not args.quiet:
+        sys.stdout.write(console.render(res))
+    return 0 if res.passed else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scenarios = load_scenarios(args.paths)
+    return _run(args, scenarios, (args.json, args.junit, args.html))
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    scenarios = load_scenarios([suite_path()])
+    out: Path = args.results_dir
+    outputs = (
+        args.json or out / "results.json",
+        args.junit or out / "junit.xml",
+        args.html or out / "report.html",
+    )
+    status = _run(args, scenarios, outputs)
+    if not args.quiet:
+        sys.stderr.write("results: " + ", ".join(str(p) for p in outputs if p is not None) + "\n")
+    return status
+
+
+def _load_results(path: Path) -> Results:
+    try:
+        return results_io.load(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    merged = results_io.merge(_load_results(p) for p in args.inputs)
+    _write_reports(merged, args.output, args.junit, args.html)
+    sys.stdout.write(console.render(merged))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    res = _load_results(args.results)
+    _write_reports(res, None, args.junit, args.html)
+    sys.stdout.write(console.render(res))
+    return 0
+
+
+def cmd_qemus(args: argparse.Namespace) -> int:
+    from harness.binaries import discover_binaries
+    from harness.probe import format_qemus
+
+    sys.stdout.write(format_qemus(discover_binaries()).rstrip("\n") + "\n")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness.sweep import SweepError, binary_capabilities, sweep_scenarios
+
+    transports = [t for t in args.transports.split(",") if t]
+    modes = [m for m in args.modes.split(",") if m]
+    for value, allowed, flag in (
+        (transports, ("tcp", "unix", "file", "exec"), "--transports"),
+        (modes, ("precopy", "postcopy", "background-snapshot"), "--modes"),
+    ):
+        for item in value:
+            if item not in allowed:
+                raise UsageError(f"{flag}: unknown {item!r} (allowed: {', '.join(allowed)})")
+    combined = Results()
+    parts: list[Results] = []
+    status = 0
+    for target in targets_for_binaries(_binaries(args.qemu)):
+        assert target.binary is not None
+        try:
+            caps = binary_capabilities(target.binary)
+        except SweepError as exc:
+            raise UsageError(str(exc)) from None
+        scenarios = sweep_scenarios(caps, size=args.size, transports=transports, modes=modes)
+        if args.shard:
+            try:
+                k, n = parse_shard(args.shard)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            scenarios = select_shard(scenarios, k, n)
+        if args.limit:
+            scenarios = scenarios[: args.limit]
+        started = time.monotonic()
+        if not args.quiet:
+            sys.stderr.write(f"sweep {target.column}: {len(caps)} capabilities, {len(scenarios)} scenarios\n")
+        options = RunOptions(
+            backend=args.backend,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            progress=None if args.quiet else sys.stderr,
+            meta={"argv": sys.argv[1:], "sweep_size": args.size},
+        )
+        part = run_sync(scenarios, [target], options)
+        part.meta["sweep_seconds"] = round(time.monotonic() - started, 1)
+        parts.append(part)
+        if not part.passed:
+            status = 1
+        if not args.quiet:
+            counts = part.counts()
+            sys.stderr.write(
+                f"sweep {target.column}: {len(scenarios)} scenarios in {part.meta['sweep_seconds']} s: "
+                + ", ".join(f"{v} {k}" for k, v in counts.items())
+                + "\n"
+            )
+    combined = results_io.merge(parts)
+    _write_reports(combined, args.json, None, args.html)
+    lines = []
+    for c in combined.diverged:
+        diffs = "; ".join(f"{k}: {ref!r} | {qemu!r}" for k, (ref, qemu) in c.differences.items())
+        lines.append(f"DIVERGE {c.scenario} [{c.qemu_version}]: {diffs}")
+    for e in combined.errors:
+        lines.append(f"ERROR {e.scenario} [{e.column}] {e.backend}: {e.error.splitlines()[-1]}")
+    counts = combined.counts()
+    lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
+    sys.stdout.write("\n".join(lines) + "\n")
+    return status
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "conformance": cmd_conformance,
+    "merge": cmd_merge,
+    "report": cmd_report,
+    "qemus": cmd_qemus,
+    "sweep": cmd_sweep,
+}
+
+
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"migconform: error: {message}\n")
+    raise SystemExit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ScenarioError as exc:
+        _fail(str(exc))
+    except (UsageError, ProviderUnavailable) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.stderr.write("migconform: interrupted; results written so far are kept\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

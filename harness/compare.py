@@ -1,0 +1,152 @@
+"""Comparing the model's outcome with real QEMU's.
+
+The record keeps QEMU's messages exactly as printed (contract); only the comparison normalises the parts
+that depend on the host rather than on QEMU's logic: the VFIO device's host name, mdev UUIDs, PCI
+addresses, temporary file paths and TCP ports. The model writes ``<device-id>`` where QEMU prints a VFIO
+device's host name (reference_impl/vfio/api.py), so the allocated host names are mapped to the same
+placeholders before the generic patterns run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reference_impl.outcome import Outcome, VmState
+
+CONTRACT_FIELDS = (
+    "verdict",
+    "stage",
+    "error",
+    "source.status",
+    "source.runstate",
+    "destination.status",
+    "destination.runstate",
+)
+# Extensions compared only when both backends produced them.
+EXTENSION_FIELDS = ("vfio_states", "events", "guest")
+
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+_PCI = re.compile(r"\b[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b")
+# host:port after an IPv4 address, localhost or a bracketed IPv6 address
+_PORT = re.compile(r"((?:\d{1,3}\.){3}\d{1,3}|localhost|\[[0-9a-fA-F:.]*\]):\d{1,5}\b")
+# An absolute path with at least two components, not glued to a word or a placeholder.
+_PATH = re.compile(r"(?<![\w<>.~/-])/[\w.+-]+(?:/[\w.+@-]*)+")
+
+
+def normalise(
+    text: str | None, vfio_names: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+) -> str | None:
+    """``text`` with host-specific parts replaced by placeholders (identity for None).
+
+    ``vfio_names`` maps device ids to host names (pairs, when one id has a host name on each side).
+    """
+    if text is None:
+        return None
+    pairs = list(vfio_names.items()) if isinstance(vfio_names, Mapping) else list(vfio_names or ())
+    # Longest host names first, so that a name that is a prefix of another is not replaced inside it.
+    for device_id, host_name in sorted(pairs, key=lambda item: -len(item[1])):
+        if host_name:
+            text = text.replace(host_name, f"<{device_id}>")
+    text = _UUID.sub("<uuid>", text)
+    text = _PCI.sub("<pci>", text)
+    text = _PORT.sub(r"\1:<port>", text)
+    text = _PATH.sub("<path>", text)
+    return text
+
+
+@dataclass
+class Comparison:
+    """One scenario on one QEMU version: ``differences`` maps a field to ``[reference, qemu]``."""
+
+    scenario: str
+    qemu_version: str
+    agree: bool
+    differences: dict[str, list[Any]] = field(default_factory=dict)
+    # extension: the report column when two binaries share a version (e.g. a mutant build)
+    column: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "scenario": self.scenario,
+            "qemu_version": self.qemu_version,
+            "agree": self.agree,
+            "differences": self.differences,
+        }
+        if self.column is not None and self.column != self.qemu_version:
+            out["column"] = self.column
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Comparison:
+        return cls(
+            scenario=str(data["scenario"]),
+            qemu_version=str(data["qemu_version"]),
+            agree=bool(data["agree"]),
+            differences={str(k): list(v) for k, v in dict(data.get("differences") or {}).items()},
+            column=data.get("column"),
+        )
+
+
+def _vm_field(state: VmState | None, name: str) -> str | None:
+    return None if state is None else str(getattr(state, name))
+
+
+def _field_value(outcome: Outcome, name: str, vfio_names: list[tuple[str, str]] | None) -> Any:
+    if name == "error":
+        return normalise(outcome.error, vfio_names)
+    if "." in name:
+        side, attr = name.split(".", 1)
+        return _vm_field(outcome.source if side == "source" else outcome.destination, attr)
+    return getattr(outcome, name)
+
+
+def _without_empty(value: Any) -> Any:
+    """``{"source": [...], "destination": []}`` and ``{"source": [...]}`` say the same: no events there."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v not in ([], {}, None)}
+    return value
+
+
+def skip_reason(reference: Outcome, qemu: Outcome) -> str | None:
+    """Why this pair is not compared, or None when it is."""
+    if qemu.verdict == "skipped":
+        return f"qemu: {qemu.skip_reason or 'skipped'}"
+    if reference.verdict == "skipped":
+        return f"reference: {reference.skip_reason or 'skipped'}"
+    return None
+
+
+def compare(reference: Outcome, qemu: Outcome, column: str | None = None) -> Comparison:
+    """Compare the contract's fields (after normalisation) and the extensions both sides have.
+
+    Callers check :func:`skip_reason` first: a skipped side has nothing to compare.
+    """
+    # Each QEMU launch gets its own host device, so the destination's names differ from the source's.
+    vfio_names = [
+        (str(device_id), str(host_name))
+        for key in ("vfio_names", "vfio_names_destination")
+        for device_id, host_name in dict(qemu.extra.get(key) or {}).items()
+    ]
+    differences: dict[str, list[Any]] = {}
+    for name in CONTRACT_FIELDS:
+        ref_value = _field_value(reference, name, None)
+        qemu_value = _field_value(qemu, name, vfio_names)
+        if name == "error":
+            ref_value = normalise(reference.error, None)
+        if ref_value != qemu_value:
+            differences[name] = [ref_value, qemu_value]
+    for name in EXTENSION_FIELDS:
+        ref_ext = _without_empty(getattr(reference, name))
+        qemu_ext = _without_empty(getattr(qemu, name))
+        if ref_ext is not None and qemu_ext is not None and ref_ext != qemu_ext:
+            differences[name] = [ref_ext, qemu_ext]
+    return Comparison(
+        scenario=qemu.scenario,
+        qemu_version=qemu.qemu_version,
+        agree=not differences,
+        differences=differences,
+        column=column,
+    )

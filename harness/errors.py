@@ -1,0 +1,112 @@
+"""The errors the real-QEMU driver raises, as one hierarchy.
+
+Callers catch :class:`MigconformError` for "something about the QEMU under test went wrong" and the
+subclasses when they need the details: the executor turns a :class:`QemuLaunchError` into a ``startup``
+refusal, a :class:`QmpCommandError` into a refusal at the step that sent it, and :class:`VmDied` into a
+``failed`` verdict. Every error carries what a user needs to act without re-running: the argv, QEMU's own
+words, and which side it was.
+
+Hierarchy::
+
+    MigconformError
+    ├── BinaryError          a QEMU binary that cannot be used (missing, not executable, no version)
+    ├── QemuLaunchError      QEMU refused to start (exited before QMP was up) or QMP never came up
+    ├── QmpError             talking to a running QEMU failed
+    │   ├── QmpCommandError  QEMU answered a command with an error (GenericError & co.)
+    │   └── QmpConnectionError  the QMP connection broke (usually: QEMU died)
+    ├── MigrationTimeout     a bounded wait ran out
+    └── VmDied               a QEMU process exited while the scenario still needed it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class MigconformError(Exception):
+    """Base class of every error the driver raises on purpose."""
+
+
+class BinaryError(MigconformError):
+    """A QEMU binary that cannot be used: the message names the path and what is wrong with it."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class QemuLaunchError(MigconformError):
+    """QEMU did not come up.
+
+    ``message`` is QEMU's own error line with the program-name and option prefixes removed (what the
+    outcome record's ``error`` holds); ``stderr`` is everything QEMU wrote, for the log.
+    ``exit_status`` is None when QEMU was still running but never offered QMP (then it was killed).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        exit_status: int | None,
+        stderr: str,
+        message: str,
+        log_path: str | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
+        self.exit_status = exit_status
+        self.stderr = stderr
+        self.message = message
+        self.log_path = log_path
+        how = "did not offer QMP in time" if exit_status is None else f"exited with status {exit_status}"
+        where = f" (log: {log_path})" if log_path else ""
+        super().__init__(f"QEMU {how}: {message}{where}\n  argv: {' '.join(self.argv)}")
+
+
+class QmpError(MigconformError):
+    """Talking to a running QEMU failed."""
+
+
+class QmpCommandError(QmpError):
+    """QEMU answered a QMP command with an error.
+
+    ``desc`` is QEMU's message exactly as sent (the outcome's ``error``), ``error_class`` its class
+    (usually GenericError).
+    """
+
+    def __init__(self, command: str, arguments: Mapping[str, Any], desc: str, error_class: str, side: str = "") -> None:
+        self.command = command
+        self.arguments = dict(arguments)
+        self.desc = desc
+        self.error_class = error_class
+        self.side = side
+        who = f"{side} " if side else ""
+        super().__init__(f"{who}QEMU refused {command} {self.arguments}: {error_class}: {desc}")
+
+
+class QmpConnectionError(QmpError):
+    """The QMP connection broke or could not be used (QEMU died, or closed the socket)."""
+
+
+class MigrationTimeout(MigconformError):
+    """A bounded wait ran out; ``what`` says what was awaited and ``last_seen`` the last state observed."""
+
+    def __init__(self, what: str, timeout: float, last_seen: str | None = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.last_seen = last_seen
+        seen = f" (last seen: {last_seen})" if last_seen is not None else ""
+        super().__init__(f"timed out after {timeout:g} s waiting for {what}{seen}")
+
+
+class VmDied(MigconformError):
+    """A QEMU process exited while it was still needed.
+
+    ``str()`` is the contract's error text: "<side> QEMU exited with status N: <last stderr line>".
+    """
+
+    def __init__(self, side: str, status: int | None, last_stderr_line: str) -> None:
+        self.side = side
+        self.status = status
+        self.last_stderr_line = last_stderr_line
+        super().__init__(f"{side} QEMU exited with status {status}: {last_stderr_line}")

@@ -1,0 +1,479 @@
+"""A scenario against a real QEMU binary: :func:`execute` returns the contract's :class:`Outcome`.
+
+This is the contract's section "How a scenario is executed", step for step (shared/spec/scenario-contract.md),
+so that a result means the same on every machine:
+
+- the source starts first; if QEMU refuses to start it, no destination is started (both sides null,
+  verdict refused, stage startup, error = QEMU's message without its prefixes);
+- the destination starts with ``-incoming defer``;
+- the steps are :func:`reference_impl.scenario.expand_steps` (the model executes the same list);
+- ``migrate`` over tcp/unix runs migrate-incoming on the destination first (tcp: 127.0.0.1 port 0, the
+  port read back), once; over file/exec the source writes into a private folder and ``wait`` loads the
+  stream into the destination after the source completed;
+- start-postcopy and cancel first wait (bounded) until the migration has left setup;
+- wait = until the source ends, then until the destination ends or dies, then one more second, so a QEMU
+  that crashes while cleaning up is seen as gone;
+- the first refused command ends the scenario; a VM that died is null and makes the verdict failed.
+
+Beyond the contract (recorded in the outcome's extensions): the ``events`` capability is switched on on
+both sides right after launch (no capability check involves it, fact sheet §1.3), so the outcome carries
+each side's MIGRATION status sequence; VFIO_MIGRATION device states; the accelerator used; the duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.binaries import QemuBinary
+from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, VmDied
+from harness.pair import END_STATUSES, MigrationPair
+from harness.probe import BinaryProbe, HostProbe, choose_accel, probe_binary, probe_host
+from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
+from reference_impl.outcome import Outcome, VmState
+from reference_impl.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
+
+# The contract's stage names for the actions that have one; other actions use their own name (an
+# extension: the contract allows new values).
+STAGE_OF_ACTION = {
+    "set-capabilities": "set-capabilities",
+    "set-parameters": "set-parameters",
+    "migrate": "migrate",
+    "start-postcopy": "start-postcopy",
+    "wait": "migration",
+}
+NO_VFIO_PROVIDER = "no VFIO provider: run with --vfio-provider mtty or --vfio-device BDF"
+# After the destination ended: how long to keep watching for a QEMU that dies while cleaning up.
+SETTLE_AFTER_WAIT_S = 1.0
+# Bound for start-postcopy / cancel waiting for the migration to leave setup.
+LEAVE_SETUP_TIMEOUT_S = 10.0
+SNAPSHOT_JOB_TIMEOUT_S = 30.0
+# After a failed or cancelled source: how long the destination gets to notice before we stop waiting.
+DESTINATION_AFTER_FAILURE_S = 5.0
+
+
+class _Refused(Exception):
+    """A command of the scenario was refused: ends the scenario with verdict refused at ``stage``."""
+
+    def __init__(self, stage: str, error: str) -> None:
+        self.stage = stage
+        self.error = error
+        super().__init__(f"{stage}: {error}")
+
+
+@dataclass
+class _Launch:
+    """What one VM needs besides its argv: the VFIO host devices allocated for this launch."""
+
+    argv: list[str]
+    allocated: list[AllocatedDevice] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # device id -> host name
+
+
+def vm_args(spec: VmSpec, accel: str, cpu: str | None) -> list[str]:
+    """The argv of one VM after the driver's own options: [vm] machine, memory, accel (+cpu),
+    only-migratable, the scenario's ``args`` verbatim, then the structured devices (added by the caller)."""
+    args = ["-machine", spec.machine, "-m", spec.memory, "-accel", accel]
+    use_cpu = spec.cpu if spec.cpu is not None else cpu
+    if use_cpu:
+        args += ["-cpu", use_cpu]
+    if spec.only_migratable:
+        args.append("-only-migratable")
+    args += list(spec.args)
+    return args
+
+
+def unmet_requirement(
+    scenario: Scenario, probe: BinaryProbe, host: HostProbe, allocator: VfioDeviceAllocator | None
+) -> str | None:
+    """Why the scenario cannot run here (the skip reason), or None."""
+    for need in scenario.requires:
+        if need == "kvm" and not probe.kvm.usable:
+            return f"requires KVM: {probe.kvm.reason}"
+        if need == "uffd" and not host.userfaultfd:
+            return f"requires userfaultfd: {host.userfaultfd_detail}"
+        if need == "uffd-wp" and not host.uffd_wp:
+            return f"requires UFFD write-protect: {host.uffd_wp_detail}"
+        if need == "vfio" and allocator is None:
+            return NO_VFIO_PROVIDER
+        if need == "guest":
+            return "requires a guest OS: the plain QEMU executor runs firmware-only VMs (no guest image given)"
+    if allocator is None and (scenario.source.vfio_devices or scenario.destination.vfio_devices):
+        return NO_VFIO_PROVIDER
+    return None
+
+
+class _ScenarioRun:
+    """One execution: the pair, where it is in the steps, and the outcome being filled in."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        binary: QemuBinary,
+        workdir: Path,
+        allocator: VfioDeviceAllocator | None,
+        timeout: float,
+        accels: tuple[str, str],
+        cpu: str | None,
+        outcome: Outcome,
+    ) -> None:
+        self.scenario = scenario
+        self.binary = binary
+        self.workdir = workdir
+        self.allocator = allocator
+        self.timeout = timeout
+        self.outcome = outcome
+        self.launches = {
+            "source": _Launch(vm_args(scenario.source, accels[0], cpu if accels[0] == "kvm" else None)),
+            "destination": _Launch(vm_args(scenario.destination, accels[1], cpu if accels[1] == "kvm" else None)),
+        }
+        self.pair: MigrationPair | None = None
+        self.migration_started = False
+        self.snapshot_count = 0
+
+    # ------------------------------------------------------------------ VFIO
+
+    def _allocate(self, side: str, spec: VmSpec) -> list[str]:
+        """The ``-device`` arguments of ``spec``'s structured devices, VFIO host sides allocated now
+        (once per launch: the mtty lab needs a fresh mdev for every QEMU, vfio-mtty-lab.md P4)."""
+        launch = self.launches[side]
+        args: list[str] = []
+        for device in spec.devices:
+            extra: Mapping[str, str] | None = None
+            if device.driver == "vfio-pci":
+                assert self.allocator is not None  # checked by unmet_requirement
+                allocated = self.allocator.allocate(device)
+                launch.allocated.append(allocated)
+                extra = allocated.properties
+                launch.names[device.id or f"vfio{len(launch.names)}"] = allocated.host_name
+                self._record_vfio_names()
+            args += ["-device", device.device_arg(extra)]
+        return args
+
+    def _release(self) -> None:
+        if self.allocator is None:
+            return
+        for launch in self.launches.values():
+            for allocated in launch.allocated:
+                with contextlib.suppress(Exception):
+                    self.allocator.release(allocated)
+            launch.allocated.clear()
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> None:
+        pair = MigrationPair(
+            self.binary,
+            self.launches["source"].argv,
+            self.launches["destination"].argv,
+            log_dir=self.workdir,
+            command_timeout=self.timeout,
+        )
+        self.pair = pair
+        try:
+            await self._run_pair(pair)
+        except VfioUnavailable as exc:
+            self.outcome.verdict = "skipped"
+            self.outcome.skip_reason = str(exc) or "the VFIO provider cannot supply this device"
+        finally:
+            await self._record_events(pair)
+            await pair.close()
+            self._release()
+
+    def _record_vfio_names(self) -> None:
+        names = self.launches["source"].names
+        if names:
+            self.outcome.extra["vfio_names"] = dict(names)
+        dest_names = self.launches["destination"].names
+        if dest_names:
+            self.outcome.extra["vfio_names_destination"] = dict(dest_names)
+
+    async def _run_pair(self, pair: MigrationPair) -> None:
+        pair.source.append_args(self._allocate("source", self.scenario.source))
+        try:
+            await pair.start_source()
+        except QemuLaunchError as exc:
+            self._finish("refused", "startup", exc.message, None, None)
+            return
+        pair.destination.append_args(self._allocate("destination", self.scenario.destination))
+        try:
+            await pair.start_destination()
+        except QemuLaunchError as exc:
+            source = await pair.final_state("source")
+            self._finish("refused", "startup", exc.message, source, None)
+            return
+        try:
+            await self._enable_events(pair)
+            for step in expand_steps(self.scenario):
+                await self._step(pair, step)
+        except _Refused as refusal:
+            source, destination = await pair.final_states()
+            self._finish("refused", refusal.stage, refusal.error, source, destination)
+            return
+        except VmDied as died:
+            await self._finish_failed(pair, died_first=died)
+            return
+        except (MigrationTimeout, QmpConnectionError) as exc:
+            source, destination = await pair.final_states()
+            self._finish("failed", "migration", str(exc), source, destination)
+            return
+        await self._finish_failed(pair, died_first=None)
+
+    async def _enable_events(self, pair: MigrationPair) -> None:
+        for side in ("source", "destination"):
+            with contextlib.suppress(QmpCommandError):
+                await pair.set_capabilities(side, {"events": True})
+
+    async def _finish_failed(self, pair: MigrationPair, died_first: VmDied | None) -> None:
+        """The end of a run that was not refused: completed, or failed because a migration failed or a
+        VM died. Error precedence (contract): error-desc (source, then destination), then why a VM died,
+        then QEMU's last stderr line."""
+        source, destination = await pair.final_states()
+        descs: list[str] = []
+        statuses: list[str] = []
+        for side, state in (("source", source), ("destination", destination)):
+            if state is None:
+                continue
+            statuses.append(state.status)
+            if state.status == "failed":
+                with contextlib.suppress(Exception):
+                    desc = (await pair.side(side).query_migrate()).get("error-desc")
+                    if desc:
+                        descs.append(str(desc))
+        dead = [vm for vm in (pair.source, pair.destination) if vm.pid is not None and not vm.is_alive]
+        if not dead and died_first is None and "failed" not in statuses:
+            self._finish("completed", None, None, source, destination)
+            return
+        if descs:
+            error = descs[0]
+        elif died_first is not None:
+            error = str(died_first)
+        elif dead:
+            error = str(dead[0].died())
+        else:
+            failed_vm = pair.source if source is not None and source.status == "failed" else pair.destination
+            error = failed_vm.last_stderr_line()
+        # A VM that dies before any migration still ends the run in the "migration" stage: the contract
+        # has no stage for "a VM died between commands", and verdict failed already says what happened.
+        self._finish("failed", "migration", error, source, destination)
+
+    def _finish(
+        self, verdict: str, stage: str | None, error: str | None, source: VmState | None, destination: VmState | None
+    ) -> None:
+        self.outcome.verdict = verdict
+        self.outcome.stage = stage
+        self.outcome.error = error
+        self.outcome.source = source
+        self.outcome.destination = destination
+
+    async def _record_events(self, pair: MigrationPair) -> None:
+        if self.outcome.verdict == "skipped":
+            return
+        self.outcome.events = {
+            "source": pair.source.migration_events(),
+            "destination": pair.destination.migration_events(),
+        }
+        states: dict[str, list[str]] = {}
+        states.update(pair.source.vfio_states())
+        for device, sequence in pair.destination.vfio_states().items():
+            states[f"destination:{device}"] = sequence
+        if states:
+            self.outcome.vfio_states = states
+
+    # ------------------------------------------------------------------ steps
+
+    async def _command(self, stage: str, command: Any) -> Any:
+        """Await one QMP interaction of a step; a QEMU error becomes the scenario's refusal at ``stage``."""
+        try:
+            return await command
+        except QmpCommandError as exc:
+            raise _Refused(stage, exc.desc) from None
+
+    async def _step(self, pair: MigrationPair, step: Step) -> None:
+        stage = STAGE_OF_ACTION.get(step.action, step.action)
+        sides = ("source", "destination") if step.side == "both" else (step.side,)
+        action = step.action
+        if action == "set-capabilities":
+            for side in sides:
+                await self._command(stage, pair.set_capabilities(side, step.capabilities))
+        elif action == "set-parameters":
+            for side in sides:
+                await self._command(stage, pair.set_parameters(side, step.parameters))
+        elif action == "migrate":
+            transport = migrate_transport(self.scenario, step)
+            await self._command(stage, pair.migrate(transport))
+            self.migration_started = True
+        elif action == "start-postcopy":
+            await self._wait_left_setup(pair)
+            await self._command(stage, pair.start_postcopy())
+        elif action == "cancel":
+            await self._wait_left_setup(pair)
+            await self._command(stage, pair.cancel())
+        elif action == "wait":
+            await self._wait(pair)
+        elif action in ("cont", "stop"):
+            for side in sides:
+                await self._command(stage, pair.side(side).qmp(action))
+        elif action == "qmp":
+            assert step.command is not None
+            for side in sides:
+                result = await self._command(stage, pair.side(side).qmp(step.command, dict(step.arguments)))
+                self.outcome.extra.setdefault("qmp", []).append(
+                    {"side": side, "command": step.command, "return": result}
+                )
+        elif action == "snapshot-save":
+            for side in sides:
+                await self._snapshot_save(pair, side, step, stage)
+        else:
+            raise ValueError(f"unknown action {action!r}")
+
+    async def _wait_left_setup(self, pair: MigrationPair) -> None:
+        """Bounded; a migration that ends (or never started) meanwhile is left to the command to judge."""
+        if not self.migration_started:
+            return
+        with contextlib.suppress(MigrationTimeout):
+            await pair.wait_left_setup(min(self.timeout, LEAVE_SETUP_TIMEOUT_S))
+
+    async def _wait(self, pair: MigrationPair) -> None:
+        """Source end, then destination end (or death), then :data:`SETTLE_AFTER_WAIT_S` more.
+
+        After a source that did not complete, the destination may never hear of it (a connect that
+        failed): it gets only a short, silent bound. A wait with no migration started waits only the
+        settle time."""
+        deadline = time.monotonic() + self.timeout
+        if self.migration_started:
+            status = await pair.wait_source_end(self.timeout)
+            if status == "completed" and pair.stream_transport is not None and not pair.stream_loaded:
+                await self._command("migrate", pair.load_stream())
+            if pair.incoming_uri is not None or pair.stream_loaded:
+                remaining = max(1.0, deadline - time.monotonic())
+                if status == "completed":
+                    await pair.wait_destination_end(remaining)
+                else:
+                    with contextlib.suppress(MigrationTimeout):
+                        await pair.wait_destination_end(min(remaining, DESTINATION_AFTER_FAILURE_S))
+        await asyncio.sleep(SETTLE_AFTER_WAIT_S)
+        # A VM that exited meanwhile is reaped now, so that final states see it gone.
+        for vm in (pair.source, pair.destination):
+            await vm.wait_exit(0)
+
+    async def _snapshot_save(self, pair: MigrationPair, side: str, step: Step, stage: str) -> None:
+        """QMP snapshot-save (a job): onto every writable block node that can take a snapshot, the VM
+        state onto the first. A job that concludes with an error is a refusal carrying the job's error."""
+        vm = pair.side(side)
+        self.snapshot_count += 1
+        job_id = f"migconform-snapshot-{self.snapshot_count}"
+        nodes: list[str] = []
+        with contextlib.suppress(QmpCommandError):
+            for block in await vm.qmp("query-block"):
+                inserted = block.get("inserted")
+                if inserted and not inserted.get("ro") and inserted.get("node-name"):
+                    nodes.append(str(inserted["node-name"]))
+        await self._command(
+            stage,
+            vm.qmp(
+                "snapshot-save",
+                {
+                    "job-id": job_id,
+                    "tag": step.tag or "migconform",
+                    "vmstate": nodes[0] if nodes else "",
+                    "devices": nodes,
+                },
+            ),
+        )
+        deadline = time.monotonic() + SNAPSHOT_JOB_TIMEOUT_S
+        while True:
+            jobs = await vm.qmp("query-jobs")
+            job = next((j for j in jobs if j.get("id") == job_id), None)
+            if job is None or job.get("status") == "concluded":
+                break
+            if time.monotonic() > deadline:
+                raise MigrationTimeout(f"snapshot-save job {job_id}", SNAPSHOT_JOB_TIMEOUT_S, str(job.get("status")))
+            await asyncio.sleep(0.02)
+        if job is not None:
+            with contextlib.suppress(QmpCommandError):
+                await vm.qmp("job-dismiss", id=job_id)
+            if job.get("error"):
+                raise _Refused(stage, str(job["error"]))
+
+
+async def execute(
+    scenario: Scenario,
+    binary: QemuBinary,
+    *,
+    workdir: Path,
+    allocator: VfioDeviceAllocator | None = None,
+    timeout: float = 60.0,
+) -> Outcome:
+    """Run ``scenario`` on ``binary``; logs of both QEMUs go to ``workdir``. ``timeout`` bounds each wait
+    (and each QMP command). Never leaves a QEMU running, whatever happens (including cancellation)."""
+    started = time.monotonic()
+    outcome = Outcome(
+        scenario=scenario.id,
+        backend="qemu",
+        qemu_version=str(binary.version),
+        verdict="completed",
+        binary=binary.path,
+    )
+    probe, host = await asyncio.gather(asyncio.to_thread(probe_binary, binary), asyncio.to_thread(probe_host))
+    outcome.kernel = host.kernel
+    if allocator is not None:
+        outcome.vfio_provider = allocator.name
+    reason = unmet_requirement(scenario, probe, host, allocator)
+    accels: list[str] = []
+    for spec in (scenario.source, scenario.destination):
+        accel, why = choose_accel(spec.accel, probe, host)
+        if accel is None:
+            reason = reason or why
+        accels.append(accel or "tcg")
+    outcome.accel = accels[0] if accels[0] == accels[1] else f"{accels[0]}/{accels[1]}"
+    if reason is not None:
+        outcome.verdict = "skipped"
+        outcome.skip_reason = reason
+        outcome.duration_s = round(time.monotonic() - started, 3)
+        return outcome
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = _ScenarioRun(scenario, binary, workdir, allocator, timeout, (accels[0], accels[1]), probe.kvm.cpu, outcome)
+    await run.run()
+    outcome.duration_s = round(time.monotonic() - started, 3)
+    if outcome.source is not None and outcome.source.status not in END_STATUSES | {"none"}:
+        outcome.extra.setdefault("note", "the migration was still running at the end of the scenario")
+    return outcome
+
+
+def run_scenario(
+    scenario: Scenario,
+    binary: QemuBinary,
+    *,
+    workdir: Path,
+    allocator: VfioDeviceAllocator | None = None,
+    timeout: float = 60.0,
+) -> Outcome:
+    """Synchronous :func:`execute` (tests, scripts). Inside a running event loop it runs on a fresh
+    thread with its own loop, so it can be called from anywhere."""
+    coro_args: dict[str, Any] = {"workdir": workdir, "allocator": allocator, "timeout": timeout}
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(execute(scenario, binary, **coro_args))
+    result: list[Outcome] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(execute(scenario, binary, **coro_args)))
+        except BaseException as exc:  # handed to the caller's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"migconform-{scenario.id}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]

@@ -1,0 +1,438 @@
+"""One QEMU process under test, driven over QMP: :class:`QemuMachine`.
+
+Modelled on QEMU's own ``QEMUMachine`` (python/qemu/machine): a VM is an async context manager, QMP
+runs over a Unix socket that *we* listen on (QEMU connects as a client, so there is nothing to poll for),
+and a launch that fails carries the argv, the exit status and QEMU's own message. Differences that
+matter here: the process is always in its own process group with PDEATHSIG (harness.procutil), the
+message is extracted exactly as the outcome contract wants it (program-name and option prefixes
+removed), and migration events are buffered from the moment QMP is up, so no event is lost between a
+command and the wait that follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+from qemu.qmp.message import Message
+
+from harness import procutil
+from harness.binaries import QemuBinary
+from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, VmDied
+
+# Events worth keeping for the outcome and for waits.
+RECORDED_EVENTS = ("MIGRATION", "STOP", "RESUME", "VFIO_MIGRATION", "SHUTDOWN", "MIGRATION_PASS")
+QMP_CHARDEV_ID = "migconform-qmp"
+DEFAULT_LAUNCH_TIMEOUT_S = 20.0
+DEFAULT_COMMAND_TIMEOUT_S = 30.0
+# Our QMP clients log under this name. A QEMU that refuses to start closes QMP mid-negotiation, which
+# qemu.qmp logs as an ERROR; the driver turns that into QemuLaunchError, so only CRITICAL (a bug in the
+# client itself) is worth showing.
+QMP_LOGGER = "qemu.qmp.protocol.migconform"
+logging.getLogger(QMP_LOGGER).setLevel(logging.CRITICAL)
+
+
+def private_dir(prefix: str = "migconform-") -> Path:
+    """A fresh 0700 folder in the system temp dir for sockets (Unix socket paths must stay < 108 bytes,
+    which a deep pytest or --workdir path would break)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def _option_prefixes(argv: Sequence[str]) -> list[str]:
+    """The location prefixes QEMU may put before a message: "-opt value: " or "-opt: ", longest first."""
+    prefixes: set[str] = set()
+    for i, item in enumerate(argv):
+        if not item.startswith("-"):
+            continue
+        prefixes.add(f"{item}: ")
+        if i + 1 < len(argv):
+            prefixes.add(f"{item} {argv[i + 1]}: ")
+    return sorted(prefixes, key=len, reverse=True)
+
+
+def strip_qemu_prefixes(line: str, argv: Sequence[str]) -> str:
+    """QEMU's message without "qemu-system-x86_64: " and without the "-device ...: " location.
+
+    The program name QEMU prints is the basename of argv[0].
+    """
+    text = line.rstrip("\n")
+    program = os.path.basename(argv[0]) + ": " if argv else ""
+    if program and text.startswith(program):
+        text = text[len(program) :]
+        for prefix in _option_prefixes(argv):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+    return text
+
+
+def qemu_error_message(stderr: str, argv: Sequence[str]) -> str:
+    """The message of the error that ended a QEMU launch.
+
+    QEMU may print warnings first (mdpy's "Could not enable error recovery", vfio's dirty-tracking
+    warning) and hints after (lines with no prefix), so take the last line that carries the program
+    prefix and is not a warning; else the last non-empty line.
+    """
+    program = os.path.basename(argv[0]) + ": " if argv else ""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if program and line.startswith(program):
+            message = strip_qemu_prefixes(line, argv)
+            if not message.startswith("warning: "):
+                return message
+    return strip_qemu_prefixes(lines[-1], argv) if lines else ""
+
+
+class _Recorder(EventListener):
+    """Keeps every interesting event in a list and wakes waiters; never drops anything."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(names)
+        self.events: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def put(self, event: Message) -> None:
+        if not self.accept(event):
+            return
+        self.events.append(dict(event))
+        self.changed.set()
+
+
+class QemuMachine:
+    """A QEMU process with a QMP connection; ``async with QemuMachine(...) as vm:`` launches and ends it.
+
+    ``args`` are QEMU arguments after the ones every launch gets (``-nodefaults -display none`` and the
+    QMP chardev). ``name`` is the side ("source"/"destination") used in messages. Logs go to
+    ``log_dir/<name>.log`` (stderr) and ``<name>.stdout.log``; sockets go into ``sock_dir`` (default: a
+    private 0700 temp folder removed at shutdown).
+    """
+
+    def __init__(
+        self,
+        binary: QemuBinary,
+        args: Sequence[str],
+        *,
+        name: str = "vm",
+        log_dir: Path | None = None,
+        sock_dir: Path | None = None,
+        launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT_S,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
+    ) -> None:
+        self.binary = binary
+        self.name = name
+        self.launch_timeout = launch_timeout
+        self.command_timeout = command_timeout
+        self._own_sock_dir = sock_dir is None
+        self.sock_dir = sock_dir if sock_dir is not None else private_dir()
+        self.log_dir = log_dir if log_dir is not None else self.sock_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.qmp_path = self.sock_dir / f"{name}.qmp"
+        self.log_path = self.log_dir / f"{name}.log"
+        self.stdout_path = self.log_dir / f"{name}.stdout.log"
+        self.argv: list[str] = binary.argv(
+            "-nodefaults",
+            "-display",
+            "none",
+            "-chardev",
+            f"socket,id={QMP_CHARDEV_ID},path={self.qmp_path}",
+            "-mon",
+            f"chardev={QMP_CHARDEV_ID},mode=control",
+            *args,
+        )
+        self._client: QMPClient | None = None
+        self._recorder = _Recorder(RECORDED_EVENTS)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._files: list[IO[bytes]] = []
+        self.launch_started: float | None = None
+
+    def append_args(self, args: Sequence[str]) -> None:
+        """Add arguments before launch (the executor adds VFIO devices only once it launches that side,
+        so that a source that refuses to start never costs the destination's host devices)."""
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name}: arguments cannot change after launch")
+        self.argv.extend(args)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> QemuMachine:
+        await self.launch()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def launch(self) -> None:
+        """Start QEMU and wait (bounded) until QMP is up; raises :class:`QemuLaunchError` if QEMU exits first."""
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name}: already launched")
+        client = QMPClient(f"migconform.{self.name}")
+        client.register_listener(self._recorder)
+        self._client = client
+        self.qmp_path.unlink(missing_ok=True)  # a previous VM of the same name in a shared sock_dir
+        try:
+            await client.start_server(str(self.qmp_path))
+        except (QMPError, OSError) as exc:
+            self._client = None
+            raise QmpConnectionError(f"{self.name}: cannot listen for QMP on {self.qmp_path}: {exc}") from exc
+        stderr = self.log_path.open("wb")
+        stdout = self.stdout_path.open("wb")
+        self._files = [stderr, stdout]
+        self.launch_started = time.monotonic()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                env=self.binary.environ(),
+                start_new_session=True,
+                preexec_fn=procutil.child_preexec(os.getpid()),
+            )
+        except OSError as exc:
+            await self._close_client()
+            raise QemuLaunchError(self.argv, None, "", f"cannot execute {self.argv[0]}: {exc}") from exc
+        procutil.register(self._proc.pid, f"{self.name}: {' '.join(self.argv)}")
+        accept = asyncio.ensure_future(client.accept())
+        exited = asyncio.ensure_future(self._proc.wait())
+        try:
+            done, _ = await asyncio.wait({accept, exited}, timeout=self.launch_timeout, return_when="FIRST_COMPLETED")
+        except asyncio.CancelledError:
+            # Cancelled mid-launch (an outer timeout): `async with` will not call __aexit__, so end QEMU
+            # here and leave nothing pending.
+            accept.cancel()
+            exited.cancel()
+            procutil.kill_group(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(BaseException):
+                await self.shutdown(timeout=1.0)
+            raise
+        if accept in done and accept.exception() is None:
+            exited.cancel()
+            return
+        accept.cancel()
+        with contextlib.suppress(BaseException):
+            await accept
+        if exited not in done:
+            # QMP failed (QEMU closed the socket while exiting) or never came: give the exit a moment.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), 5.0)
+        status = self._proc.returncode
+        if status is None:
+            exited.cancel()
+            await self._kill()
+        else:
+            await self._reap()
+        await self._close_client()
+        text = self.stderr_text()
+        if status is None:
+            message = f"QMP did not come up within {self.launch_timeout:g} s"
+        else:
+            message = qemu_error_message(text, self.argv)
+        raise QemuLaunchError(self.argv, status, text, message, str(self.log_path))
+
+    async def shutdown(self, timeout: float = 3.0) -> None:
+        """End QEMU however it is: ``quit``, then SIGTERM, then SIGKILL, each step bounded. Idempotent."""
+        if self._proc is None:
+            await self._close_client()
+            self._cleanup_files()
+            return
+        if self._proc.returncode is None and self._client is not None and self._client.runstate.name == "RUNNING":
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.execute("quit"), timeout)
+        if not await self._wait_exit(timeout):
+            procutil.kill_group(self._proc.pid, signal.SIGTERM)
+            if not await self._wait_exit(timeout):
+                await self._kill()
+        await self._reap()
+        await self._close_client()
+        self._cleanup_files()
+
+    async def kill(self) -> None:
+        """SIGKILL the QEMU (e.g. to make a destination die mid-migration); QMP is closed afterwards."""
+        if self._proc is not None and self._proc.returncode is None:
+            await self._kill()
+        await self._close_client()
+
+    async def _kill(self) -> None:
+        assert self._proc is not None
+        procutil.kill_group(self._proc.pid, signal.SIGKILL)
+        await self._wait_exit(10.0)
+        await self._reap()
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        assert self._proc is not None
+        if self._proc.returncode is not None:
+            return True
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _reap(self) -> None:
+        """After QEMU has exited: kill anything left in its process group (exec: migration's shell and
+        cat), and forget it in the registry."""
+        assert self._proc is not None
+        if self._proc.returncode is None:
+            return
+        procutil.kill_group(self._proc.pid, signal.SIGKILL)
+        procutil.unregister(self._proc.pid)
+
+    async def _close_client(self) -> None:
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), 5.0)
+
+    def _cleanup_files(self) -> None:
+        for handle in self._files:
+            with contextlib.suppress(OSError):
+                handle.close()
+        self._files = []
+        if self._own_sock_dir:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ process facts
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The exit status once QEMU has exited (negative: killed by that signal), else None."""
+        return self._proc.returncode if self._proc is not None else None
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """Wait (bounded) for QEMU to exit on its own; its exit status, or None if it is still running."""
+        if self._proc is None:
+            return None
+        if await self._wait_exit(timeout):
+            await self._reap()
+        return self._proc.returncode
+
+    def stderr_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def last_stderr_line(self) -> str:
+        """QEMU's last non-empty stderr line, with the program-name and option prefixes removed."""
+        lines = [line for line in self.stderr_text().splitlines() if line.strip()]
+        return strip_qemu_prefixes(lines[-1], self.argv) if lines else ""
+
+    def died(self) -> VmDied:
+        """The error that says this VM is gone (use once :attr:`is_alive` is false)."""
+        return VmDied(self.name, self.exit_status, self.last_stderr_line())
+
+    # ------------------------------------------------------------------ QMP
+
+    async def qmp(self, command: str, arguments: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        """Run one QMP command; its ``return`` value.
+
+        Raises :class:`QmpCommandError` when QEMU answers with an error, :class:`VmDied` when QEMU is
+        gone (or goes away while answering), :class:`QmpConnectionError` when the socket broke while the
+        process lives on, :class:`MigrationTimeout` when no answer comes within the command timeout.
+        """
+        args = {**(arguments or {}), **kwargs}
+        client = self._client
+        if client is None or not self.is_alive:
+            await self._settle_after_disconnect()
+            raise self.died() if not self.is_alive else QmpConnectionError(f"{self.name}: QMP is not connected")
+        try:
+            return await asyncio.wait_for(client.execute(command, args or None), self.command_timeout)
+        except ExecuteError as exc:
+            raise QmpCommandError(command, args, exc.error.error.desc, exc.error_class, self.name) from None
+        except TimeoutError:
+            raise MigrationTimeout(f"{self.name} to answer {command}", self.command_timeout) from None
+        except (QMPError, OSError, EOFError) as exc:
+            await self._settle_after_disconnect()
+            if not self.is_alive:
+                raise self.died() from exc
+            raise QmpConnectionError(f"{self.name}: QMP failed during {command}: {exc!r}") from exc
+
+    async def _settle_after_disconnect(self) -> None:
+        """A broken QMP socket usually means QEMU is exiting: give it a moment to finish exiting."""
+        if self._proc is not None and self._proc.returncode is None:
+            await self._wait_exit(2.0)
+            await self._reap()
+
+    async def query_migrate(self) -> dict[str, Any]:
+        result = await self.qmp("query-migrate")
+        return dict(result) if isinstance(result, dict) else {}
+
+    async def query_migrate_status(self) -> str:
+        """``query-migrate``'s status; "none" when there is no status key (no migration yet)."""
+        return str((await self.query_migrate()).get("status", "none"))
+
+    async def runstate(self) -> str:
+        result = await self.qmp("query-status")
+        return str(result["status"]) if isinstance(result, dict) else "unknown"
+
+    # ------------------------------------------------------------------ events
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every recorded event so far (MIGRATION, STOP, RESUME, VFIO_MIGRATION, SHUTDOWN, MIGRATION_PASS)."""
+        return list(self._recorder.events)
+
+    def migration_events(self) -> list[str]:
+        return [str(e["data"]["status"]) for e in self._recorder.events if e.get("event") == "MIGRATION"]
+
+    def vfio_states(self) -> dict[str, list[str]]:
+        """device id -> VFIO_MIGRATION device-state sequence (9.1+, with migration-events=on)."""
+        states: dict[str, list[str]] = {}
+        for event in self._recorder.events:
+            if event.get("event") == "VFIO_MIGRATION":
+                data = event.get("data", {})
+                states.setdefault(str(data.get("device-id", "?")), []).append(str(data.get("device-state")))
+        return states
+
+    def clear_changed(self) -> None:
+        """Start a "has anything arrived since?" window: clear before querying, then :meth:`wait_changed`."""
+        self._recorder.changed.clear()
+
+    async def wait_changed(self, timeout: float) -> None:
+        """Return when an event arrived since :meth:`clear_changed`, or after ``timeout`` (no error)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._recorder.changed.wait(), timeout)
+
+    async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, start: int = 0) -> int:
+        """Wait (bounded) for a recorded event at index >= ``start`` that matches; its index.
+
+        Raises :class:`MigrationTimeout`, or :class:`VmDied` if QEMU exits first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self._recorder.events
+            for index in range(start, len(events)):
+                if predicate(events[index]):
+                    return index
+            start = len(events)
+            if not self.is_alive:
+                raise self.died()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MigrationTimeout(f"an event on {self.name}", timeout)
+            self._recorder.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recorder.changed.wait(), min(remaining, 0.5))

@@ -1,0 +1,410 @@
+"""Build QEMU from Debian's source of the installed 10.x package, unmodified and once per mutant patch.
+
+Why this shape: a mutant is only worth something if it differs from the binary the harness normally
+tests by exactly one patch, so every variant is built from the same source, with the same configure line,
+in ONE work tree and ONE build folder. Switching variants restores the files the previous patch touched
+(from a pristine copy) and applies the next patch, so ninja recompiles a file or two and ccache answers
+the rest; a variant whose source, patch and configure line are unchanged since its last build is not
+built at all (its binary and a record of what went into it live in ``<cache>/mutants/bin/<name>/``).
+
+Layout under ``<cache>/mutants`` (cache = env MIGCONFORM_CACHE or ``<repo>/.cache``):
+``apt/`` private apt configuration (scripts/setup-mutants.sh), ``src/`` the downloaded tarball,
+``wheels/`` meson and pycotap, ``pristine/`` the prepared source, ``work/`` the tree that gets patched,
+``build/`` the meson build folder, ``ccache/``, ``bin/<name>/`` the results, ``work-state.json`` the
+files a patch has changed in ``work/`` (written before patching, so an interrupted build is repaired).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MUTANTS_DIR = REPO_ROOT / "mutants"
+UNMODIFIED = "unmodified"
+BINARY_NAME = "qemu-system-x86_64"
+
+# The Debian +ds tarball leaves out the Python wheels that configure installs offline; these are the
+# versions QEMU 10.0's python/wheels folder pins.
+WHEELS = ("meson==1.5.0", "pycotap==1.3.1")
+# Debian's firmware folders, so the binary finds SeaBIOS, iPXE and the option ROMs without -L.
+FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
+CONFIGURE_ARGS = (
+    "--target-list=x86_64-softmmu",
+    "--disable-docs",
+    "--without-default-features",
+    "--enable-kvm",
+    "--enable-tcg",
+    "--enable-pixman",
+    "--enable-fdt=system",
+    "--disable-install-blobs",
+    f"--firmwarepath={FIRMWARE_PATH}",
+    "--cc=ccache cc",
+)
+# Bumped whenever the preparation of the pristine tree changes, so old trees are rebuilt.
+PREPARATION_VERSION = "2"
+NICE = ("nice", "-n", "19")
+
+
+class BuildError(RuntimeError):
+    """A step of the build failed; the message says which step, and what to do."""
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What went into a binary, stored next to it as build.json."""
+
+    name: str
+    key: str
+    source: str
+    source_sha256: str
+    patch: str | None
+    patch_sha256: str | None
+    qemu_version: str
+    build_seconds: float
+    built_at: str
+
+
+@dataclass(frozen=True)
+class BuiltBinary:
+    name: str
+    binary: Path
+    record: BuildRecord
+    rebuilt: bool
+
+
+def cache_root() -> Path:
+    env = os.environ.get("MIGCONFORM_CACHE")
+    return Path(env) if env else REPO_ROOT / ".cache"
+
+
+def mutants_cache() -> Path:
+    return cache_root() / "mutants"
+
+
+def binary_path(name: str, cache: Path | None = None) -> Path:
+    return (cache or mutants_cache()) / "bin" / name / BINARY_NAME
+
+
+def available_patches(mutants_dir: Path = MUTANTS_DIR) -> dict[str, Path]:
+    """Mutant name (the patch's file name without .patch) -> patch file, sorted by name."""
+    return {p.stem: p for p in sorted(mutants_dir.glob("*.patch"))}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _log_default(msg: str) -> None:
+    print(f"mutants: {msg}", flush=True)
+
+
+def _run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, what: str,
+         log_file: Path | None = None) -> None:
+    """Run a build step; on failure the error names the step and where its full output is."""
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("w") as out:
+            rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        if rc != 0:
+            tail = log_file.read_text(errors="replace").splitlines()[-25:]
+            raise BuildError(f"{what} failed (exit {rc}); full log: {log_file}\n" + "\n".join(tail))
+        return
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise BuildError(f"{what} failed (exit {res.returncode}): {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+
+
+def installed_qemu_version() -> str:
+    """The Debian version of the installed qemu-system-x86 (the source to fetch is the same version)."""
+    res = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "qemu-system-x86"],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0 or not res.stdout.strip():
+        raise BuildError("qemu-system-x86 is not installed: run scripts/setup.sh first")
+    return res.stdout.strip()
+
+
+def upstream_version(debian_version: str) -> str:
+    """1:10.0.2+ds-2+deb13u1~bpo12+1 -> 10.0.2 (what `qemu-system-x86_64 --version` reports)."""
+    m = re.match(r"(?:\d+:)?(\d+\.\d+\.\d+)", debian_version)
+    if not m:
+        raise BuildError(f"cannot read an upstream version from {debian_version!r}")
+    return m.group(1)
+
+
+class MutantBuilder:
+    """Owns the cache folders above; one instance per build run (not safe to run two at once)."""
+
+    def __init__(self, cache: Path | None = None, *, jobs: int = 2,
+                 log: Callable[[str], None] = _log_default) -> None:
+        self.root = cache or mutants_cache()
+        self.jobs = jobs
+        self.log = log
+        self.apt_conf = self.root / "apt" / "apt.conf"
+        self.src_dir = self.root / "src"
+        self.wheels_dir = self.root / "wheels"
+        self.pristine = self.root / "pristine"
+        self.work = self.root / "work"
+        self.build_dir = self.root / "build"
+        self.ccache_dir = self.root / "ccache"
+        self.logs = self.root / "logs"
+        self.state_file = self.root / "work-state.json"
+
+    # --- source -----------------------------------------------------------------------------------
+    def fetch_source(self) -> Path:
+        """Debian's orig tarball of the installed version (the upstream source minus firmware blobs)."""
+        debian_version = installed_qemu_version()
+        self.src_dir.mkdir(parents=True, exist_ok=True)
+        found = sorted(self.src_dir.glob(f"qemu_{upstream_version(debian_version)}*.orig.tar.*"))
+        if found:
+            return found[0]
+        if not self.apt_conf.is_file():
+            raise BuildError(f"no private apt configuration at {self.apt_conf}: run scripts/setup-mutants.sh")
+        self.log(f"fetching Debian's source of qemu {debian_version}")
+        # --tar-only: the build needs only the upstream tarball; Debian's packaging files are not used
+        # (and some mirrors do not keep the .dsc of a backport).
+        env = dict(os.environ, APT_CONFIG=str(self.apt_conf))
+        _run(["apt-get", "source", "--download-only", "--tar-only", f"qemu={debian_version}"],
+             cwd=self.src_dir, env=env, what="apt-get source (is the private deb-src index stale? "
+             "delete .cache/mutants/apt/lists and rerun scripts/setup-mutants.sh)")
+        found = sorted(self.src_dir.glob(f"qemu_{upstream_version(debian_version)}*.orig.tar.*"))
+        if not found:
+            raise BuildError(f"apt-get source left no qemu_*.orig.tar.* in {self.src_dir}")
+        return found[0]
+
+    def fetch_wheels(self) -> list[Path]:
+        self.wheels_dir.mkdir(parents=True, exist_ok=True)
+        have = list(self.wheels_dir.glob("*.whl"))
+        names = {w.split("==")[0] for w in WHEELS}
+        if {p.name.split("-")[0].lower() for p in have} >= names:
+            return have
+        self.log("downloading the meson and pycotap wheels that the +ds tarball leaves out")
+        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+              "-d", str(self.wheels_dir), *WHEELS], what="pip download of " + " ".join(WHEELS))
+        return list(self.wheels_dir.glob("*.whl"))
+
+    def prepare_pristine(self, tarball: Path) -> str:
+        """Unpack and fix the tarball once; returns the source key (tarball hash + preparation version)."""
+        source_key = f"{_sha256_file(tarball)}+prep{PREPARATION_VERSION}"
+        marker = self.pristine / ".migconform-prepared"
+        if marker.is_file() and marker.read_text() == source_key:
+            return source_key
+        self.log(f"unpacking {tarball.name}")
+        if self.pristine.exists():
+            shutil.rmtree(self.pristine)
+        tmp = self.root / "pristine.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, filter="tar")
+        (top,) = [p for p in tmp.iterdir() if p.is_dir()]
+        wheels = top / "python" / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        for whl in self.fetch_wheels():
+            shutil.copy2(whl, wheels / whl.name)
+        # The +ds tarball has no pc-bios/edk2-*.fd.bz2, and meson fails looking for them.
+        meson_build = top / "meson.build"
+        text = meson_build.read_text()
+        # Every assignment goes (10.0 sets it false, then to bzip2.found() when an edk2 target is built).
+        fixed, n = re.subn(r"^(\s*)unpack_edk2_blobs = .*$", r"\1unpack_edk2_blobs = false", text, flags=re.M)
+        if n == 0:
+            raise BuildError(f"{meson_build}: no 'unpack_edk2_blobs = ...' line to turn off (new QEMU layout?)")
+        meson_build.write_text(fixed)
+        tmp_top = top
+        tmp_top.rename(self.pristine)
+        shutil.rmtree(tmp)
+        marker.write_text(source_key)
+        # The work tree and build folder belong to the old source: start them again.
+        for stale in (self.work, self.build_dir):
+            if stale.exists():
+                shutil.rmtree(stale)
+        self.state_file.unlink(missing_ok=True)
+        return source_key
+
+    # --- work tree --------------------------------------------------------------------------------
+    def _dirty_files(self) -> list[str]:
+        if not self.state_file.is_file():
+            return []
+        data = json.loads(self.state_file.read_text())
+        return [str(p) for p in data.get("dirty", [])]
+
+    def _write_state(self, dirty: Iterable[str], applied: str | None) -> None:
+        self.state_file.write_text(json.dumps({"dirty": sorted(set(dirty)), "applied": applied}))
+
+    def _restore(self) -> None:
+        """Put back every file a previous patch touched, leaving unchanged files' timestamps alone."""
+        for rel in self._dirty_files():
+            orig = self.pristine / rel
+            cur = self.work / rel
+            if orig.is_file():
+                if cur.is_file() and cur.read_bytes() == orig.read_bytes():
+                    continue
+                tmp = cur.with_name(cur.name + ".migconform-tmp")
+                shutil.copyfile(orig, tmp)
+                tmp.replace(cur)
+            else:
+                cur.unlink(missing_ok=True)
+        self._write_state([], None)
+
+    def prepare_work(self, patch: Path | None) -> None:
+        if not (self.work / "configure").is_file():
+            self.log("copying the pristine tree to the work tree")
+            if self.work.exists():
+                shutil.rmtree(self.work)
+            shutil.copytree(self.pristine, self.work, symlinks=True)
+            self._write_state([], None)
+        self._restore()
+        if patch is None:
+            return
+        touched = patch_files(patch)
+        self._write_state(touched, patch.name)
+        _run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(self.work),
+              "-i", str(patch)], what=f"applying {patch.name} (was it made against this QEMU source?)")
+
+    # --- build ------------------------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        self.ccache_dir.mkdir(parents=True, exist_ok=True)
+        return dict(os.environ, CCACHE_DIR=str(self.ccache_dir), CCACHE_MAXSIZE="5G")
+
+    def configure(self) -> None:
+        key = json.dumps(CONFIGURE_ARGS)
+        marker = self.build_dir / ".migconform-configured"
+        if marker.is_file() and marker.read_text() == key and (self.build_dir / "build.ninja").is_file():
+            return
+        if shutil.which("ccache") is None:
+            raise BuildError("ccache is not installed: run scripts/setup-mutants.sh")
+        if self.build_dir.exists():
+            shutil.rmtree(self.build_dir)
+        self.build_dir.mkdir(parents=True)
+        self.log("configuring (x86_64-softmmu only)")
+        _run([*NICE, str(self.work / "configure"), *CONFIGURE_ARGS], cwd=self.build_dir, env=self._env(),
+             what="configure", log_file=self.logs / "configure.log")
+        marker.write_text(key)
+
+    def compile(self, name: str) -> None:
+        _run([*NICE, "ninja", "-C", str(self.build_dir), f"-j{self.jobs}", BINARY_NAME], env=self._env(),
+             what=f"ninja {BINARY_NAME} for {name}", log_file=self.logs / f"ninja-{name}.log")
+
+    def variant_key(self, source_key: str, patch: Path | None) -> str:
+        h = hashlib.sha256()
+        h.update(source_key.encode())
+        h.update(json.dumps(CONFIGURE_ARGS).encode())
+        h.update(patch.read_bytes() if patch is not None else b"<unmodified>")
+        return h.hexdigest()
+
+    def stale(self, names: Iterable[str], mutants_dir: Path = MUTANTS_DIR) -> list[str]:
+        """The builds among ``names`` that :meth:`build` would (re)build: missing, or made from another
+        source or patch. Reads only the cache (no download, no build)."""
+        patches = available_patches(mutants_dir)
+        found = sorted(self.src_dir.glob("qemu_*.orig.tar.*")) if self.src_dir.is_dir() else []
+        marker = self.pristine / ".migconform-prepared"
+        source_key = marker.read_text() if marker.is_file() else None
+        if not found or source_key is None or not source_key.startswith(_sha256_file(found[0])):
+            return list(names)
+        out = []
+        for name in names:
+            if name != UNMODIFIED and name not in patches:
+                out.append(name)
+                continue
+            key = self.variant_key(source_key, None if name == UNMODIFIED else patches[name])
+            rec_file = binary_path(name, self.root).parent / "build.json"
+            try:
+                current = json.loads(rec_file.read_text()).get("key") == key and binary_path(name, self.root).is_file()
+            except (OSError, ValueError):
+                current = False
+            if not current:
+                out.append(name)
+        return out
+
+    def build(self, names: Iterable[str] | None = None, *, force: bool = False,
+              mutants_dir: Path = MUTANTS_DIR) -> list[BuiltBinary]:
+        """Build the unmodified binary and the named mutants (default: all), skipping up-to-date ones."""
+        patches = available_patches(mutants_dir)
+        wanted = [UNMODIFIED, *patches] if names is None else list(names)
+        unknown = [n for n in wanted if n != UNMODIFIED and n not in patches]
+        if unknown:
+            raise BuildError(f"no such mutant: {', '.join(unknown)}; known: {', '.join([UNMODIFIED, *patches])}")
+        tarball = self.fetch_source()
+        source_key = self.prepare_pristine(tarball)
+        results: list[BuiltBinary] = []
+        for name in wanted:
+            patch = None if name == UNMODIFIED else patches[name]
+            key = self.variant_key(source_key, patch)
+            out = binary_path(name, self.root)
+            rec_file = out.parent / "build.json"
+            if not force and out.is_file() and rec_file.is_file():
+                rec = BuildRecord(**json.loads(rec_file.read_text()))
+                if rec.key == key:
+                    results.append(BuiltBinary(name, out, rec, rebuilt=False))
+                    continue
+            self.log(f"building {name}")
+            start = time.monotonic()
+            self.prepare_work(patch)
+            self.configure()
+            self.compile(name)
+            seconds = round(time.monotonic() - start, 1)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(BINARY_NAME + ".tmp")
+            shutil.copy2(self.build_dir / BINARY_NAME, tmp)
+            tmp.replace(out)
+            version = check_binary(out)
+            rec = BuildRecord(
+                name=name, key=key, source=tarball.name, source_sha256=source_key.split("+")[0],
+                patch=None if patch is None else patch.name,
+                patch_sha256=None if patch is None else _sha256_file(patch),
+                qemu_version=version, build_seconds=seconds,
+                built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            rec_file.write_text(json.dumps(asdict(rec), indent=2) + "\n")
+            self.log(f"built {name} in {seconds} s -> {out}")
+            results.append(BuiltBinary(name, out, rec, rebuilt=True))
+        # Leave the work tree unmodified, so a later look at it (or a new patch made from it) starts clean.
+        if self.work.exists():
+            self._restore()
+        return results
+
+
+def patch_files(patch: Path) -> list[str]:
+    """The files a unified diff changes, relative to the tree root (-p1)."""
+    files: list[str] = []
+    for line in patch.read_text().splitlines():
+        if line.startswith("+++ "):
+            path = line[4:].split("\t")[0].strip()
+            if path != "/dev/null":
+                files.append(path.split("/", 1)[1])
+    if not files:
+        raise BuildError(f"{patch}: not a unified diff (no '+++ ' lines)")
+    return files
+
+
+def check_binary(binary: Path) -> str:
+    """Start the binary the way the harness does (q35, no -L) and quit over QMP: proves it finds SeaBIOS.
+
+    Returns the version it reports.
+    """
+    ver = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False, timeout=30)
+    m = re.search(r"version (\d+\.\d+\.\d+)", ver.stdout)
+    if ver.returncode != 0 or not m:
+        raise BuildError(f"{binary} --version failed: {ver.stdout}{ver.stderr}")
+    qmp_in = '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
+    res = subprocess.run([str(binary), "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
+                          "-S", "-qmp", "stdio"], input=qmp_in, capture_output=True, text=True, check=False,
+                         timeout=60)
+    if res.returncode != 0 or '"return"' not in res.stdout:
+        raise BuildError(f"{binary} does not start a q35 machine (firmware path {FIRMWARE_PATH}; is seabios "
+                         f"installed?): exit {res.returncode}: {res.stderr.strip()}")
+    return m.group(1)

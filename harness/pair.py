@@ -1,0 +1,266 @@
+"""A source and a destination QEMU and the migration between them: :class:`MigrationPair`.
+
+The pair knows transports (how a URI is chosen and how the destination gets the stream) and states (what
+"the migration ended" means on each side); it does not know scenarios. Every wait is bounded and wakes
+on MIGRATION events when the ``events`` capability is on, else on a short poll of ``query-migrate``, so
+a result never depends on whether a scenario enabled events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from harness.binaries import QemuBinary
+from harness.errors import MigrationTimeout, VmDied
+from harness.machine import DEFAULT_LAUNCH_TIMEOUT_S, QemuMachine, private_dir
+from reference_impl.outcome import VmState
+
+# query-migrate statuses in which the migration is over (fact sheet §2.2: the idle states minus none).
+END_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# The destination's postcopy "ends" for our purposes only at completed/failed; it never cancels.
+DESTINATION_END_STATUSES = frozenset({"completed", "failed"})
+TRANSPORTS = ("tcp", "unix", "file", "exec")
+POLL_INTERVAL_S = 0.02
+SIDES = ("source", "destination")
+
+
+def capability_list(capabilities: Mapping[str, bool]) -> list[dict[str, Any]]:
+    """migrate-set-capabilities' argument form, in the scenario's order (order matters: fact sheet §1.2)."""
+    return [{"capability": name, "state": bool(state)} for name, state in capabilities.items()]
+
+
+class MigrationPair:
+    """Source + destination (``-incoming defer``) of one binary (or two, for cross-version runs).
+
+    Use ``async with``: both VMs and the private folder are gone afterwards, whatever happened.
+    ``start_source`` / ``start_destination`` may be called separately (the executor starts the source
+    alone first, so that a source that refuses to start leaves no destination behind).
+    """
+
+    def __init__(
+        self,
+        binary: QemuBinary,
+        source_args: Sequence[str],
+        destination_args: Sequence[str],
+        *,
+        log_dir: Path | None = None,
+        destination_binary: QemuBinary | None = None,
+        launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT_S,
+        command_timeout: float = 30.0,
+    ) -> None:
+        self.private = private_dir()
+        self.log_dir = log_dir if log_dir is not None else self.private
+        common = {
+            "log_dir": self.log_dir,
+            "sock_dir": self.private,
+            "launch_timeout": launch_timeout,
+            "command_timeout": command_timeout,
+        }
+        self.source = QemuMachine(binary, source_args, name="source", **common)  # type: ignore[arg-type]
+        self.destination = QemuMachine(
+            destination_binary or binary,
+            [*destination_args, "-incoming", "defer"],
+            name="destination",
+            **common,  # type: ignore[arg-type]
+        )
+        self.incoming_uri: str | None = None  # set once migrate-incoming ran (tcp/unix)
+        self.outgoing_uri: str | None = None
+        self.stream_file: Path | None = None  # file/exec: where the source wrote the stream
+        self.stream_transport: str | None = None
+        self.stream_loaded = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> MigrationPair:
+        try:
+            await self.start_source()
+            await self.start_destination()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start_source(self) -> None:
+        await self.source.launch()
+
+    async def start_destination(self) -> None:
+        await self.destination.launch()
+
+    async def close(self) -> None:
+        """End both QEMUs (in parallel: nothing depends on the order) and remove the private folder."""
+        await asyncio.gather(self.source.shutdown(), self.destination.shutdown(), return_exceptions=True)
+        shutil.rmtree(self.private, ignore_errors=True)
+
+    def side(self, name: str) -> QemuMachine:
+        if name == "source":
+            return self.source
+        if name == "destination":
+            return self.destination
+        raise ValueError(f"unknown side {name!r} (allowed: source, destination)")
+
+    # ------------------------------------------------------------------ configuration
+
+    async def set_capabilities(self, side: str, capabilities: Mapping[str, bool]) -> None:
+        await self.side(side).qmp("migrate-set-capabilities", capabilities=capability_list(capabilities))
+
+    async def set_parameters(self, side: str, parameters: Mapping[str, Any]) -> None:
+        await self.side(side).qmp("migrate-set-parameters", dict(parameters))
+
+    # ------------------------------------------------------------------ migration
+
+    async def start_incoming(self, transport: str) -> str:
+        """migrate-incoming on the destination for a socket transport; the URI the source must use.
+
+        tcp listens on 127.0.0.1 port 0 and reads the real port back from query-migrate's
+        socket-address (so parallel runs never collide on a port).
+        """
+        if transport == "tcp":
+            await self.destination.qmp("migrate-incoming", uri="tcp:127.0.0.1:0")
+            info = await self.destination.query_migrate()
+            port = None
+            for address in info.get("socket-address", []):
+                if address.get("type") == "inet":
+                    port = address.get("port")
+                    break
+            if port is None:
+                raise MigrationTimeout("the destination to report its listening port", 0, str(info))
+            uri = f"tcp:127.0.0.1:{port}"
+        elif transport == "unix":
+            uri = f"unix:{self.private / 'migration.sock'}"
+            await self.destination.qmp("migrate-incoming", uri=uri)
+        else:
+            raise ValueError(f"transport {transport!r} has no incoming side before the migration")
+        self.incoming_uri = uri
+        return uri
+
+    def stream_uri(self, transport: str, *, incoming: bool) -> str:
+        """The URI of a file/exec stream: the source writes it, the destination reads it back."""
+        assert self.stream_file is not None
+        path = str(self.stream_file)
+        if transport == "file":
+            return f"file:{path}"
+        if transport == "exec":
+            return f"exec:cat {shlex.quote(path)}" if incoming else f"exec:cat > {shlex.quote(path)}"
+        raise ValueError(f"transport {transport!r} does not go through a file")
+
+    async def migrate(self, transport: str, *, reuse_incoming: bool = True) -> str:
+        """Start the migration on the source; returns the URI used.
+
+        tcp/unix: migrate-incoming first, once; a later migrate reuses that URI (the contract's rule).
+        file/exec: the source writes into the private folder; :meth:`load_stream` feeds the destination.
+        """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r} (allowed: {', '.join(TRANSPORTS)})")
+        if transport in ("tcp", "unix"):
+            uri = self.incoming_uri if (reuse_incoming and self.incoming_uri) else await self.start_incoming(transport)
+        else:
+            if self.stream_file is None:
+                self.stream_file = self.private / "migration.stream"
+            self.stream_transport = transport
+            uri = self.stream_uri(transport, incoming=False)
+        self.outgoing_uri = uri
+        await self.source.qmp("migrate", uri=uri)
+        return uri
+
+    async def load_stream(self) -> None:
+        """Feed the file the source wrote into the destination (file: or exec:cat)."""
+        if self.stream_transport is None or self.stream_loaded:
+            return
+        self.stream_loaded = True
+        await self.destination.qmp("migrate-incoming", uri=self.stream_uri(self.stream_transport, incoming=True))
+
+    async def start_postcopy(self) -> None:
+        await self.source.qmp("migrate-start-postcopy")
+
+    async def cancel(self) -> None:
+        await self.source.qmp("migrate_cancel")
+
+    # ------------------------------------------------------------------ waits
+
+    async def wait_status(
+        self,
+        side: str,
+        done: frozenset[str] | set[str],
+        timeout: float,
+        *,
+        what: str = "",
+        negate: bool = False,
+    ) -> str:
+        """Wait (bounded) until ``side``'s query-migrate status is in ``done`` (or, with ``negate``, is not);
+        that status. Raises :class:`MigrationTimeout`, or :class:`VmDied` if the side exits first."""
+        vm = self.side(side)
+        deadline = time.monotonic() + timeout
+        status = "none"
+        while True:
+            vm.clear_changed()
+            status = await vm.query_migrate_status()
+            if (status in done) != negate:
+                return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                label = what or f"{side} migration status {'not ' if negate else ''}in {sorted(done)}"
+                raise MigrationTimeout(label, timeout, status)
+            await vm.wait_changed(min(remaining, POLL_INTERVAL_S))
+
+    async def wait_left_setup(self, timeout: float) -> str:
+        """Until the source's migration is past ``setup`` (start-postcopy and cancel need that)."""
+        return await self.wait_status(
+            "source", frozenset({"setup", "none"}), timeout, negate=True, what="the migration to leave setup"
+        )
+
+    async def wait_source_end(self, timeout: float) -> str:
+        return await self.wait_status("source", END_STATUSES, timeout, what="the source migration to end")
+
+    async def wait_destination_end(self, timeout: float) -> str | None:
+        """Until the destination's incoming migration ends or the destination dies; its status, or None if
+        it died (a failed load makes the destination exit(1))."""
+        try:
+            return await self.wait_status(
+                "destination", DESTINATION_END_STATUSES, timeout, what="the destination migration to end"
+            )
+        except VmDied:
+            return None
+
+    async def wait_status_seen(self, side: str, wanted: str, timeout: float) -> bool:
+        """Whether ``side`` reaches status ``wanted`` within ``timeout`` (False on timeout or end)."""
+        vm = self.side(side)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            vm.clear_changed()
+            status = await vm.query_migrate_status()
+            if status == wanted or wanted in vm.migration_events():
+                return True
+            if status in END_STATUSES:
+                return False
+            await vm.wait_changed(POLL_INTERVAL_S)
+        return False
+
+    # ------------------------------------------------------------------ results
+
+    async def final_state(self, side: str) -> VmState | None:
+        """``query-migrate`` status and runstate of a side, or None when that QEMU is not running."""
+        vm = self.side(side)
+        if not vm.is_alive:
+            return None
+        try:
+            status = await vm.query_migrate_status()
+            runstate = await vm.runstate()
+        except (VmDied, Exception):
+            return None
+        return VmState(status=status, runstate=runstate)
+
+    async def final_states(self) -> tuple[VmState | None, VmState | None]:
+        source, destination = await asyncio.gather(self.final_state("source"), self.final_state("destination"))
+        return source, destination

@@ -1,0 +1,123 @@
+"""Reports of a run: the scenario x version matrix that the console, JUnit and HTML reports render.
+
+Each cell is the state of one scenario on one column: agree, DIVERGE, skip (with reason), error (the
+harness failed), not run (an interrupted run), or, when only one backend ran, that backend's verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.compare import Comparison
+from harness.results import Results, comparison_column, outcome_column
+from reference_impl.outcome import Outcome
+from reference_impl.versions import Version
+
+KINDS = ("agree", "diverge", "skip", "error", "not-run", "outcome")
+
+
+@dataclass
+class Cell:
+    kind: str
+    reference: Outcome | None = None
+    qemu: Outcome | None = None
+    comparison: Comparison | None = None
+    detail: str = ""  # skip reason, harness error, or "" otherwise
+
+    @property
+    def label(self) -> str:
+        if self.kind == "agree":
+            return "agree"
+        if self.kind == "diverge":
+            return "DIVERGE"
+        if self.kind == "skip":
+            return f"skip({self.detail})"
+        if self.kind == "error":
+            return "error"
+        if self.kind == "not-run":
+            return "not run"
+        outcome = self.qemu or self.reference
+        return verdict_text(outcome) if outcome is not None else "?"
+
+
+def verdict_text(outcome: Outcome) -> str:
+    """``refused@migrate``, ``completed``, ... : the verdict with the stage where it ended."""
+    if outcome.verdict == "skipped":
+        return "skipped"
+    return f"{outcome.verdict}@{outcome.stage}" if outcome.stage else outcome.verdict
+
+
+@dataclass
+class Matrix:
+    scenarios: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+
+    def cell(self, scenario: str, column: str) -> Cell | None:
+        return self.cells.get((scenario, column))
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(KINDS, 0)
+        for cell in self.cells.values():
+            counts[cell.kind] += 1
+        return counts
+
+
+def _column_order(results: Results, columns: set[str]) -> list[str]:
+    ordered = [c for c in results.meta.get("versions") or [] if c in columns]
+    rest = sorted(columns - set(ordered), key=_version_key)
+    return ordered + rest
+
+
+def _version_key(column: str) -> tuple[Version, str]:
+    try:
+        return Version.parse(column), column
+    except ValueError:
+        return Version(0, 0), column
+
+
+def build_matrix(results: Results) -> Matrix:
+    outcomes: dict[tuple[str, str, str], Outcome] = {}
+    for o in results.outcomes:
+        outcomes[(o.scenario, outcome_column(o), o.backend)] = o
+    keys: set[tuple[str, str]] = {(s, c) for s, c, _ in outcomes}
+    keys |= {(c.scenario, comparison_column(c)) for c in results.comparisons}
+    keys |= {(e.scenario, e.column) for e in results.errors}
+    keys |= {(s.scenario, s.column) for s in results.skips}
+    keys |= {(w.scenario, w.column) for w in results.not_run}
+    matrix = Matrix(
+        scenarios=sorted({s for s, _ in keys}),
+        columns=_column_order(results, {c for _, c in keys}),
+    )
+    for scenario, column in keys:
+        ref = outcomes.get((scenario, column, "reference"))
+        qemu = outcomes.get((scenario, column, "qemu"))
+        matrix.cells[(scenario, column)] = Cell(kind="outcome", reference=ref, qemu=qemu)
+    for s in results.skips:
+        cell = matrix.cells[(s.scenario, s.column)]
+        cell.kind, cell.detail = "skip", s.reason
+    for c in results.comparisons:
+        cell = matrix.cells[(c.scenario, comparison_column(c))]
+        cell.kind = "agree" if c.agree else "diverge"
+        cell.comparison = c
+    for e in results.errors:
+        cell = matrix.cells[(e.scenario, e.column)]
+        cell.kind = "error"
+        cell.detail = (cell.detail + "\n" if cell.detail else "") + f"{e.backend}: {e.error}"
+    for w in results.not_run:
+        cell = matrix.cells[(w.scenario, w.column)]
+        if cell.kind == "outcome" and cell.reference is None and cell.qemu is None:
+            cell.kind, cell.detail = "not-run", "the run ended before this item finished"
+    return matrix
+
+
+def summary_line(matrix: Matrix) -> str:
+    counts = matrix.counts()
+    parts = [f"{counts['agree']} agree", f"{counts['diverge']} diverge", f"{counts['skip']} skipped"]
+    if counts["error"]:
+        parts.append(f"{counts['error']} errors")
+    if counts["not-run"]:
+        parts.append(f"{counts['not-run']} not run")
+    if counts["outcome"]:
+        parts.append(f"{counts['outcome']} single-backend outcomes")
+    return ", ".join(parts)

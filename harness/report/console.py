@@ -1,0 +1,60 @@
+"""Plain-text report: the matrix as a table, then every divergence and error in full."""
+
+from __future__ import annotations
+
+from harness.report import Cell, Matrix, build_matrix, summary_line
+from harness.results import Results
+
+
+def _fmt(value: object) -> str:
+    return "null" if value is None else str(value)
+
+
+def _details(scenario: str, column: str, cell: Cell) -> list[str]:
+    lines: list[str] = []
+    if cell.kind == "diverge" and cell.comparison is not None:
+        lines.append(f"DIVERGE {scenario} [{column}]")
+        for name, (ref, qemu) in cell.comparison.differences.items():
+            if name == "error" and cell.reference is not None and cell.qemu is not None:
+                ref, qemu = cell.reference.error, cell.qemu.error  # exact messages, not the normalised ones
+            lines.append(f"  {name}:")
+            lines.append(f"    reference: {_fmt(ref)}")
+            lines.append(f"    qemu:      {_fmt(qemu)}")
+        same_error = "error" not in cell.comparison.differences
+        if cell.reference is not None and cell.qemu is not None and same_error and cell.qemu.error:
+            lines.append(f"  error (both): {cell.qemu.error}")
+    elif cell.kind == "error":
+        lines.append(f"ERROR {scenario} [{column}]")
+        lines.extend(f"  {line}" for line in cell.detail.splitlines())
+    return lines
+
+
+def render(results: Results, matrix: Matrix | None = None) -> str:
+    matrix = matrix or build_matrix(results)
+    if not matrix.scenarios:
+        return "no results\n"
+    labels = {key: cell.label for key, cell in matrix.cells.items()}
+    first = max(len("scenario"), *(len(s) for s in matrix.scenarios))
+    widths = [
+        min(60, max(len(c), *(len(labels.get((s, c), "-")) for s in matrix.scenarios))) for c in matrix.columns
+    ]
+    out = ["  ".join(["scenario".ljust(first), *(c.ljust(w) for c, w in zip(matrix.columns, widths, strict=True))])]
+    out.append("  ".join(["-" * first, *("-" * w for w in widths)]))
+    for s in matrix.scenarios:
+        row = [s.ljust(first)]
+        for c, w in zip(matrix.columns, widths, strict=True):
+            text = labels.get((s, c), "-")
+            row.append((text if len(text) <= w else text[: w - 1] + "…").ljust(w))
+        out.append("  ".join(row).rstrip())
+    details: list[str] = []
+    for s in matrix.scenarios:
+        for c in matrix.columns:
+            cell = matrix.cell(s, c)
+            if cell is not None:
+                details.extend(_details(s, c, cell))
+    if details:
+        out.append("")
+        out.extend(details)
+    out.append("")
+    out.append(summary_line(matrix))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,167 @@
+"""One self-contained HTML page (inline CSS, no scripts, no external resources) for people.
+
+The matrix is scenarios x versions. Every cell shows the verdict; a divergent cell shows both sides side
+by side, with the exact messages QEMU and the model produced, so a reader does not need the JSON.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from harness.report import Cell, Matrix, build_matrix, summary_line, verdict_text
+from harness.results import Results
+from reference_impl.outcome import Outcome
+
+_CSS = """
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #1d1d1f;
+       background: #fff; }
+h1 { font-size: 1.5em; margin: 0 0 .3em; }
+.meta { color: #555; margin-bottom: 1em; }
+.meta code { background: #f3f3f3; padding: 0 .25em; }
+.summary span { display: inline-block; padding: .2em .6em; margin-right: .4em; border-radius: 4px;
+                font-weight: 600; }
+table.matrix { border-collapse: collapse; margin-top: 1em; width: 100%; table-layout: fixed; }
+table.matrix th, table.matrix td { border: 1px solid #ccc; padding: .35em .5em; vertical-align: top;
+                                   text-align: left; overflow-wrap: anywhere; }
+table.matrix thead th { position: sticky; top: 0; background: #2d3748; color: #fff; z-index: 1; }
+table.matrix th.scenario { width: 22em; }
+td.scenario { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 13px; background: #fafafa; }
+td.scenario .desc { font-family: system-ui, sans-serif; color: #666; font-size: 12px; }
+.agree { background: #e6f4ea; }
+.diverge { background: #fde7e7; }
+.skip { background: #f1f1f1; color: #555; }
+.error, .not-run { background: #fff1d6; }
+.outcome { background: #eef3fb; }
+.tag { font-weight: 700; }
+.agree .tag { color: #1e7a34; }
+.diverge .tag { color: #b3261e; }
+.error .tag, .not-run .tag { color: #9a5b00; }
+.msg { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; color: #333; }
+table.sides { border-collapse: collapse; width: 100%; margin-top: .3em; table-layout: fixed; }
+table.sides th, table.sides td { border: 1px solid #e0b4b4; padding: .2em .35em; font-size: 12px;
+                                 vertical-align: top; overflow-wrap: anywhere; }
+table.sides th { background: #f8d7d7; color: #1d1d1f; }
+table.sides td.field { width: 9em; font-weight: 600; }
+table.sides td { font-family: ui-monospace, "DejaVu Sans Mono", monospace; background: #fff; }
+pre { white-space: pre-wrap; margin: .2em 0; font-size: 12px; }
+"""
+
+_SUMMARY_COLOURS = {
+    "agree": ("#1e7a34", "#e6f4ea"),
+    "diverge": ("#b3261e", "#fde7e7"),
+    "skip": ("#555", "#f1f1f1"),
+    "error": ("#9a5b00", "#fff1d6"),
+    "not-run": ("#9a5b00", "#fff1d6"),
+    "outcome": ("#2b4c7e", "#eef3fb"),
+}
+
+
+def _text(value: object) -> str:
+    return escape("null" if value is None else str(value))
+
+
+def _vm(outcome: Outcome, side: str) -> str:
+    state = outcome.source if side == "source" else outcome.destination
+    return "null" if state is None else f"{state.status} / {state.runstate}"
+
+
+def _outcome_lines(outcome: Outcome) -> str:
+    parts = [f'<div class="msg">{escape(verdict_text(outcome))}</div>']
+    if outcome.error:
+        parts.append(f'<div class="msg">{escape(outcome.error)}</div>')
+    return "".join(parts)
+
+
+def _sides_table(cell: Cell) -> str:
+    ref, qemu = cell.reference, cell.qemu
+    rows = ['<table class="sides"><tr><th class="field">field</th><th>reference</th><th>qemu</th></tr>']
+    differences = cell.comparison.differences if cell.comparison else {}
+    for name, (ref_value, qemu_value) in differences.items():
+        if name == "error" and ref is not None and qemu is not None:
+            ref_value, qemu_value = ref.error, qemu.error  # the exact messages, not the normalised ones
+        rows.append(
+            f'<tr><td class="field">{escape(name)}</td><td>{_text(ref_value)}</td><td>{_text(qemu_value)}</td></tr>'
+        )
+    if ref is not None and qemu is not None:
+        for name, ref_value, qemu_value in (
+            ("verdict", verdict_text(ref), verdict_text(qemu)),
+            ("error", ref.error, qemu.error),
+            ("source", _vm(ref, "source"), _vm(qemu, "source")),
+            ("destination", _vm(ref, "destination"), _vm(qemu, "destination")),
+        ):
+            if not any(k == name or k.startswith(name + ".") for k in differences):
+                rows.append(
+                    f'<tr><td class="field">{escape(name)} (same)</td><td>{_text(ref_value)}</td>'
+                    f"<td>{_text(qemu_value)}</td></tr>"
+                )
+    rows.append("</table>")
+    return "".join(rows)
+
+
+def _cell_html(cell: Cell | None) -> str:
+    if cell is None:
+        return '<td class="skip">-</td>'
+    kind = cell.kind
+    if kind == "agree":
+        outcome = cell.qemu or cell.reference
+        body = _outcome_lines(outcome) if outcome else ""
+        return f'<td class="agree"><span class="tag">agree</span>{body}</td>'
+    if kind == "diverge":
+        return f'<td class="diverge"><span class="tag">DIVERGE</span>{_sides_table(cell)}</td>'
+    if kind == "skip":
+        return f'<td class="skip"><span class="tag">skip</span><div class="msg">{escape(cell.detail)}</div></td>'
+    if kind in ("error", "not-run"):
+        label = "error" if kind == "error" else "not run"
+        return f'<td class="{kind}"><span class="tag">{label}</span><pre>{escape(cell.detail)}</pre></td>'
+    parts = []
+    for name, outcome in (("qemu", cell.qemu), ("reference", cell.reference)):
+        if outcome is not None:
+            parts.append(f"<div><b>{name}</b>{_outcome_lines(outcome)}</div>")
+    return f'<td class="outcome">{"".join(parts)}</td>'
+
+
+def _meta_html(results: Results) -> str:
+    meta = results.meta
+    items = []
+    for b in meta.get("binaries") or []:
+        if isinstance(b, dict):
+            items.append(f"<code>{escape(str(b.get('path')))}</code> ({escape(str(b.get('version')))})")
+    lines = []
+    if items:
+        lines.append("binaries: " + ", ".join(items))
+    keys = ("backend", "host", "kernel", "start", "end", "jobs")
+    facts = [f"{key}: {escape(str(meta[key]))}" for key in keys if key in meta]
+    if facts:
+        lines.append(" · ".join(facts))
+    return "<br>".join(lines)
+
+
+def render(results: Results, matrix: Matrix | None = None, title: str = "migconform results") -> str:
+    matrix = matrix or build_matrix(results)
+    counts = matrix.counts()
+    badges = []
+    for kind, count in counts.items():
+        if count or kind in ("agree", "diverge", "skip"):
+            fg, bg = _SUMMARY_COLOURS[kind]
+            badges.append(f'<span style="color:{fg};background:{bg}">{count} {escape(kind)}</span>')
+    descriptions = {str(k): str(v) for k, v in dict(results.meta.get("descriptions") or {}).items()}
+    head = "".join(f"<th>{escape(c)}</th>" for c in matrix.columns)
+    rows = []
+    for scenario in matrix.scenarios:
+        desc = descriptions.get(scenario, "")
+        desc_html = f'<div class="desc">{escape(desc)}</div>' if desc else ""
+        cells = "".join(_cell_html(matrix.cell(scenario, c)) for c in matrix.columns)
+        rows.append(f'<tr id="{escape(scenario)}"><td class="scenario">{escape(scenario)}{desc_html}</td>{cells}</tr>')
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{escape(title)}</h1>"
+        f'<div class="meta">{_meta_html(results)}</div>'
+        f'<div class="summary">{"".join(badges)}</div>'
+        f'<p class="meta">{escape(summary_line(matrix))}</p>'
+        f'<table class="matrix"><thead><tr><th class="scenario">scenario</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        "</body></html>\n"
+    )

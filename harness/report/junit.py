@@ -1,0 +1,73 @@
+"""JUnit XML for CI systems: one testcase per scenario x version.
+
+A divergence is a ``failure`` whose text shows both sides' exact messages; a harness error or an item an
+interrupted run never finished is an ``error``; a skip carries its reason.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from harness.report import Cell, Matrix, build_matrix, verdict_text
+from harness.results import Results
+from reference_impl.outcome import Outcome
+
+
+def _side(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return "(no outcome)"
+    src = outcome.source.to_json() if outcome.source else None
+    dst = outcome.destination.to_json() if outcome.destination else None
+    return f"{verdict_text(outcome)}\n    error: {outcome.error}\n    source: {src}\n    destination: {dst}"
+
+
+def _failure_text(cell: Cell) -> str:
+    lines = ["differences (field: reference | qemu):"]
+    if cell.comparison is not None:
+        for name, (ref, qemu) in cell.comparison.differences.items():
+            lines.append(f"  {name}: {ref} | {qemu}")
+    lines.append(f"reference: {_side(cell.reference)}")
+    lines.append(f"qemu:      {_side(cell.qemu)}")
+    return "\n".join(lines)
+
+
+def render(results: Results, matrix: Matrix | None = None, suite_name: str = "migconform") -> str:
+    matrix = matrix or build_matrix(results)
+    counts = matrix.counts()
+    suites = ET.Element("testsuites", name=suite_name)
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=suite_name,
+        tests=str(len(matrix.cells)),
+        failures=str(counts["diverge"]),
+        errors=str(counts["error"] + counts["not-run"]),
+        skipped=str(counts["skip"]),
+    )
+    if results.meta.get("start"):
+        suite.set("timestamp", str(results.meta["start"]))
+    for scenario in matrix.scenarios:
+        for column in matrix.columns:
+            cell = matrix.cell(scenario, column)
+            if cell is None:
+                continue
+            case = ET.SubElement(suite, "testcase", classname=f"{suite_name}.{column}", name=f"{scenario}[{column}]")
+            durations = [o.duration_s for o in (cell.reference, cell.qemu) if o is not None and o.duration_s]
+            if durations:
+                case.set("time", f"{sum(durations):.3f}")
+            if cell.kind == "diverge":
+                message = ", ".join(cell.comparison.differences) if cell.comparison else "diverged"
+                failure = ET.SubElement(case, "failure", message=f"diverges in {message}", type="divergence")
+                failure.text = _failure_text(cell)
+            elif cell.kind == "skip":
+                ET.SubElement(case, "skipped", message=cell.detail)
+            elif cell.kind == "error":
+                error = ET.SubElement(case, "error", message=cell.detail.splitlines()[0] if cell.detail else "error")
+                error.text = cell.detail
+            elif cell.kind == "not-run":
+                ET.SubElement(case, "error", message=f"not run: {cell.detail}")
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = f"reference: {_side(cell.reference)}\nqemu:      {_side(cell.qemu)}"
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -1,0 +1,173 @@
+"""VFIO providers by name: where the host side of a scenario's vfio-pci devices comes from.
+
+``mtty`` is the hardware-free lab (docs/vfio-lab.md): one nested L1 guest per batch, running Debian's
+kernel with the mtty mdev sample, in which every scenario runs through harness.executor with a fresh
+mdev per QEMU launch. The guest's kernel decides one host fact the model needs, whether device dirty
+reports work (vfio-mtty-lab.md P3), so the provider is built for one initramfs variant:
+
+- ``variant="stock"`` (default; also ``dirty-report="fails"``): Debian's vfio.ko, whose iova_bitmap
+  stubs make every DMA-logging report fail. This is what a user of Debian's kernel gets.
+- ``variant="iovabm"`` (also ``dirty-report="works"``): the lab's rebuilt vfio.ko, reports work.
+
+Other options: ``qemu`` (the L1 QEMU binary), ``series`` (Debian kernel series of the guest),
+``timeout`` (seconds for the whole batch; default scales with its size).
+"""
+
+from __future__ import annotations
+
+import compileall
+import json
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from reference_impl.host import HostFacts
+from reference_impl.outcome import Outcome
+from reference_impl.scenario import Scenario
+
+if TYPE_CHECKING:
+    from harness.binaries import QemuBinary
+    from harness.vfio_lab.boot import BootResult
+    from harness.vfio_lab.build import LabImage
+
+PROVIDERS = ("mtty",)
+VARIANT_ALIASES = {"stock": "stock", "iovabm": "iovabm", "fails": "stock", "works": "iovabm"}
+# Budget of one batch: the boot (measured 4-11 s under load) plus a generous bound per scenario (the
+# slowest measured, a completed migration pair, takes about 3 s).
+BOOT_BUDGET_S = 90.0
+PER_SCENARIO_BUDGET_S = 45.0
+
+
+class VfioProvider(Protocol):
+    name: str
+    kernel: str
+
+    async def run_batch(self, scenarios: Sequence[Scenario], binaries: Sequence[QemuBinary]) -> list[Outcome]: ...
+
+    def host_facts(self) -> HostFacts: ...
+
+
+class LabRunError(RuntimeError):
+    """The lab guest returned no outcomes; the message says why and where its logs are."""
+
+
+class MttyLabProvider:
+    """The nested mtty lab as a VFIO provider."""
+
+    name = "mtty"
+
+    def __init__(
+        self,
+        variant: str = "stock",
+        *,
+        qemu: str | None = None,
+        series: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if variant not in VARIANT_ALIASES:
+            raise ValueError(f"unknown lab variant {variant!r}: use stock (dirty reports fail) or iovabm (they work)")
+        self.variant = VARIANT_ALIASES[variant]
+        self.qemu = qemu
+        self.series = series
+        self.timeout = timeout
+        self._image: LabImage | None = None
+        self.last_boot: BootResult | None = None
+        self.last_run_dir: Path | None = None
+
+    @property
+    def image(self) -> LabImage:
+        """The lab build (cached on disk; built on first use)."""
+        if self._image is None:
+            from harness.vfio_lab.build import KERNEL_SERIES, build
+
+            self._image = build(self.series or KERNEL_SERIES)
+        return self._image
+
+    @property
+    def kernel(self) -> str:
+        return self.image.kernel_release
+
+    def host_facts(self) -> HostFacts:
+        # Inside L1: 6.12 has userfaultfd with write-protect; L2 runs under TCG (no nested KVM).
+        return HostFacts(
+            userfaultfd=True,
+            uffd_wp=True,
+            kvm=False,
+            vfio_dirty_report_works=self.variant == "iovabm",
+            kernel=self.kernel,
+        )
+
+    async def run_batch(self, scenarios: Sequence[Scenario], binaries: Sequence[QemuBinary]) -> list[Outcome]:
+        """Boots the lab once and runs every scenario on every binary inside it."""
+        if not scenarios or not binaries:
+            return []
+        from harness.vfio_lab.boot import DEFAULT_QEMU, boot
+        from harness.vfio_lab.build import REPO, cache_root
+        from harness.vfio_lab.inside import OUTCOMES, REQUEST, RUNNER, Request
+
+        image = self.image
+        # The guest imports the harness over 9p under TCG; compiling it there costs seconds per boot.
+        for package in ("harness", "reference_impl"):
+            compileall.compile_dir(REPO / package, quiet=1)
+        runs = cache_root() / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        share = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
+        self.last_run_dir = share
+        request = Request(scenarios=list(scenarios), binaries=list(binaries), variant=self.variant)
+        with (share / REQUEST).open("wb") as fh:
+            pickle.dump(request, fh)
+        budget = self.timeout or BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * len(scenarios) * len(binaries)
+        result = await boot(image, self.variant, share, timeout=budget, qemu=self.qemu or DEFAULT_QEMU)
+        self.last_boot = result
+        outcomes = []
+        path = share / OUTCOMES
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    outcomes.append(Outcome.from_json(json.loads(line)))
+        runner: dict[str, Any] = {}
+        if (share / RUNNER).exists():
+            runner = json.loads((share / RUNNER).read_text())
+        for outcome in outcomes:
+            outcome.extra.setdefault("lab_l1_accel", result.accel.accel)
+            outcome.extra.setdefault("lab_run", str(share))
+        if not outcomes:
+            why = (
+                f"timed out after {budget:.0f} s"
+                if result.timed_out
+                else f"L1 exited with status {result.returncode}, runner status {result.runner_exit}"
+            )
+            problems = f"; /init reported {result.problems}" if result.problems else ""
+            raise LabRunError(
+                f"the VFIO lab returned no outcomes ({why}{problems}; runner {runner or 'never started'}); "
+                f"serial log: {result.serial_log}"
+            )
+        return outcomes
+
+    def cleanup(self) -> None:
+        """Removes the last run's share folder (logs and outcomes)."""
+        if self.last_run_dir is not None:
+            shutil.rmtree(self.last_run_dir, ignore_errors=True)
+
+
+def get_provider(name: str, options: Mapping[str, Any] | None = None) -> MttyLabProvider:
+    """The provider called ``name``; ValueError for unknown names or options (the runner reports it)."""
+    opts = dict(options or {})
+    if name != "mtty":
+        raise ValueError(f"unknown VFIO provider {name!r} (available: {', '.join(PROVIDERS)})")
+    variant = str(opts.pop("variant", opts.pop("dirty-report", "stock")))
+    qemu = opts.pop("qemu", None)
+    series = opts.pop("series", None)
+    timeout = opts.pop("timeout", None)
+    if opts:
+        raise ValueError(f"unknown option(s) for provider mtty: {', '.join(sorted(opts))}")
+    return MttyLabProvider(
+        variant,
+        qemu=None if qemu is None else str(qemu),
+        series=None if series is None else str(series),
+        timeout=None if timeout is None else float(timeout),
+    )

@@ -1,0 +1,178 @@
+"""The lab's runner: runs inside the L1 guest (chrooted into the host's root) and executes scenarios.
+
+/init starts ``python -m harness.vfio_lab.inside --share DIR``. DIR is the writable 9p share; the host
+put ``request.pickle`` there (scenarios and QEMU binaries as the harness's own objects: the guest runs
+the same code from the same paths, so pickling round-trips exactly). Each scenario goes through
+harness.executor.execute with an MdevAllocator, and its Outcome is appended to ``outcomes.jsonl`` at
+once, so a guest that runs out of time still returns what it finished. ``runner.json`` records the
+guest's kernel and uptime; ``dmesg.txt`` keeps mtty's migration-state log for diagnosis.
+
+``--smoke`` instead runs one fixed check with its own QMP client (no executor): the postcopy refusal of
+a migratable mtty device. It proves the lab itself works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.vfio_lab.mdev import MdevAllocator
+from reference_impl.outcome import Outcome
+from reference_impl.scenario import DeviceSpec, Scenario
+
+REQUEST = "request.pickle"
+OUTCOMES = "outcomes.jsonl"
+RUNNER = "runner.json"
+PROVIDER_NAME = "mtty"
+
+
+@dataclass
+class Request:
+    """What the host asks the guest to run (written by harness.vfio.provider)."""
+
+    scenarios: list[Scenario]
+    binaries: list[Any]  # harness.binaries.QemuBinary
+    variant: str
+    scenario_timeout_s: float = 120.0  # one scenario, all steps
+    wait_timeout_s: float = 30.0  # the executor's bound on each wait and QMP command
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def _append(share: Path, outcome: Outcome) -> None:
+    with (share / OUTCOMES).open("a") as fh:
+        fh.write(json.dumps(outcome.to_json()) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _error_outcome(scenario: Scenario, binary: Any, reason: str) -> Outcome:
+    """The executor raised: a skipped record that says why, so the host never loses a scenario."""
+    return Outcome(
+        scenario=scenario.id,
+        backend="qemu",
+        qemu_version=str(getattr(binary, "version", "")),
+        verdict="skipped",
+        skip_reason=reason,
+        binary=str(getattr(binary, "path", binary)),
+    )
+
+
+async def run_request(request: Request, share: Path) -> int:
+    kernel = os.uname().release
+    try:
+        from harness.executor import execute
+    except ImportError as exc:
+        for binary in request.binaries:
+            for scenario in request.scenarios:
+                _append(share, _error_outcome(scenario, binary, f"harness.executor is not available: {exc}"))
+        return 1
+    allocator = MdevAllocator()
+    failures = 0
+    for binary in request.binaries:
+        for scenario in request.scenarios:
+            started = time.monotonic()
+            workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.id}-", dir="/tmp"))
+            try:
+                outcome = await asyncio.wait_for(
+                    execute(scenario, binary, workdir=workdir, allocator=allocator, timeout=request.wait_timeout_s),
+                    request.scenario_timeout_s,
+                )
+            except Exception as exc:  # the executor's own bugs: keep going, say what happened
+                failures += 1
+                traceback.print_exc()
+                outcome = _error_outcome(scenario, binary, f"lab runner: {type(exc).__name__}: {exc}")
+            finally:
+                allocator.release_all()
+            outcome.kernel = kernel
+            outcome.vfio_provider = PROVIDER_NAME
+            outcome.extra.setdefault("lab_variant", request.variant)
+            if outcome.duration_s is None:
+                outcome.duration_s = round(time.monotonic() - started, 3)
+            _append(share, outcome)
+    return 1 if failures else 0
+
+
+async def smoke(share: Path) -> int:
+    """One fixed end-to-end check without the executor: postcopy-ram with a migratable mtty device."""
+    from qemu.qmp import QMPClient, QMPError
+
+    allocator = MdevAllocator()
+    device = allocator.allocate(DeviceSpec("vfio-pci", id="vfio0"))
+    sock = Path(tempfile.mkdtemp(dir="/tmp")) / "smoke.qmp"
+    argv = [
+        "/usr/bin/qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
+        "-m", "128", "-serial", "none", "-monitor", "none",
+        "-device", f"vfio-pci,sysfsdev={device.properties['sysfsdev']},id=vfio0,"
+        "x-device-dirty-page-tracking=off,enable-migration=on",
+        "-qmp", f"unix:{sock},server=on,wait=off",
+    ]  # fmt: skip
+    report: dict[str, Any] = {"mdev": device.host_name, "argv": argv}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    client = QMPClient("smoke")
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        await client.connect(str(sock))
+        await client.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "postcopy-ram", "state": True}]})  # fmt: skip
+        try:
+            await client.execute("migrate", {"uri": "unix:/tmp/smoke-nobody.sock"})
+            report["migrate"] = "accepted"
+        except QMPError as exc:
+            report["migrate_error"] = str(exc)
+        report["status"] = (await client.execute("query-status"))["status"]  # type: ignore[index]
+        report["query_migrate"] = await client.execute("query-migrate")
+    finally:
+        await client.disconnect()
+        proc.kill()
+        report["stderr"] = proc.communicate()[1]
+        allocator.release(device)
+    (share / "smoke.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the VFIO lab's in-guest runner")
+    parser.add_argument("--share", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    share: Path = args.share
+    (share / RUNNER).write_text(
+        json.dumps({"kernel": os.uname().release, "uptime_at_start": _uptime(), "pid": os.getpid()})
+    )
+    request_path = share / REQUEST
+    try:
+        if args.smoke or not request_path.exists():
+            status = asyncio.run(smoke(share))
+        else:
+            with request_path.open("rb") as fh:
+                request: Request = pickle.load(fh)
+            status = asyncio.run(run_request(request, share))
+    finally:
+        info = json.loads((share / RUNNER).read_text())
+        info["uptime_at_end"] = _uptime()
+        (share / RUNNER).write_text(json.dumps(info))
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+        (share / "dmesg.txt").write_text(dmesg)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""A modelled VM: its command line realized in QEMU's order, and the migration state it carries.
+
+Startup order (measured, docs/real-qemu-facts.md#only-migratable): every ``-drive``/``-blockdev`` is opened
+before any ``-device``; devices are realized in command-line order, and the executor puts the scenario's
+``args`` before its ``[[vm.device]]`` entries. Realizing a device may fail (QEMU refuses to start: the error
+is returned without the "qemu-system-x86_64: -device ...: " prefix), register an unmigratable vmsd, add a
+blocker, or (vfio-pci) register savevm handlers through the VFIO model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reference_impl import catalog
+from reference_impl.blockers import MigrationBlockers
+from reference_impl.host import HostFacts
+from reference_impl.savevm import SaveVMHandlers
+from reference_impl.scenario import DeviceSpec, VmSpec
+from reference_impl.versions import Version
+from reference_impl.vfio.api import VfioMachineState, placeholder_name
+
+# Options that take a value (the next argv item); everything else starting with "-" is a flag.
+_VALUE_OPTIONS = frozenset(
+    {
+        "-device", "-object", "-drive", "-blockdev", "-audiodev", "-chardev", "-netdev", "-M", "-machine", "-m",
+        "-accel", "-cpu", "-smp", "-global", "-incoming", "-name", "-uuid", "-bios", "-L", "-kernel", "-initrd",
+        "-append", "-serial", "-monitor", "-qmp", "-display", "-vga", "-boot", "-rtc", "-numa", "-fsdev",
+        "-virtfs", "-trace", "-d", "-D", "-icount", "-k", "-fw_cfg", "-plugin", "-msg", "-overcommit",
+        "-mem-path", "-sandbox", "-run-with", "-action", "-tpmdev", "-spice", "-vnc", "-pidfile", "-parallel",
+        "-debugcon", "-mon", "-chroot", "-runas", "-set", "-readconfig", "-option-rom", "-loadvm", "-hda", "-hdb",
+        "-hdc", "-hdd", "-cdrom", "-fda", "-fdb", "-pflash", "-nic", "-net", "-add-fd", "-smbios", "-acpitable",
+        "-semihosting-config", "-compat", "-audio", "-qmp-pretty", "-device-help",
+    }
+)  # fmt: skip
+
+_ROOT_BUS_SLOTS = range(1, 0x1F)  # q35: 00.0 is the host bridge, 1f.x the ICH9 functions
+
+
+def parse_options(text: str) -> tuple[str, dict[str, str]]:
+    """Split "driver,key=value,..." (QemuOpts with an implied first key) into (first, options)."""
+    parts = text.split(",")
+    head = parts[0]
+    options: dict[str, str] = {}
+    if "=" in head:
+        key, _, value = head.partition("=")
+        options[key] = value
+        head = options.get("driver", "")
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        options[key] = value if sep else "on"
+    return head, options
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """What the model reads from one VM's configuration."""
+
+    drives: tuple[tuple[bool, dict[str, str]], ...]  # (is -blockdev, options), in order
+    devices: tuple[DeviceSpec, ...]  # args' -device items, then [[vm.device]]
+    only_migratable: bool
+    start_paused: bool  # -S
+    accel: str
+
+
+# Parsed command lines per VmSpec object. VmSpec is frozen, so its parse never changes; the entry keeps the
+# spec alive so that its id() cannot be reused while cached. Bounded: cleared when full.
+_PARSED: dict[int, tuple[VmSpec, CommandLine]] = {}
+_PARSED_MAX = 256
+
+
+def parse_vm(spec: VmSpec) -> CommandLine:
+    """The VM's command line as the model reads it (cached per VmSpec object)."""
+    hit = _PARSED.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    line = _parse_vm(spec)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[id(spec)] = (spec, line)
+    return line
+
+
+def _parse_vm(spec: VmSpec) -> CommandLine:
+    drives: list[tuple[bool, dict[str, str]]] = []
+    devices: list[DeviceSpec] = []
+    only_migratable = spec.only_migratable
+    start_paused = False
+    accel = spec.accel
+    args = spec.args
+    i = 0
+    while i < len(args):
+        opt = args[i]
+        norm = "-" + opt.lstrip("-") if opt.startswith("-") else opt
+        value = args[i + 1] if norm in _VALUE_OPTIONS and i + 1 < len(args) else None
+        i += 2 if value is not None else 1
+        if norm == "-S":
+            start_paused = True
+        elif norm == "-only-migratable":
+            only_migratable = True
+        elif norm == "-enable-kvm":
+            accel = "kvm"
+        elif value is None:
+            continue
+        elif norm == "-accel":
+            accel = parse_options(value)[0]
+        elif norm == "-device":
+            driver, options = parse_options(value)
+            dev_id = options.pop("id", None)
+            options.pop("driver", None)
+            devices.append(DeviceSpec(driver=driver, id=dev_id, properties=options))
+        elif norm == "-drive":
+            drives.append((False, parse_options("," + value)[1]))
+        elif norm == "-blockdev":
+            drives.append((True, parse_options("," + value)[1]))
+    devices.extend(spec.devices)
+    return CommandLine(tuple(drives), tuple(devices), only_migratable, start_paused, accel)
+
+
+@dataclass(slots=True)
+class Machine:
+    """One VM of the scenario: devices realized, plus the migration state QMP reports."""
+
+    version: Version
+    host: HostFacts
+    role: str  # "source" | "destination"
+    vn: int  # the profile as major * 100 + minor (cheap comparisons)
+    runstate: str
+    blockers: MigrationBlockers
+    handlers: list[SaveVMHandlers] = field(default_factory=list)
+    kvm_dirty_ring: bool = False
+    drives: int = 0  # -drive/-blockdev items (snapshot-save needs one)
+    status: str = "none"  # query-migrate status
+    caps: frozenset[str] = frozenset()
+    params: dict[str, Any] = field(default_factory=dict)
+    autostart: bool = True  # cleared by -S / `stop` while inmigrate, set by `cont`
+    incoming: str | None = None  # transport of migrate-incoming, once called
+    error_desc: str | None = None
+    events: list[str] = field(default_factory=list)  # MIGRATION event statuses sent
+    alive: bool = True
+    exit_line: str | None = None  # "status N: last stderr line" once dead
+    # Source side: the migration started by `migrate` and not yet resolved.
+    migration: Any = None
+
+    @property
+    def events_on(self) -> bool:
+        return "events" in self.caps
+
+
+@dataclass(frozen=True)
+class _Realized:
+    """What realizing a command line's drives and devices left behind (a pure function of its inputs)."""
+
+    error: str | None
+    reasons: tuple[str, ...] = ()
+    unmigratable: tuple[str, ...] = ()
+    handlers: tuple[SaveVMHandlers, ...] = ()
+
+
+# Realize results per (VmSpec object, profile, HostFacts object, only-migratable): see parse_vm's cache.
+_REALIZED: dict[tuple[int, int, int], tuple[VmSpec, HostFacts, _Realized]] = {}
+
+
+def _realize_cached(spec: VmSpec, line: CommandLine, version: Version, vn: int, host: HostFacts) -> _Realized:
+    key = (id(spec), vn, id(host))
+    hit = _REALIZED.get(key)
+    if hit is not None and hit[0] is spec and hit[1] is host:
+        return hit[2]
+    result = _realize_uncached(line, version, host)
+    if len(_REALIZED) >= _PARSED_MAX:
+        _REALIZED.clear()
+    _REALIZED[key] = (spec, host, result)
+    return result
+
+
+def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _Realized:
+    blockers = MigrationBlockers(only_migratable=line.only_migratable)
+    vm = Machine(version=version, host=host, role="source", vn=version.major * 100 + version.minor,
+                 runstate="prelaunch", blockers=blockers)
+    for is_blockdev, options in line.drives:
+        for reason in catalog.drive_blockers(options, blockdev=is_blockdev):
+            error = blockers.add(reason)
+            if error is not None:
+                return _Realized(error)
+    if line.devices:
+        error = _realize_devices(vm, line.devices)
+        if error is not None:
+            return _Realized(error)
+    return _Realized(None, tuple(blockers.reasons), tuple(blockers.unmigratable), tuple(vm.handlers))
+
+
+def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machine | str:
+    """Start one VM: the Machine, or QEMU's startup error (the message after the option prefix)."""
+    line = parse_vm(spec)
+    vn = version.major * 100 + version.minor
+    if line.drives or line.devices:
+        done = _realize_cached(spec, line, version, vn, host)
+        if done.error is not None:
+            return done.error
+        blockers = MigrationBlockers(line.only_migratable, list(done.reasons), list(done.unmigratable))
+        handlers = list(done.handlers)
+    else:
+        blockers = MigrationBlockers(line.only_migratable)
+        handlers = []
+    runstate = "prelaunch" if line.start_paused else "running"
+    if role == "destination":
+        runstate = "inmigrate"
+    return Machine(
+        version=version,
+        host=host,
+        role=role,
+        vn=vn,
+        runstate=runstate,
+        blockers=blockers,
+        handlers=handlers,
+        kvm_dirty_ring=host.kvm and host.dirty_ring and line.accel != "tcg",
+        autostart=not line.start_paused,
+        drives=len(line.drives),
+    )
+
+
+@dataclass
+class _Buses:
+    slots: dict[int, str] = field(default_factory=dict)  # slot -> "driver,id=ID" of its occupant
+    usb_controller: str | None = None  # qdev path of the first USB host controller
+    usb_ports: int = 0
+
+
+def _parse_slot(addr: str) -> tuple[int, int]:
+    slot_text, _, fn_text = addr.partition(".")
+    return int(slot_text, 16), int(fn_text or "0", 16)
+
+
+def _take_pci_slot(buses: _Buses, device: DeviceSpec) -> tuple[str | None, str | None]:
+    """pci_qdev_realize / do_pci_register_device: (qdev path "0000:00:SS.F", error)."""
+    occupant = f"{device.driver},id={device.id if device.id is not None else '(null)'}"
+    addr = device.properties.get("addr")
+    if addr is not None:
+        slot, fn = _parse_slot(addr)
+        if slot in buses.slots or slot == 0 or slot == 0x1F:
+            owner = buses.slots.get(slot, "mch,id=(null)")
+            return None, f"PCI: slot {slot} function {fn} not available for {device.driver}, in use by {owner}"
+    else:
+        free = [s for s in _ROOT_BUS_SLOTS if s not in buses.slots]
+        if not free:
+            return None, f"PCI: no slot/function available for {device.driver}, all in use or reserved"
+        slot, fn = free[0], 0
+    buses.slots[slot] = occupant
+    return f"0000:00:{slot:02x}.{fn}", None
+
+
+def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...]) -> str | None:
+    buses = _Buses()
+    vfio_state: VfioMachineState | None = None
+    viommu = False
+    unnamed_vfio = 0
+    for device in devices:
+        driver = device.driver
+        model = catalog.model_for(driver)
+        if model is not None and model.since is not None and vm.version < model.since:
+            return f"'{driver}' is not a valid device model name"
+        path: str | None = None
+        on_root_bus = device.properties.get("bus", "pcie.0") == "pcie.0"
+        if catalog.is_pci_driver(driver) and on_root_bus:
+            path, error = _take_pci_slot(buses, device)
+            if error is not None:
+                return error
+        elif catalog.is_usb_device(driver):
+            if buses.usb_controller is None:
+                return f"No 'usb-bus' bus found for device '{driver}'"
+            buses.usb_ports += 1
+            path = f"{buses.usb_controller}/{buses.usb_ports}"
+        if model is not None:
+            if model.unmigratable_vmsd is not None:
+                # check_only_migratable (hw/core/qdev.c), before realize.
+                if vm.blockers.only_migratable:
+                    qom_type = model.only_migratable_type()
+                    return f"Device {qom_type} is not migratable, but --only-migratable was specified"
+                if model.idstr_without_path or path is None:
+                    idstr = model.unmigratable_vmsd
+                else:
+                    idstr = f"{path}/{model.unmigratable_vmsd}"
+                vm.blockers.unmigratable.append(idstr)
+            if model.usb_host_controller and buses.usb_controller is None and path is not None:
+                buses.usb_controller = path
+        if driver in catalog.IVSHMEM_DRIVERS and device.properties.get("master", "off") not in ("on", "true"):
+            error = vm.blockers.add(catalog.IVSHMEM_PEER_BLOCKER)
+            if error is not None:
+                return error
+        if driver == "vfio-pci":
+            if vfio_state is None:
+                vfio_state = VfioMachineState(version=vm.version, host=vm.host, blockers=vm.blockers)
+            vfio_state.viommu = viommu
+            name = placeholder_name(device.id, unnamed_vfio)
+            if device.id is None:
+                unnamed_vfio += 1
+            error = _vfio_realize(device, name, vfio_state, vm)
+            if error is not None:
+                return error
+        if model is not None and model.viommu:
+            viommu = True
+    return None
+
+
+def _vfio_realize(device: DeviceSpec, name: str, state: VfioMachineState, vm: Machine) -> str | None:
+    """Hand one vfio-pci device to the VFIO model (reference_impl.vfio.realize), imported lazily."""
+    from reference_impl.vfio.realize import vfio_realize
+
+    result = vfio_realize(device, name, state)
+    if result.error is not None:
+        return result.error
+    if result.handler is not None:
+        vm.handlers.append(result.handler)
+    return None

@@ -1,0 +1,406 @@
+"""The migration core: QMP commands on a modelled VM and the migration state machine.
+
+Each function mirrors one QMP command handler and returns QEMU's error text or None. Pre-checks run in
+QEMU's order (fact sheet §1.7, §7.2; measured order in docs/real-qemu-facts.md#checks). A migration that
+``migrate`` accepted is resolved by :func:`finish` (the contract's ``wait``), which applies the state machine
+of the version: statuses, MIGRATION events (cap ``events``), and the runstates both sides end in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from reference_impl.capabilities import (
+    IN_PROGRESS,
+    N8_0,
+    N8_1,
+    N8_2,
+    N9_0,
+    N10_0,
+    N10_2,
+    CapsCheckContext,
+    apply_capability_request,
+)
+from reference_impl.machine import Machine
+from reference_impl.parameters import apply_parameter_request
+from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
+
+# migration_is_running() (10.0): the states in which a new migrate / set-capabilities is refused.
+RUNNING_STATES = frozenset(
+    {
+        "setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover-setup", "postcopy-recover",
+        "pre-switchover", "device", "wait-unplug", "cancelling", "colo", "postcopy-device",
+    }
+)  # fmt: skip
+SOCKET_TRANSPORTS = frozenset({"tcp", "unix"})
+
+# What the destination prints when its incoming stream breaks (cancel, source failure): QEMU 10.0.2 and
+# 7.2.22 exit with status 1 and this last stderr line (docs/real-qemu-facts.md#cancel--failure).
+DESTINATION_LOAD_FAILURE = "load of migration failed: Invalid argument"
+
+
+@dataclass
+class Migration:
+    """An outgoing migration that ``migrate`` accepted (source side)."""
+
+    transport: str
+    background: bool  # background-snapshot
+    source_runstate: str  # runstate when migrate ran: decides the destination's runstate
+    left_setup: bool = False  # a step waited for the migration to leave setup (start-postcopy, cancel)
+    postcopy: bool = False  # migrate-start-postcopy accepted
+    # A failure known at migrate time: (error-desc or None, the source's last stderr line or None).
+    failure: tuple[str | None, str | None] | None = None
+
+
+@dataclass
+class Scene:
+    """Both VMs and what the scenario has set up between them."""
+
+    source: Machine
+    destination: Machine
+    socket_uri: bool = False  # migrate-incoming tcp/unix done (later migrates reuse the URI)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def emit(vm: Machine, status: str) -> None:
+    """``migrate_set_state``: the status changes; MIGRATION is sent only with cap ``events`` on."""
+    vm.status = status
+    if "events" in vm.caps:
+        vm.events.append(status)
+
+
+def caps_context(vm: Machine) -> CapsCheckContext:
+    host = vm.host
+    incoming = vm.incoming
+    params = vm.params
+    return CapsCheckContext(
+        vm.runstate == "inmigrate",
+        incoming in SOCKET_TRANSPORTS,
+        incoming is not None and incoming not in SOCKET_TRANSPORTS,
+        host.userfaultfd,
+        host.uffd_wp,
+        vm.kvm_dirty_ring,
+        bool(params) and params.get("multifd-compression", "none") != "none",
+        bool(params) and bool(params.get("tls-creds", "")),
+    )
+
+
+def set_capabilities(vm: Machine, request: Mapping[str, bool]) -> str | None:
+    """``qmp_migrate_set_capabilities``; see reference_impl.capabilities.apply_capability_request."""
+    # migration_is_running() looks at this VM's outgoing migration only (the destination's incoming state
+    # does not count: measured, set-capabilities after migrate-incoming reaches migrate_caps_check).
+    running = vm.migration is not None
+    vm.caps, error = apply_capability_request(vm.version, vm.caps, request, caps_context(vm), migration_running=running)
+    return error
+
+
+def set_parameters(vm: Machine, request: Mapping[str, Any]) -> str | None:
+    """``qmp_migrate_set_parameters``."""
+    vm.params, error = apply_parameter_request(vm.version, vm.params, request, vm.caps)
+    return error
+
+
+def migrate_incoming(vm: Machine, transport: str) -> str | None:
+    """``qmp_migrate_incoming`` on the destination (started with ``-incoming defer``).
+
+    8.1+ moves the incoming state none -> setup here (migrate_set_state: an event only with cap events);
+    7.2/8.0 keep query-migrate empty but send MIGRATION setup unconditionally
+    (qemu_start_incoming_migration). Measured on both (docs/real-qemu-facts.md#flow-precopy).
+    """
+    if vm.incoming is not None:
+        return "The incoming migration has already been started"
+    if vm.runstate != "inmigrate":
+        return "'-incoming' was not specified on the command line"
+    if vm.vn < N8_2 and transport == "file":
+        return "unknown migration protocol: file:<FILE>"
+    vm.incoming = transport
+    if vm.vn >= N8_1:
+        emit(vm, "setup")
+    else:
+        vm.events.append("setup")
+    return None
+
+
+def _transport_check(vm: Machine, transport: str) -> str | None:
+    """``migration_channels_and_transport_compatible`` (8.0+): seekable first, then multi-channel."""
+    caps = vm.caps
+    if "mapped-ram" in caps and transport != "file":
+        return "Migration requires seekable transport (e.g. file)"
+    needs_channels = "multifd" in caps or "postcopy-preempt" in caps
+    channels_ok = transport in SOCKET_TRANSPORTS or (transport == "file" and "mapped-ram" in caps)
+    if needs_channels and not channels_ok:
+        return "Migration requires multi-channel URIs (e.g. tcp)"
+    return None
+
+
+def connect_refused(transport: str) -> str:
+    """error-desc of a socket migration whose destination no longer listens (a reused URI after the
+    destination completed or died). Measured for tcp on 10.0.2 and 7.2.22 ("Failed to connect to
+    '127.0.0.1:42077': Connection refused"); the port and socket path are host-specific: the model writes
+    the placeholders harness.compare normalises them to. unix is assumed to answer the same way."""
+    where = "127.0.0.1:<port>" if transport == "tcp" else "<path>"
+    return f"Failed to connect to '{where}': Connection refused"
+
+
+def migrate(vm: Machine, transport: str, *, peer_listening: bool = True) -> str | None:
+    """``qmp_migrate`` + ``migrate_prepare`` + ``migrate_init``: the error, or None once the migration started.
+
+    Refusals before migrate_init change nothing (status, error-desc and runstate stay; no event).
+    """
+    v = vm.vn
+    caps = vm.caps
+    if v >= N8_0:
+        error = _transport_check(vm, transport)
+        if error is not None:
+            return error
+    # migrate_prepare (migration/migration.c).
+    if vm.migration is not None:
+        return IN_PROGRESS
+    if vm.runstate == "inmigrate":
+        return "Guest is waiting for an incoming migration"
+    if vm.runstate == "postmigrate":
+        return "Can't migrate the vm that was paused due to previous migration"
+    blocked = vm.blockers.is_blocked()
+    if blocked is not None:
+        return blocked
+    if v >= N9_0 and "mapped-ram" in caps:
+        if vm.params.get("tls-creds", ""):
+            return "Cannot use TLS with mapped-ram"
+        if vm.params.get("multifd-compression", "none") != "none":
+            return "Cannot use compression with mapped-ram"
+    # migrate_init -> qemu_savevm_state_prepare (8.2+): VFIO's save_prepare refuses postcopy / bg-snapshot.
+    if v >= N8_2 and vm.handlers:
+        ctx = PrepareContext(capabilities={c: True for c in caps}, runstate=vm.runstate)
+        error = qemu_savevm_state_prepare(vm.handlers, ctx)
+        if error is not None:
+            return error
+    vm.error_desc = None
+    emit(vm, "setup")
+    if v < N8_2 and transport == "file":
+        # No file: transport before 8.2: "Parameter 'uri' expects a valid migration protocol" comes after
+        # migrate_init and moves setup -> failed (measured on 7.2.22; fact sheet §1.7 says 7.2-8.1).
+        emit(vm, "failed")
+        return "Parameter 'uri' expects a valid migration protocol"
+    migration = Migration(
+        transport=transport, background="background-snapshot" in caps, source_runstate=vm.runstate
+    )
+    if v < N8_0 and transport not in SOCKET_TRANSPORTS and "multifd" in caps:
+        # 7.2 has no transport check at migrate time: the outgoing side fails in setup and prints this line
+        # without a program prefix; status failed with no error-desc (measured, #slots-and-buses).
+        migration.failure = (None, "multifd is not supported by current protocol")
+    elif v < N8_0 and transport not in SOCKET_TRANSPORTS and "postcopy-preempt" in caps:
+        migration.failure = (None, None)  # accepted then failed on 7.2.22; its stderr text was not recorded
+    elif transport in SOCKET_TRANSPORTS and not peer_listening:
+        desc = connect_refused(transport)
+        migration.failure = (desc, desc)
+    else:
+        migration.failure = _vfio_failure(vm)
+    vm.migration = migration
+    return None
+
+
+def _vfio_failure(vm: Machine) -> tuple[str | None, str | None] | None:
+    """A migration that VFIO makes fail after it started (e.g. a broken DMA-logging report), if any."""
+    if not vm.handlers:
+        return None
+    try:
+        from reference_impl.vfio.handlers import vfio_migration_failure
+    except ImportError:  # the VFIO model is optional for the core
+        return None
+    ctx = PrepareContext(capabilities={c: True for c in vm.caps}, runstate=vm.runstate)
+    error = vfio_migration_failure(vm.handlers, ctx)
+    return (error, error) if error is not None else None
+
+
+def start_postcopy(vm: Machine) -> str | None:
+    """``qmp_migrate_start_postcopy``: migrate_postcopy() (postcopy-ram or dirty-bitmaps), then state none."""
+    if "postcopy-ram" not in vm.caps and "dirty-bitmaps" not in vm.caps:
+        return "Enable postcopy with migrate_set_capability before the start of migration"
+    if vm.status == "none":
+        return "Postcopy must be started after migration has been started"
+    if vm.migration is not None:
+        vm.migration.postcopy = True
+    return None
+
+
+def _kill(vm: Machine, status: int, line: str) -> None:
+    vm.alive = False
+    vm.exit_line = f"{vm.role} QEMU exited with status {status}: {line}"
+
+
+def left_setup(vm: Machine) -> None:
+    """The executor's bounded wait for the migration to leave setup (before start-postcopy and cancel)."""
+    m = vm.migration
+    if m is not None and not m.left_setup:
+        m.left_setup = True
+        if vm.status == "setup":
+            emit(vm, "active")
+
+
+def leave_pending(scene: Scene, vm: Machine) -> None:
+    """A migration still running when the scenario ends (no wait, or a later step refused): the executor
+    reads the final states at once. Measured (10.0.2, 7.2.22; racy): the source still reports setup unless a
+    step waited for it to leave setup, the destination already reports active; both MIGRATION event lists,
+    recorded a moment later, include active."""
+    m = vm.migration
+    if m is None:
+        return
+    if "events" in vm.caps and "active" not in vm.events:
+        vm.events.append("active")
+    peer = scene.destination
+    if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+        emit(peer, "active")
+
+
+def multifd_on_live_incoming(scene: Scene, vm: Machine) -> None:
+    """7.2: turning multifd on at a destination whose incoming stream is already flowing crashes it
+    (measured on 7.2.22: SIGSEGV, exit status -11, no stderr line). 8.1+ refuses the request instead
+    (rule o, "Multifd must be set before incoming starts"); 8.0 is assumed to behave like 7.2."""
+    m = scene.source.migration
+    if (
+        vm.vn < N8_1
+        and "multifd" in vm.caps
+        and m is not None
+        and m.transport in SOCKET_TRANSPORTS
+        and vm.incoming in SOCKET_TRANSPORTS
+        and vm.runstate == "inmigrate"
+    ):
+        if "events" in vm.caps:
+            vm.events.append("active")
+        vm.alive = False
+        vm.exit_line = "destination QEMU exited with status -11: "
+        # The source is read right away: still active, running (measured).
+        if scene.source.status == "setup":
+            emit(scene.source, "active")
+        scene.source.migration = None
+
+
+def cancel(scene: Scene, vm: Machine) -> str | None:
+    """``qmp_migrate_cancel``. Idle: a no-op. Otherwise the source goes cancelling -> cancelled and keeps its
+    runstate, and a destination reading the stream exits 1 (measured on both versions).
+
+    migrate-start-postcopy only requests the switch, so a cancel right after it still lands before
+    postcopy-active on 10.0.2 (measured: cancelled, destination died); the 10.0+ refusal "Postcopy migration in
+    progress, cannot cancel." (measured when polled into postcopy-active) is not reachable from steps.
+    7.2.22 (measured once, racy): the same steps let the destination complete while the source says cancelled.
+    """
+    m = vm.migration
+    if m is None:
+        return None
+    if vm.status == "setup" or vm.status == "none":
+        emit(vm, "active")
+    emit(vm, "cancelling")
+    emit(vm, "cancelled")
+    vm.migration = None
+    peer = scene.destination if vm is scene.source else scene.source
+    if not (m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming):
+        return None
+    emit(peer, "active")
+    if m.postcopy and vm.vn < N10_0 and not m.background:
+        emit(peer, "completed")
+        peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
+        return None
+    emit(peer, "failed")
+    _kill(peer, 1, DESTINATION_LOAD_FAILURE)
+    return None
+
+
+def incoming_runstate(source_runstate: str, autostart: bool) -> str:
+    """``process_incoming_migration_bh``: a live source makes the destination run (paused without autostart);
+    otherwise the destination takes the source's runstate (measured: prelaunch -> prelaunch, paused -> paused)."""
+    if source_runstate == "running":
+        return "running" if autostart else "paused"
+    return source_runstate
+
+
+def _source_path(v: int, m: Migration) -> tuple[str, ...]:
+    """The statuses after setup on a successful run (fact sheet §2.2, measured 10.0.2 / 7.2.22)."""
+    if m.background:
+        return ("active", "completed")
+    if m.postcopy:
+        if v >= N10_2:
+            return ("active", "device", "postcopy-device", "postcopy-active", "completed")
+        if v >= N10_0:
+            return ("active", "device", "postcopy-active", "completed")
+        return ("active", "postcopy-active", "completed")
+    if v >= N10_0:  # commit 4881411136: precopy always passes through device
+        return ("active", "device", "completed")
+    return ("active", "completed")
+
+
+def finish(scene: Scene, vm: Machine) -> None:
+    """The contract's ``wait``: resolve the migration ``vm`` started, on both sides."""
+    m = vm.migration
+    if m is None:
+        return
+    vm.migration = None
+    peer = scene.destination if vm is scene.source else scene.source
+    if m.failure is not None:
+        desc, line = m.failure
+        emit(vm, "failed")
+        vm.error_desc = desc
+        if line is not None:
+            scene.extra.setdefault("source_stderr", line)
+        if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+            emit(peer, "active")
+            emit(peer, "failed")
+            _kill(peer, 1, DESTINATION_LOAD_FAILURE)
+        return
+    for status in _source_path(vm.vn, m):
+        if status != vm.status:  # "active" may already be reached (left_setup)
+            emit(vm, status)
+    if not m.background:
+        vm.runstate = "postmigrate"
+    if not peer.alive or peer.runstate != "inmigrate":
+        return
+    # The executor loads a file into the destination once the source completed (file:F / exec:cat F).
+    if m.transport not in SOCKET_TRANSPORTS and migrate_incoming(peer, m.transport) is not None:
+        return
+    emit(peer, "active")
+    if m.postcopy and not m.background:
+        emit(peer, "postcopy-active")
+    emit(peer, "completed")
+    peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
+
+
+def stop(vm: Machine) -> str | None:
+    """``qmp_stop``: while inmigrate it only clears autostart; a running VM pauses; otherwise nothing."""
+    if vm.runstate == "inmigrate":
+        vm.autostart = False
+    elif vm.runstate == "running":
+        vm.runstate = "paused"
+    return None
+
+
+def cont(vm: Machine) -> str | None:
+    """``qmp_cont``: while inmigrate it sets autostart (measured: {} and still inmigrate); else the VM runs."""
+    if vm.runstate == "inmigrate":
+        vm.autostart = True
+    else:
+        vm.runstate = "running"
+    return None
+
+
+def snapshot_save(vm: Machine) -> str | None:
+    """The ``snapshot-save`` job's error (``save_snapshot`` -> ``qemu_savevm_state``), or None.
+
+    Order: a running migration, migration_is_blocked, then VFIO save_prepare with runstate save-vm for a live
+    VM (vfio_save_prepare lets save-vm through; a paused VM keeps its runstate and is checked). Without a
+    writable disk the job ends with "At least one device is required for snapshot" (measured on both).
+    """
+    if vm.migration is not None:
+        return IN_PROGRESS
+    blocked = vm.blockers.is_blocked()
+    if blocked is not None:
+        return blocked
+    if vm.vn >= N8_2 and vm.handlers:
+        runstate = "save-vm" if vm.runstate == "running" else vm.runstate
+        ctx = PrepareContext(capabilities={c: True for c in vm.caps}, runstate=runstate)
+        error = qemu_savevm_state_prepare(vm.handlers, ctx)
+        if error is not None:
+            return error
+    if vm.drives == 0:
+        return "At least one device is required for snapshot"
+    return None

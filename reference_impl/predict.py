@@ -1,0 +1,228 @@
+"""``predict``: the Outcome real QEMU gives for a scenario, following the contract's execution rules.
+
+(/work/shared/spec/scenario-contract.md, "How a scenario is executed".) The source starts first; if it
+refuses, the destination is never started. Steps run in order (``expand_steps``) and the first refused
+command ends the scenario. A VM that died is ``null`` and makes the verdict ``failed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from reference_impl import migration as mig
+from reference_impl.host import HostFacts
+from reference_impl.machine import Machine, realize
+from reference_impl.outcome import Outcome, VmState
+from reference_impl.scenario import Scenario, Step, expand_steps, migrate_transport
+from reference_impl.versions import Version, profile_for
+
+BACKEND = "reference"
+_EVENTS_ONLY = frozenset({"events"})
+
+# Stage names of refused actions. Actions the contract lists no stage for use their own name.
+_STAGES = {
+    "set-capabilities": "set-capabilities",
+    "set-parameters": "set-parameters",
+    "migrate": "migrate",
+    "start-postcopy": "start-postcopy",
+    "cancel": "cancel",
+    "cont": "cont",
+    "stop": "stop",
+}
+
+# Raw QMP commands that map onto modelled actions.
+_QMP_ACTIONS = {
+    "migrate-set-capabilities": "set-capabilities",
+    "migrate-set-parameters": "set-parameters",
+    "migrate-start-postcopy": "start-postcopy",
+    "migrate": "migrate",
+    "migrate_cancel": "cancel",
+    "migrate-cancel": "cancel",
+    "cont": "cont",
+    "stop": "stop",
+}
+
+
+_PROFILES: dict[Version | str, tuple[Version, str]] = {}
+# Expanded steps per Scenario object (frozen, so the expansion never changes); the entry keeps the scenario
+# alive so that its id() is not reused while cached. Bounded: cleared when full.
+_STEPS: dict[int, tuple[Scenario, tuple[Step, ...]]] = {}
+_STEPS_MAX = 256
+
+
+def _profile(version: Version | str) -> tuple[Version, str]:
+    """(profile, its short name), memoised: the harness asks for the same few versions over and over."""
+    hit = _PROFILES.get(version)
+    if hit is None:
+        profile = profile_for(version)
+        hit = _PROFILES[version] = (profile, profile.short)
+    return hit
+
+
+def _steps(scenario: Scenario) -> tuple[Step, ...]:
+    hit = _STEPS.get(id(scenario))
+    if hit is not None and hit[0] is scenario:
+        return hit[1]
+    steps = expand_steps(scenario)
+    if len(_STEPS) >= _STEPS_MAX:
+        _STEPS.clear()
+    _STEPS[id(scenario)] = (scenario, steps)
+    return steps
+
+
+def _state(vm: Machine | None) -> VmState | None:
+    if vm is None or not vm.alive:
+        return None
+    return VmState(status=vm.status, runstate=vm.runstate)
+
+
+def _sides(scene: mig.Scene, side: str) -> tuple[Machine, ...]:
+    if side == "destination":
+        return (scene.destination,)
+    if side == "both":
+        return (scene.source, scene.destination)
+    return (scene.source,)
+
+
+def _qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, Any]) -> str | None:
+    """Raw ``qmp`` steps: the few commands with migration effects; anything else is answered with {}."""
+    if command == "migrate-set-capabilities":
+        caps = {str(c["capability"]): bool(c["state"]) for c in arguments.get("capabilities", [])}
+        return mig.set_capabilities(vm, caps)
+    if command == "migrate-set-parameters":
+        return mig.set_parameters(vm, dict(arguments))
+    if command == "migrate-start-postcopy":
+        return mig.start_postcopy(vm)
+    if command in ("migrate_cancel", "migrate-cancel"):
+        return mig.cancel(scene, vm)
+    if command == "migrate":
+        # Raw migrate (e.g. on the destination): the transport is the URI's scheme.
+        transport = str(arguments.get("uri", "tcp:")).split(":", 1)[0]
+        return mig.migrate(vm, transport, peer_listening=False)
+    if command == "cont":
+        return mig.cont(vm)
+    if command == "stop":
+        return mig.stop(vm)
+    if command == "dump-guest-memory":
+        # qmp_dump_guest_memory (dump/dump.c): refused while inmigrate; detach=true holds an internal blocker
+        # while the dump runs (the model assumes it is still running at the next step).
+        if vm.runstate == "inmigrate":
+            return "Dump not allowed during incoming migration."
+        if arguments.get("detach"):
+            return vm.blockers.add(
+                "Live migration disabled: dump-guest-memory in progress",
+                internal=True,
+                busy=vm.migration is not None,
+            )
+    return None
+
+
+def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
+    action = step.action
+    if action == "migrate":
+        # The executor always sends migrate to the source (harness/pair.py MigrationPair.migrate): a step's
+        # side does not apply to it.
+        vm = scene.source
+        transport = migrate_transport(scenario, step)
+        if transport in mig.SOCKET_TRANSPORTS and not scene.socket_uri:
+            dst = scene.destination
+            error = mig.migrate_incoming(dst, transport)
+            if error is not None:
+                return error
+            scene.socket_uri = True
+        dst = scene.destination
+        listening = dst.alive and dst.runstate == "inmigrate" and dst.incoming in mig.SOCKET_TRANSPORTS
+        return mig.migrate(vm, transport, peer_listening=listening or vm is dst)
+    if action == "wait":
+        for vm in (scene.source, scene.destination):
+            if vm.migration is not None:
+                mig.finish(scene, vm)
+        return None
+    for vm in _sides(scene, step.side):
+        if not vm.alive:
+            continue
+        if action == "set-capabilities":
+            error = mig.set_capabilities(vm, step.capabilities)
+            if error is None and vm is scene.destination:
+                mig.multifd_on_live_incoming(scene, vm)
+        elif action == "set-parameters":
+            error = mig.set_parameters(vm, step.parameters)
+        elif action == "start-postcopy":
+            mig.left_setup(vm)
+            error = mig.start_postcopy(vm)
+        elif action == "cancel":
+            mig.left_setup(vm)
+            error = mig.cancel(scene, vm)
+        elif action == "cont":
+            error = mig.cont(vm)
+        elif action == "stop":
+            error = mig.stop(vm)
+        elif action == "snapshot-save":
+            error = mig.snapshot_save(vm)
+        elif action == "qmp":
+            error = _qmp(scene, vm, step.command or "", step.arguments)
+        else:
+            error = None
+        if error is not None:
+            return error
+    return None
+
+
+def _stage(step: Step) -> str:
+    if step.action == "qmp":
+        mapped = _QMP_ACTIONS.get(step.command or "")
+        return _STAGES.get(mapped or "", mapped or "qmp")
+    return _STAGES.get(step.action, step.action)
+
+
+def _outcome(
+    scenario: Scenario,
+    short: str,
+    verdict: str,
+    stage: str | None,
+    error: str | None,
+    src: Machine | None,
+    dst: Machine | None,
+    events: dict[str, list[str]] | None = None,
+) -> Outcome:
+    return Outcome(scenario=scenario.id, backend=BACKEND, qemu_version=short, verdict=verdict, stage=stage,
+                   error=error, source=_state(src), destination=_state(dst), events=events)
+
+
+def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
+    """The model's Outcome for ``scenario`` on QEMU ``version`` (mapped to its profile) and ``host``."""
+    profile, short = _profile(version)
+    source = realize(scenario.source, profile, host, "source")
+    if isinstance(source, str):
+        return _outcome(scenario, short, "refused", "startup", source, None, None)
+    destination = realize(scenario.destination, profile, host, "destination")
+    if isinstance(destination, str):
+        return _outcome(scenario, short, "refused", "startup", destination, source, None)
+    # The executor turns cap events on on both sides before the first step (harness/executor.py
+    # _enable_events), so that MIGRATION events can be recorded.
+    source.caps = destination.caps = _EVENTS_ONLY
+    scene = mig.Scene(source, destination)
+    refused: tuple[str, str] | None = None
+    for step in _steps(scenario):
+        error = _run_step(scene, scenario, step)
+        if error is not None:
+            refused = (_stage(step), error)
+            break
+        if not (source.alive and destination.alive):
+            break
+    if source.migration is not None:
+        mig.leave_pending(scene, source)
+    # Like the executor's record: both sides once both VMs started, empty lists included.
+    events = {"source": source.events, "destination": destination.events}
+    if refused is not None:
+        return _outcome(scenario, short, "refused", refused[0], refused[1], source, destination, events)
+    dead = [vm for vm in (source, destination) if not vm.alive]
+    if dead or source.status == "failed" or destination.status == "failed":
+        error = source.error_desc or destination.error_desc
+        if error is None and dead:
+            error = dead[0].exit_line
+        if error is None:
+            error = scene.extra.get("source_stderr")
+        return _outcome(scenario, short, "failed", "migration", error, source, destination, events)
+    return _outcome(scenario, short, "completed", None, None, source, destination, events)

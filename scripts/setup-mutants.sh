@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Idempotent set-up for the mutation check (`migconform mutants`, docs/mutants.md): the Debian packages
+# needed to build QEMU from Debian's own source, and a PRIVATE apt configuration with a deb-src line for
+# bookworm-backports, so `apt-get source` can fetch the source of the installed QEMU 10.x without
+# touching the system's sources, lists or caches (other tools on the machine keep seeing exactly the
+# apt state they saw before).
+# The build itself is done on demand by harness/mutants/build.py; re-running this script costs a second.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache="${MIGCONFORM_CACHE:-$here/.cache}"
+apt_dir="$cache/mutants/apt"
+log() { printf 'setup-mutants: %s\n' "$*" >&2; }
+
+# --- 1. build dependencies -------------------------------------------------------------------------------
+build_pkgs=(build-essential libglib2.0-dev libpixman-1-dev flex bison libfdt-dev ninja-build pkg-config
+            python3-venv python3-pip ccache dpkg-dev xz-utils)
+missing=()
+for p in "${build_pkgs[@]}"; do
+  dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    log "installing Debian packages needs root (run as root, or install them yourself): ${missing[*]}"
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Only the system's own package lists are used here; refresh them once if an install finds nothing.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+
+# --- 2. private apt configuration for deb-src --------------------------------------------------------------
+# The mirror is the one the machine's own bookworm source names, so nothing new is contacted.
+mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+  | awk '/security/ {next} /^URIs:/ {print $2; exit} /^deb / {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' || true)
+if [ -z "$mirror" ]; then
+  log "no Debian mirror found in /etc/apt/sources.list{,.d}: add the machine's bookworm source first"
+  exit 1
+fi
+mkdir -p "$apt_dir/sources.list.d" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+want_sources="deb-src $mirror bookworm-backports main"
+if [ ! -f "$apt_dir/sources.list" ] || [ "$(cat "$apt_dir/sources.list")" != "$want_sources" ]; then
+  printf '%s\n' "$want_sources" > "$apt_dir/sources.list"
+  rm -f "$apt_dir/lists/"*Sources* 2>/dev/null || true
+fi
+cat > "$apt_dir/apt.conf" <<CONF
+Dir::Etc::SourceList "$apt_dir/sources.list";
+Dir::Etc::SourceParts "$apt_dir/sources.list.d";
+Dir::State::Lists "$apt_dir/lists";
+Dir::Cache "$apt_dir/cache";
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+CONF
+if ! ls "$apt_dir/lists/"*Sources* >/dev/null 2>&1; then
+  log "fetching the bookworm-backports source index into $apt_dir/lists (private)"
+  APT_CONFIG="$apt_dir/apt.conf" apt-get update -qq
+fi
+log "ready: APT_CONFIG=$apt_dir/apt.conf apt-get source --download-only qemu=<version>"

@@ -1,0 +1,69 @@
+"""The bundled suite, crossed with the QEMU binaries migconform finds (``QEMU_BINARY``, the set-up
+script's versions, PATH): one test per scenario x binary, real QEMU against the model."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from harness.binaries import QemuBinary, discover_binaries
+from harness.loader import load_scenarios
+from harness.runner import Target, targets_for_binaries
+from reference_impl.scenario import Scenario
+
+SUITE = Path(__file__).resolve().parent / "scenarios"
+
+
+def suite() -> list[Scenario]:
+    return load_scenarios([SUITE])
+
+
+def binaries() -> list[QemuBinary]:
+    return discover_binaries()
+
+
+def model_missing() -> str | None:
+    """Why the reference model cannot run (then the differential tests skip and say so), or None."""
+    try:
+        from harness.runner import default_predict
+
+        default_predict()
+    except (ImportError, AttributeError) as exc:
+        return f"the reference model (reference_impl.predict) is not importable: {exc}"
+    return None
+
+
+def executor_missing() -> str | None:
+    try:
+        importlib.import_module("harness.executor")
+    except ImportError as exc:
+        return f"the real-QEMU executor (harness.executor) is not importable: {exc}"
+    return None
+
+
+@pytest.fixture
+def differential_ready() -> None:
+    """Skip (naming what is missing) when either backend cannot run yet."""
+    missing = executor_missing() or model_missing()
+    if missing:
+        pytest.skip(missing)
+
+
+def case_id(scenario: Scenario, target: Target) -> str:
+    return f"{scenario.id}[{target.column}]"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "conformance_case" not in metafunc.fixturenames:
+        return
+    targets = targets_for_binaries(binaries())
+    cases = [(s, t) for s in suite() for t in targets]
+    if not targets:
+        metafunc.parametrize(
+            "conformance_case",
+            [pytest.param(None, marks=pytest.mark.skip(reason="no QEMU binary found (QEMU_BINARY, setup.sh, PATH)"))],
+        )
+        return
+    metafunc.parametrize("conformance_case", cases, ids=[case_id(s, t) for s, t in cases])

@@ -1,0 +1,158 @@
+"""End-to-end VFIO gating with a real VFIO device: the mtty lab (nested guest, mdev sample driver).
+
+One boot of the lab runs every scenario of tests/hw/scenarios/ through harness.executor (loaded by
+harness.loader, exactly as user files are). Each test asserts QEMU 10's exact messages and VM
+states as measured in vfio-mtty-lab.md, then compares the outcome with the reference model under the
+provider's host facts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from harness.binaries import QemuBinary
+from harness.loader import load_scenarios
+from harness.vfio.provider import MttyLabProvider
+from reference_impl.outcome import Outcome, VmState
+from reference_impl.scenario import Scenario
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+# The scenario files (loaded by harness.loader like any user file); benchmarks/lab.py runs the same set.
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+
+RUNNING_SOURCE = VmState(status="none", runstate="running")
+
+
+def _scenarios() -> dict[str, Scenario]:
+    return {s.id: s for s in load_scenarios([SCENARIO_DIR])}
+
+
+def _run(provider: MttyLabProvider, scenarios: list[Scenario], binary: QemuBinary) -> dict[str, Outcome]:
+    outcomes = asyncio.run(provider.run_batch(scenarios, [binary]))
+    return {o.scenario: o for o in outcomes}
+
+
+@pytest.fixture(scope="module")
+def stock_outcomes(stock_lab: MttyLabProvider, lab_binary: QemuBinary) -> dict[str, Outcome]:
+    return _run(stock_lab, list(_scenarios().values()), lab_binary)
+
+
+def _outcome(outcomes: dict[str, Outcome], scenario_id: str) -> Outcome:
+    assert scenario_id in outcomes, f"the lab returned no outcome for {scenario_id} (got {sorted(outcomes)})"
+    outcome = outcomes[scenario_id]
+    assert outcome.verdict != "skipped", outcome.skip_reason
+    assert outcome.vfio_provider == "mtty"
+    assert outcome.kernel is not None and outcome.kernel.startswith("6.12.")
+    return outcome
+
+
+def _uuid(outcome: Outcome, device_id: str = "vfio0") -> str:
+    names = outcome.extra.get("vfio_names") or {}
+    assert device_id in names, f"no host name recorded for {device_id}: {outcome.extra}"
+    return str(names[device_id])
+
+
+def _agrees_with_model(outcome: Outcome, provider: MttyLabProvider, binary: QemuBinary) -> None:
+    """The model, given the lab's host facts, predicts the same contract fields (after normalising)."""
+    try:
+        from harness.compare import compare
+        from reference_impl import predict
+    except ImportError as exc:  # pragma: no cover - depends on the model being present
+        pytest.skip(f"reference model not available for the comparison: {exc}")
+    scenario = _scenarios()[outcome.scenario]
+    reference = predict(scenario, binary.version, provider.host_facts())
+    comparison = compare(reference, outcome)
+    assert comparison.agree, f"model and QEMU differ: {comparison.differences}"
+
+
+def test_precopy_with_workaround_props_completes(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-precopy-workaround")
+    assert outcome.verdict == "completed", outcome.error
+    assert outcome.error is None
+    assert outcome.source is not None and outcome.source.status == "completed"
+    assert outcome.destination is not None and outcome.destination.status == "completed"
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_default_props_fail_on_stock_vfio_ko(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-precopy-default-props")
+    assert outcome.verdict == "failed"
+    assert outcome.stage == "migration"
+    assert outcome.error == "ram_save_setup failed: Operation not supported"
+    assert outcome.source is not None and outcome.source.status == "failed"
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_postcopy_is_refused_by_the_migrate_command(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-postcopy-refused")
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "migrate"
+    assert outcome.error == f"{_uuid(outcome)}: VFIO migration is not supported with postcopy migration"
+    assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_background_snapshot_is_refused(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-background-snapshot-refused")
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "migrate"
+    assert outcome.error == f"{_uuid(outcome)}: VFIO migration is not supported with background snapshot"
+    assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_enable_migration_off_is_a_blocker(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-enable-migration-off")
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "migrate"
+    assert outcome.error == f"{_uuid(outcome)}: Migration is disabled for VFIO device"
+    assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_mdpy_with_enable_migration_on_fails_realize(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-mdpy-on")
+    uuid = _uuid(outcome)
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "startup"
+    assert outcome.error == f"vfio {uuid}: {uuid}: VFIO migration is not supported in kernel"
+    assert outcome.source is None and outcome.destination is None
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_two_devices_one_without_p2p_block_migration(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-two-devices-one-no-p2p")
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "migrate"
+    assert outcome.error == "Multiple VFIO devices migration is supported only if all of them support P2P migration"
+    assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_default_props_complete_with_rebuilt_vfio_ko(iovabm_lab: MttyLabProvider, lab_binary: QemuBinary) -> None:
+    """P3 fix B: with iova_bitmap linked into vfio.ko the device's dirty reports work."""
+    scenario = _scenarios()["lab-precopy-default-props"]
+    outcome = _outcome(_run(iovabm_lab, [scenario], lab_binary), scenario.id)
+    assert iovabm_lab.host_facts().vfio_dirty_report_works
+    assert outcome.verdict == "completed", outcome.error
+    assert outcome.source is not None and outcome.source.status == "completed"
+    assert outcome.extra.get("lab_variant") == "iovabm"
+    _agrees_with_model(outcome, iovabm_lab, lab_binary)

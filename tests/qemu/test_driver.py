@@ -1,0 +1,319 @@
+"""The real-QEMU driver (harness.machine, harness.pair) against every discovered QEMU binary.
+
+Each test runs real QEMU processes (no guest OS: firmware only, TCG) and asserts QEMU's statuses, runstates
+and exact messages. Expected values that differ per version cite the fact sheet
+(shared/reference/qemu-migration-facts.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from harness import procutil
+from harness.binaries import QemuBinary
+from harness.errors import QemuLaunchError, QmpCommandError
+from harness.machine import QemuMachine, qemu_error_message, strip_qemu_prefixes
+from harness.pair import MigrationPair
+from reference_impl.outcome import VmState
+from reference_impl.versions import Version
+
+T = TypeVar("T")
+VM = ["-machine", "q35", "-accel", "tcg", "-m", "256M"]
+TIMEOUT = 30.0
+# Slow enough that precopy of an idle 256 MiB VM (about 1 MiB on the wire: mostly zero pages) takes about
+# two seconds, so the migration is reliably still "active" when the test acts on it.
+SLOW_BANDWIDTH = 512 * 1024
+FILE_URI_SINCE = Version(8, 2)  # the file: migration URI (7.2: "Parameter 'uri' expects a valid migration protocol")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def completed_source_events(binary: QemuBinary) -> list[str]:
+    # 10.0+ always passes through "device" on the way to completed (fact sheet §2.2, commit 4881411136).
+    if binary.version >= Version(10, 0):
+        return ["setup", "active", "device", "completed"]
+    return ["setup", "active", "completed"]
+
+
+async def _events_on(pair: MigrationPair) -> None:
+    for side in ("source", "destination"):
+        await pair.set_capabilities(side, {"events": True})
+
+
+# ------------------------------------------------------------------------------------------ pure logic
+
+
+def test_prefixes_are_stripped_exactly() -> None:
+    argv = ["/usr/bin/qemu-system-x86_64", "-nodefaults", "-device", "nvme,serial=x", "-only-migratable"]
+    line = (
+        "qemu-system-x86_64: -device nvme,serial=x: Device nvme is not migratable, but --only-migratable was specified"
+    )
+    assert strip_qemu_prefixes(line, argv) == "Device nvme is not migratable, but --only-migratable was specified"
+    stderr = (
+        "qemu-system-x86_64: -device nvme,serial=x: warning: something harmless\n"
+        f"{line}\n"
+        "Try 'qemu-system-x86_64 --help' for more information\n"
+    )
+    assert qemu_error_message(stderr, argv) == ("Device nvme is not migratable, but --only-migratable was specified")
+    # A message without a location keeps everything after the program name, colons included.
+    assert strip_qemu_prefixes("qemu-system-x86_64: load of migration failed: Invalid argument", argv) == (
+        "load of migration failed: Invalid argument"
+    )
+
+
+# ------------------------------------------------------------------------------------------ precopy
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix", "file"])
+def test_precopy(qemu_binary: QemuBinary, transport: str) -> None:
+    async def scenario() -> tuple[VmState | None, VmState | None, list[str], list[str]]:
+        async with MigrationPair(qemu_binary, VM, VM) as pair:
+            await _events_on(pair)
+            await pair.migrate(transport)
+            assert await pair.wait_source_end(TIMEOUT) == "completed"
+            await pair.load_stream()  # file: now feed the destination
+            assert await pair.wait_destination_end(TIMEOUT) == "completed"
+            source, destination = await pair.final_states()
+            return source, destination, pair.source.migration_events(), pair.destination.migration_events()
+
+    if transport == "file" and qemu_binary.version < FILE_URI_SINCE:
+
+        async def refused() -> tuple[str, VmState | None]:
+            async with MigrationPair(qemu_binary, VM, VM) as pair:
+                with pytest.raises(QmpCommandError) as info:
+                    await pair.migrate("file")
+                return info.value.desc, await pair.final_state("source")
+
+        desc, source = run(refused())
+        # 7.2-8.1: unknown protocol after migrate_init, which moves setup -> failed (fact sheet §1.7 step 1)
+        assert desc == "Parameter 'uri' expects a valid migration protocol"
+        assert source == VmState("failed", "running")
+        return
+    source, destination, source_events, destination_events = run(scenario())
+    assert source == VmState("completed", "postmigrate")
+    assert destination == VmState("completed", "running")
+    assert source_events == completed_source_events(qemu_binary)
+    assert destination_events == ["setup", "active", "completed"]
+
+
+# ------------------------------------------------------------------------------------------ postcopy
+
+
+def test_postcopy_really_switches(qemu_binary: QemuBinary) -> None:
+    """migrate-start-postcopy while precopy is throttled: the switch happens before precopy could finish.
+
+    Without a guest OS the RAM is almost all zero pages, so an unthrottled precopy of 256 MiB completes
+    in ~50 ms and a start-postcopy would usually come too late. With max-bandwidth at 512 KiB/s precopy
+    needs about two seconds for the ~1 MiB it sends, and postcopy then runs unthrottled
+    (max-postcopy-bandwidth defaults to 0 = unlimited), so the test is both reliable and fast.
+    """
+
+    async def scenario() -> tuple[VmState | None, VmState | None, list[str], list[str], dict[str, Any]]:
+        async with MigrationPair(qemu_binary, VM, VM) as pair:
+            for side in ("source", "destination"):
+                await pair.set_capabilities(side, {"events": True, "postcopy-ram": True})
+            await pair.set_parameters("source", {"max-bandwidth": SLOW_BANDWIDTH})
+            await pair.migrate("tcp")
+            assert await pair.wait_left_setup(TIMEOUT) == "active"
+            await pair.start_postcopy()
+            assert await pair.wait_source_end(TIMEOUT) == "completed"
+            assert await pair.wait_destination_end(TIMEOUT) == "completed"
+            ram = (await pair.source.query_migrate())["ram"]
+            source, destination = await pair.final_states()
+            return source, destination, pair.source.migration_events(), pair.destination.migration_events(), ram
+
+    source, destination, source_events, destination_events, ram = run(scenario())
+    assert "postcopy-active" in source_events
+    assert destination_events == ["setup", "active", "postcopy-active", "completed"]
+    assert ram["postcopy-bytes"] > 0
+    assert source == VmState("completed", "postmigrate")
+    assert destination == VmState("completed", "running")
+
+
+# ------------------------------------------------------------------------------------------ background snapshot
+
+
+def test_background_snapshot_restored_into_destination(qemu_binary: QemuBinary) -> None:
+    """A background snapshot is a ``migrate`` into a file while the source keeps running; the file then
+    loads into the destination. 7.2 has no file: URI, so it writes the file through exec:cat."""
+    transport = "file" if qemu_binary.version >= FILE_URI_SINCE else "exec"
+
+    async def scenario() -> tuple[VmState | None, VmState | None, list[str]]:
+        async with MigrationPair(qemu_binary, VM, VM) as pair:
+            await _events_on(pair)
+            await pair.set_capabilities("source", {"background-snapshot": True})
+            await pair.migrate(transport)
+            assert await pair.wait_source_end(TIMEOUT) == "completed"
+            assert pair.stream_file is not None and pair.stream_file.stat().st_size > 0
+            await pair.load_stream()
+            assert await pair.wait_destination_end(TIMEOUT) == "completed"
+            source, destination = await pair.final_states()
+            return source, destination, pair.source.migration_events()
+
+    source, destination, source_events = run(scenario())
+    # bg_migration_thread: setup -> active -> completed, never device (fact sheet §2.2); the VM runs on.
+    assert source_events == ["setup", "active", "completed"]
+    assert source == VmState("completed", "running")
+    assert destination == VmState("completed", "running")
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+
+def test_capability_conflict_refused_at_set_capabilities(qemu_binary: QemuBinary) -> None:
+    async def scenario() -> tuple[QmpCommandError, dict[str, bool], VmState | None]:
+        async with QemuMachine(qemu_binary, VM, name="source") as vm:
+            caps = [{"capability": "postcopy-ram", "state": True}, {"capability": "x-ignore-shared", "state": True}]
+            with pytest.raises(QmpCommandError) as info:
+                await vm.qmp("migrate-set-capabilities", capabilities=caps)
+            now = {c["capability"]: c["state"] for c in await vm.qmp("query-migrate-capabilities")}
+            return info.value, now, VmState(await vm.query_migrate_status(), await vm.runstate())
+
+    error, caps, state = run(scenario())
+    assert error.desc == "Postcopy is not compatible with ignore-shared"  # rule d, all versions
+    assert error.error_class == "GenericError"
+    assert error.command == "migrate-set-capabilities"
+    # All-or-nothing: neither capability was committed (fact sheet §1.2).
+    assert caps["postcopy-ram"] is False and caps["x-ignore-shared"] is False
+    assert state == VmState("none", "running")
+
+
+def test_migrate_refused_by_unmigratable_device(qemu_binary: QemuBinary) -> None:
+    nvme = [*VM, "-device", "nvme,serial=deadbeef"]
+
+    async def scenario() -> tuple[str, VmState | None, list[str]]:
+        async with MigrationPair(qemu_binary, nvme, nvme) as pair:
+            await _events_on(pair)
+            with pytest.raises(QmpCommandError) as info:
+                await pair.migrate("tcp")
+            return info.value.desc, await pair.final_state("source"), pair.source.migration_events()
+
+    desc, source, events = run(scenario())
+    # -nodefaults q35: the first free PCI slot is 00:01.0 (fact sheet §3.2: "<qdev path>/<vmsd name>").
+    assert desc == "State blocked by non-migratable device '0000:00:01.0/nvme'"
+    assert source == VmState("none", "running")  # refused before migrate_init: no state change, no event
+    assert events == []
+
+
+def test_only_migratable_refuses_unmigratable_device_at_start(qemu_binary: QemuBinary) -> None:
+    machine = QemuMachine(qemu_binary, [*VM, "-only-migratable", "-device", "nvme,serial=deadbeef"], name="source")
+
+    with pytest.raises(QemuLaunchError) as info:
+        run(machine.launch())
+    error = info.value
+    assert error.message == "Device nvme is not migratable, but --only-migratable was specified"
+    assert error.exit_status == 1
+    assert error.argv[0] == qemu_binary.path and "-only-migratable" in error.argv
+    assert "qemu-system-x86_64: -device nvme,serial=deadbeef: " in error.stderr
+    assert not machine.is_alive
+
+
+def test_destination_killed_mid_migration_leaves_source_running(qemu_binary: QemuBinary) -> None:
+    async def scenario() -> tuple[str, str | None, VmState | None, VmState | None, int | None]:
+        async with MigrationPair(qemu_binary, VM, VM) as pair:
+            await _events_on(pair)
+            await pair.set_parameters("source", {"max-bandwidth": SLOW_BANDWIDTH})
+            await pair.migrate("tcp")
+            assert await pair.wait_left_setup(TIMEOUT) == "active"
+            await pair.destination.kill()
+            status = await pair.wait_source_end(TIMEOUT)
+            desc = (await pair.source.query_migrate()).get("error-desc")
+            source, destination = await pair.final_states()
+            return status, desc, source, destination, pair.destination.exit_status
+
+    status, desc, source, destination, exit_status = run(scenario())
+    assert status == "failed"
+    # Which errno the source's next write sees depends on the kernel: EPIPE if the killed peer had read
+    # everything, ECONNRESET if unread data was still queued at its socket (then it answers with RST).
+    assert desc in ("Unable to write to socket: Broken pipe", "Unable to write to socket: Connection reset by peer")
+    # A failure before the switchover stop leaves the source running (fact sheet §2.5).
+    assert source == VmState("failed", "running")
+    assert destination is None
+    assert exit_status == -9
+
+
+# ------------------------------------------------------------------------------------------ cleanup nets
+
+_ORPHAN_SCRIPT = """
+import asyncio, sys
+from harness.binaries import load_binary
+from harness.machine import QemuMachine
+
+async def main() -> None:
+    vm = QemuMachine(load_binary(sys.argv[1]), ["-machine", "q35", "-accel", "tcg", "-m", "64M", "-S"], name="orphan")
+    await vm.launch()
+    print(vm.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_qemu_dies_with_its_starter(qemu_binary: QemuBinary, signal_name: str) -> None:
+    """SIGKILL of the starter: the kernel's PDEATHSIG kills QEMU. SIGTERM: the driver's handler kills
+    every registered QEMU, then the default action terminates the starter."""
+    root = Path(__file__).resolve().parents[2]
+    starter = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT, qemu_binary.path],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert starter.stdout is not None
+        qemu_pid = int(starter.stdout.readline())
+        assert procutil.pid_alive(qemu_pid)
+        starter.send_signal(getattr(signal, signal_name))
+        starter.wait(10)
+        deadline = time.monotonic() + 5
+        while procutil.pid_alive(qemu_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not procutil.pid_alive(qemu_pid), f"QEMU {qemu_pid} survived {signal_name} of its starter"
+        expected = -signal.SIGKILL if signal_name == "SIGKILL" else -signal.SIGTERM
+        assert starter.returncode == expected
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+
+
+# ------------------------------------------------------------------------------------------ probes
+
+
+def test_probe_reads_what_the_binary_has(qemu_binary: QemuBinary) -> None:
+    from harness.probe import format_qemus, host_facts, probe_binary, probe_host
+
+    probe = probe_binary(qemu_binary)
+    assert probe.error is None
+    assert {"postcopy-ram", "background-snapshot", "events"} <= set(probe.capabilities)
+    # switchover-ack and mapped-ram arrived in 8.1 and 9.0 (fact sheet §1.1)
+    assert ("switchover-ack" in probe.capabilities) == (qemu_binary.version >= Version(8, 1))
+    assert ("mapped-ram" in probe.capabilities) == (qemu_binary.version >= Version(9, 0))
+    assert probe.has_device("nvme") and probe.has_device("vfio-pci")
+    # vfio-pci's migration switch: x-enable-migration (bool) until 8.0, enable-migration (OnOffAuto) from 8.1
+    expected = "enable-migration" if qemu_binary.version >= Version(8, 1) else "x-enable-migration"
+    assert expected in probe.vfio_pci_properties
+    host = probe_host()
+    if host.pvm and probe.kvm.usable:
+        # PVM KVM: plain -cpu host aborts on IA32_ARCH_CAPABILITIES (MSR 0x10a); without it KVM runs.
+        assert probe.kvm.cpu == "host,-arch-capabilities"
+        assert probe.kvm.attempts[0][0] == "host" and probe.kvm.attempts[0][1] != "ok"
+        assert probe.kvm.boots_linux is False
+        assert host_facts(qemu_binary, "auto").kvm is False  # auto prefers TCG on PVM
+        assert host_facts(qemu_binary, "kvm").kvm is True
+    table = format_qemus([qemu_binary])
+    assert str(qemu_binary.version) in table and qemu_binary.path in table

@@ -1,0 +1,260 @@
+"""The runner's bookkeeping and the command line, with fake backends (real QEMU: tests/conformance)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import cli, runner
+from harness.binaries import QemuBinary
+from harness.runner import RunOptions, run_sync, select_shard, shard_of, targets_for_binaries
+from reference_impl.host import HostFacts
+from reference_impl.outcome import Outcome, VmState
+from reference_impl.scenario import MigrationSpec, Scenario
+from reference_impl.versions import Version
+
+BIN10 = QemuBinary(path="/fake/qemu-10", version=Version(10, 0, 2), version_text="QEMU emulator version 10.0.2")
+BIN7 = QemuBinary(path="/fake/qemu-7", version=Version(7, 2, 22), version_text="QEMU emulator version 7.2.22")
+
+
+def scenario(sid: str) -> Scenario:
+    return Scenario(id=sid, migration=MigrationSpec())
+
+
+def completed(s: Scenario, backend: str, version: str) -> Outcome:
+    return Outcome(s.id, backend, version, "completed", source=VmState("completed", "postmigrate"),
+                   destination=VmState("completed", "running"))  # fmt: skip
+
+
+class Fakes:
+    """Real side: 'diverges' is refused, 'skipme' skipped, 'crash' raises; the model completes everything."""
+
+    def __init__(self) -> None:
+        self.facts_calls: list[tuple[str, str]] = []
+        self.snapshots: list[dict[str, Any]] = []
+        self.json_path: Path | None = None
+
+    async def execute(self, s: Scenario, binary: QemuBinary, *, workdir: Path, allocator: object = None,
+                      timeout: float = 60.0) -> Outcome:  # fmt: skip
+        assert workdir.is_dir() and allocator is None
+        if self.json_path is not None and self.json_path.exists():
+            self.snapshots.append(json.loads(self.json_path.read_text()))
+        version = str(binary.version)
+        if s.id == "crash":
+            raise RuntimeError("executor crashed")
+        if s.id == "skipme":
+            return Outcome(s.id, "qemu", version, "skipped", skip_reason="requires guest: no guest image")
+        out = completed(s, "qemu", version)
+        out.accel = "tcg"
+        if s.id == "diverges":
+            out.verdict, out.stage, out.error = "refused", "migrate", "nope"
+        return out
+
+    def predict(self, s: Scenario, version: Version, host: HostFacts) -> Outcome:
+        assert host.kvm is False
+        return completed(s, "reference", f"{version.major}.{version.minor}")
+
+    def host_facts(self, binary: QemuBinary, accel: str) -> HostFacts:
+        self.facts_calls.append((binary.path, accel))
+        return HostFacts()
+
+    def options(self, **kw: Any) -> RunOptions:
+        return RunOptions(execute=self.execute, predict=self.predict, host_facts=self.host_facts, **kw)
+
+
+def test_every_scenario_on_every_binary_with_comparisons(tmp_path: Path) -> None:
+    fakes = Fakes()
+    fakes.json_path = tmp_path / "r.json"
+    stream = io.StringIO()
+    scenarios = [scenario(x) for x in ("ok", "diverges", "skipme", "crash")]
+    res = run_sync(scenarios, targets_for_binaries([BIN7, BIN10]),
+                   fakes.options(jobs=1, json_path=fakes.json_path, progress=stream))  # fmt: skip
+    assert res.counts() == {"agree": 2, "diverge": 2, "skip": 2, "error": 2, "not_run": 0}
+    assert not res.passed
+    # the model ran at the binary's version; its own profile stays visible
+    ref = next(o for o in res.outcomes if o.backend == "reference" and o.scenario == "ok" and o.binary is None)
+    assert ref.qemu_version in ("7.2.22", "10.0.2") and ref.extra["profile"] in ("7.2", "10.0")
+    # host facts probed once per binary and accelerator
+    assert sorted(set(fakes.facts_calls)) == sorted(fakes.facts_calls)
+    # the file is rewritten as items complete, and lists what has not run yet
+    assert fakes.snapshots[0]["not_run"] and len(fakes.snapshots[-1]["not_run"]) < len(fakes.snapshots[0]["not_run"])
+    final = json.loads(fakes.json_path.read_text())
+    assert final["not_run"] == [] and final["meta"]["end"] and final["meta"]["interrupted"] is False
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 8 and lines[-1].startswith("[8/8")
+    assert any("skip (qemu: requires guest" in line for line in lines)
+
+
+def test_backend_reference_with_profile_needs_no_binary() -> None:
+    fakes = Fakes()
+    res = run_sync([scenario("ok")], [runner.target_for_profile("8.2")], fakes.options(backend="reference"))
+    assert [(o.backend, o.qemu_version) for o in res.outcomes] == [("reference", "8.2.0")]
+    assert res.comparisons == [] and res.passed and fakes.facts_calls == []
+
+
+def test_backend_qemu_runs_no_model() -> None:
+    fakes = Fakes()
+    res = run_sync([scenario("diverges")], targets_for_binaries([BIN10]), fakes.options(backend="qemu"))
+    assert [o.backend for o in res.outcomes] == ["qemu"] and res.comparisons == [] and res.passed
+
+
+def test_duplicate_versions_get_distinct_columns() -> None:
+    twin = QemuBinary(path="/fake/mutant", version=Version(10, 0, 2), version_text="")
+    columns = [t.column for t in targets_for_binaries([BIN10, twin, BIN7])]
+    assert columns == ["10.0.2 (/fake/qemu-10)", "10.0.2 (/fake/mutant)", "7.2.22"]
+
+
+def test_shards_partition_the_scenarios_stably() -> None:
+    scenarios = [scenario(f"s{i}") for i in range(40)]
+    parts = [select_shard(scenarios, k, 3) for k in (1, 2, 3)]
+    assert sorted(s.id for p in parts for s in p) == sorted(s.id for s in scenarios)
+    assert all(parts)
+    assert shard_of("s1", 3) == shard_of("s1", 3)
+    with pytest.raises(ValueError, match="K/N"):
+        runner.parse_shard("two")
+    with pytest.raises(ValueError, match="between 1 and N"):
+        runner.parse_shard("4/3")
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_backends(monkeypatch: pytest.MonkeyPatch) -> Fakes:
+    fakes = Fakes()
+    monkeypatch.setattr(runner, "default_execute", lambda: fakes.execute)
+    monkeypatch.setattr(runner, "default_predict", lambda: fakes.predict)
+    monkeypatch.setattr(runner, "default_host_facts", lambda: fakes.host_facts)
+    monkeypatch.setattr(cli, "_binaries", lambda paths: [BIN10])
+    return fakes
+
+
+def write_scenario(tmp_path: Path, sid: str) -> Path:
+    path = tmp_path / f"{sid}.toml"
+    path.write_text("[migration]\ntransport = 'tcp'\n")
+    return path
+
+
+def test_run_exit_status_and_outputs(tmp_path: Path, fake_backends: Fakes, capsys: pytest.CaptureFixture[str]) -> None:
+    ok = write_scenario(tmp_path, "ok")
+    out = tmp_path / "out"
+    args = ["run", str(ok), "--json", str(out / "r.json"), "--junit", str(out / "r.xml"), "--html", str(out / "r.html")]
+    assert cli.main(args) == 0
+    assert {p.name for p in out.iterdir()} == {"r.json", "r.xml", "r.html"}
+    assert "1 agree, 0 diverge, 0 skipped" in capsys.readouterr().out
+    assert cli.main(["run", str(ok), str(write_scenario(tmp_path, "diverges")), "--quiet"]) == 1
+    assert cli.main(["run", str(write_scenario(tmp_path, "skipme")), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--backend", "qemu", "--profile", "10.0"], "--profile applies to --backend reference only"),
+        (["--backend", "reference", "--profile", "6.2"], "older than the oldest profile"),
+        (["--shard", "0/2"], "between 1 and N"),
+    ],
+)
+def test_bad_usage_exits_2(
+    tmp_path: Path, fake_backends: Fakes, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", str(write_scenario(tmp_path, "ok")), *extra])
+    assert info.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_unloadable_scenario_exits_2_with_the_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[step]]\naction = 'teleport'\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", str(bad)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "step[0].action" in err and "allowed: set-capabilities" in err
+
+
+def test_merge_and_report(tmp_path: Path, fake_backends: Fakes) -> None:
+    a, b = write_scenario(tmp_path, "ok"), write_scenario(tmp_path, "diverges")
+    assert cli.main(["run", str(a), "--json", str(tmp_path / "a.json"), "--quiet"]) == 0
+    assert cli.main(["run", str(b), "--json", str(tmp_path / "b.json"), "--quiet"]) == 1
+    merged = tmp_path / "m.json"
+    assert cli.main(["merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(merged)]) == 0
+    data = json.loads(merged.read_text())
+    assert sorted(c["scenario"] for c in data["comparisons"]) == ["diverges", "ok"]
+    page = tmp_path / "m.html"
+    assert cli.main(["report", str(merged), "--html", str(page), "--junit", str(tmp_path / "m.xml")]) == 0
+    assert "diverges" in page.read_text() and (tmp_path / "m.xml").exists()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["report", str(tmp_path / "absent.json"), "--html", str(page)])
+    assert info.value.code == 2
+
+
+def test_conformance_finds_the_bundled_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert (cli.suite_path() / "example-precopy-tcp.toml").exists()
+    monkeypatch.setenv("MIGCONFORM_SUITE", str(tmp_path))
+    assert cli.suite_path() == tmp_path
+
+
+def test_interrupted_run_keeps_finished_items_and_lists_the_rest(tmp_path: Path) -> None:
+    import asyncio
+
+    fakes = Fakes()
+
+    async def hangs_on_slow(s: Scenario, binary: QemuBinary, **kw: Any) -> Outcome:
+        if s.id == "slow":
+            await asyncio.sleep(3600)
+        return await fakes.execute(s, binary, **kw)
+
+    path = tmp_path / "r.json"
+    options = fakes.options(jobs=2, json_path=path)
+    options.execute = hangs_on_slow
+
+    async def interrupted() -> None:
+        work = runner.run([scenario("ok"), scenario("slow")], targets_for_binaries([BIN10]), options)
+        await asyncio.wait_for(work, 0.5)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(interrupted())
+    data = json.loads(path.read_text())
+    assert [c["scenario"] for c in data["comparisons"]] == ["ok"]
+    assert data["not_run"] == [{"scenario": "slow", "column": "10.0.2"}]
+    assert data["meta"]["interrupted"] is True
+
+
+class FakeProvider:
+    """A VFIO provider that 'runs' every scenario it is given and reports a lab kernel."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    async def run_batch(self, scenarios: Any, binaries: Any) -> list[Outcome]:
+        self.batches.append([s.id for s in scenarios])
+        out = []
+        for b in binaries:
+            for s in scenarios:
+                o = completed(s, "qemu", str(b.version))
+                o.binary = b.path
+                o.extra["vfio_names"] = {"vfio0": "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"}
+                out.append(o)
+        return out
+
+    def host_facts(self) -> HostFacts:
+        return HostFacts(kernel="6.12-lab")
+
+
+def test_vfio_scenarios_go_to_the_provider_in_one_batch() -> None:
+    from reference_impl.scenario import DeviceSpec, VmSpec
+
+    fakes = Fakes()
+    vm = VmSpec(devices=(DeviceSpec("vfio-pci", id="vfio0"),))
+    vfio = [Scenario(id=f"v{i}", source=vm, destination=vm, migration=MigrationSpec()) for i in range(3)]
+    provider = FakeProvider()
+    options = fakes.options(jobs=2, provider=provider)
+    res = run_sync([*vfio, scenario("plain")], targets_for_binaries([BIN7, BIN10]), options)
+    assert provider.batches == [["v0", "v1", "v2"]]
+    assert res.counts()["agree"] == 8 and res.passed
+    assert {(o.scenario, o.qemu_version) for o in res.outcomes if o.backend == "qemu"} >= {("v0", "7.2.22")}

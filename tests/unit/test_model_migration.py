@@ -1,0 +1,265 @@
+"""The migration state machine and the migrate pre-checks, through predict().
+
+Expected values are real QEMU answers from docs/real-qemu-facts.md (sections named in each test; "real
+10.0.2" / "real 7.2.22"), or the fact sheet (/work/shared/reference/qemu-migration-facts.md) where noted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from reference_impl import predict
+from reference_impl.host import HostFacts
+from reference_impl.outcome import Outcome
+from reference_impl.scenario import MigrationSpec, Scenario, Step, VmSpec
+
+HOST = HostFacts()
+
+
+def steps(*items: Step, source: VmSpec | None = None, destination: VmSpec | None = None,
+          version: str = "10.0", host: HostFacts = HOST) -> Outcome:
+    scenario = Scenario("t", source=source or VmSpec(), destination=destination or VmSpec(), steps=items)
+    return predict(scenario, version, host)
+
+
+def mig(version: str = "10.0", host: HostFacts = HOST, **kwargs: Any) -> Outcome:
+    return predict(Scenario("t", migration=MigrationSpec(**kwargs)), version, host)
+
+
+def states(outcome: Outcome) -> tuple[Any, ...]:
+    src, dst = outcome.source, outcome.destination
+    return (
+        (src.status, src.runstate) if src else None,
+        (dst.status, dst.runstate) if dst else None,
+    )
+
+
+def test_outcome_identity() -> None:
+    outcome = mig("10.0.2")
+    assert (outcome.backend, outcome.qemu_version, outcome.scenario) == ("reference", "10.0", "t")
+    assert mig("9.2.4").qemu_version == "9.2"  # versions.py: newest profile not newer than the binary
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_completed_precopy(version: str) -> None:
+    # real 10.0.2 / 7.2.22 #flow-precopy: source completed/postmigrate, destination completed/running.
+    outcome = mig(version)
+    assert (outcome.verdict, outcome.stage, outcome.error) == ("completed", None, None)
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
+
+
+def test_events_per_version() -> None:
+    # real #flow-precopy: 10.0.2 always passes through device; 7.2.22 does not. The executor turns events on.
+    assert mig("10.0").events == {"source": ["setup", "active", "device", "completed"],
+                                  "destination": ["setup", "active", "completed"]}
+    events_9_2 = mig("9.2").events
+    assert events_9_2 is not None and events_9_2["source"] == ["setup", "active", "completed"]
+    assert mig("7.2").events == {"source": ["setup", "active", "completed"],
+                                 "destination": ["setup", "active", "completed"]}
+
+
+@pytest.mark.parametrize(
+    ("source", "pre", "expected_dst"),
+    [
+        (VmSpec(args=("-S",)), (), "prelaunch"),  # real: source -S -> destination prelaunch
+        (VmSpec(), (Step("stop"),), "paused"),  # real: source stopped -> destination paused
+        (VmSpec(), (Step("stop", side="destination"),), "paused"),  # real: stop on inmigrate dest clears autostart
+        (VmSpec(), (Step("stop", side="destination"), Step("cont", side="destination")), "running"),
+    ],
+)
+def test_destination_runstate(source: VmSpec, pre: tuple[Step, ...], expected_dst: str) -> None:
+    outcome = steps(*pre, Step("migrate"), Step("wait"), source=source)
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", expected_dst))
+
+
+def test_destination_started_paused() -> None:
+    # real 10.0.2: destination with -S and a running source ends paused.
+    outcome = steps(Step("migrate"), Step("wait"), destination=VmSpec(args=("-S",)))
+    assert states(outcome)[1] == ("completed", "paused")
+
+
+@pytest.mark.parametrize(
+    ("version", "source_events"),
+    [
+        ("10.0", ["setup", "active", "device", "postcopy-active", "completed"]),  # real 10.0.2
+        ("7.2", ["setup", "active", "postcopy-active", "completed"]),  # real 7.2.22
+        ("10.2", ["setup", "active", "device", "postcopy-device", "postcopy-active", "completed"]),  # fact sheet §2.2
+    ],
+)
+def test_postcopy(version: str, source_events: list[str]) -> None:
+    outcome = mig(version, capabilities={"postcopy-ram": True}, mode="postcopy")
+    assert outcome.verdict == "completed"
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
+    assert outcome.events is not None
+    assert outcome.events["source"] == source_events
+    assert outcome.events["destination"] == ["setup", "active", "postcopy-active", "completed"]
+
+
+def test_start_postcopy_preconditions() -> None:
+    # real 10.0.2 / 7.2.22 #postcopy.
+    outcome = steps(Step("migrate"), Step("start-postcopy"))
+    assert (outcome.stage, outcome.error) == (
+        "start-postcopy", "Enable postcopy with migrate_set_capability before the start of migration")
+    outcome = steps(Step("set-capabilities", capabilities={"postcopy-ram": True}), Step("start-postcopy"))
+    assert (outcome.stage, outcome.error) == (
+        "start-postcopy", "Postcopy must be started after migration has been started")
+    # fact sheet §4.7 / migrate_postcopy(): dirty-bitmaps alone also enables start-postcopy
+    outcome = steps(Step("set-capabilities", capabilities={"dirty-bitmaps": True}), Step("migrate"),
+                    Step("start-postcopy"), Step("wait"))
+    assert outcome.verdict == "completed"
+
+
+def test_background_snapshot() -> None:
+    # real 10.0.2 #background-snapshot: the source keeps running; the loaded destination runs.
+    outcome = mig("10.0", mode="background-snapshot")
+    assert outcome.verdict == "completed"
+    assert states(outcome) == (("completed", "running"), ("completed", "running"))
+    assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "completed"]
+    # fact sheet rule f: no UFFD-WP
+    outcome = mig("10.0", HostFacts(uffd_wp=False), mode="background-snapshot")
+    assert (outcome.stage, outcome.error) == ("set-capabilities", "Background-snapshot is not supported by host kernel")
+
+
+def test_file_transport_before_8_2() -> None:
+    # real 7.2.22 #checks: file: is refused after migrate_init, status failed, runstate unchanged.
+    outcome = mig("7.2", mode="background-snapshot")
+    assert (outcome.verdict, outcome.stage, outcome.error) == (
+        "refused", "migrate", "Parameter 'uri' expects a valid migration protocol")
+    assert states(outcome) == (("failed", "running"), ("none", "inmigrate"))
+    assert mig("8.2", transport="file").verdict == "completed"  # fact sheet: file: exists from 8.2
+
+
+@pytest.mark.parametrize("transport", ["file", "exec"])
+def test_file_and_exec_precopy(transport: str) -> None:
+    # real 10.0.2 #flow-precopy: file:/exec: to a file, then loaded: same end states as tcp.
+    assert states(mig("10.0", transport=transport)) == (("completed", "postmigrate"), ("completed", "running"))
+
+
+def test_migrate_twice_and_after_cont() -> None:
+    # real #checks: second migrate -> postmigrate message, status stays completed.
+    outcome = steps(Step("migrate"), Step("wait"), Step("migrate"))
+    assert (outcome.stage, outcome.error) == (
+        "migrate", "Can't migrate the vm that was paused due to previous migration")
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
+    # real #checks: after cont the reused tcp URI is not listened on any more: failed, source running.
+    outcome = steps(Step("migrate"), Step("wait"), Step("cont"), Step("migrate"), Step("wait"))
+    assert (outcome.verdict, outcome.stage, outcome.error) == (
+        "failed", "migration", "Failed to connect to '127.0.0.1:<port>': Connection refused")
+    assert states(outcome) == (("failed", "running"), ("completed", "running"))
+
+
+def test_migrate_from_the_destination() -> None:
+    # real #checks: "Guest is waiting for an incoming migration" (before or after migrate-incoming).
+    outcome = steps(Step("qmp", side="destination", command="migrate", arguments={"uri": "tcp:127.0.0.1:1"}))
+    assert (outcome.stage, outcome.error) == ("migrate", "Guest is waiting for an incoming migration")
+    # the executor sends a migrate step to the source whatever its side (harness/pair.py); without a wait
+    # the states are read at once: source still in setup, destination active (real 7.2.22, racy on 10.0.2)
+    outcome = steps(Step("migrate", side="destination"))
+    assert (outcome.verdict, states(outcome)) == ("completed", (("setup", "running"), ("active", "inmigrate")))
+
+
+def test_migration_in_progress() -> None:
+    # real #checks / #caps-check during an active migration.
+    outcome = steps(Step("migrate"), Step("migrate"))
+    assert outcome.error == "There's a migration process in progress"
+    outcome = steps(Step("migrate"), Step("set-capabilities", capabilities={"xbzrle": True}))
+    assert (outcome.stage, outcome.error) == ("set-capabilities", "There's a migration process in progress")
+    assert steps(Step("migrate"), Step("set-parameters", parameters={"max-bandwidth": 2000}), Step("wait")).verdict == (
+        "completed")
+
+
+def test_destination_caps_after_incoming() -> None:
+    # real 10.0.2 #caps-check: multifd on the destination after migrate-incoming is refused; 7.2.22 accepts.
+    plan = (Step("migrate"), Step("set-capabilities", side="destination", capabilities={"multifd": True}))
+    assert steps(*plan).error == "Multifd must be set before incoming starts"
+    # real 7.2.22 (harness run, docs/real-qemu-facts.md#harness-runs): accepted, and the destination crashes
+    outcome = steps(*plan, version="7.2")
+    assert (outcome.verdict, outcome.stage, outcome.error) == (
+        "failed", "migration", "destination QEMU exited with status -11: ")
+    assert outcome.destination is None
+
+
+def test_cancel() -> None:
+    # real #cancel--failure: source cancelled/running; the destination exits 1.
+    outcome = steps(Step("migrate"), Step("cancel"), Step("wait"))
+    assert (outcome.verdict, outcome.stage) == ("failed", "migration")
+    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
+    assert states(outcome) == (("cancelled", "running"), None)
+    # idle cancel is a no-op (real: {})
+    assert steps(Step("cancel")).verdict == "completed"
+    # real 10.0.2 harness run: cancel right after start-postcopy still lands before postcopy-active
+    pc = (Step("set-capabilities", side="both", capabilities={"postcopy-ram": True}), Step("migrate"),
+          Step("start-postcopy"), Step("cancel"), Step("wait"))
+    outcome = steps(*pc)
+    assert (outcome.verdict, states(outcome)) == ("failed", (("cancelled", "running"), None))
+    # real 7.2.22 harness run (racy): the destination completed although the source says cancelled
+    outcome = steps(*pc, version="7.2")
+    assert (outcome.verdict, states(outcome)) == ("completed", (("cancelled", "running"), ("completed", "running")))
+
+
+@pytest.mark.parametrize(
+    ("version", "caps", "transport", "expected"),
+    [
+        # real 10.0.2 #checks (synchronous refusals, status stays none)
+        ("10.0", {"multifd": True}, "exec", "Migration requires multi-channel URIs (e.g. tcp)"),
+        ("10.0", {"multifd": True}, "file", "Migration requires multi-channel URIs (e.g. tcp)"),
+        ("10.0", {"postcopy-ram": True, "postcopy-preempt": True}, "exec",
+         "Migration requires multi-channel URIs (e.g. tcp)"),
+        ("10.0", {"mapped-ram": True}, "tcp", "Migration requires seekable transport (e.g. file)"),
+        ("10.0", {"mapped-ram": True, "multifd": True}, "tcp", "Migration requires seekable transport (e.g. file)"),
+    ],
+)
+def test_transport_checks(version: str, caps: dict[str, bool], transport: str, expected: str) -> None:
+    outcome = mig(version, capabilities=caps, transport=transport)
+    assert (outcome.verdict, outcome.stage, outcome.error) == ("refused", "migrate", expected)
+    assert outcome.source is not None and outcome.source.status == "none"
+
+
+def test_mapped_ram_file() -> None:
+    # fact sheet §1.7: mapped-ram (+multifd) to file: is fine; real 10.0.2: with compression it is refused.
+    assert mig("10.0", capabilities={"mapped-ram": True, "multifd": True}, transport="file").verdict == "completed"
+    outcome = steps(Step("set-capabilities", capabilities={"mapped-ram": True}),
+                    Step("set-parameters", parameters={"multifd-compression": "zlib"}),
+                    Step("migrate", transport="file"))
+    assert (outcome.stage, outcome.error) == ("migrate", "Cannot use compression with mapped-ram")
+
+
+def test_multifd_exec_on_7_2_fails_late() -> None:
+    # real 7.2.22 #slots-and-buses: accepted, then failed with this stderr line and no error-desc.
+    outcome = mig("7.2", capabilities={"multifd": True}, transport="exec")
+    assert (outcome.verdict, outcome.stage, outcome.error) == (
+        "failed", "migration", "multifd is not supported by current protocol")
+    assert states(outcome) == (("failed", "running"), ("none", "inmigrate"))
+
+
+def test_stop_cont_on_source() -> None:
+    # real #checks: cont after postmigrate runs the VM again.
+    outcome = steps(Step("migrate"), Step("wait"), Step("cont"))
+    assert states(outcome)[0] == ("completed", "running")
+    assert states(steps(Step("stop")))[0] == ("none", "paused")
+    assert states(steps(Step("stop"), source=VmSpec(args=("-S",))))[0] == ("none", "prelaunch")
+
+
+def test_snapshot_save() -> None:
+    # real #snapshot-save: no block device -> the job's error.
+    outcome = steps(Step("snapshot-save"))
+    assert (outcome.stage, outcome.error) == ("snapshot-save", "At least one device is required for snapshot")
+    # fact sheet §3.2: snapshot-save is blocked like migrate
+    outcome = steps(Step("snapshot-save"), source=VmSpec(args=("-device", "nvme,serial=x")))
+    assert outcome.error == "State blocked by non-migratable device '0000:00:01.0/nvme'"
+
+
+def test_dump_guest_memory_blocker() -> None:
+    # fact sheet §3.3: dump-guest-memory detach=true holds an internal blocker while it runs.
+    outcome = steps(Step("qmp", command="dump-guest-memory", arguments={"paging": False, "protocol": "file:/tmp/d",
+                                                                       "detach": True}), Step("migrate"))
+    assert (outcome.stage, outcome.error) == ("migrate", "Live migration disabled: dump-guest-memory in progress")
+
+
+def test_qmp_step_maps_to_its_stage() -> None:
+    outcome = steps(Step("qmp", command="migrate-set-capabilities",
+                         arguments={"capabilities": [{"capability": "switchover-ack", "state": True}]}))
+    assert (outcome.stage, outcome.error) == (
+        "set-capabilities", "Capability 'switchover-ack' requires capability 'return-path'")

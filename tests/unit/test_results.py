@@ -1,0 +1,91 @@
+"""Results files: the contract's JSON round-trips, atomic writes, and merging shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.compare import Comparison
+from harness.results import HarnessError, Results, Skip, WorkItem, load, merge, save, write_atomic
+from reference_impl.outcome import Outcome, VmState
+
+
+def pair(scenario: str, version: str, agree: bool = True) -> tuple[list[Outcome], Comparison]:
+    outs = [
+        Outcome(scenario, backend, version, "completed", source=VmState("completed", "postmigrate"))
+        for backend in ("qemu", "reference")
+    ]
+    diffs = {} if agree else {"verdict": ["refused", "completed"]}
+    return outs, Comparison(scenario, version, agree, diffs)
+
+
+def results_with(*items: tuple[str, str, bool]) -> Results:
+    res = Results(meta={"versions": sorted({v for _, v, _ in items}), "start": "2026-01-01T00:00:00+00:00"})
+    for scenario, version, agree in items:
+        outs, comp = pair(scenario, version, agree)
+        res.outcomes += outs
+        res.comparisons.append(comp)
+    return res
+
+
+def test_contract_keys_round_trip(tmp_path: Path) -> None:
+    res = results_with(("a", "10.0.2", True), ("b", "10.0.2", False))
+    res.errors.append(HarnessError("c", "10.0.2", "qemu", "RuntimeError: x"))
+    res.skips.append(Skip("d", "10.0.2", "qemu: requires vfio"))
+    res.not_run.append(WorkItem("e", "10.0.2"))
+    path = tmp_path / "r.json"
+    save(res, path)
+    data = json.loads(path.read_text())
+    assert set(data) >= {"outcomes", "comparisons", "meta", "not_run"}
+    assert data["comparisons"][1] == {
+        "scenario": "b",
+        "qemu_version": "10.0.2",
+        "agree": False,
+        "differences": {"verdict": ["refused", "completed"]},
+    }
+    assert set(data["outcomes"][0]) == {
+        "scenario", "backend", "qemu_version", "verdict", "stage", "error", "source", "destination", "skip_reason",
+    }  # fmt: skip
+    back = load(path)
+    assert back.to_json() == res.to_json()
+    assert back.counts() == {"agree": 1, "diverge": 1, "skip": 1, "error": 1, "not_run": 1}
+    assert not back.passed
+
+
+def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "out.json"
+    write_atomic(target, "one")
+    write_atomic(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_merge_joins_shards_and_clears_not_run() -> None:
+    shard1 = results_with(("a", "10.0.2", True))
+    shard1.not_run = [WorkItem("b", "10.0.2")]
+    shard2 = results_with(("b", "10.0.2", False))
+    shard2.meta["start"] = "2026-01-01T00:00:05+00:00"
+    merged = merge([shard1, shard2])
+    assert sorted(c.scenario for c in merged.comparisons) == ["a", "b"]
+    assert merged.not_run == []
+    assert len(merged.outcomes) == 4
+    assert merged.meta["start"] == "2026-01-01T00:00:00+00:00"
+    assert merged.meta["versions"] == ["10.0.2"]
+
+
+def test_merge_later_part_replaces_the_same_item() -> None:
+    old = results_with(("a", "10.0.2", False))
+    old.errors.append(HarnessError("a", "10.0.2", "qemu", "boom"))
+    new = results_with(("a", "10.0.2", True))
+    merged = merge([old, new])
+    assert [c.agree for c in merged.comparisons] == [True]
+    assert merged.errors == []
+    assert merged.passed
+
+
+def test_merge_keeps_not_run_that_nobody_ran() -> None:
+    part = results_with(("a", "7.2.22", True))
+    part.not_run = [WorkItem("z", "7.2.22")]
+    merged = merge([part, results_with(("a", "10.0.2", True))])
+    assert merged.not_run == [WorkItem("z", "7.2.22")]
+    assert merged.meta["versions"] == ["7.2.22", "10.0.2"]
