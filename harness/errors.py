@@ -103,6 +103,9 @@ class VmDied(MigconformError):
     """A QEMU process exited while it was still needed.
 
     ``str()`` is the contract's error text: "<side> QEMU exited with status N: <last stderr line>".
+    N is the exit status, or minus the signal number when QEMU was killed by a signal (-6: an assertion
+    aborted it, -9: SIGKILL); the stderr line is stripped of its program-name and option prefixes like
+    every QEMU message in an outcome.
     """
 
     def __init__(self, side: str, status: int | None, last_stderr_line: str) -> None:

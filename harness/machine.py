@@ -243,18 +243,24 @@ class QemuMachine:
             message = qemu_error_message(text, self.argv)
         raise QemuLaunchError(self.argv, status, text, message, str(self.log_path))
 
-    async def shutdown(self, timeout: float = 3.0) -> None:
-        """End QEMU however it is: ``quit``, then SIGTERM, then SIGKILL, each step bounded. Idempotent."""
+    async def shutdown(self, timeout: float = 1.5, term_timeout: float = 0.5) -> None:
+        """End QEMU however it is: ``quit`` (bounded by ``timeout``, exit included), then SIGTERM (bounded
+        by ``term_timeout``), then SIGKILL. Idempotent.
+
+        The bounds are short on purpose: a QEMU that has not exited 1.5 s after ``quit`` is stuck (e.g. a
+        rate-limited migration thread that migration_shutdown waits for, or a monitor blocked on a lock),
+        and SIGTERM takes the same main-loop path as ``quit``, so waiting longer only slows every run."""
         if self._proc is None:
             await self._close_client()
             self._cleanup_files()
             return
+        deadline = time.monotonic() + timeout
         if self._proc.returncode is None and self._client is not None and self._client.runstate.name == "RUNNING":
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._client.execute("quit"), timeout)
-        if not await self._wait_exit(timeout):
+        if not await self._wait_exit(max(0.0, deadline - time.monotonic())):
             procutil.kill_group(self._proc.pid, signal.SIGTERM)
-            if not await self._wait_exit(timeout):
+            if not await self._wait_exit(term_timeout):
                 await self._kill()
         await self._reap()
         await self._close_client()

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from harness.binaries import QemuBinary
-from harness.errors import MigrationTimeout, VmDied
+from harness.errors import MigconformError, MigrationTimeout, VmDied
 from harness.machine import DEFAULT_LAUNCH_TIMEOUT_S, QemuMachine, private_dir
 from reference_impl.outcome import VmState
 
@@ -29,6 +29,7 @@ DESTINATION_END_STATUSES = frozenset({"completed", "failed"})
 TRANSPORTS = ("tcp", "unix", "file", "exec")
 POLL_INTERVAL_S = 0.02
 SIDES = ("source", "destination")
+FINAL_STATE_TIMEOUT_S = 5.0
 
 
 def capability_list(capabilities: Mapping[str, bool]) -> list[dict[str, Any]]:
@@ -249,15 +250,16 @@ class MigrationPair:
 
     # ------------------------------------------------------------------ results
 
-    async def final_state(self, side: str) -> VmState | None:
-        """``query-migrate`` status and runstate of a side, or None when that QEMU is not running."""
+    async def final_state(self, side: str, timeout: float = FINAL_STATE_TIMEOUT_S) -> VmState | None:
+        """``query-migrate`` status and runstate of a side; None when that QEMU is gone, or so stuck that
+        it does not answer within ``timeout`` (seen: a monitor blocked behind a hung command)."""
         vm = self.side(side)
         if not vm.is_alive:
             return None
         try:
-            status = await vm.query_migrate_status()
-            runstate = await vm.runstate()
-        except (VmDied, Exception):
+            status = await asyncio.wait_for(vm.query_migrate_status(), timeout)
+            runstate = await asyncio.wait_for(vm.runstate(), timeout)
+        except (TimeoutError, MigconformError):
             return None
         return VmState(status=status, runstate=runstate)
 

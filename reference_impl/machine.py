@@ -34,7 +34,6 @@ _VALUE_OPTIONS = frozenset(
     }
 )  # fmt: skip
 
-_ROOT_BUS_SLOTS = range(1, 0x1F)  # q35: 00.0 is the host bridge, 1f.x the ICH9 functions
 
 
 def parse_options(text: str) -> tuple[str, dict[str, str]]:
@@ -129,7 +128,8 @@ class Machine:
     blockers: MigrationBlockers
     handlers: list[SaveVMHandlers] = field(default_factory=list)
     kvm_dirty_ring: bool = False
-    drives: int = 0  # -drive/-blockdev items (snapshot-save needs one)
+    drives: int = 0  # qcow2 -drive/-blockdev items (snapshot-save needs one that can take snapshots)
+    dump_resume: str | None = None  # runstate to restore when a detached dump-guest-memory ends
     status: str = "none"  # query-migrate status
     caps: frozenset[str] = frozenset()
     params: dict[str, Any] = field(default_factory=dict)
@@ -142,9 +142,13 @@ class Machine:
     # Source side: the migration started by `migrate` and not yet resolved.
     migration: Any = None
 
-    @property
-    def events_on(self) -> bool:
-        return "events" in self.caps
+
+def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:
+    if blockdev:
+        return options.get("driver") == "qcow2"
+    return options.get("format") == "qcow2" or (
+        "format" not in options and options.get("file", "").endswith(".qcow2")
+    )
 
 
 @dataclass(frozen=True)
@@ -215,13 +219,25 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         handlers=handlers,
         kvm_dirty_ring=host.kvm and host.dirty_ring and line.accel != "tcg",
         autostart=not line.start_paused,
-        drives=len(line.drives),
+        drives=sum(1 for is_blockdev, options in line.drives if _is_qcow2(options, blockdev=is_blockdev)),
     )
+
+
+# Devices that create a PCI bus named after their id (pcie-root-port: one slot, the others 32).
+_PCI_BRIDGES = frozenset({"pcie-root-port", "ioh3420", "xio3130-downstream", "pci-bridge", "pcie-pci-bridge"})
+
+
+@dataclass
+class _PciBus:
+    prefix: str  # qdev path prefix: "0000:00" for pcie.0, the bridge's own path below it
+    first_slot: int
+    last_slot: int
+    slots: dict[int, str] = field(default_factory=dict)  # slot -> "driver,id=ID" of its occupant
 
 
 @dataclass
 class _Buses:
-    slots: dict[int, str] = field(default_factory=dict)  # slot -> "driver,id=ID" of its occupant
+    pci: dict[str, _PciBus] = field(default_factory=lambda: {"pcie.0": _PciBus("0000:00", 1, 0x1E)})
     usb_controller: str | None = None  # qdev path of the first USB host controller
     usb_ports: int = 0
 
@@ -232,21 +248,34 @@ def _parse_slot(addr: str) -> tuple[int, int]:
 
 
 def _take_pci_slot(buses: _Buses, device: DeviceSpec) -> tuple[str | None, str | None]:
-    """pci_qdev_realize / do_pci_register_device: (qdev path "0000:00:SS.F", error)."""
+    """pci_qdev_realize / do_pci_register_device: (qdev path, error).
+
+    Paths as measured (docs/real-qemu-facts.md#blockers, #slots-and-buses): "0000:00:01.0" on pcie.0 (auto
+    slots from 01 in realize order; 00 is the host bridge, 1f the ICH9 functions), "0000:00:01.0:00.0" behind
+    a root port at 01.0 (pcibus_get_dev_path appends one "SS.F" per bridge level).
+    """
+    bus = buses.pci.get(device.properties.get("bus", "pcie.0"))
+    if bus is None:
+        return None, f"Bus '{device.properties.get('bus')}' not found"
     occupant = f"{device.driver},id={device.id if device.id is not None else '(null)'}"
     addr = device.properties.get("addr")
     if addr is not None:
         slot, fn = _parse_slot(addr)
-        if slot in buses.slots or slot == 0 or slot == 0x1F:
-            owner = buses.slots.get(slot, "mch,id=(null)")
+        reserved = bus.prefix == "0000:00" and slot in (0, 0x1F)
+        if slot in bus.slots or reserved:
+            owner = bus.slots.get(slot, "mch,id=(null)")
             return None, f"PCI: slot {slot} function {fn} not available for {device.driver}, in use by {owner}"
     else:
-        free = [s for s in _ROOT_BUS_SLOTS if s not in buses.slots]
+        free = [s for s in range(bus.first_slot, bus.last_slot + 1) if s not in bus.slots]
         if not free:
             return None, f"PCI: no slot/function available for {device.driver}, all in use or reserved"
         slot, fn = free[0], 0
-    buses.slots[slot] = occupant
-    return f"0000:00:{slot:02x}.{fn}", None
+    bus.slots[slot] = occupant
+    path = f"{bus.prefix}:{slot:02x}.{fn}"
+    if device.driver in _PCI_BRIDGES and device.id is not None:
+        last = 0 if device.driver in ("pcie-root-port", "ioh3420", "xio3130-downstream") else 0x1F
+        buses.pci[device.id] = _PciBus(path, 0, last)
+    return path, None
 
 
 def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...]) -> str | None:
@@ -260,8 +289,7 @@ def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...]) -> str | None
         if model is not None and model.since is not None and vm.version < model.since:
             return f"'{driver}' is not a valid device model name"
         path: str | None = None
-        on_root_bus = device.properties.get("bus", "pcie.0") == "pcie.0"
-        if catalog.is_pci_driver(driver) and on_root_bus:
+        if catalog.is_pci_driver(driver):
             path, error = _take_pci_slot(buses, device)
             if error is not None:
                 return error

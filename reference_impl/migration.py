@@ -27,13 +27,6 @@ from reference_impl.machine import Machine
 from reference_impl.parameters import apply_parameter_request
 from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
 
-# migration_is_running() (10.0): the states in which a new migrate / set-capabilities is refused.
-RUNNING_STATES = frozenset(
-    {
-        "setup", "active", "postcopy-active", "postcopy-paused", "postcopy-recover-setup", "postcopy-recover",
-        "pre-switchover", "device", "wait-unplug", "cancelling", "colo", "postcopy-device",
-    }
-)  # fmt: skip
 SOCKET_TRANSPORTS = frozenset({"tcp", "unix"})
 
 # What the destination prints when its incoming stream breaks (cancel, source failure): QEMU 10.0.2 and
@@ -49,6 +42,8 @@ class Migration:
     background: bool  # background-snapshot
     source_runstate: str  # runstate when migrate ran: decides the destination's runstate
     left_setup: bool = False  # a step waited for the migration to leave setup (start-postcopy, cancel)
+    # How the destination ends when the migration fails: (exit status, last stderr line).
+    peer_exit: tuple[int, str] = (1, "load of migration failed: Invalid argument")
     postcopy: bool = False  # migrate-start-postcopy accepted
     # A failure known at migrate time: (error-desc or None, the source's last stderr line or None).
     failure: tuple[str | None, str | None] | None = None
@@ -115,6 +110,12 @@ def migrate_incoming(vm: Machine, transport: str) -> str | None:
         return "'-incoming' was not specified on the command line"
     if vm.vn < N8_2 and transport == "file":
         return "unknown migration protocol: file:<FILE>"
+    if vm.vn >= N8_0:
+        # qemu_start_incoming_migration checks the channels against the caps like migrate does (measured on
+        # 10.0.2 by the harness sweep: mapped-ram + tcp refused with the seekable message, status stays none).
+        error = _transport_check(vm, transport)
+        if error is not None:
+            return error
     vm.incoming = transport
     if vm.vn >= N8_1:
         emit(vm, "setup")
@@ -170,6 +171,13 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True) -> str 
             return "Cannot use TLS with mapped-ram"
         if vm.params.get("multifd-compression", "none") != "none":
             return "Cannot use compression with mapped-ram"
+    # migrate_mode_is_cpr (9.0+): the CPR modes refuse postcopy, background snapshot and COLO (fact sheet §1.7;
+    # not run here).
+    if v >= N9_0 and vm.params.get("mode", "normal") != "normal":
+        for cap, what in (("postcopy-ram", "postcopy"), ("background-snapshot", "background snapshot"),
+                          ("x-colo", "COLO")):
+            if cap in caps:
+                return f"Cannot use {what} with CPR"
     # migrate_init -> qemu_savevm_state_prepare (8.2+): VFIO's save_prepare refuses postcopy / bg-snapshot.
     if v >= N8_2 and vm.handlers:
         ctx = PrepareContext(capabilities={c: True for c in caps}, runstate=vm.runstate)
@@ -255,9 +263,11 @@ def leave_pending(scene: Scene, vm: Machine) -> None:
 
 
 def multifd_on_live_incoming(scene: Scene, vm: Machine) -> None:
-    """7.2: turning multifd on at a destination whose incoming stream is already flowing crashes it
-    (measured on 7.2.22: SIGSEGV, exit status -11, no stderr line). 8.1+ refuses the request instead
-    (rule o, "Multifd must be set before incoming starts"); 8.0 is assumed to behave like 7.2."""
+    """7.2: turning multifd on at a destination whose incoming stream already flows makes it crash once the
+    stream goes on (measured on 7.2.22 with a wait step, 3 runs: destination SIGSEGV, exit status -11, no
+    stderr line; the source mostly fails with "Unable to write to socket: Connection reset by peer",
+    once "Broken pipe", once completed). 8.1+ refuses the request instead (rule o); 8.0 is assumed to be
+    like 7.2. Without a wait the executor reads the states before the crash (measured: active/inmigrate)."""
     m = scene.source.migration
     if (
         vm.vn < N8_1
@@ -267,14 +277,8 @@ def multifd_on_live_incoming(scene: Scene, vm: Machine) -> None:
         and vm.incoming in SOCKET_TRANSPORTS
         and vm.runstate == "inmigrate"
     ):
-        if "events" in vm.caps:
-            vm.events.append("active")
-        vm.alive = False
-        vm.exit_line = "destination QEMU exited with status -11: "
-        # The source is read right away: still active, running (measured).
-        if scene.source.status == "setup":
-            emit(scene.source, "active")
-        scene.source.migration = None
+        m.failure = ("Unable to write to socket: Connection reset by peer", None)
+        m.peer_exit = (-11, "")
 
 
 def cancel(scene: Scene, vm: Machine) -> str | None:
@@ -284,7 +288,8 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
     migrate-start-postcopy only requests the switch, so a cancel right after it still lands before
     postcopy-active on 10.0.2 (measured: cancelled, destination died); the 10.0+ refusal "Postcopy migration in
     progress, cannot cancel." (measured when polled into postcopy-active) is not reachable from steps.
-    7.2.22 (measured once, racy): the same steps let the destination complete while the source says cancelled.
+    Its last stderr line is racy; with postcopy requested, 10.0.2 printed "Input/output error" twice, 7.2.22
+    "Invalid argument" (and once let the destination complete).
     """
     m = vm.migration
     if m is None:
@@ -298,12 +303,11 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
     if not (m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming):
         return None
     emit(peer, "active")
-    if m.postcopy and vm.vn < N10_0 and not m.background:
-        emit(peer, "completed")
-        peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
-        return None
     emit(peer, "failed")
-    _kill(peer, 1, DESTINATION_LOAD_FAILURE)
+    if m.postcopy and vm.vn >= N10_0:
+        _kill(peer, 1, "load of migration failed: Input/output error")
+    else:
+        _kill(peer, 1, DESTINATION_LOAD_FAILURE)
     return None
 
 
@@ -330,13 +334,78 @@ def _source_path(v: int, m: Migration) -> tuple[str, ...]:
     return ("active", "completed")
 
 
+# The executor's default bound for one wait (harness/runner.py RunOptions.timeout).
+WAIT_TIMEOUT_S = 60
+
+
+def quit_vm(scene: Scene, vm: Machine) -> None:
+    """QMP quit: the process exits 0 with no stderr line (measured on both: "destination QEMU exited with
+    status 0: "). A source streaming to a destination that quit fails at its next write (measured on 10.0.2:
+    "Unable to write to socket: Broken pipe"; 7.2.22 had not connected yet: "Failed to connect ...")."""
+    _kill(vm, 0, "")
+    m = scene.source.migration
+    if vm is scene.destination and m is not None and m.transport in SOCKET_TRANSPORTS and m.failure is None:
+        m.failure = ("Unable to write to socket: Broken pipe", None)
+
+
+# The source's error-desc when the destination drops the connection mid-stream. Racy: "Broken pipe" and
+# "Connection reset by peer" both occur (docs/real-qemu-facts.md#harness-runs); the latter is the more common.
+PEER_RESET = "Unable to write to socket: Connection reset by peer"
+
+
+def _stream_mismatch(source: Machine, destination: Machine) -> tuple[str | None, str | None] | None:
+    """Failures from caps the source sets but the destination lacks (measured by the harness sweep).
+
+    - compress (<= 9.0) without compress on the destination: it cannot parse the compressed pages and exits;
+      the source fails writing (7.2.22, 12 of 12 pairs failed; the error text varies with the race).
+    - x-colo (8.0+): after precopy the source fails and the destination goes away (10.0.2, 2 of 2 pairs).
+      7.2.22 instead enters COLO on both sides: see finish().
+    """
+    caps = source.caps
+    if "compress" in caps and "compress" not in destination.caps:
+        return (PEER_RESET, None)
+    if "x-colo" in caps and source.vn >= N8_0:
+        return (PEER_RESET, None)
+    return None
+
+
 def finish(scene: Scene, vm: Machine) -> None:
     """The contract's ``wait``: resolve the migration ``vm`` started, on both sides."""
     m = vm.migration
     if m is None:
         return
-    vm.migration = None
     peer = scene.destination if vm is scene.source else scene.source
+    if m.failure is None and m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate":
+        m.failure = _stream_mismatch(vm, peer)
+    if "x-colo" in vm.caps and vm.vn < N8_0 and m.failure is None and not m.background:
+        # 7.2.22: after precopy both sides enter COLO and stay there; the executor's wait times out (measured:
+        # source colo/running, destination colo/running).
+        for status in ("active", "colo"):
+            if vm.status != status:
+                emit(vm, status)
+        if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+            emit(peer, "active")
+            emit(peer, "colo")
+            peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
+        scene.extra["timeout"] = (
+            f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: colo)"
+        )
+        return
+    if "pause-before-switchover" in vm.caps and not m.background and m.failure is None:
+        # The migration parks in pre-switchover until migrate-continue, with the VM stopped for switchover;
+        # the executor's wait times out (measured on both: source pre-switchover/finish-migrate,
+        # destination active/inmigrate).
+        if vm.status == "setup":
+            emit(vm, "active")
+        emit(vm, "pre-switchover")
+        vm.runstate = "finish-migrate"
+        if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+            emit(peer, "active")
+        scene.extra["timeout"] = (
+            f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: pre-switchover)"
+        )
+        return
+    vm.migration = None
     if m.failure is not None:
         desc, line = m.failure
         emit(vm, "failed")
@@ -345,8 +414,10 @@ def finish(scene: Scene, vm: Machine) -> None:
             scene.extra.setdefault("source_stderr", line)
         if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
             emit(peer, "active")
-            emit(peer, "failed")
-            _kill(peer, 1, DESTINATION_LOAD_FAILURE)
+            status, line = m.peer_exit
+            if status == 1:
+                emit(peer, "failed")
+            _kill(peer, status, line)
         return
     for status in _source_path(vm.vn, m):
         if status != vm.status:  # "active" may already be reached (left_setup)
@@ -363,6 +434,29 @@ def finish(scene: Scene, vm: Machine) -> None:
         emit(peer, "postcopy-active")
     emit(peer, "completed")
     peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
+
+
+DUMP_BLOCKER = "Live migration disabled: dump-guest-memory in progress"
+
+
+def start_detached_dump(vm: Machine) -> str | None:
+    """QMP dump-guest-memory detach=true: an internal blocker (migrate_add_blocker_internal: busy check
+    only) and the VM stopped in save-vm while the dump thread runs. Measured on 10.0.2 and 7.2.22: a migrate
+    right after it is refused with the blocker text and the source reads save-vm."""
+    error = vm.blockers.add(DUMP_BLOCKER, internal=True, busy=vm.migration is not None)
+    if error is None:
+        vm.dump_resume = vm.runstate
+        if vm.runstate == "running":
+            vm.runstate = "save-vm"
+    return error
+
+
+def finish_dump(vm: Machine) -> None:
+    """A detached dump is over by the time a wait step has run: blocker removed, runstate restored."""
+    if vm.dump_resume is not None:
+        vm.blockers.remove(DUMP_BLOCKER)
+        vm.runstate = vm.dump_resume
+        vm.dump_resume = None
 
 
 def stop(vm: Machine) -> str | None:
@@ -403,4 +497,8 @@ def snapshot_save(vm: Machine) -> str | None:
             return error
     if vm.drives == 0:
         return "At least one device is required for snapshot"
+    # qemu_savevm_state: migrate_init, then setup -> completed on success (measured on 10.0.2 with a qcow2
+    # drive: query-migrate reads completed afterwards, the VM keeps running).
+    emit(vm, "setup")
+    emit(vm, "completed")
     return None

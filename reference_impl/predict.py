@@ -18,29 +18,15 @@ from reference_impl.scenario import Scenario, Step, expand_steps, migrate_transp
 from reference_impl.versions import Version, profile_for
 
 BACKEND = "reference"
-_EVENTS_ONLY = frozenset({"events"})
 
-# Stage names of refused actions. Actions the contract lists no stage for use their own name.
+# Stage of a refused step, as the executor names it (harness/executor.py STAGE_OF_ACTION): the contract's
+# stages for the actions that have one, "migration" for wait, else the action's own name (qmp steps: "qmp").
 _STAGES = {
     "set-capabilities": "set-capabilities",
     "set-parameters": "set-parameters",
     "migrate": "migrate",
     "start-postcopy": "start-postcopy",
-    "cancel": "cancel",
-    "cont": "cont",
-    "stop": "stop",
-}
-
-# Raw QMP commands that map onto modelled actions.
-_QMP_ACTIONS = {
-    "migrate-set-capabilities": "set-capabilities",
-    "migrate-set-parameters": "set-parameters",
-    "migrate-start-postcopy": "start-postcopy",
-    "migrate": "migrate",
-    "migrate_cancel": "cancel",
-    "migrate-cancel": "cancel",
-    "cont": "cont",
-    "stop": "stop",
+    "wait": "migration",
 }
 
 
@@ -100,6 +86,9 @@ def _qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, An
         # Raw migrate (e.g. on the destination): the transport is the URI's scheme.
         transport = str(arguments.get("uri", "tcp:")).split(":", 1)[0]
         return mig.migrate(vm, transport, peer_listening=False)
+    if command == "quit":
+        mig.quit_vm(scene, vm)
+        return None
     if command == "cont":
         return mig.cont(vm)
     if command == "stop":
@@ -110,11 +99,7 @@ def _qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, An
         if vm.runstate == "inmigrate":
             return "Dump not allowed during incoming migration."
         if arguments.get("detach"):
-            return vm.blockers.add(
-                "Live migration disabled: dump-guest-memory in progress",
-                internal=True,
-                busy=vm.migration is not None,
-            )
+            return mig.start_detached_dump(vm)
     return None
 
 
@@ -138,10 +123,13 @@ def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
         for vm in (scene.source, scene.destination):
             if vm.migration is not None:
                 mig.finish(scene, vm)
+            mig.finish_dump(vm)
         return None
     for vm in _sides(scene, step.side):
         if not vm.alive:
-            continue
+            # The executor's command on a gone QEMU raises VmDied: the scenario ends as failed.
+            scene.extra["ended"] = True
+            return None
         if action == "set-capabilities":
             error = mig.set_capabilities(vm, step.capabilities)
             if error is None and vm is scene.destination:
@@ -170,9 +158,6 @@ def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
 
 
 def _stage(step: Step) -> str:
-    if step.action == "qmp":
-        mapped = _QMP_ACTIONS.get(step.command or "")
-        return _STAGES.get(mapped or "", mapped or "qmp")
     return _STAGES.get(step.action, step.action)
 
 
@@ -199,24 +184,25 @@ def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outc
     destination = realize(scenario.destination, profile, host, "destination")
     if isinstance(destination, str):
         return _outcome(scenario, short, "refused", "startup", destination, source, None)
-    # The executor turns cap events on on both sides before the first step (harness/executor.py
-    # _enable_events), so that MIGRATION events can be recorded.
-    source.caps = destination.caps = _EVENTS_ONLY
     scene = mig.Scene(source, destination)
     refused: tuple[str, str] | None = None
     for step in _steps(scenario):
+        if "ended" in scene.extra:
+            break
         error = _run_step(scene, scenario, step)
         if error is not None:
             refused = (_stage(step), error)
             break
-        if not (source.alive and destination.alive):
+        if "timeout" in scene.extra:
             break
-    if source.migration is not None:
+    if source.migration is not None and "timeout" not in scene.extra:
         mig.leave_pending(scene, source)
     # Like the executor's record: both sides once both VMs started, empty lists included.
     events = {"source": source.events, "destination": destination.events}
     if refused is not None:
         return _outcome(scenario, short, "refused", refused[0], refused[1], source, destination, events)
+    if "timeout" in scene.extra:
+        return _outcome(scenario, short, "failed", "migration", scene.extra["timeout"], source, destination, events)
     dead = [vm for vm in (source, destination) if not vm.alive]
     if dead or source.status == "failed" or destination.status == "failed":
         error = source.error_desc or destination.error_desc

@@ -20,12 +20,24 @@ from harness.guest.console import GuestConsole
 from harness.guest.image import GuestImage
 from harness.guest.session import GuestSpec, guest_vm_args
 from harness.machine import QemuMachine
+from harness.probe import probe_binary, probe_host
 
 ENDED = ("completed", "failed", "cancelled")
 
-# The host KVM here cannot boot Linux (see the environment notes), so guests run under TCG; -cpu max gives the
-# guest the most features TCG emulates, and both QEMU versions accept it.
-ACCEL_ARGS = ("-accel", "tcg", "-cpu", "max")
+# -cpu max gives a TCG guest the most features TCG emulates, and both QEMU versions accept it.
+TCG_ARGS = ("-accel", "tcg", "-cpu", "max")
+
+
+def guest_accel(binary: QemuBinary) -> tuple[tuple[str, ...], str]:
+    """The accelerator arguments for a guest VM, and why. KVM only where harness.probe does not rule out booting
+    Linux with it: a PVM KVM (this project's machines) runs firmware but cannot boot a stock kernel."""
+    host = probe_host()
+    if not host.kvm_device or host.pvm:
+        return TCG_ARGS, f"TCG: {host.kvm_detail}"
+    probe = probe_binary(binary)
+    if probe.kvm.usable and probe.kvm.cpu is not None and probe.kvm.boots_linux is not False:
+        return ("-accel", "kvm", "-cpu", probe.kvm.cpu), f"KVM: {probe.kvm.reason}"
+    return TCG_ARGS, f"TCG: {probe.kvm.reason}"
 
 
 @dataclass
@@ -73,7 +85,7 @@ class GuestLab:
         destination then stays paused until ``cont``). Every VM uses a named RAM backend, so any pair matches."""
         console_path = self.workdir / f"{name}.console"
         args = [
-            *ACCEL_ARGS,
+            *guest_accel(self.binary)[0],
             "-machine", self.machine_type,
             "-m", self.vm_memory,
             *guest_vm_args(
@@ -104,9 +116,7 @@ async def set_capabilities(vm: QemuMachine, **caps: bool) -> None:
     )
 
 
-async def wait_status(
-    vm: QemuMachine, wanted: Collection[str], timeout: float, poll: float = 0.05
-) -> dict[str, Any]:
+async def wait_status(vm: QemuMachine, wanted: Collection[str], timeout: float, poll: float = 0.05) -> dict[str, Any]:
     """Poll query-migrate until its status is one of ``wanted``; the last answer. Bounded; a VM that dies raises."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}

@@ -88,9 +88,7 @@ def write_physical(gdb_socket: Path, gpa: int, data: bytes, timeout: float = 10.
         gdb.command("D")
 
 
-async def poke_guest_memory(
-    hmp: Callable[[str], Awaitable[Any]], gdb_socket: Path, gpa: int, data: bytes
-) -> None:
+async def poke_guest_memory(hmp: Callable[[str], Awaitable[Any]], gdb_socket: Path, gpa: int, data: bytes) -> None:
     """Start a gdbstub with ``hmp`` (a function running one HMP command line), then write the bytes."""
     import asyncio
 

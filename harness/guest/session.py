@@ -32,7 +32,7 @@ def parse_mib(size: str) -> int:
     """``"64M"``, ``"1G"``, ``"512MiB"`` -> MiB. QEMU's suffix convention: a bare number means MiB."""
     m = _SIZE.match(size.strip())
     if not m:
-        raise ValueError(f"size {size!r}: expected a number with an optional K, M or G suffix, e.g. \"64M\"")
+        raise ValueError(f'size {size!r}: expected a number with an optional K, M or G suffix, e.g. "64M"')
     number, unit = int(m.group(1)), m.group(2).upper()
     if unit == "K":
         if number % 1024:
@@ -61,7 +61,7 @@ class GuestSpec:
         if self.dirty_rate < 0:
             raise ValueError("[guest] dirty-rate must be >= 0 (pages per second)")
         if self.image != "default":
-            raise ValueError(f"[guest] image {self.image!r}: only \"default\" exists")
+            raise ValueError(f'[guest] image {self.image!r}: only "default" exists')
 
     @property
     def memory_mib(self) -> int:

@@ -16,6 +16,7 @@ files a patch has changed in ``work/`` (written before patching, so an interrupt
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -147,7 +148,7 @@ def upstream_version(debian_version: str) -> str:
 
 
 class MutantBuilder:
-    """Owns the cache folders above; one instance per build run (not safe to run two at once)."""
+    """Owns the cache folders above; builds are serialised by a lock file in the cache."""
 
     def __init__(self, cache: Path | None = None, *, jobs: int = 2,
                  log: Callable[[str], None] = _log_default) -> None:
@@ -165,13 +166,19 @@ class MutantBuilder:
         self.state_file = self.root / "work-state.json"
 
     # --- source -----------------------------------------------------------------------------------
+    def cached_tarball(self) -> Path | None:
+        """The already downloaded orig tarball of the installed QEMU version, if any."""
+        pattern = f"qemu_{upstream_version(installed_qemu_version())}*.orig.tar.*"
+        found = sorted(self.src_dir.glob(pattern)) if self.src_dir.is_dir() else []
+        return found[0] if found else None
+
     def fetch_source(self) -> Path:
         """Debian's orig tarball of the installed version (the upstream source minus firmware blobs)."""
         debian_version = installed_qemu_version()
         self.src_dir.mkdir(parents=True, exist_ok=True)
-        found = sorted(self.src_dir.glob(f"qemu_{upstream_version(debian_version)}*.orig.tar.*"))
-        if found:
-            return found[0]
+        cached = self.cached_tarball()
+        if cached is not None:
+            return cached
         if not self.apt_conf.is_file():
             raise BuildError(f"no private apt configuration at {self.apt_conf}: run scripts/setup-mutants.sh")
         self.log(f"fetching Debian's source of qemu {debian_version}")
@@ -279,7 +286,10 @@ class MutantBuilder:
     # --- build ------------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         self.ccache_dir.mkdir(parents=True, exist_ok=True)
-        return dict(os.environ, CCACHE_DIR=str(self.ccache_dir), CCACHE_MAXSIZE="5G")
+        # BASEDIR and NOHASHDIR make hits independent of where the cache folder is (another checkout,
+        # another MIGCONFORM_CACHE): ccache then hashes relative paths and ignores the build's cwd.
+        return dict(os.environ, CCACHE_DIR=str(self.ccache_dir), CCACHE_MAXSIZE="5G",
+                    CCACHE_BASEDIR=str(self.root), CCACHE_NOHASHDIR="1")
 
     def configure(self) -> None:
         key = json.dumps(CONFIGURE_ARGS)
@@ -311,10 +321,10 @@ class MutantBuilder:
         """The builds among ``names`` that :meth:`build` would (re)build: missing, or made from another
         source or patch. Reads only the cache (no download, no build)."""
         patches = available_patches(mutants_dir)
-        found = sorted(self.src_dir.glob("qemu_*.orig.tar.*")) if self.src_dir.is_dir() else []
+        tarball = self.cached_tarball()
         marker = self.pristine / ".migconform-prepared"
         source_key = marker.read_text() if marker.is_file() else None
-        if not found or source_key is None or not source_key.startswith(_sha256_file(found[0])):
+        if tarball is None or source_key != f"{_sha256_file(tarball)}+prep{PREPARATION_VERSION}":
             return list(names)
         out = []
         for name in names:
@@ -333,7 +343,18 @@ class MutantBuilder:
 
     def build(self, names: Iterable[str] | None = None, *, force: bool = False,
               mutants_dir: Path = MUTANTS_DIR) -> list[BuiltBinary]:
-        """Build the unmodified binary and the named mutants (default: all), skipping up-to-date ones."""
+        """Build the unmodified binary and the named mutants (default: all), skipping up-to-date ones.
+
+        Holds an exclusive lock on the cache for the whole build: the work tree and build folder are
+        shared, so a second builder (another pytest worker, a second terminal) waits, then finds its
+        binaries up to date.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._build_locked(names, force=force, mutants_dir=mutants_dir)
+
+    def _build_locked(self, names: Iterable[str] | None, *, force: bool, mutants_dir: Path) -> list[BuiltBinary]:
         patches = available_patches(mutants_dir)
         wanted = [UNMODIFIED, *patches] if names is None else list(names)
         unknown = [n for n in wanted if n != UNMODIFIED and n not in patches]

@@ -278,6 +278,34 @@ def render_console(report: MutationReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_html(report: MutationReport, results: Any) -> str:
+    """The standard HTML report of the run, with the mutation summary above the scenario matrix."""
+    from html import escape
+
+    from harness.report import html
+
+    page = html.render(results, title=f"migconform mutation check: QEMU {report.qemu_version}")
+    colours = {"killed": "#e6f4ea", "survived": "#fde7e7", "unexercised": "#f1f1f1"}
+    rows = []
+    for m in report.mutants:
+        how = "<br>".join(
+            f"<b>{escape(k.scenario)}</b>: {escape(_diff_text(k.differences))}" for k in m.killed_by
+        ) or escape(f"{m.compared} compared, {m.skipped} skipped")
+        rows.append(f'<tr style="background:{colours.get(m.status, "#fff")}"><td><code>{escape(m.name)}</code>'
+                    f'<div class="desc">{escape(m.description)}</div></td><td class="tag">{escape(m.status)}</td>'
+                    f'<td class="msg">{how}</td></tr>')
+    verdict = (f"unmodified build agrees with the model on all {report.unmodified_compared} compared scenarios"
+               if report.valid else
+               f"INVALID: the unmodified build diverges from the model on "
+               f"{', '.join(f.scenario for f in report.false_alarms) or 'nothing'}"
+               f" and has {len(report.unmodified_errors)} harness error(s)")
+    section = (f'<h2>Mutants: killed {report.killed}/{len(report.mutants)}</h2><p class="meta">{escape(verdict)}. '
+               f"Columns below: <code>{escape(report.qemu_version)} NAME</code> is the build with that patch.</p>"
+               '<table class="matrix"><thead><tr><th class="scenario">mutant</th><th style="width:7em">status</th>'
+               f"<th>killed by (model vs QEMU)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return page.replace('<div class="summary">', section + '<h2>Scenarios</h2><div class="summary">', 1)
+
+
 def _diff_text(differences: Mapping[str, Sequence[Any]]) -> str:
     return "; ".join(f"{k}: model {ref!r}, qemu {got!r}" for k, (ref, got) in differences.items())
 
@@ -311,6 +339,7 @@ class MutantsOptions:
     timeout: float = 60.0
     vfio_provider: str | None = DEFAULT_VFIO_PROVIDER
     json_path: Path | None = None
+    html_path: Path | None = None
     rebuild: bool = False
     progress: bool = True
 
@@ -357,6 +386,8 @@ def run_mutants(options: MutantsOptions, builder: MutantBuilder | None = None) -
         data = merged.to_json()
         data["mutants"] = report.to_json()
         results_io.write_atomic(options.json_path, json.dumps(data, indent=2) + "\n")
+    if options.html_path is not None:
+        results_io.write_atomic(options.html_path, render_html(report, merged))
     return report, merged
 
 
@@ -368,6 +399,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", action="append", type=Path, default=[], metavar="PATH",
                         help="scenario files or folders (repeatable; default: the bundled suite and mutants/scenarios)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="results with a 'mutants' section")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="HTML report with the mutation summary")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="scenarios run in parallel")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="bound of each wait (default 60)")
@@ -405,6 +437,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             vfio_provider=None if args.vfio_provider == "none" else args.vfio_provider,
             json_path=args.json,
+            html_path=args.html,
             rebuild=args.rebuild,
             progress=not args.quiet,
         )

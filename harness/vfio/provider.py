@@ -40,6 +40,7 @@ VARIANT_ALIASES = {"stock": "stock", "iovabm": "iovabm", "fails": "stock", "work
 # slowest measured, a completed migration pair, takes about 3 s).
 BOOT_BUDGET_S = 90.0
 PER_SCENARIO_BUDGET_S = 45.0
+KEEP_RUNS = 20
 
 
 class VfioProvider(Protocol):
@@ -115,9 +116,21 @@ class MttyLabProvider:
             compileall.compile_dir(REPO / package, quiet=1)
         runs = cache_root() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
+        _prune_runs(runs)
         share = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
         self.last_run_dir = share
-        request = Request(scenarios=list(scenarios), binaries=list(binaries), variant=self.variant)
+        if self.variant not in image.initramfs:
+            raise LabRunError(
+                f"the lab for kernel {image.kernel_release} has no {self.variant!r} variant "
+                f"(it has {', '.join(image.initramfs)})"
+            )
+        request = Request(
+            scenarios=list(scenarios),
+            binaries=list(binaries),
+            variant=self.variant,
+            personalities=list(image.personalities),
+            unavailable_note=image.unavailable_note,
+        )
         with (share / REQUEST).open("wb") as fh:
             pickle.dump(request, fh)
         budget = self.timeout or BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * len(scenarios) * len(binaries)
@@ -152,6 +165,13 @@ class MttyLabProvider:
         """Removes the last run's share folder (logs and outcomes)."""
         if self.last_run_dir is not None:
             shutil.rmtree(self.last_run_dir, ignore_errors=True)
+
+
+def _prune_runs(runs: Path) -> None:
+    """Keeps the newest KEEP_RUNS run folders (serial logs, dmesg, outcomes) for diagnosis."""
+    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in folders[KEEP_RUNS:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def get_provider(name: str, options: Mapping[str, Any] | None = None) -> MttyLabProvider:

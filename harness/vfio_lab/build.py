@@ -17,6 +17,7 @@ Run ``python -m harness.vfio_lab.build`` to build (or find) the image and print 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -48,6 +49,9 @@ KERNEL_MODULES = (
     "kernel/drivers/vfio/vfio_iommu_type1.ko",
     "kernel/drivers/vfio/mdev/mdev.ko",
 )
+# Needed only where the kernel has them as modules (6.1 builds virtio's PCI transport as a module;
+# 6.12 has it built in).
+OPTIONAL_KERNEL_MODULES = ("kernel/drivers/virtio/virtio_pci.ko",)
 # Source files taken from linux-source: the mdev samples and what vfio.ko is built from.
 MTTY_SOURCES = ("samples/vfio-mdev/mtty.c", "samples/vfio-mdev/mdpy.c", "samples/vfio-mdev/mdpy-defs.h")
 VFIO_SOURCES = (
@@ -60,6 +64,31 @@ VFIO_SOURCES = (
 )
 # Initramfs variants: the stock vfio.ko (device dirty reports fail) and the rebuilt one (they work).
 VARIANTS = ("stock", "iovabm")
+ALL_PERSONALITIES = ("migratable", "no-p2p", "no-precopy", "no-dirty-logging", "no-migration")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the lab builds for one kernel series."""
+
+    kbuild_dir: str  # folder under images/lab with the Kbuild of the mdev samples
+    personality_patch: str | None  # patch applied to mtty.c (None: build the samples as shipped)
+    rebuild_vfio: bool  # also build vfio.ko with iova_bitmap (the "iovabm" initramfs variant)
+    personalities: tuple[str, ...]  # what harness.vfio_lab.mdev may hand out on this kernel
+    note: str = ""
+
+
+RECIPES = {
+    KERNEL_SERIES: Recipe("mtty", "mtty/personality.patch", True, ALL_PERSONALITIES),
+    # bookworm's own kernel: mtty gained migration in 6.7, so only mdpy-like devices exist here.
+    "6.1": Recipe(
+        "mtty-plain",
+        None,
+        False,
+        ("no-migration",),
+        note="the 6.1 kernel's mtty has no migration support (mtty.c gained it in 6.7)",
+    ),
+}
 
 
 class LabBuildError(RuntimeError):
@@ -112,7 +141,8 @@ class LabImage:
     vmlinuz: str
     vmlinux: str | None  # the uncompressed ELF (PVH entry): boots faster under TCG
     initramfs: dict[str, str]  # variant -> path
-    mdev_types: list[str]  # mdev type names the guest offers
+    personalities: list[str]  # personalities the guest offers (harness.vfio_lab.mdev)
+    unavailable_note: str  # why the others are missing, for skip reasons
     busybox_version: str
     build_seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
@@ -207,7 +237,7 @@ def _download(debs: Path, package: str, version: str) -> Path:
     return found[0]
 
 
-def _unpack_kernel(pkgs: KernelPackages, debs: Path) -> Path:
+def _unpack_kernel(pkgs: KernelPackages, recipe: Recipe, debs: Path) -> Path:
     """Unpacks image, headers, kbuild and the needed source files of one release (once per version)."""
     root = cache_root() / "kernel" / pkgs.version
     stamp = root / ".complete"
@@ -227,7 +257,7 @@ def _unpack_kernel(pkgs: KernelPackages, debs: Path) -> Path:
     # The source tarball is large; take only the files the lab compiles.
     src_deb = _download(debs, pkgs.source, pkgs.version)
     top = f"linux-source-{pkgs.series}"
-    members = [f"{top}/{p}" for p in (*MTTY_SOURCES, *VFIO_SOURCES)]
+    members = [f"{top}/{p}" for p in (*MTTY_SOURCES, *(VFIO_SOURCES if recipe.rebuild_vfio else ()))]
     src = tmp / "src"
     src.mkdir()
     deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(src_deb)], stdout=subprocess.PIPE)
@@ -271,19 +301,22 @@ def _kernel_make(headers: Path, moddir: Path, log: Path) -> None:
     )
 
 
-def _build_mtty(kernel: Path, headers: Path, work: Path, log: Path) -> list[Path]:
+def _build_mtty(recipe: Recipe, kernel: Path, headers: Path, work: Path, log: Path) -> list[Path]:
     """Builds the mtty personalities and mdpy; returns the .ko files in load order."""
     moddir = work / "mtty"
     moddir.mkdir()
     src = kernel / "src" / f"linux-source-{_series_of(headers)}"
     for rel in MTTY_SOURCES:
         shutil.copy(src / rel, moddir)
-    _run(["patch", "-p1", "--no-backup-if-mismatch", "-i", str(IMAGES / "mtty/personality.patch")], cwd=moddir, log=log)
-    kbuild = (IMAGES / "mtty/Kbuild").read_text()
-    shutil.copy(IMAGES / "mtty/Kbuild", moddir / "Kbuild")
+    if recipe.personality_patch:
+        patch = str(IMAGES / recipe.personality_patch)
+        _run(["patch", "-p1", "--no-backup-if-mismatch", "-i", patch], cwd=moddir, log=log)
+    kbuild_file = IMAGES / recipe.kbuild_dir / "Kbuild"
+    kbuild = kbuild_file.read_text()
+    shutil.copy(kbuild_file, moddir / "Kbuild")
     objects = re.search(r"^obj-m\s*:=\s*(.+)$", kbuild, re.M)
     if objects is None:
-        raise LabBuildError(f"{IMAGES / 'mtty/Kbuild'} has no 'obj-m :=' line")
+        raise LabBuildError(f"{kbuild_file} has no 'obj-m :=' line")
     modules = [o.removesuffix(".o") for o in objects.group(1).split()]
     for module in modules:
         if module.startswith("mtty") and module != "mtty":
@@ -405,15 +438,19 @@ def _compiler() -> str:
 def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
     """Builds the lab image (or returns the cached one with the same inputs)."""
     started = time.monotonic()
+    if series not in RECIPES:
+        raise LabBuildError(f"the lab has no recipe for kernel series {series} (known: {', '.join(RECIPES)})")
+    recipe = RECIPES[series]
     pkgs = resolve_kernel(series)
     busybox_version = _candidate_version("busybox-static")
     key = _inputs_hash(pkgs, busybox_version, _compiler())
     out = cache_root() / key
     manifest = out / "manifest.json"
     if manifest.exists() and not force:
-        return LabImage.load(manifest)
+        with contextlib.suppress(TypeError, ValueError, KeyError):  # a manifest from an older builder: rebuild
+            return LabImage.load(manifest)
     debs = cache_root() / "debs"
-    kernel = _unpack_kernel(pkgs, debs)
+    kernel = _unpack_kernel(pkgs, recipe, debs)
     bb_tree = cache_root() / "busybox" / busybox_version
     if not (bb_tree / "bin/busybox").exists():
         bb_tree.mkdir(parents=True, exist_ok=True)
@@ -426,18 +463,22 @@ def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
     try:
         headers = kernel / "x/usr/src" / f"linux-headers-{pkgs.release}"
         modroot = kernel / "x/lib/modules" / pkgs.release
-        mtty = _build_mtty(kernel, headers, work, log)
-        iovabm_vfio = _build_vfio(kernel, headers, work, log)
-        stock = _module_closure(modroot, KERNEL_MODULES)
+        mtty = _build_mtty(recipe, kernel, headers, work, log)
+        iovabm_vfio = _build_vfio(kernel, headers, work, log) if recipe.rebuild_vfio else None
+        variants = VARIANTS if iovabm_vfio is not None else ("stock",)
+        present = [rel for rel in OPTIONAL_KERNEL_MODULES if any(modroot.glob(rel + "*"))]
+        stock = _module_closure(modroot, (*present, *KERNEL_MODULES))
         # mtty's dev_dbg lines trace the migration state machine in the guest's dmesg.
         lab = [(ko, "dyndbg=+p" if ko.name.startswith("mtty") else "") for ko in mtty]
-        for variant in VARIANTS:
+        for variant in variants:
             mods = [(p, "") for p in stock]
-            if variant == "iovabm":
-                mods = [((iovabm_vfio if p.name == "vfio.ko.xz" else p), "") for p in stock]
+            if variant == "iovabm" and iovabm_vfio is not None:
+                mods = [((iovabm_vfio if p.name.startswith("vfio.ko") else p), "") for p in stock]
             _write_initramfs(work, busybox, [*mods, *lab], work / f"initramfs-{variant}.gz", log)
         shutil.copy(kernel / "x/boot" / f"vmlinuz-{pkgs.release}", work / "vmlinuz")
         for sub in ("mtty", "vfio-iovabm"):
+            if not (work / sub).exists():
+                continue
             for path in (work / sub).glob("*.ko"):
                 (work / "modules").mkdir(exist_ok=True)
                 shutil.copy(path, work / "modules" / ("vfio-iovabm.ko" if sub == "vfio-iovabm" else path.name))
@@ -452,8 +493,9 @@ def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
             series=pkgs.series,
             vmlinuz=str(out / "vmlinuz"),
             vmlinux=str(out / "vmlinux") if _extract_vmlinux(work / "vmlinuz", work / "vmlinux") else None,
-            initramfs={v: str(out / f"initramfs-{v}.gz") for v in VARIANTS},
-            mdev_types=_mdev_types(),
+            initramfs={v: str(out / f"initramfs-{v}.gz") for v in variants},
+            personalities=list(recipe.personalities),
+            unavailable_note=recipe.note,
             busybox_version=busybox_version,
             build_seconds=round(time.monotonic() - started, 2),
         )
@@ -483,12 +525,6 @@ def _prune(current: LabImage) -> None:
     others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in others[1:]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _mdev_types() -> list[str]:
-    from harness.vfio_lab.mdev import PERSONALITIES
-
-    return sorted({p.mdev_type for p in PERSONALITIES.values()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

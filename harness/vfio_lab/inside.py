@@ -46,6 +46,8 @@ class Request:
     variant: str
     scenario_timeout_s: float = 120.0  # one scenario, all steps
     wait_timeout_s: float = 30.0  # the executor's bound on each wait and QMP command
+    personalities: list[str] | None = None  # what the lab image offers (None: all)
+    unavailable_note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,7 +83,7 @@ async def run_request(request: Request, share: Path) -> int:
             for scenario in request.scenarios:
                 _append(share, _error_outcome(scenario, binary, f"harness.executor is not available: {exc}"))
         return 1
-    allocator = MdevAllocator()
+    allocator = MdevAllocator(request.personalities, request.unavailable_note)
     failures = 0
     for binary in request.binaries:
         for scenario in request.scenarios:

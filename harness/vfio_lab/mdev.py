@@ -8,8 +8,10 @@ are loaded.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,18 +49,29 @@ class MdevAllocator:
 
     name = "mtty"
 
-    def __init__(self, mdev_bus: Path = MDEV_BUS, mdev_devices: Path = MDEV_DEVICES) -> None:
+    def __init__(
+        self,
+        offered: Iterable[str] | None = None,
+        unavailable_note: str = "",
+        *,
+        mdev_bus: Path = MDEV_BUS,
+        mdev_devices: Path = MDEV_DEVICES,
+    ) -> None:
+        # offered: the personalities this lab kernel really has (the build's recipe); default all.
+        self._offered = tuple(PERSONALITIES if offered is None else offered)
+        self._note = unavailable_note
         self._bus = mdev_bus
         self._devices = mdev_devices
         self._live: set[str] = set()
 
     def type_dir(self, personality: str) -> Path:
-        try:
-            spec = PERSONALITIES[personality]
-        except KeyError:
+        if personality not in self._offered or personality not in PERSONALITIES:
+            why = f": {self._note}" if self._note else ""
             raise VfioUnavailable(
-                f"the mtty lab has no personality {personality!r} (it offers {', '.join(PERSONALITIES)})"
-            ) from None
+                f"the mtty lab on kernel {os.uname().release} cannot supply personality {personality!r}{why} "
+                f"(it offers {', '.join(self._offered)})"
+            )
+        spec = PERSONALITIES[personality]
         path = self._bus / spec.parent / "mdev_supported_types" / spec.mdev_type
         if not path.is_dir():
             raise VfioUnavailable(

@@ -96,7 +96,12 @@ def vfio_realize(device: DeviceSpec, name: str, state: VfioMachineState) -> Vfio
 
 def vfio_mig_active(state: VfioMachineState) -> bool:
     """Whether query-migrate shows ``vfio: {transferred}``: some VFIO device exists and none has its own
-    blocker (``vfio_mig_active``; the global multiple-devices/vIOMMU blockers do not count)."""
+    blocker (``vfio_mig_active``; the global multiple-devices/vIOMMU blockers do not count).
+
+    For blocked devices query-migrate shows, even in status none, ``blocked-reasons`` with every blocker
+    newest first (``MigrationBlockers.blocked_reasons``), and ``migrate`` fails with the newest one
+    (lab §4d: "query-migrate then shows {"blocked-reasons":[...]} with the same text").
+    """
     records = state.extra.get(_DEVICES_KEY, [])
     assert isinstance(records, list)
     return bool(records) and all(rec.blocker is None for rec in records)
@@ -149,7 +154,8 @@ def _realize_8_0(r: _Realize) -> VfioRealized:
 def _block_migration(r: _Realize, err: str) -> VfioRealized:
     """``vfio_block_migration``: ON turns the reason into a realize error; AUTO/OFF add a per-device
     blocker, and only a refused blocker (--only-migratable) fails realize. Realize errors get the
-    ``vfio <name>: `` prefix of vfio_realize."""
+    ``vfio <name>: `` prefix of vfio_realize. (9.0+ adds it with migrate_add_blocker_normal: it blocks only
+    the normal migration mode, which is the only mode the model runs.)"""
     if r.props.enable_migration is OnOffAuto.ON:
         return r.done(error=f"vfio {r.name}: {err}")
     errp = r.state.blockers.add(err)

@@ -165,3 +165,22 @@ def destination_sequence(flags: MigrationFlag, version: Version, *, start_vm: bo
     if start_vm:
         drv.vm_start()
     return drv.qapi_changes
+
+
+def snapshot_sequence(flags: MigrationFlag, version: Version, *, vm_running: bool = True) -> list[str]:
+    """The device's state changes for ``snapshot-save`` / HMP ``savevm`` (save_snapshot, qemu_savevm_state).
+
+    The VM is stopped first (runstate save-vm, so the device goes to STOP, not STOP_COPY), the iterables
+    are saved from there, the savevm cleanup returns the device to STOP, and a VM that was running is
+    restarted afterwards. Derived from the source (save_snapshot), not measured in the lab.
+    """
+    drv = VfioStateDriver(flags, version)
+    if vm_running:
+        drv.vm_start()
+        drv.vm_stop("save-vm")
+    drv.save_setup()
+    drv.complete_precopy()
+    drv.save_cleanup()
+    if vm_running:
+        drv.vm_start()
+    return drv.qapi_changes

@@ -64,7 +64,8 @@ STATE_FLAGS: dict[VfioDeviceState, int] = {
     S.ERROR: _ERROR_FLAGS,
 }
 
-# vfio_from_fsm_table[cur][new] = next step, copied entry by entry from vfio_main.c (Linux 6.12).
+# vfio_from_fsm_table[cur][new] = next step, copied entry by entry from vfio_main.c (Linux 6.12; the tests
+# compare it with the lab's 6.12.117 source when that is unpacked).
 FSM_TABLE: dict[VfioDeviceState, dict[VfioDeviceState, VfioDeviceState]] = {
     S.STOP: {
         S.STOP: S.STOP,
@@ -184,16 +185,16 @@ def next_state(cur: VfioDeviceState, target: VfioDeviceState, flags: int) -> Vfi
     Raises :class:`VfioInvalidTransition` exactly where the kernel returns -EINVAL: the current state is
     unsupported (this includes ERROR, which only VFIO_DEVICE_RESET leaves), the target is unsupported
     (including ERROR itself), or the table leads to ERROR (STOP_COPY -> PRE_COPY / PRE_COPY_P2P; see
-    ``hangs_unfixed_kernel``: the kernels this project runs hang instead).
+    ``hangs_unfixed_kernel``: kernels without the stable fix hang instead).
     """
     if not is_supported(cur, flags):
         raise VfioInvalidTransition(cur, target, flags, "current state not supported by the device")
     if not is_supported(target, flags):
         raise VfioInvalidTransition(cur, target, flags, "target state not supported by the device")
     step = FSM_TABLE[cur][target]
-    # The ERROR test is the 2026 stable fix ("Terminate the skip loop on the ERROR sentinel"). Kernels
-    # without it, Debian's 6.12.117 included, spin forever here for the blocked arcs (state_flags_table
-    # [ERROR] is ~0U, so ERROR is never "supported"): a soft lockup instead of -EINVAL.
+    # The ERROR test is the stable fix "Terminate the skip loop on the ERROR sentinel" (Fixes:
+    # 4db52602a607); Debian's 6.12.117 source has it. Kernels without it spin forever here for the blocked
+    # arcs (state_flags_table[ERROR] is ~0U, so ERROR is never "supported"): a soft lockup, not -EINVAL.
     while step is not S.ERROR and not is_supported(step, flags):
         step = FSM_TABLE[step][target]
     if step is S.ERROR:

@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from harness.binaries import QemuBinary, discover_binaries
 from harness.guest import image as image_module
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.guest.lab import ENDED, GuestLab, set_capabilities, wait_runstate, wait_status
+from harness.guest.poke import poke_guest_memory
 from harness.guest.session import (
     GuestReport,
     GuestSpec,
@@ -55,7 +57,7 @@ def test_parse_mib_accepts_qemu_style_sizes() -> None:
 def test_guest_spec_rejects_what_cannot_run() -> None:
     with pytest.raises(ValueError, match="dirty-rate"):
         GuestSpec(dirty_rate=-1)
-    with pytest.raises(ValueError, match="only \"default\""):
+    with pytest.raises(ValueError, match='only "default"'):
         GuestSpec(image="fedora")
 
 
@@ -161,14 +163,14 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _run(coro_factory: object) -> None:
-    asyncio.run(coro_factory)  # type: ignore[arg-type]
+def _run(scenario: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(scenario)
 
 
-def _assert_clean(report: GuestReport, pages: int) -> None:
-    assert report.alive, report.detail
-    assert report.pages_checked == pages, report.detail
-    assert report.bad_pages == 0, report.detail
+def _assert_clean(report: GuestReport, pages: int, where: str = "destination") -> None:
+    assert report.alive, f"{where}: {report.detail}"
+    assert report.pages_checked == pages, f"{where}: {report.detail}"
+    assert report.bad_pages == 0, f"{where}: {report.detail}"
 
 
 @pytest.mark.qemu
@@ -205,7 +207,7 @@ def test_postcopy_switched_while_the_guest_writes(qemu: QemuBinary, guest_image:
             for vm in (src.machine, dst.machine):
                 await set_capabilities(vm, postcopy_ram=True)
             # Slow precopy, so most of RAM is still on the source when postcopy starts and must be faulted in.
-            await src.machine.qmp("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
+            await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": 4 << 20})
             uri = f"unix:{workdir}/migration.sock"
             await dst.machine.qmp("migrate-incoming", uri=uri)
             await src.machine.qmp("migrate", uri=uri)
@@ -269,7 +271,7 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
             first = await lab.launch("destination", "destination", incoming=True)
             source_console = await src.console()
             pages = await start(source_console, SPEC)
-            await src.machine.qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 20})
+            await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": 1 << 20})
             uri = f"unix:{workdir}/first.sock"
             await first.machine.qmp("migrate-incoming", uri=uri)
             await src.machine.qmp("migrate", uri=uri)
@@ -280,17 +282,17 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
             assert await src.machine.runstate() == "running"
             await first.shutdown()
             # The source guest is intact after the cancel.
-            _assert_clean(await asyncio.to_thread(verify_blocking, source_console), pages)
+            _assert_clean(await asyncio.to_thread(verify_blocking, source_console), pages, "source after cancel")
 
             second = await lab.launch("destination2", "destination", incoming=True)
-            await src.machine.qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
+            await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": 1 << 30})
             uri = f"unix:{workdir}/second.sock"
             await second.machine.qmp("migrate-incoming", uri=uri)
             await src.machine.qmp("migrate", uri=uri)
             final = await wait_status(src.machine, ENDED, MIGRATION_TIMEOUT)
             assert final["status"] == "completed", final
             await wait_runstate(second.machine, ("running",), 10)
-            _assert_clean(await verify(await second.console()), pages)
+            _assert_clean(await verify(await second.console()), pages, "second destination")
         finally:
             await lab.shutdown()
 
@@ -299,14 +301,14 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
 
 @pytest.mark.qemu
 def test_a_corrupted_page_is_reported(qemu: QemuBinary, guest_image: GuestImage, workdir: Path) -> None:
-    """The check can fail: one page overwritten behind the guest's back is found, and only that page."""
+    """The check can fail: one page overwritten behind the guest's back after the migration is found, and only
+    that page. The write goes through the destination's gdbstub in physical-address mode (harness.guest.poke)."""
 
     async def scenario() -> None:
         lab = GuestLab(qemu, guest_image, SPEC, workdir)
-        ram_file = workdir / "destination.ram"
         try:
             src = await lab.launch("source", "source")
-            dst = await lab.launch("destination", "destination", incoming=True, ram_file=ram_file)
+            dst = await lab.launch("destination", "destination", incoming=True)
             pages = await start(await src.console(), SPEC)
             uri = f"unix:{workdir}/migration.sock"
             await dst.machine.qmp("migrate-incoming", uri=uri)
@@ -321,12 +323,11 @@ def test_a_corrupted_page_is_reported(qemu: QemuBinary, guest_image: GuestImage,
             await asyncio.to_thread(console.check, "memload rate 0")
             victim = pages // 2 + 7
             gpa = await asyncio.to_thread(page_gpa_blocking, console, victim)
-            await dst.machine.qmp("stop")
-            # RAM below 4 GiB is mapped 1:1 at the start of the RAM block, so the gpa is the file offset.
-            with ram_file.open("r+b") as ram:
-                ram.seek(gpa + 1024)
-                ram.write(b"\xde\xad\xbe\xef" * 4)
-            await dst.machine.qmp("cont")
+
+            async def hmp(line: str) -> object:
+                return await dst.machine.qmp("human-monitor-command", {"command-line": line})
+
+            await poke_guest_memory(hmp, workdir / "gdb.sock", gpa + 1024, b"\xde\xad\xbe\xef" * 4)
             report = await verify(console)
             assert report.alive, report.detail
             assert report.pages_checked == pages

@@ -41,12 +41,12 @@ def stock_outcomes(stock_lab: MttyLabProvider, lab_binary: QemuBinary) -> dict[s
     return _run(stock_lab, list(_scenarios().values()), lab_binary)
 
 
-def _outcome(outcomes: dict[str, Outcome], scenario_id: str) -> Outcome:
+def _outcome(outcomes: dict[str, Outcome], scenario_id: str, series: str = "6.12") -> Outcome:
     assert scenario_id in outcomes, f"the lab returned no outcome for {scenario_id} (got {sorted(outcomes)})"
     outcome = outcomes[scenario_id]
     assert outcome.verdict != "skipped", outcome.skip_reason
     assert outcome.vfio_provider == "mtty"
-    assert outcome.kernel is not None and outcome.kernel.startswith("6.12.")
+    assert outcome.kernel is not None and outcome.kernel.startswith(f"{series}.")
     return outcome
 
 
@@ -147,6 +147,17 @@ def test_two_devices_one_without_p2p_block_migration(
     _agrees_with_model(outcome, stock_lab, lab_binary)
 
 
+def test_device_without_migration_support_is_a_blocker(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-no-migration-auto")
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "migrate"
+    assert outcome.error == f"{_uuid(outcome)}: VFIO migration is not supported in kernel"
+    assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
 def test_default_props_complete_with_rebuilt_vfio_ko(iovabm_lab: MttyLabProvider, lab_binary: QemuBinary) -> None:
     """P3 fix B: with iova_bitmap linked into vfio.ko the device's dirty reports work."""
     scenario = _scenarios()["lab-precopy-default-props"]
@@ -156,3 +167,28 @@ def test_default_props_complete_with_rebuilt_vfio_ko(iovabm_lab: MttyLabProvider
     assert outcome.source is not None and outcome.source.status == "completed"
     assert outcome.extra.get("lab_variant") == "iovabm"
     _agrees_with_model(outcome, iovabm_lab, lab_binary)
+
+
+def test_kernel_matrix_bookworm_6_1(
+    stock_outcomes: dict[str, Outcome], old_kernel_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    """The same set on bookworm's 6.1, whose mtty has no migration support: only devices without
+    migration can be supplied there, and those behave exactly as on 6.12 (same verdict, stage and
+    message after normalising the UUID). Every other scenario is skipped, naming the reason."""
+    outcomes = _run(old_kernel_lab, list(_scenarios().values()), lab_binary)
+    assert sorted(outcomes) == sorted(_scenarios())
+    ran = []
+    for scenario in _scenarios().values():
+        outcome = outcomes[scenario.id]
+        assert outcome.kernel is not None and outcome.kernel.startswith("6.1.")
+        personalities = {d.personality or "migratable" for d in scenario.source.devices if d.driver == "vfio-pci"}
+        if personalities != {"no-migration"}:
+            assert outcome.verdict == "skipped"
+            assert "has no migration support" in (outcome.skip_reason or "")
+            continue
+        ran.append(scenario.id)
+        on_612 = stock_outcomes[scenario.id]
+        assert (outcome.verdict, outcome.stage) == (on_612.verdict, on_612.stage)
+        assert outcome.error == (on_612.error or "").replace(_uuid(on_612), _uuid(outcome))
+        _agrees_with_model(outcome, old_kernel_lab, lab_binary)
+    assert ran, "no scenario of the set can run on the 6.1 lab"

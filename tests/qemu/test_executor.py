@@ -26,14 +26,21 @@ def run_toml(tmp_path: Path, binary: QemuBinary, name: str, text: str, **kwargs:
 
 
 def test_precopy_completes(tmp_path: Path, qemu_binary: QemuBinary) -> None:
-    outcome = run_toml(tmp_path, qemu_binary, "precopy", '[migration]\ntransport = "tcp"\n')
+    outcome = run_toml(
+        tmp_path, qemu_binary, "precopy", '[migration]\ncapabilities = { events = true }\ntransport = "tcp"\n'
+    )
     assert outcome.to_json()["verdict"] == "completed", outcome.to_json()
     assert outcome.stage is None and outcome.error is None
     assert outcome.source == VmState("completed", "postmigrate")
     assert outcome.destination == VmState("completed", "running")
     assert outcome.qemu_version == str(qemu_binary.version)
     assert outcome.accel == "tcg"  # auto on this PVM host: see harness.probe.choose_accel
-    assert outcome.events is not None and outcome.events["destination"] == ["setup", "active", "completed"]
+    # events is set on the source only (it is not among the capabilities the destination must share).
+    # Measured: 7.2's destination sends MIGRATION "setup" at migrate-incoming even with events off.
+    assert outcome.events is not None and outcome.events["source"][-1] == "completed"
+    measured = {"7.2": ["setup"], "10.0": []}.get(qemu_binary.version.short)
+    if measured is not None:  # versions in between were not measured
+        assert outcome.events["destination"] == measured
     assert (tmp_path / "work" / "source.log").exists()
 
 

@@ -258,3 +258,26 @@ def test_vfio_scenarios_go_to_the_provider_in_one_batch() -> None:
     assert provider.batches == [["v0", "v1", "v2"]]
     assert res.counts()["agree"] == 8 and res.passed
     assert {(o.scenario, o.qemu_version) for o in res.outcomes if o.backend == "qemu"} >= {("v0", "7.2.22")}
+
+
+def test_sweep_builds_every_set_once_per_mode_and_transport() -> None:
+    from harness.loader import ID_PATTERN
+    from harness.sweep import sweep_scenarios
+
+    caps = ["events", "multifd", "postcopy-ram", "return-path"]
+    generated = sweep_scenarios(caps, size=2)
+    ids = [s.id for s in generated]
+    assert len(ids) == len(set(ids)) and all(ID_PATTERN.fullmatch(i) for i in ids)
+    # 6 pairs x precopy on tcp and file = 12; postcopy adds postcopy-ram: 3 pairs collapse onto the 3 pairs that
+    # already hold it, so 6 distinct sets on tcp; background-snapshot: 6 distinct sets on file
+    assert len(generated) == 12 + 6 + 6
+    modes = {s.migration.mode for s in generated if s.migration is not None}
+    assert modes == {"precopy", "postcopy", "background-snapshot"}
+    for s in generated:
+        assert s.migration is not None
+        if s.migration.mode == "postcopy":
+            assert s.migration.capabilities.get("postcopy-ram") and s.migration.transport == "tcp"
+        if s.migration.mode == "background-snapshot":
+            assert s.migration.capabilities.get("background-snapshot") and s.migration.transport == "file"
+    only_tcp = sweep_scenarios(caps, size=1, transports=["tcp"], modes=["precopy"])
+    assert [s.id for s in only_tcp] == [f"sweep.{c}.precopy.tcp" for c in caps]

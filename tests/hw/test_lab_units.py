@@ -1,0 +1,133 @@
+"""Unit tests of the VFIO lab's pure logic: kernel choice, module order, the mdev allocator, options.
+
+No QEMU and no apt here: apt's answers and sysfs are replaced by small fakes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.vfio import provider as provider_mod
+from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
+from harness.vfio_lab import build
+from harness.vfio_lab.mdev import PERSONALITIES, MdevAllocator
+from reference_impl.scenario import DeviceSpec
+
+
+def test_resolve_kernel_takes_the_newest_release_with_every_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 6.12.120 has no linux-source at its version yet: the choice falls back to 6.12.117.
+    names = "linux-image-6.12.120+deb12-amd64-unsigned linux-image-6.12.117+deb12-amd64-unsigned "
+    names += "linux-image-6.12.117+deb12-rt-amd64-unsigned"
+    monkeypatch.setattr(build, "_run", lambda argv, **_: names)
+    versions = {
+        "linux-image-6.12.120+deb12-amd64-unsigned": {"6.12.120-1~deb12u1"},
+        "linux-headers-6.12.120+deb12-amd64": {"6.12.120-1~deb12u1"},
+        "linux-headers-6.12.120+deb12-common": {"6.12.120-1~deb12u1"},
+        "linux-kbuild-6.12.120+deb12": {"6.12.120-1~deb12u1"},
+        "linux-image-6.12.117+deb12-amd64-unsigned": {"6.12.117-1~deb12u1"},
+        "linux-headers-6.12.117+deb12-amd64": {"6.12.117-1~deb12u1"},
+        "linux-headers-6.12.117+deb12-common": {"6.12.117-1~deb12u1"},
+        "linux-kbuild-6.12.117+deb12": {"6.12.117-1~deb12u1"},
+        "linux-source-6.12": {"6.12.117-1~deb12u1", "6.12.115-2~deb12u1"},
+    }
+    monkeypatch.setattr(build, "_madison", lambda pkgs: {p: versions.get(p, set()) for p in pkgs})
+    chosen = build.resolve_kernel("6.12")
+    assert chosen == build.KernelPackages("6.12", "6.12.117+deb12", "6.12.117-1~deb12u1", "linux-kbuild-6.12.117+deb12")
+    assert chosen.release == "6.12.117+deb12-amd64"
+
+
+def test_resolve_kernel_accepts_a_per_series_kbuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before 6.12 Debian's kbuild package is per series (linux-kbuild-6.1), not per ABI."""
+    monkeypatch.setattr(build, "_run", lambda argv, **_: "linux-image-6.1.0-56-amd64-unsigned")
+    have = {
+        "linux-image-6.1.0-56-amd64-unsigned",
+        "linux-headers-6.1.0-56-amd64",
+        "linux-headers-6.1.0-56-common",
+        "linux-kbuild-6.1",
+        "linux-source-6.1",
+    }
+    monkeypatch.setattr(build, "_madison", lambda pkgs: {p: {"6.1.192-2"} if p in have else set() for p in pkgs})
+    assert build.resolve_kernel("6.1").kbuild == "linux-kbuild-6.1"
+
+
+def test_resolve_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "_run", lambda argv, **_: "")
+    with pytest.raises(build.LabBuildError, match="bookworm-security"):
+        build.resolve_kernel("6.12")
+
+
+def test_module_closure_puts_dependencies_first(tmp_path: Path) -> None:
+    kernel = tmp_path / "kernel"
+    (kernel / "fs").mkdir(parents=True)
+    (kernel / "fs/netfs.ko").write_bytes(b"ELF\x00depends=\x00")
+    (kernel / "fs/9pnet.ko").write_bytes(b"ELF\x00depends=\x00")
+    (kernel / "fs/9p.ko").write_bytes(b"ELF\x00depends=9pnet,netfs\x00")
+    order = [p.name for p in build._module_closure(tmp_path, ["kernel/fs/9p.ko"])]
+    assert sorted(order) == ["9p.ko", "9pnet.ko", "netfs.ko"]
+    assert order[-1] == "9p.ko"
+
+
+def _fake_sysfs(root: Path, personalities: list[str]) -> tuple[Path, Path]:
+    bus, devices = root / "mdev_bus", root / "devices"
+    devices.mkdir(parents=True)
+    for name in personalities:
+        spec = PERSONALITIES[name]
+        type_dir = bus / spec.parent / "mdev_supported_types" / spec.mdev_type
+        type_dir.mkdir(parents=True)
+        (type_dir / "available_instances").write_text("24\n")
+    return bus, devices
+
+
+def test_allocator_creates_one_mdev_per_device_of_its_personality_type(tmp_path: Path) -> None:
+    bus, devices = _fake_sysfs(tmp_path, ["migratable", "no-p2p"])
+    allocator = MdevAllocator(mdev_bus=bus, mdev_devices=devices)
+    first = allocator.allocate(DeviceSpec("vfio-pci", id="vfio0"))
+    second = allocator.allocate(DeviceSpec("vfio-pci", id="vfio1", personality="no-p2p"))
+    assert first.host_name != second.host_name
+    assert first.properties == {"sysfsdev": str(devices / first.host_name)}
+    assert (bus / "mtty/mdev_supported_types/mtty-1/create").read_text() == first.host_name
+    assert (bus / "mtty-nop2p/mdev_supported_types/mtty-nop2p-1/create").read_text() == second.host_name
+    (devices / first.host_name).mkdir()
+    (devices / first.host_name / "remove").write_text("")
+    allocator.release(first)
+    assert (devices / first.host_name / "remove").read_text() == "1"
+
+
+def test_allocator_refuses_a_personality_the_kernel_lacks(tmp_path: Path) -> None:
+    bus, devices = _fake_sysfs(tmp_path, ["no-migration"])
+    allocator = MdevAllocator(["no-migration"], "no migration on this kernel", mdev_bus=bus, mdev_devices=devices)
+    with pytest.raises(VfioUnavailable, match="no migration on this kernel"):
+        allocator.allocate(DeviceSpec("vfio-pci", personality="migratable"))
+    assert allocator.allocate(DeviceSpec("vfio-pci", personality="no-migration")).host_name
+
+
+def test_allocator_refuses_a_type_the_guest_did_not_load(tmp_path: Path) -> None:
+    bus, devices = _fake_sysfs(tmp_path, ["migratable"])
+    with pytest.raises(VfioUnavailable, match="mtty-nolog-1"):
+        MdevAllocator(mdev_bus=bus, mdev_devices=devices).allocate(
+            DeviceSpec("vfio-pci", personality="no-dirty-logging")
+        )
+
+
+def test_release_all_removes_what_was_not_released(tmp_path: Path) -> None:
+    bus, devices = _fake_sysfs(tmp_path, ["migratable"])
+    allocator = MdevAllocator(mdev_bus=bus, mdev_devices=devices)
+    device: AllocatedDevice = allocator.allocate(DeviceSpec("vfio-pci"))
+    (devices / device.host_name).mkdir()
+    (devices / device.host_name / "remove").write_text("")
+    allocator.release_all()
+    assert (devices / device.host_name / "remove").read_text() == "1"
+
+
+def test_provider_options() -> None:
+    assert provider_mod.get_provider("mtty", {}).variant == "stock"
+    assert provider_mod.get_provider("mtty", {"dirty-report": "works"}).variant == "iovabm"
+    assert provider_mod.get_provider("mtty", {"variant": "iovabm", "series": "6.1"}).series == "6.1"
+    with pytest.raises(ValueError, match="unknown VFIO provider"):
+        provider_mod.get_provider("vfio-real", {})
+    with pytest.raises(ValueError, match="unknown option"):
+        provider_mod.get_provider("mtty", {"devices": ["0000:3b:00.1"]})
+    with pytest.raises(ValueError, match="unknown lab variant"):
+        provider_mod.get_provider("mtty", {"variant": "both"})
