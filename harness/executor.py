@@ -36,7 +36,7 @@ from typing import Any
 from harness.binaries import QemuBinary
 from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, VmDied
 from harness.pair import END_STATUSES, MigrationPair
-from harness.probe import BinaryProbe, HostProbe, choose_accel, probe_binary, probe_host
+from harness.probe import BinaryProbe, HostProbe, choose_accel, probe_binary, probe_host, userfaultfd_for
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
@@ -101,12 +101,13 @@ def unmet_requirement(
     scenario: Scenario, probe: BinaryProbe, host: HostProbe, allocator: VfioDeviceAllocator | None
 ) -> str | None:
     """Why the scenario cannot run here (the skip reason), or None."""
+    uffd = userfaultfd_for(probe.binary, host)
     for need in scenario.requires:
         if need == "kvm" and not probe.kvm.usable:
             return f"requires KVM: {probe.kvm.reason}"
-        if need == "uffd" and not host.userfaultfd:
-            return f"requires userfaultfd: {host.userfaultfd_detail}"
-        if need == "uffd-wp" and not host.uffd_wp:
+        if need == "uffd" and not uffd:
+            return f"requires userfaultfd (as QEMU {probe.binary.version} opens it): {host.userfaultfd_detail}"
+        if need == "uffd-wp" and not (uffd and host.uffd_wp):
             return f"requires UFFD write-protect: {host.uffd_wp_detail}"
         if need == "vfio" and allocator is None:
             return NO_VFIO_PROVIDER
@@ -208,12 +209,16 @@ class _ScenarioRun:
         try:
             await pair.start_source()
         except QemuLaunchError as exc:
+            if exc.exit_status is None:
+                raise  # QEMU hung before QMP: a harness-level error, not QEMU refusing to start
             self._finish("refused", "startup", exc.message, None, None)
             return
         pair.destination.append_args(self._allocate("destination", self.scenario.destination))
         try:
             await pair.start_destination()
         except QemuLaunchError as exc:
+            if exc.exit_status is None:
+                raise
             source = await pair.final_state("source")
             self._finish("refused", "startup", exc.message, source, None)
             return
@@ -422,7 +427,13 @@ async def execute(
     timeout: float = 60.0,
 ) -> Outcome:
     """Run ``scenario`` on ``binary``; logs of both QEMUs go to ``workdir``. ``timeout`` bounds each wait
-    (and each QMP command). Never leaves a QEMU running, whatever happens (including cancellation)."""
+    (QMP commands get at most :data:`COMMAND_TIMEOUT_S`). Never leaves a QEMU running, whatever happens
+    (including cancellation).
+
+    QEMU's own behaviour always ends in an :class:`Outcome`. Raises (a :class:`MigconformError`) only for
+    what is not QEMU's answer: a QEMU that hung before offering QMP, a QMP protocol failure, a VFIO
+    allocator error other than :class:`VfioUnavailable`.
+    """
     started = time.monotonic()
     outcome = Outcome(
         scenario=scenario.id,
@@ -438,7 +449,9 @@ async def execute(
     reason = unmet_requirement(scenario, probe, host, allocator)
     accels: list[str] = []
     for spec in (scenario.source, scenario.destination):
-        accel, why = choose_accel(spec.accel, probe, host)
+        # A scenario that requires KVM means its VMs to run on it, even when auto would pick TCG here.
+        requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
+        accel, why = choose_accel(requested, probe, host)
         if accel is None:
             reason = reason or why
         accels.append(accel or "tcg")

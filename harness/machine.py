@@ -193,14 +193,17 @@ class QemuMachine:
         self._files = [stderr, stdout]
         self.launch_started = time.monotonic()
         try:
+            # PR_SET_PDEATHSIG through setpriv when available (fast), else through a preexec_fn.
+            wrapper = procutil.pdeathsig_wrapper()
             self._proc = await asyncio.create_subprocess_exec(
+                *wrapper,
                 *self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
                 env=self.binary.environ(),
                 start_new_session=True,
-                preexec_fn=procutil.child_preexec(os.getpid()),
+                preexec_fn=None if wrapper else procutil.child_preexec(os.getpid()),
             )
         except OSError as exc:
             await self._close_client()

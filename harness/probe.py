@@ -340,17 +340,20 @@ def choose_accel(requested: str, probe: BinaryProbe, host: HostProbe) -> tuple[s
     return "tcg", f"auto: {probe.kvm.reason}"
 
 
-def host_facts(binary: QemuBinary, accel: str) -> HostFacts:
-    """The model's host input for ``binary`` with VMs on ``accel`` (auto | kvm | tcg).
+def userfaultfd_for(binary: QemuBinary, host: HostProbe) -> bool:
+    """Whether *this version* of QEMU can open a userfaultfd here: 10.0+ tries /dev/userfaultfd before the
+    syscall, 7.2 only the syscall (fact sheet §1.3 rule c; versions in between are taken as 7.2)."""
+    return host.userfaultfd_syscall or (binary.version.major >= 10 and host.userfaultfd_dev)
 
-    userfaultfd follows what *this version* of QEMU would open: 10.0+ tries /dev/userfaultfd before the
-    syscall, 7.2 only the syscall (fact sheet §1.3 rule c).
-    """
+
+def host_facts(binary: QemuBinary, accel: str) -> HostFacts:
+    """The model's host input for ``binary`` with VMs on ``accel`` (auto | kvm | tcg); userfaultfd as
+    :func:`userfaultfd_for` says."""
     host = probe_host()
     probe = probe_binary(binary)
     # An outcome's accel is "kvm/tcg" when source and destination differ: the source's decides.
     resolved, _ = choose_accel(accel.split("/", 1)[0], probe, host)
-    uffd = host.userfaultfd_syscall or (binary.version.major >= 10 and host.userfaultfd_dev)
+    uffd = userfaultfd_for(binary, host)
     return HostFacts(
         userfaultfd=uffd,
         uffd_wp=host.uffd_wp and uffd,

@@ -44,6 +44,8 @@ class Migration:
     left_setup: bool = False  # a step waited for the migration to leave setup (start-postcopy, cancel)
     # How the destination ends when the migration fails: (exit status, last stderr line).
     peer_exit: tuple[int, str] = (1, "load of migration failed: Invalid argument")
+    # The failure comes after setup -> active (a broken stream), not in setup (connect, channel setup).
+    fails_when_active: bool = False
     postcopy: bool = False  # migrate-start-postcopy accepted
     # A failure known at migrate time: (error-desc or None, the source's last stderr line or None).
     failure: tuple[str | None, str | None] | None = None
@@ -346,6 +348,7 @@ def quit_vm(scene: Scene, vm: Machine) -> None:
     m = scene.source.migration
     if vm is scene.destination and m is not None and m.transport in SOCKET_TRANSPORTS and m.failure is None:
         m.failure = ("Unable to write to socket: Broken pipe", None)
+        m.fails_when_active = True
 
 
 # The source's error-desc when the destination drops the connection mid-stream. Racy: "Broken pipe" and
@@ -369,6 +372,24 @@ def _stream_mismatch(source: Machine, destination: Machine) -> tuple[str | None,
     return None
 
 
+def _pause_before_switchover(scene: Scene, vm: Machine, m: Migration, peer: Machine) -> bool:
+    """pause-before-switchover parks the migration in pre-switchover until migrate-continue, with the VM
+    stopped for switchover; the executor's wait times out (measured on both: source pre-switchover /
+    finish-migrate, destination active / inmigrate). It comes before COLO (7.2.22 sweep: pbs + x-colo)."""
+    if "pause-before-switchover" not in vm.caps or m.background:
+        return False
+    if vm.status == "setup":
+        emit(vm, "active")
+    emit(vm, "pre-switchover")
+    vm.runstate = "finish-migrate"
+    if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+        emit(peer, "active")
+    scene.extra["timeout"] = (
+        f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: pre-switchover)"
+    )
+    return True
+
+
 def finish(scene: Scene, vm: Machine) -> None:
     """The contract's ``wait``: resolve the migration ``vm`` started, on both sides."""
     m = vm.migration
@@ -377,6 +398,17 @@ def finish(scene: Scene, vm: Machine) -> None:
     peer = scene.destination if vm is scene.source else scene.source
     if m.failure is None and m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate":
         m.failure = _stream_mismatch(vm, peer)
+        m.fails_when_active = m.failure is not None
+    if m.failure is None and _pause_before_switchover(scene, vm, m, peer):
+        return
+    if m.background and "block" in vm.caps and vm.vn < N8_0:
+        # 7.2.22 (harness sweep, one run): background-snapshot with block over tcp hangs the source's monitor;
+        # the executor's next query-migrate times out. The destination stays active/inmigrate.
+        vm.alive = False
+        if peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+            emit(peer, "active")
+        scene.extra["timeout"] = f"timed out after {WAIT_TIMEOUT_S} s waiting for source to answer query-migrate"
+        return
     if "x-colo" in vm.caps and vm.vn < N8_0 and m.failure is None and not m.background:
         # 7.2.22: after precopy both sides enter COLO and stay there; the executor's wait times out (measured:
         # source colo/running, destination colo/running).
@@ -391,23 +423,11 @@ def finish(scene: Scene, vm: Machine) -> None:
             f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: colo)"
         )
         return
-    if "pause-before-switchover" in vm.caps and not m.background and m.failure is None:
-        # The migration parks in pre-switchover until migrate-continue, with the VM stopped for switchover;
-        # the executor's wait times out (measured on both: source pre-switchover/finish-migrate,
-        # destination active/inmigrate).
-        if vm.status == "setup":
-            emit(vm, "active")
-        emit(vm, "pre-switchover")
-        vm.runstate = "finish-migrate"
-        if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
-            emit(peer, "active")
-        scene.extra["timeout"] = (
-            f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: pre-switchover)"
-        )
-        return
     vm.migration = None
     if m.failure is not None:
         desc, line = m.failure
+        if m.fails_when_active and vm.status == "setup":
+            emit(vm, "active")
         emit(vm, "failed")
         vm.error_desc = desc
         if line is not None:

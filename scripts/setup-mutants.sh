@@ -13,7 +13,7 @@ log() { printf 'setup-mutants: %s\n' "$*" >&2; }
 
 # --- 1. build dependencies -------------------------------------------------------------------------------
 build_pkgs=(build-essential libglib2.0-dev libpixman-1-dev flex bison libfdt-dev ninja-build pkg-config
-            python3-venv python3-pip ccache dpkg-dev xz-utils)
+            python3-venv python3-pip ccache dpkg-dev xz-utils libspice-protocol-dev)
 missing=()
 for p in "${build_pkgs[@]}"; do
   dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")

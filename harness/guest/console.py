@@ -70,7 +70,10 @@ class GuestConsole:
         """Wait until the shell answers: press Enter every second until the prompt comes back."""
         deadline = time.monotonic() + timeout
         while True:
-            self._child.send("\r")
+            try:
+                self._child.send("\r")
+            except OSError:
+                raise self._fail("console closed (QEMU gone?) while waiting for the prompt") from None
             remaining = deadline - time.monotonic()
             try:
                 self._child.expect_exact(PROMPT, timeout=max(0.1, min(1.0, remaining)))
@@ -78,13 +81,13 @@ class GuestConsole:
                 if time.monotonic() >= deadline:
                     raise self._fail(f"no shell prompt within {timeout:.0f} s") from None
                 continue
-            except pexpect.EOF:
+            except (pexpect.EOF, OSError):
                 raise self._fail("console closed (QEMU gone?) while waiting for the prompt") from None
             # Several Enters may have queued several prompts; drain them so the next command starts clean.
             while True:
                 try:
                     self._child.expect_exact(PROMPT, timeout=0.3)
-                except (pexpect.TIMEOUT, pexpect.EOF):
+                except (pexpect.TIMEOUT, pexpect.EOF, OSError):
                     return
 
     def run(self, command: str, timeout: float | None = None) -> tuple[int, str]:
@@ -94,15 +97,15 @@ class GuestConsole:
         not digits), so output and echo are never confused.
         """
         wait = self.default_timeout if timeout is None else timeout
-        self._child.sendline(f"{command}; {_MARKER_SOURCE}")
         try:
+            self._child.sendline(f"{command}; {_MARKER_SOURCE}")
             self._child.expect(_STATUS, timeout=wait)
             before = str(self._child.before)
             status = int(self._child.match.group(1))
             self._child.expect_exact(PROMPT, timeout=wait)
         except pexpect.TIMEOUT:
             raise self._fail(f"`{command}` did not finish within {wait:.0f} s") from None
-        except pexpect.EOF:
+        except (pexpect.EOF, OSError):
             raise self._fail(f"console closed (QEMU gone?) while running `{command}`") from None
         text = _ANSI.sub("", before).replace("\r", "")
         # Drop the shell's echo of the command line, which ends with the marker's source text.

@@ -16,7 +16,7 @@ from typing import Any
 
 from harness.binaries import QemuBinary
 from harness.errors import MigrationTimeout
-from harness.guest.console import GuestConsole
+from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 from harness.guest.session import GuestSpec, guest_vm_args
 from harness.machine import QemuMachine
@@ -49,6 +49,9 @@ class GuestVm:
     consoles: list[GuestConsole] = field(default_factory=list)
 
     async def console(self, timeout: float = 10.0) -> GuestConsole:
+        """Connect to the VM's serial console; a VM that is gone (e.g. its guest panicked: -no-reboot) is said so."""
+        if not self.machine.is_alive:
+            raise ConsoleError(f"no console: {self.machine.died()}")
         console = await asyncio.to_thread(GuestConsole.connect, self.console_path, timeout)
         self.consoles.append(console)
         return console

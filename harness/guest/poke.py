@@ -3,8 +3,8 @@
 Why: proving that the memory check can fail needs a page changed behind the guest's back. QMP and HMP can read
 guest memory (pmemsave, xp) but not write it. The gdbstub can, in physical-address mode
 (``Qqemu.PhyMemMode:1``, QEMU >= 4.1), and it is started at run time with HMP ``gdbserver``, so the VM needs no
-special configuration. (A ``memory-backend-file,share=on`` destination written through the file would also work,
-but QEMU 7.2 loses dirty pages when migrating into such a destination: docs/guests.md.)
+special configuration. (A ``memory-backend-file,share=on`` destination written through the file also works, but
+changes the VM under test.)
 
 Connecting the debugger stops the VM; detaching resumes it. So a poke is atomic for the guest.
 """

@@ -148,14 +148,15 @@ def start_blocking(console: GuestConsole, spec: GuestSpec) -> int:
     # The daemon creates its command FIFO only after the fill, so `status` succeeding means "filled".
     # Filling runs at roughly 100 MiB/s under TCG on a loaded host; allow for 20 MiB/s.
     fill_timeout = 30.0 + spec.memory_mib / 20.0
-    output = console.check(
-        "i=0; until memload status >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 3000 ] && break; usleep 100000; done;"
-        " memload status",
+    status, output = console.run(
+        # pidof: a daemon that died (e.g. more memory asked than the VM has) ends the wait at once.
+        "i=0; until memload status >/dev/null 2>&1; do pidof memload >/dev/null || break;"
+        " i=$((i+1)); [ $i -gt 3000 ] && break; usleep 100000; done; memload status",
         timeout=fill_timeout,
     )
-    status = _GENERATION.search(output)
-    if not status:
-        raise ConsoleError(f"memload status gave {output!r}; log: {console.run('cat /run/memload.log')[1]}")
+    if status != 0 or not _GENERATION.search(output):
+        log = console.run("cat /run/memload.log")[1]
+        raise ConsoleError(f"the workload did not start ({output!r}); its log: {log}")
     return spec.memory_mib * 256
 
 

@@ -51,6 +51,15 @@ CONFIGURE_ARGS = (
     "--disable-install-blobs",
     f"--firmwarepath={FIRMWARE_PATH}",
     "--cc=ccache cc",
+    # Features Debian's binary has and the bundled suite uses (without them the unmodified build refuses
+    # at startup where Debian's QEMU reaches the migration check): vvfat and qcow1 (vvfat's rw overlay),
+    # the other built-in image formats, COLO/replication, the qemu-vdagent chardev (spice-protocol
+    # headers), gio (dbus-vmstate), vhost, TPM, multiprocess and the keyring secret.
+    "--enable-vvfat", "--enable-qcow1", "--enable-bochs", "--enable-cloop", "--enable-dmg", "--enable-vdi",
+    "--enable-vhdx", "--enable-vmdk", "--enable-vpc", "--enable-qed", "--enable-parallels",
+    "--enable-replication", "--enable-colo-proxy", "--enable-spice-protocol", "--enable-gio",
+    "--enable-vhost-user", "--enable-vhost-kernel", "--enable-vhost-net", "--enable-vhost-vdpa",
+    "--enable-vhost-crypto", "--enable-tpm", "--enable-multiprocess", "--enable-keyring",
 )
 # Bumped whenever the preparation of the pristine tree changes, so old trees are rebuilt.
 PREPARATION_VERSION = "2"

@@ -19,6 +19,7 @@ import compileall
 import json
 import pickle
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -78,6 +79,8 @@ class MttyLabProvider:
         self._image: LabImage | None = None
         self.last_boot: BootResult | None = None
         self.last_run_dir: Path | None = None
+        # (scenario id, binary path) -> why the executor raised instead of returning an outcome
+        self.last_errors: dict[tuple[str, str], str] = {}
 
     @property
     def image(self) -> LabImage:
@@ -108,7 +111,7 @@ class MttyLabProvider:
             return []
         from harness.vfio_lab.boot import DEFAULT_QEMU, boot
         from harness.vfio_lab.build import REPO, cache_root
-        from harness.vfio_lab.inside import OUTCOMES, REQUEST, RUNNER, Request
+        from harness.vfio_lab.inside import LAB_ERROR, OUTCOMES, REQUEST, RUNNER, Request
 
         image = self.image
         # The guest imports the harness over 9p under TCG; compiling it there costs seconds per boot.
@@ -137,18 +140,31 @@ class MttyLabProvider:
         result = await boot(image, self.variant, share, timeout=budget, qemu=self.qemu or DEFAULT_QEMU)
         self.last_boot = result
         outcomes = []
+        self.last_errors = {}
         path = share / OUTCOMES
         if path.exists():
             for line in path.read_text().splitlines():
-                if line.strip():
-                    outcomes.append(Outcome.from_json(json.loads(line)))
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                if LAB_ERROR in record:
+                    # No outcome for this one: the runner reports it as an error, and the reason is here.
+                    key = (str(record["scenario"]), str(record["binary"]))
+                    self.last_errors[key] = str(record[LAB_ERROR])
+                    print(
+                        f"mtty lab: {key[0]} on {key[1]}: the executor raised {record[LAB_ERROR]} "
+                        f"(runner.stderr in {share})",
+                        file=sys.stderr,
+                    )
+                    continue
+                outcomes.append(Outcome.from_json(record))
         runner: dict[str, Any] = {}
         if (share / RUNNER).exists():
             runner = json.loads((share / RUNNER).read_text())
         for outcome in outcomes:
             outcome.extra.setdefault("lab_l1_accel", result.accel.accel)
             outcome.extra.setdefault("lab_run", str(share))
-        if not outcomes:
+        if not outcomes and not self.last_errors:
             why = (
                 f"timed out after {budget:.0f} s"
                 if result.timed_out

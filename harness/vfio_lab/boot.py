@@ -75,6 +75,9 @@ def kernel_cmdline(share: Path, *, extra: str = "") -> str:
         f"labpython={python}",
         f"labpypath={':'.join(pypath)}",
     ]
+    for name, value in (("share", share), ("repository", REPO), ("python", python), ("path", ":".join(pypath))):
+        if re.search(r"\s", str(value)):
+            raise LabBootError(f"the lab passes the {name} path on the kernel command line; {value!r} has blanks")
     if os.environ.get("MIGCONFORM_LAB_PYOPTS"):
         parts.append(f"labpyopts={os.environ['MIGCONFORM_LAB_PYOPTS']}")
     if extra:

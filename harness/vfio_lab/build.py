@@ -216,6 +216,37 @@ def resolve_kernel(series: str = KERNEL_SERIES) -> KernelPackages:
     )
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _apt_lists_state() -> str:
+    """Changes whenever apt's package lists do (apt-get update): names, sizes and mtimes of the lists."""
+    digest = hashlib.sha256()
+    for path in sorted(APT_LISTS.glob("*Packages*")):
+        info = path.stat()
+        digest.update(f"{path.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _resolve_cached(series: str, *, force: bool = False) -> tuple[KernelPackages, str]:
+    """resolve_kernel() and busybox's candidate, remembered until apt's lists change.
+
+    The apt-cache calls cost seconds on a loaded host; their answers only change with apt-get update.
+    """
+    record = cache_root() / f"resolved-{series}.json"
+    state = _apt_lists_state()
+    if not force:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(record.read_text())
+            if data["apt_lists"] == state:
+                return KernelPackages(**data["kernel"]), str(data["busybox"])
+    pkgs = resolve_kernel(series)
+    busybox_version = _candidate_version("busybox-static")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"apt_lists": state, "kernel": asdict(pkgs), "busybox": busybox_version}))
+    return pkgs, busybox_version
+
+
 def _candidate_version(package: str) -> str:
     out = _run(["apt-cache", "show", "--no-all-versions", package])
     for line in out.splitlines():
@@ -441,8 +472,7 @@ def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
     if series not in RECIPES:
         raise LabBuildError(f"the lab has no recipe for kernel series {series} (known: {', '.join(RECIPES)})")
     recipe = RECIPES[series]
-    pkgs = resolve_kernel(series)
-    busybox_version = _candidate_version("busybox-static")
+    pkgs, busybox_version = _resolve_cached(series, force=force)
     key = _inputs_hash(pkgs, busybox_version, _compiler())
     out = cache_root() / key
     manifest = out / "manifest.json"

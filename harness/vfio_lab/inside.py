@@ -4,7 +4,8 @@
 put ``request.pickle`` there (scenarios and QEMU binaries as the harness's own objects: the guest runs
 the same code from the same paths, so pickling round-trips exactly). Each scenario goes through
 harness.executor.execute with an MdevAllocator, and its Outcome is appended to ``outcomes.jsonl`` at
-once, so a guest that runs out of time still returns what it finished. ``runner.json`` records the
+once, so a guest that runs out of time still returns what it finished. An executor that raises (a
+harness bug, not a QEMU result) leaves a ``lab_error`` line instead. ``runner.json`` records the
 guest's kernel and uptime; ``dmesg.txt`` keeps mtty's migration-state log for diagnosis.
 
 ``--smoke`` instead runs one fixed check with its own QMP client (no executor): the postcopy refusal of
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,7 @@ REQUEST = "request.pickle"
 OUTCOMES = "outcomes.jsonl"
 RUNNER = "runner.json"
 PROVIDER_NAME = "mtty"
+LAB_ERROR = "lab_error"  # key of an outcomes.jsonl line that records an error instead of an outcome
 
 
 @dataclass
@@ -55,23 +58,78 @@ def _uptime() -> float:
     return float(Path("/proc/uptime").read_text().split()[0])
 
 
-def _append(share: Path, outcome: Outcome) -> None:
+def _append(share: Path, record: dict[str, Any]) -> None:
     with (share / OUTCOMES).open("a") as fh:
-        fh.write(json.dumps(outcome.to_json()) + "\n")
+        fh.write(json.dumps(record) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def _error_outcome(scenario: Scenario, binary: Any, reason: str) -> Outcome:
-    """The executor raised: a skipped record that says why, so the host never loses a scenario."""
-    return Outcome(
-        scenario=scenario.id,
-        backend="qemu",
-        qemu_version=str(getattr(binary, "version", "")),
-        verdict="skipped",
-        skip_reason=reason,
-        binary=str(getattr(binary, "path", binary)),
-    )
+# VFIO_DEVICE_STATE_* (include/uapi/linux/vfio.h), as mtty's dev_dbg prints them (numbers).
+DEVICE_STATES = {
+    "0": "ERROR",
+    "1": "STOP",
+    "2": "RUNNING",
+    "3": "STOP_COPY",
+    "4": "RESUMING",
+    "5": "RUNNING_P2P",
+    "6": "PRE_COPY",
+    "7": "PRE_COPY_P2P",
+}
+_STEP = re.compile(r"([0-9a-f-]{36}): mtty_step_state: (\d+) -> (\d+)")
+
+
+class KernelLog:
+    """New /dev/kmsg records since the last read: mtty's own view of each device's state machine.
+
+    mtty is loaded with dyndbg=+p, so every arc of the kernel's migration FSM is logged with the mdev
+    UUID; this is the kernel-side evidence next to QEMU's VFIO_MIGRATION events.
+    """
+
+    def __init__(self, path: str = "/dev/kmsg") -> None:
+        try:
+            self._fd: int | None = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            self._fd = None
+
+    def drain(self) -> list[str]:
+        lines: list[str] = []
+        while self._fd is not None:
+            try:
+                record = os.read(self._fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: records were overwritten before we read them; go on with the rest
+                continue
+            if not record:
+                break
+            lines.append(record.decode(errors="replace").split(";", 1)[-1].rstrip("\n"))
+        return lines
+
+    def transitions(self, names: dict[str, str]) -> dict[str, list[str]]:
+        """``{label: ["RUNNING->PRE_COPY", ...]}`` for the devices in ``names`` (label -> UUID)."""
+        by_uuid = {uuid: label for label, uuid in names.items()}
+        found: dict[str, list[str]] = {}
+        for line in self.drain():
+            match = _STEP.search(line)
+            if match and match.group(1) in by_uuid:
+                arc = "->".join(DEVICE_STATES.get(n, n) for n in match.group(2, 3))
+                found.setdefault(by_uuid[match.group(1)], []).append(arc)
+        return found
+
+
+def _device_labels(outcome: Outcome) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for side, key in (("source", "vfio_names"), ("destination", "vfio_names_destination")):
+        for device_id, uuid in dict(outcome.extra.get(key) or {}).items():
+            labels[f"{side}:{device_id}"] = str(uuid)
+    return labels
+
+
+def _error_record(scenario: Scenario, binary: Any, reason: str) -> dict[str, Any]:
+    """The executor raised (a harness bug, not a QEMU result): the host reports it as an error."""
+    return {LAB_ERROR: reason, "scenario": scenario.id, "binary": str(getattr(binary, "path", binary))}
 
 
 async def run_request(request: Request, share: Path) -> int:
@@ -81,9 +139,10 @@ async def run_request(request: Request, share: Path) -> int:
     except ImportError as exc:
         for binary in request.binaries:
             for scenario in request.scenarios:
-                _append(share, _error_outcome(scenario, binary, f"harness.executor is not available: {exc}"))
+                _append(share, _error_record(scenario, binary, f"harness.executor is not available: {exc}"))
         return 1
     allocator = MdevAllocator(request.personalities, request.unavailable_note)
+    kmsg = KernelLog()
     failures = 0
     for binary in request.binaries:
         for scenario in request.scenarios:
@@ -97,7 +156,8 @@ async def run_request(request: Request, share: Path) -> int:
             except Exception as exc:  # the executor's own bugs: keep going, say what happened
                 failures += 1
                 traceback.print_exc()
-                outcome = _error_outcome(scenario, binary, f"lab runner: {type(exc).__name__}: {exc}")
+                _append(share, _error_record(scenario, binary, f"{type(exc).__name__}: {exc}"))
+                continue
             finally:
                 allocator.release_all()
             outcome.kernel = kernel
@@ -105,7 +165,10 @@ async def run_request(request: Request, share: Path) -> int:
             outcome.extra.setdefault("lab_variant", request.variant)
             if outcome.duration_s is None:
                 outcome.duration_s = round(time.monotonic() - started, 3)
-            _append(share, outcome)
+            transitions = kmsg.transitions(_device_labels(outcome))
+            if transitions:
+                outcome.extra["kernel_vfio_transitions"] = transitions
+            _append(share, outcome.to_json())
     return 1 if failures else 0
 
 

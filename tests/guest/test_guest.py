@@ -197,6 +197,40 @@ def test_precopy_while_the_guest_writes(qemu: QemuBinary, guest_image: GuestImag
 
 
 @pytest.mark.qemu
+def test_precopy_over_many_passes(
+    qemu: QemuBinary, guest_image: GuestImage, workdir: Path, request: pytest.FixtureRequest
+) -> None:
+    """A precopy slow enough to need several passes over RAM while the guest writes.
+
+    QEMU 7.2.22 under TCG loses pages here: the destination's RAM differs from the stopped source's in a few
+    pages (kernel data and the workload's), the check reports them and the guest often panics (docs/guests.md).
+    QEMU 10.0.2 passes every time. Marked as an expected failure on 7.2, not strict: a run may get lucky.
+    """
+    if (qemu.version.major, qemu.version.minor) == (7, 2):
+        reason = "QEMU 7.2.22 loses dirty pages in multi-pass precopy under TCG (docs/guests.md)"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+
+    async def scenario() -> None:
+        lab = GuestLab(qemu, guest_image, SPEC, workdir)
+        try:
+            src = await lab.launch("source", "source")
+            dst = await lab.launch("destination", "destination", incoming=True)
+            pages = await start(await src.console(), SPEC)
+            await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": 32 << 20})
+            uri = f"unix:{workdir}/migration.sock"
+            await dst.machine.qmp("migrate-incoming", uri=uri)
+            await src.machine.qmp("migrate", uri=uri)
+            final = await wait_status(src.machine, ENDED, MIGRATION_TIMEOUT)
+            assert final["status"] == "completed", final
+            assert final["ram"]["dirty-sync-count"] >= 3, final["ram"]
+            _assert_clean(await verify(await dst.console()), pages)
+        finally:
+            await lab.shutdown()
+
+    _run(scenario())
+
+
+@pytest.mark.qemu
 def test_postcopy_switched_while_the_guest_writes(qemu: QemuBinary, guest_image: GuestImage, workdir: Path) -> None:
     async def scenario() -> None:
         lab = GuestLab(qemu, guest_image, SPEC, workdir)
@@ -271,6 +305,7 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
             first = await lab.launch("destination", "destination", incoming=True)
             source_console = await src.console()
             pages = await start(source_console, SPEC)
+            default_bandwidth = (await src.machine.qmp("query-migrate-parameters"))["max-bandwidth"]
             await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": 1 << 20})
             uri = f"unix:{workdir}/first.sock"
             await first.machine.qmp("migrate-incoming", uri=uri)
@@ -285,7 +320,8 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
             _assert_clean(await asyncio.to_thread(verify_blocking, source_console), pages, "source after cancel")
 
             second = await lab.launch("destination2", "destination", incoming=True)
-            await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": 1 << 30})
+            # Back to the default: a slower precopy needs more passes, which QEMU 7.2 does not survive (below).
+            await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": default_bandwidth})
             uri = f"unix:{workdir}/second.sock"
             await second.machine.qmp("migrate-incoming", uri=uri)
             await src.machine.qmp("migrate", uri=uri)

@@ -131,3 +131,67 @@ def test_provider_options() -> None:
         provider_mod.get_provider("mtty", {"devices": ["0000:3b:00.1"]})
     with pytest.raises(ValueError, match="unknown lab variant"):
         provider_mod.get_provider("mtty", {"variant": "both"})
+
+
+def _image(tmp_path: Path) -> build.LabImage:
+    return build.LabImage(
+        directory=str(tmp_path),
+        key="k",
+        kernel_release="6.12.117+deb12-amd64",
+        kernel_package_version="6.12.117-1~deb12u1",
+        series="6.12",
+        vmlinuz=str(tmp_path / "vmlinuz"),
+        vmlinux=str(tmp_path / "vmlinux"),
+        initramfs={"stock": str(tmp_path / "initramfs-stock.gz")},
+        personalities=list(build.ALL_PERSONALITIES),
+        unavailable_note="",
+        busybox_version="1:1.35.0-4+deb12u1+b1",
+    )
+
+
+def test_l1_argv_boots_the_elf_with_both_shares(tmp_path: Path) -> None:
+    from harness.vfio_lab.boot import AccelChoice, l1_argv
+
+    share = tmp_path / "share"
+    argv = l1_argv(_image(tmp_path), "stock", share, share / "serial.log", AccelChoice("tcg", "test"))
+    assert argv[argv.index("-kernel") + 1] == str(tmp_path / "vmlinux")
+    assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-cpu") + 1] == "max"
+    assert "local,id=hostroot,path=/,security_model=none,readonly=on" in argv
+    assert f"local,id=labshare,path={share},security_model=none" in argv
+    cmdline = argv[argv.index("-append") + 1].split()
+    assert f"labshare={share}" in cmdline and "panic=-1" in cmdline
+
+
+def test_l1_argv_rejects_a_variant_the_image_lacks(tmp_path: Path) -> None:
+    from harness.vfio_lab.boot import AccelChoice, LabBootError, l1_argv
+
+    with pytest.raises(LabBootError, match="iovabm"):
+        l1_argv(_image(tmp_path), "iovabm", tmp_path, tmp_path / "log", AccelChoice("tcg", "test"))
+
+
+def test_provider_host_facts_follow_the_variant(tmp_path: Path) -> None:
+    for variant, works in (("stock", False), ("iovabm", True)):
+        lab = provider_mod.MttyLabProvider(variant)
+        lab._image = _image(tmp_path)
+        facts = lab.host_facts()
+        assert facts.vfio_dirty_report_works is works
+        assert (facts.userfaultfd, facts.uffd_wp, facts.kvm) == (True, True, False)
+        assert facts.kernel == "6.12.117+deb12-amd64"
+
+
+def test_kernel_log_maps_mtty_state_arcs_to_devices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from harness.vfio_lab.inside import KernelLog
+
+    src, dst = "078c1e87-4323-4e32-9e9d-fdd6567c29c1", "2ce674d6-c327-4aba-8091-3ef2be988e80"
+    lines = [
+        f"mtty {src}: mtty_set_state -> 6",
+        f"mtty {src}: mtty_step_state: 2 -> 6",
+        f"mtty-nop2p {dst}: mtty_step_state: 1 -> 4",
+        "mtty 11111111-2222-3333-4444-555555555555: mtty_step_state: 2 -> 5",
+    ]
+    log = KernelLog(str(tmp_path / "no-kmsg"))
+    monkeypatch.setattr(log, "drain", lambda: lines)
+    assert log.transitions({"source:vfio0": src, "destination:vfio0": dst}) == {
+        "source:vfio0": ["RUNNING->PRE_COPY"],
+        "destination:vfio0": ["STOP->RESUMING"],
+    }

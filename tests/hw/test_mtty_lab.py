@@ -16,6 +16,7 @@ import pytest
 from harness.binaries import QemuBinary
 from harness.loader import load_scenarios
 from harness.vfio.provider import MttyLabProvider
+from harness.vfio_lab.build import KERNEL_SERIES
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import Scenario
 
@@ -41,7 +42,7 @@ def stock_outcomes(stock_lab: MttyLabProvider, lab_binary: QemuBinary) -> dict[s
     return _run(stock_lab, list(_scenarios().values()), lab_binary)
 
 
-def _outcome(outcomes: dict[str, Outcome], scenario_id: str, series: str = "6.12") -> Outcome:
+def _outcome(outcomes: dict[str, Outcome], scenario_id: str, series: str = KERNEL_SERIES) -> Outcome:
     assert scenario_id in outcomes, f"the lab returned no outcome for {scenario_id} (got {sorted(outcomes)})"
     outcome = outcomes[scenario_id]
     assert outcome.verdict != "skipped", outcome.skip_reason
@@ -77,6 +78,12 @@ def test_precopy_with_workaround_props_completes(
     assert outcome.error is None
     assert outcome.source is not None and outcome.source.status == "completed"
     assert outcome.destination is not None and outcome.destination.status == "completed"
+    # The kernel's migration v2 state machine really ran (mtty's dyndbg log, via /dev/kmsg in L1).
+    arcs = outcome.extra.get("kernel_vfio_transitions") or {}
+    source, destination = arcs.get("source:vfio0", []), arcs.get("destination:vfio0", [])
+    for arc in ("RUNNING->PRE_COPY", "PRE_COPY->PRE_COPY_P2P", "PRE_COPY_P2P->STOP_COPY", "STOP_COPY->STOP"):
+        assert arc in source, f"source transitions {source}"
+    assert "STOP->RESUMING" in destination and "RESUMING->STOP" in destination, f"destination {destination}"
     _agrees_with_model(outcome, stock_lab, lab_binary)
 
 
@@ -155,6 +162,39 @@ def test_device_without_migration_support_is_a_blocker(
     assert outcome.stage == "migrate"
     assert outcome.error == f"{_uuid(outcome)}: VFIO migration is not supported in kernel"
     assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_device_without_dma_logging_is_blocked_with_auto(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-no-dirty-logging-auto")
+    assert outcome.verdict == "refused"
+    assert outcome.stage == "migrate"
+    assert outcome.error == f"{_uuid(outcome)}: VFIO device doesn't support device and IOMMU dirty tracking"
+    assert outcome.source == RUNNING_SOURCE
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_device_without_dma_logging_migrates_with_on(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    """Without DMA-logging ops QEMU never asks the kernel for device dirty reports, so the stock
+    vfio.ko's broken reports (P3) do not matter: enable-migration=on alone completes."""
+    outcome = _outcome(stock_outcomes, "lab-no-dirty-logging-on")
+    assert outcome.verdict == "completed", outcome.error
+    assert outcome.source is not None and outcome.source.status == "completed"
+    _agrees_with_model(outcome, stock_lab, lab_binary)
+
+
+def test_device_without_precopy_goes_straight_to_stop_copy(
+    stock_outcomes: dict[str, Outcome], stock_lab: MttyLabProvider, lab_binary: QemuBinary
+) -> None:
+    outcome = _outcome(stock_outcomes, "lab-no-precopy-workaround")
+    assert outcome.verdict == "completed", outcome.error
+    source = (outcome.extra.get("kernel_vfio_transitions") or {}).get("source:vfio0", [])
+    assert "STOP->STOP_COPY" in source, source
+    assert not any("PRE_COPY" in arc for arc in source), source
     _agrees_with_model(outcome, stock_lab, lab_binary)
 
 

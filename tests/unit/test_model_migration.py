@@ -337,3 +337,17 @@ def test_incoming_checks_the_transport() -> None:
     outcome = mig("10.0", capabilities={"mapped-ram": True})
     assert (outcome.stage, outcome.error) == ("migrate", "Migration requires seekable transport (e.g. file)")
     assert states(outcome) == (("none", "running"), ("none", "inmigrate"))
+
+
+def test_sweep_orderings_on_7_2() -> None:
+    # real 7.2.22 (harness sweep): pause-before-switchover parks before COLO is reached.
+    outcome = mig("7.2", capabilities={"x-colo": True, "pause-before-switchover": True})
+    assert states(outcome)[0] == ("pre-switchover", "finish-migrate")
+    # real 7.2.22 (harness sweep, one run): background-snapshot + block over tcp hangs the source's monitor.
+    outcome = mig("7.2", capabilities={"background-snapshot": True, "block": True})
+    assert (outcome.verdict, outcome.error) == (
+        "failed", "timed out after 60 s waiting for source to answer query-migrate")
+    assert states(outcome) == (None, ("active", "inmigrate"))
+    # real 7.2.22: a broken stream fails after active (events setup, active, failed)
+    outcome = mig("7.2", capabilities={"compress": True, "events": True})
+    assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "failed"]
