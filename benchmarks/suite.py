@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':<24} {'wall s':>8} {'ratio':>7}  result")
     for label, seconds, results in runs:
         counts = ", ".join(f"{v} {k}" for k, v in results.counts().items() if v)
-        print(f"{label:<24} {seconds:8.2f} {seconds / baseline:7.3f}  {counts or 'single-backend outcomes only'}")
+        print(f"{label:<24} {seconds:8.2f} {seconds / baseline:7.4f}  {counts or 'single-backend outcomes only'}")
     return 0
 
 

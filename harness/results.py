@@ -83,6 +83,17 @@ class Results:
         """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun."""
         return not self.diverged and not self.errors and not self.not_run
 
+    def select(self, scenario: str, column: str) -> Results:
+        """The part of these results about one scenario on one column (same meta)."""
+        return Results(
+            outcomes=[o for o in self.outcomes if o.scenario == scenario and outcome_column(o) == column],
+            comparisons=[c for c in self.comparisons if c.scenario == scenario and comparison_column(c) == column],
+            errors=[e for e in self.errors if (e.scenario, e.column) == (scenario, column)],
+            skips=[s for s in self.skips if (s.scenario, s.column) == (scenario, column)],
+            not_run=[w for w in self.not_run if (w.scenario, w.column) == (scenario, column)],
+            meta=self.meta,
+        )
+
     def counts(self) -> dict[str, int]:
         return {
             "agree": sum(1 for c in self.comparisons if c.agree),

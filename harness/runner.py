@@ -319,7 +319,7 @@ class _Run:
 
     async def run_model(self, scenario: Scenario, target: Target, accel: str) -> Outcome:
         host = await self.facts(target, accel)
-        return self.predict_fn()(scenario, target.version, host)
+        return _with_kernel(self.predict_fn()(scenario, target.version, host), host)
 
     async def run_item(self, scenario: Scenario, target: Target, semaphore: asyncio.Semaphore) -> None:
         async with semaphore:
@@ -369,7 +369,7 @@ class _Run:
                         )
                 if self.options.backend in ("both", "reference") or target.binary is None:
                     try:
-                        outcomes["reference"] = self.predict_fn()(scenario, target.version, host)
+                        outcomes["reference"] = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
                     except Exception as exc:
                         outcomes["reference"] = exc
                 self.record(scenario, target, outcomes)
@@ -399,6 +399,13 @@ class _Run:
             self.progress.finish()
             self.save()
         return self.results
+
+
+def _with_kernel(outcome: Outcome, host: HostFacts) -> Outcome:
+    """The model's outcome names the kernel whose facts it was given (the lab guest's, for VFIO)."""
+    if outcome.kernel is None:
+        outcome.kernel = host.kernel
+    return outcome
 
 
 def _target_of(outcome: Outcome, targets: Sequence[Target]) -> Target | None:

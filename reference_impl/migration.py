@@ -46,7 +46,8 @@ class Migration:
     peer_exit: tuple[int, str] = (1, "load of migration failed: Invalid argument")
     # The failure comes after setup -> active (a broken stream), not in setup (connect, channel setup).
     fails_when_active: bool = False
-    postcopy: bool = False  # migrate-start-postcopy accepted
+    postcopy: bool = False  # the migration switches to postcopy (start-postcopy came while precopy ran)
+    postcopy_requested: bool = False  # migrate-start-postcopy accepted
     # A failure known at migrate time: (error-desc or None, the source's last stderr line or None).
     failure: tuple[str | None, str | None] | None = None
 
@@ -224,14 +225,23 @@ def _vfio_failure(vm: Machine) -> tuple[str | None, str | None] | None:
     return (error, error) if error is not None else None
 
 
+# At or below this max-bandwidth (bytes/s) the precopy of the tiny scenario VMs is still running when
+# migrate-start-postcopy arrives; above it (e.g. the 128 MiB/s default) precopy has usually completed first
+# (harness sweep: postcopy-ram + events with the default bandwidth showed no postcopy-active on either
+# version; with max-bandwidth 1000 both entered postcopy-active). The threshold between is a model choice.
+SLOW_BANDWIDTH = 10_000_000
+
+
 def start_postcopy(vm: Machine) -> str | None:
     """``qmp_migrate_start_postcopy``: migrate_postcopy() (postcopy-ram or dirty-bitmaps), then state none."""
     if "postcopy-ram" not in vm.caps and "dirty-bitmaps" not in vm.caps:
         return "Enable postcopy with migrate_set_capability before the start of migration"
     if vm.status == "none":
         return "Postcopy must be started after migration has been started"
-    if vm.migration is not None:
-        vm.migration.postcopy = True
+    m = vm.migration
+    if m is not None:
+        m.postcopy_requested = True
+        m.postcopy = int(vm.params.get("max-bandwidth", 134217728)) <= SLOW_BANDWIDTH
     return None
 
 
@@ -306,7 +316,7 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
         return None
     emit(peer, "active")
     emit(peer, "failed")
-    if m.postcopy and vm.vn >= N10_0:
+    if m.postcopy_requested and vm.vn >= N10_0:
         _kill(peer, 1, "load of migration failed: Input/output error")
     else:
         _kill(peer, 1, DESTINATION_LOAD_FAILURE)
@@ -390,6 +400,23 @@ def _pause_before_switchover(scene: Scene, vm: Machine, m: Migration, peer: Mach
     return True
 
 
+def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | None:
+    """Why the destination cannot load a file/exec stream the source completed (harness sweep; the
+    destination exits 1 with "load of migration failed: ..."):
+    - compress on the source only (7.2.22): Invalid argument;
+    - x-colo on the source (10.0.2; 8.0+ assumed): Invalid argument;
+    - a background snapshot written with mapped-ram (10.0.2): Operation not permitted.
+    """
+    caps = source.caps
+    if m.background and "mapped-ram" in caps:
+        return "load of migration failed: Operation not permitted"
+    if "compress" in caps and "compress" not in destination.caps:
+        return DESTINATION_LOAD_FAILURE
+    if "x-colo" in caps and source.vn >= N8_0:
+        return DESTINATION_LOAD_FAILURE
+    return None
+
+
 def finish(scene: Scene, vm: Machine) -> None:
     """The contract's ``wait``: resolve the migration ``vm`` started, on both sides."""
     m = vm.migration
@@ -399,11 +426,30 @@ def finish(scene: Scene, vm: Machine) -> None:
     if m.failure is None and m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate":
         m.failure = _stream_mismatch(vm, peer)
         m.fails_when_active = m.failure is not None
+    if m.failure is None and not m.background and m.transport not in SOCKET_TRANSPORTS and (
+        "return-path" in vm.caps or "postcopy-ram" in vm.caps
+    ):
+        # A return path (return-path, or postcopy-ram which opens one) over a one-way channel (harness sweep):
+        # file: (10.0.2) fails reading it, "Unable to read from file: Bad file descriptor", VM left running;
+        # exec: waits for it forever, stopped for switchover in device (10.0.2) / active (7.2.22): timeout.
+        if m.transport == "file":
+            m.failure = ("Unable to read from file: Bad file descriptor", None)
+        else:
+            if vm.status == "setup":
+                emit(vm, "active")
+            if vm.vn >= N10_0:
+                emit(vm, "device")
+            vm.runstate = "finish-migrate"
+            scene.extra["timeout"] = (
+                f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: {vm.status})"
+            )
+            return
     if m.failure is None and _pause_before_switchover(scene, vm, m, peer):
         return
-    if m.background and "block" in vm.caps and vm.vn < N8_0:
+    if m.background and "block" in vm.caps and vm.vn < N8_0 and m.transport in SOCKET_TRANSPORTS:
         # 7.2.22 (harness sweep, one run): background-snapshot with block over tcp hangs the source's monitor;
-        # the executor's next query-migrate times out. The destination stays active/inmigrate.
+        # the executor's next query-migrate times out. The destination stays active/inmigrate. (Over exec it
+        # completes.)
         vm.alive = False
         if peer.alive and peer.runstate == "inmigrate" and peer.incoming:
             emit(peer, "active")
@@ -415,6 +461,8 @@ def finish(scene: Scene, vm: Machine) -> None:
         for status in ("active", "colo"):
             if vm.status != status:
                 emit(vm, status)
+        if m.transport not in SOCKET_TRANSPORTS:
+            vm.runstate = "finish-migrate"  # measured over exec: the VM is not restarted
         if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
             emit(peer, "active")
             emit(peer, "colo")
@@ -447,8 +495,15 @@ def finish(scene: Scene, vm: Machine) -> None:
     if not peer.alive or peer.runstate != "inmigrate":
         return
     # The executor loads a file into the destination once the source completed (file:F / exec:cat F).
-    if m.transport not in SOCKET_TRANSPORTS and migrate_incoming(peer, m.transport) is not None:
-        return
+    if m.transport not in SOCKET_TRANSPORTS:
+        if migrate_incoming(peer, m.transport) is not None:
+            return
+        load_error = _load_failure(vm, peer, m)
+        if load_error is not None:
+            emit(peer, "active")
+            emit(peer, "failed")
+            _kill(peer, 1, load_error)
+            return
     emit(peer, "active")
     if m.postcopy and not m.background:
         emit(peer, "postcopy-active")

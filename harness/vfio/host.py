@@ -14,6 +14,7 @@ and then the original driver is restored afterwards, also after a failure or an 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -35,9 +36,35 @@ MIGRATION_STOP_COPY = int(MigrationFlag.STOP_COPY)
 MIGRATION_P2P = int(MigrationFlag.P2P)
 MIGRATION_PRE_COPY = int(MigrationFlag.PRE_COPY)
 
-SYS_PCI = Path("/sys/bus/pci/devices")
-SYS_MDEV = Path("/sys/bus/mdev/devices")
-DEV_VFIO = Path("/dev/vfio")
+
+@dataclass(frozen=True)
+class SysfsRoots:
+    """Where the kernel's device tree lives; unit tests point these at a fake tree."""
+
+    sys: Path = Path("/sys")
+    dev_vfio: Path = Path("/dev/vfio")
+
+    @property
+    def pci_devices(self) -> Path:
+        return self.sys / "bus/pci/devices"
+
+    @property
+    def pci_bus(self) -> Path:
+        return self.sys / "bus/pci"
+
+    @property
+    def mdev_devices(self) -> Path:
+        return self.sys / "bus/mdev/devices"
+
+    @property
+    def iommu_groups(self) -> Path:
+        return self.sys / "kernel/iommu_groups"
+
+
+ROOTS = SysfsRoots()
+SYS_PCI = ROOTS.pci_devices
+SYS_MDEV = ROOTS.mdev_devices
+DEV_VFIO = ROOTS.dev_vfio
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -175,27 +202,53 @@ def _link_name(path: Path) -> str | None:
         return None
 
 
-def locate(name: str) -> tuple[str, Path, str]:
+def locate(name: str, roots: SysfsRoots = ROOTS) -> tuple[str, Path, str]:
     """(kind, sysfs path, vbasedev name) for a PCI address, an mdev UUID or a sysfs path."""
-    if name.startswith("/"):
-        path = Path(name)
-        base = path.name
-        kind = "mdev" if UUID.match(base) else "pci"
-        return kind, path, base
-    lowered = name.lower()
+    text = name.strip()
+    if text.startswith("/"):
+        path = Path(text.rstrip("/"))
+        base = path.name.lower()
+        if UUID.match(base):
+            return "mdev", path, base
+        if PCI_ADDRESS.match(base):
+            return "pci", path, base
+        raise ValueError(f"VFIO device {name!r}: a sysfs path must end in a PCI address (0000:3b:00.1) or an mdev UUID")
+    lowered = text.lower()
     if PCI_ADDRESS.match(lowered):
-        return "pci", SYS_PCI / lowered, lowered
+        return "pci", roots.pci_devices / lowered, lowered
     if re.match(r"^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$", lowered):
-        return "pci", SYS_PCI / f"0000:{lowered}", f"0000:{lowered}"
+        return "pci", roots.pci_devices / f"0000:{lowered}", f"0000:{lowered}"
     if UUID.match(lowered):
-        return "mdev", SYS_MDEV / lowered, lowered
+        return "mdev", roots.mdev_devices / lowered, lowered
     raise ValueError(f"VFIO device {name!r}: expected a PCI address (0000:3b:00.1), an mdev UUID or a sysfs path")
 
 
-def inspect(name: str, *, query_features: bool = True) -> HostVfioDevice:
+def foreign_group_members(dev: HostVfioDevice, roots: SysfsRoots = ROOTS) -> dict[str, str]:
+    """Members of the device's IOMMU group bound to a non-VFIO driver: {address: driver}.
+
+    QEMU can only use a group whose every member is bound to a VFIO driver or to no driver (bridges
+    bound to pcieport are allowed by the kernel's viability check).
+    """
+    found: dict[str, str] = {}
+    if dev.kind != "pci":
+        return found
+    for member in dev.group_members:
+        if member == dev.vbasedev_name:
+            continue
+        driver = _link_name(roots.pci_devices / member / "driver")
+        if driver is not None and driver not in VFIO_DRIVERS and driver != "pcieport":
+            found[member] = driver
+    return found
+
+
+def inspect(
+    name: str, *, query_features: bool = True, roots: SysfsRoots = ROOTS, kernel: str | None = None
+) -> HostVfioDevice:
     """Record the device's identity, group and driver, and (optionally) its migration features."""
-    kind, sysfs, vbase = locate(name)
+    kind, sysfs, vbase = locate(name, roots)
     dev = HostVfioDevice(name=name, kind=kind, sysfs=str(sysfs), vbasedev_name=vbase, exists=sysfs.exists())
+    if kernel is not None:
+        dev.kernel = kernel
     if not dev.exists:
         dev.problems.append(f"{sysfs} does not exist")
         return dev
@@ -210,33 +263,32 @@ def inspect(name: str, *, query_features: bool = True) -> HostVfioDevice:
     if dev.iommu_group is None:
         dev.problems.append(f"{vbase} has no IOMMU group (is the IOMMU enabled? intel_iommu=on / amd_iommu=on)")
         return dev
-    members_dir = Path("/sys/kernel/iommu_groups") / dev.iommu_group / "devices"
+    members_dir = roots.iommu_groups / dev.iommu_group / "devices"
     dev.group_members = sorted(p.name for p in members_dir.iterdir()) if members_dir.is_dir() else [vbase]
     if kind == "pci":
-        for member in dev.group_members:
-            driver = _link_name(SYS_PCI / member / "driver")
-            if driver is not None and driver not in VFIO_DRIVERS and driver != "pcieport":
-                dev.problems.append(
-                    f"IOMMU group {dev.iommu_group} member {member} is bound to {driver}, not to a VFIO driver: "
-                    "QEMU cannot use the group; bind every member to vfio-pci (or pass --allow-rebind)"
-                )
         if dev.driver not in VFIO_DRIVERS:
             dev.problems.append(
                 f"{vbase} is bound to {dev.driver or 'no driver'}, not to vfio-pci or a VFIO variant driver "
-                "(pass --allow-rebind to rebind it for the run)"
+                f"(bind it yourself: echo vfio-pci > {sysfs}/driver_override, or pass --allow-rebind to "
+                "rebind it for the run and restore it afterwards)"
             )
-    group_node = DEV_VFIO / dev.iommu_group
+        for member, driver in foreign_group_members(dev, roots).items():
+            dev.problems.append(
+                f"IOMMU group {dev.iommu_group} member {member} is bound to {driver}, not to a VFIO driver: "
+                "QEMU cannot use the group; bind every member to vfio-pci (or pass --allow-rebind)"
+            )
+    group_node = roots.dev_vfio / dev.iommu_group
     dev.dev_vfio_access = os.access(group_node, os.R_OK | os.W_OK)
     if not dev.dev_vfio_access:
         dev.problems.append(f"{group_node} is missing or not read/write for this user")
     if query_features and not dev.problems:
-        dev.features = query_migration_features(dev.iommu_group, vbase)
+        dev.features = query_migration_features(dev.iommu_group, vbase, roots.dev_vfio)
         if dev.features.error is not None and dev.features.flags is None:
             dev.problems.append(dev.features.error)
     return dev
 
 
-def query_migration_features(group: str, vbasedev_name: str) -> MigrationFeatures:
+def query_migration_features(group: str, vbasedev_name: str, dev_vfio: Path = DEV_VFIO) -> MigrationFeatures:
     """Ask the kernel driver, through a fresh container, what it supports for migration.
 
     Mirrors vfio_migration_query_flags() and vfio_devices_all_device_dirty_tracking()'s PROBE of
@@ -244,11 +296,11 @@ def query_migration_features(group: str, vbasedev_name: str) -> MigrationFeature
     """
     fds: list[int] = []
     try:
-        container = os.open(DEV_VFIO / "vfio", os.O_RDWR)
+        container = os.open(dev_vfio / "vfio", os.O_RDWR)
         fds.append(container)
         if fcntl.ioctl(container, VFIO_GET_API_VERSION) != VFIO_API_VERSION:
             return MigrationFeatures(error="unknown VFIO API version")
-        group_fd = os.open(DEV_VFIO / group, os.O_RDWR)
+        group_fd = os.open(dev_vfio / group, os.O_RDWR)
         fds.append(group_fd)
         status = _GroupStatus(ctypes.sizeof(_GroupStatus), 0)
         fcntl.ioctl(group_fd, VFIO_GROUP_GET_STATUS, status)
@@ -291,6 +343,29 @@ def _probe(device_fd: int, feature_id: int) -> bool:
     return True
 
 
+def kernel_dirty_report_works(kernel: str | None = None, *, boot: Path = Path("/boot")) -> bool | None:
+    """Whether the kernel's vfio.ko can report device dirty pages, from the kernel's configuration.
+
+    vfio.ko's DMA-logging report uses iova_bitmap, which is only built with CONFIG_IOMMUFD_DRIVER; without
+    it the stubs return -EOPNOTSUPP and precopy fails in ram_save_setup (vfio-mtty-lab.md P3). None when
+    the configuration cannot be read (then pass dirty-report=works|fails).
+    """
+    release = kernel or platform.release()
+    text: str | None = None
+    config = boot / f"config-{release}"
+    try:
+        text = config.read_text(errors="replace")
+    except OSError:
+        try:
+            import gzip
+
+            with gzip.open("/proc/config.gz", "rt") as fh:
+                text = fh.read()
+        except OSError:
+            return None
+    return re.search(r"^CONFIG_IOMMUFD_DRIVER=y$", text, re.M) is not None
+
+
 # --- rebinding (only with --allow-rebind) -----------------------------------------------------------------
 
 
@@ -301,12 +376,18 @@ class DriverRebinder:
     host back as it found it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, roots: SysfsRoots = ROOTS) -> None:
+        self._roots = roots
         self._original: dict[str, str | None] = {}
         self._installed = False
 
+    @property
+    def rebound(self) -> dict[str, str | None]:
+        """{address: original driver} of every device this rebinder moved to vfio-pci."""
+        return dict(self._original)
+
     def bind_to_vfio(self, address: str) -> None:
-        path = SYS_PCI / address
+        path = self._roots.pci_devices / address
         driver = _link_name(path / "driver")
         if driver in VFIO_DRIVERS:
             return
@@ -315,20 +396,33 @@ class DriverRebinder:
         (path / "driver_override").write_text("vfio-pci")
         if driver is not None:
             (path / "driver" / "unbind").write_text(address)
-        Path("/sys/bus/pci/drivers_probe").write_text(address)
+        (self._roots.pci_bus / "drivers_probe").write_text(address)
+
+    def prepare(self, dev: HostVfioDevice) -> list[str]:
+        """Binds the device and its group's foreign members to vfio-pci; the addresses it moved."""
+        moved: list[str] = []
+        if dev.kind != "pci":
+            return moved
+        for address in [dev.vbasedev_name, *foreign_group_members(dev, self._roots)]:
+            before = address in self._original
+            self.bind_to_vfio(address)
+            if not before and address in self._original:
+                moved.append(address)
+        return moved
 
     def restore(self) -> None:
         while self._original:
             address, driver = self._original.popitem()
-            path = SYS_PCI / address
+            path = self._roots.pci_devices / address
             try:
                 if _link_name(path / "driver") is not None:
                     (path / "driver" / "unbind").write_text(address)
                 (path / "driver_override").write_text("\n")
                 if driver is not None:
-                    Path("/sys/bus/pci/drivers").joinpath(driver, "bind").write_text(address)
+                    (self._roots.pci_bus / "drivers" / driver / "bind").write_text(address)
             except OSError:
-                Path("/sys/bus/pci/drivers_probe").write_text(address)
+                with contextlib.suppress(OSError):
+                    (self._roots.pci_bus / "drivers_probe").write_text(address)
 
     def _install(self) -> None:
         if self._installed:

@@ -15,6 +15,7 @@ Other options: ``qemu`` (the L1 QEMU binary), ``series`` (Debian kernel series o
 
 from __future__ import annotations
 
+import asyncio
 import compileall
 import json
 import pickle
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from harness.vfio_lab.boot import BootResult
     from harness.vfio_lab.build import LabImage
 
-PROVIDERS = ("mtty",)
+PROVIDERS = ("mtty", "host")
 VARIANT_ALIASES = {"stock": "stock", "iovabm": "iovabm", "fails": "stock", "works": "iovabm"}
 # Budget of one batch: the boot (measured 4-11 s under load) plus a generous bound per scenario (the
 # slowest measured, a completed migration pair, takes about 3 s).
@@ -45,8 +46,15 @@ KEEP_RUNS = 20
 
 
 class VfioProvider(Protocol):
-    name: str
-    kernel: str
+    """What every provider offers the runner (harness.runner.VfioProvider is the subset it uses)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kernel(self) -> str:
+        """The kernel the VFIO devices are driven by (recorded in every outcome)."""
+        ...
 
     async def run_batch(self, scenarios: Sequence[Scenario], binaries: Sequence[QemuBinary]) -> list[Outcome]: ...
 
@@ -113,10 +121,9 @@ class MttyLabProvider:
         from harness.vfio_lab.build import REPO, cache_root
         from harness.vfio_lab.inside import LAB_ERROR, OUTCOMES, REQUEST, RUNNER, Request
 
-        image = self.image
-        # The guest imports the harness over 9p under TCG; compiling it there costs seconds per boot.
-        for package in ("harness", "reference_impl"):
-            compileall.compile_dir(REPO / package, quiet=1)
+        # The runner runs plain scenarios on the same event loop: a (cold) build must not block it.
+        image = await asyncio.to_thread(lambda: self.image)
+        await asyncio.to_thread(_precompile, REPO)
         runs = cache_root() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         _prune_runs(runs)
@@ -183,6 +190,12 @@ class MttyLabProvider:
             shutil.rmtree(self.last_run_dir, ignore_errors=True)
 
 
+def _precompile(repo: Path) -> None:
+    """The guest imports the harness over 9p under TCG; compiling it there would cost seconds per boot."""
+    for package in ("harness", "reference_impl"):
+        compileall.compile_dir(repo / package, quiet=1)
+
+
 def _prune_runs(runs: Path) -> None:
     """Keeps the newest KEEP_RUNS run folders (serial logs, dmesg, outcomes) for diagnosis."""
     folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -190,11 +203,26 @@ def _prune_runs(runs: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def get_provider(name: str, options: Mapping[str, Any] | None = None) -> MttyLabProvider:
-    """The provider called ``name``; ValueError for unknown names or options (the runner reports it)."""
+def get_provider(name: str, options: Mapping[str, Any] | None = None) -> VfioProvider:
+    """The provider called ``name``; ValueError for unknown names or options (the runner reports it).
+
+    ``mtty`` is the lab (this module); ``host`` is real devices on this machine
+    (harness.vfio.host_provider, which parses its own options).
+    """
+    if name == "mtty":
+        return mtty_provider(options)
+    if name == "host":
+        try:
+            from harness.vfio.host_provider import get_host_provider
+        except ImportError as exc:
+            raise ValueError(f"the host VFIO provider is not available in this installation: {exc}") from None
+        return get_host_provider(options)
+    raise ValueError(f"unknown VFIO provider {name!r} (available: {', '.join(PROVIDERS)})")
+
+
+def mtty_provider(options: Mapping[str, Any] | None = None) -> MttyLabProvider:
+    """The lab provider from its options: variant (or dirty-report), qemu, series, timeout."""
     opts = dict(options or {})
-    if name != "mtty":
-        raise ValueError(f"unknown VFIO provider {name!r} (available: {', '.join(PROVIDERS)})")
     variant = str(opts.pop("variant", opts.pop("dirty-report", "stock")))
     qemu = opts.pop("qemu", None)
     series = opts.pop("series", None)

@@ -4,13 +4,16 @@ script's versions, PATH): one test per scenario x binary, real QEMU against the 
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
-from harness.runner import Target, targets_for_binaries
+from harness.results import Results
+from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
 from reference_impl.scenario import Scenario
 
 SUITE = Path(__file__).resolve().parent / "scenarios"
@@ -49,6 +52,32 @@ def differential_ready() -> None:
     missing = executor_missing() or model_missing()
     if missing:
         pytest.skip(missing)
+
+
+VFIO_PROVIDER_ENV = "MIGCONFORM_VFIO_PROVIDER"  # e.g. mtty: VFIO scenarios run in that provider
+VFIO_OPTIONS_ENV = "MIGCONFORM_VFIO_OPTIONS"  # e.g. "variant=iovabm", comma-separated KEY=VALUE
+
+
+@pytest.fixture(scope="session")
+def vfio_batch() -> Callable[[], Results | None]:
+    """The VFIO scenarios' results from one provider batch per worker (the lab boots once), or None
+    without ``$MIGCONFORM_VFIO_PROVIDER`` (then the executor skips their real side and says why)."""
+    cache: dict[str, Results] = {}
+
+    def get() -> Results | None:
+        name = os.environ.get(VFIO_PROVIDER_ENV)
+        if not name:
+            return None
+        if "results" not in cache:
+            options = dict(
+                item.split("=", 1) for item in os.environ.get(VFIO_OPTIONS_ENV, "").split(",") if "=" in item
+            )
+            scenarios = [s for s in suite() if needs_vfio(s)]
+            run = RunOptions(backend="both", jobs=1, vfio_provider=name, vfio_options=options)
+            cache["results"] = run_sync(scenarios, targets_for_binaries(binaries()), run)
+        return cache["results"]
+
+    return get
 
 
 def case_id(scenario: Scenario, target: Target) -> str:

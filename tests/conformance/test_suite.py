@@ -2,23 +2,33 @@
 
 Runs through the same runner as ``migconform run`` (one item per test, so ``pytest -n 2`` spreads the
 suite over workers). A divergence fails with both sides' values; a skip names its reason.
+
+VFIO scenarios need a device: with ``MIGCONFORM_VFIO_PROVIDER=mtty`` they run in the mtty lab (one batch
+per worker), otherwise their real side is skipped with the executor's reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from harness.report import console
-from harness.runner import RunOptions, Target, run_sync
+from harness.results import Results
+from harness.runner import RunOptions, Target, needs_vfio, run_sync
 from reference_impl.scenario import Scenario
 
 pytestmark = pytest.mark.qemu
 
 
 @pytest.mark.usefixtures("differential_ready")
-def test_conformance(conformance_case: tuple[Scenario, Target]) -> None:
+def test_conformance(conformance_case: tuple[Scenario, Target], vfio_batch: Callable[[], Results | None]) -> None:
     scenario, target = conformance_case
-    results = run_sync([scenario], [target], RunOptions(backend="both", jobs=1, timeout=60.0))
+    batch = vfio_batch() if needs_vfio(scenario) else None
+    if batch is not None:
+        results = batch.select(scenario.id, target.column)
+    else:
+        results = run_sync([scenario], [target], RunOptions(backend="both", jobs=1, timeout=60.0))
     report = console.render(results)
     assert not results.errors, f"harness error:\n{report}"
     if results.skips:

@@ -122,9 +122,10 @@ def test_release_all_removes_what_was_not_released(tmp_path: Path) -> None:
 
 
 def test_provider_options() -> None:
-    assert provider_mod.get_provider("mtty", {}).variant == "stock"
-    assert provider_mod.get_provider("mtty", {"dirty-report": "works"}).variant == "iovabm"
-    assert provider_mod.get_provider("mtty", {"variant": "iovabm", "series": "6.1"}).series == "6.1"
+    assert provider_mod.mtty_provider({}).variant == "stock"
+    assert provider_mod.mtty_provider({"dirty-report": "works"}).variant == "iovabm"
+    assert provider_mod.mtty_provider({"variant": "iovabm", "series": "6.1"}).series == "6.1"
+    assert isinstance(provider_mod.get_provider("mtty", {}), provider_mod.MttyLabProvider)
     with pytest.raises(ValueError, match="unknown VFIO provider"):
         provider_mod.get_provider("vfio-real", {})
     with pytest.raises(ValueError, match="unknown option"):

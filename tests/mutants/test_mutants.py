@@ -137,6 +137,32 @@ def test_every_patch_is_described_small_and_named_by_kind() -> None:
         assert mutant_kind(name) == ("vfio" if files[0].startswith("hw/vfio/") else "core")
 
 
+def test_work_tree_switches_patches_and_repairs_an_interrupted_build(tmp_path: Path) -> None:
+    builder = MutantBuilder(cache=tmp_path, log=lambda _msg: None)
+    (builder.pristine / "src").mkdir(parents=True)
+    (builder.pristine / "configure").write_text("#!/bin/sh\n")
+    original = "int check(void)\n{\n    return -1;\n}\n"
+    (builder.pristine / "src" / "gate.c").write_text(original)
+    patch = tmp_path / "core-x.patch"
+    patch.write_text("drop the check\n\n--- a/src/gate.c\n+++ b/src/gate.c\n@@ -1,4 +1,4 @@\n int check(void)\n"
+                     " {\n-    return -1;\n+    return 0;\n }\n")
+    gate = builder.work / "src" / "gate.c"
+    builder.prepare_work(patch)
+    assert "return 0;" in gate.read_text()
+    builder.prepare_work(None)
+    assert gate.read_text() == original
+    # A build interrupted after patching: the state file still names the file, so the next switch repairs it.
+    builder.prepare_work(patch)
+    builder.prepare_work(patch)  # applying again over a patched tree must not fail or double-apply
+    assert gate.read_text().count("return 0;") == 1
+    builder.prepare_work(None)
+    assert gate.read_text() == original
+
+
+def test_stale_without_any_source_lists_everything(tmp_path: Path) -> None:
+    assert MutantBuilder(cache=tmp_path).stale([UNMODIFIED, "core-x"]) == [UNMODIFIED, "core-x"]
+
+
 def test_patches_apply_to_the_unpacked_source() -> None:
     pristine = MutantBuilder().pristine
     if not (pristine / "configure").is_file():

@@ -97,6 +97,7 @@ def test_destination_started_paused() -> None:
 )
 def test_postcopy(version: str, source_events: list[str]) -> None:
     outcome = steps(Step("set-capabilities", side="both", capabilities={"postcopy-ram": True, "events": True}),
+                    Step("set-parameters", parameters={"max-bandwidth": 1000}),
                     Step("migrate"), Step("start-postcopy"), Step("wait"), version=version)
     assert outcome.verdict == "completed"
     assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
@@ -351,3 +352,41 @@ def test_sweep_orderings_on_7_2() -> None:
     # real 7.2.22: a broken stream fails after active (events setup, active, failed)
     outcome = mig("7.2", capabilities={"compress": True, "events": True})
     assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "failed"]
+
+
+def test_fast_precopy_finishes_before_postcopy() -> None:
+    # real (harness sweep, both versions): with the default bandwidth the idle VM's precopy completes before
+    # the switch; no postcopy-active event.
+    outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True}, mode="postcopy")
+    assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "device", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("version", "transport", "expected"),
+    [
+        # real 10.0.2 (harness sweep): a return path over file: / exec:
+        ("10.0", "file", ("failed", "Unable to read from file: Bad file descriptor", ("failed", "running"))),
+        ("10.0", "exec", ("failed", "timed out after 60 s waiting for the source migration to end (last seen: device)",
+                          ("device", "finish-migrate"))),
+        ("7.2", "exec", ("failed", "timed out after 60 s waiting for the source migration to end (last seen: active)",
+                         ("active", "finish-migrate"))),
+    ],
+)
+def test_return_path_over_one_way_transports(version: str, transport: str, expected: tuple[Any, ...]) -> None:
+    for caps in ({"return-path": True}, {"postcopy-ram": True}):
+        outcome = mig(version, capabilities=caps, transport=transport)
+        assert (outcome.verdict, outcome.error, states(outcome)[0]) == expected
+        assert states(outcome)[1] == ("none", "inmigrate")
+
+
+def test_stream_load_failures() -> None:
+    # real (harness sweep): the destination cannot load the file; the source completed.
+    for version, caps, line in (
+        ("7.2", {"compress": True}, "Invalid argument"),
+        ("10.0", {"x-colo": True}, "Invalid argument"),
+    ):
+        outcome = mig(version, capabilities=caps, transport="exec")
+        assert outcome.error == f"destination QEMU exited with status 1: load of migration failed: {line}"
+        assert states(outcome) == (("completed", "postmigrate"), None)
+    outcome = mig("10.0", capabilities={"mapped-ram": True}, mode="background-snapshot")
+    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Operation not permitted"

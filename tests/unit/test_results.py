@@ -89,3 +89,11 @@ def test_merge_keeps_not_run_that_nobody_ran() -> None:
     merged = merge([part, results_with(("a", "10.0.2", True))])
     assert merged.not_run == [WorkItem("z", "7.2.22")]
     assert merged.meta["versions"] == ["7.2.22", "10.0.2"]
+
+
+def test_select_one_cell() -> None:
+    res = results_with(("a", "10.0.2", True), ("a", "7.2.22", False), ("b", "10.0.2", True))
+    res.skips.append(Skip("a", "10.0.2", "why"))
+    part = res.select("a", "10.0.2")
+    assert [(o.scenario, o.qemu_version) for o in part.outcomes] == [("a", "10.0.2")] * 2
+    assert [c.agree for c in part.comparisons] == [True] and [s.reason for s in part.skips] == ["why"]
