@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--json", type=Path, metavar="FILE")
     sweep.add_argument("--html", type=Path, metavar="FILE")
     sweep.add_argument("--quiet", action="store_true")
+
+    from harness import certify
+
+    cert = sub.add_parser("certify", help="certify a VFIO device: JSON + HTML + JUnit bundle in -o DIR")
+    certify.add_arguments(cert)
     return parser
 
 
@@ -367,6 +372,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_certify(args: argparse.Namespace) -> int:
+    from harness import certify
+
+    return certify.main(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "conformance": cmd_conformance,
@@ -374,6 +385,7 @@ COMMANDS = {
     "report": cmd_report,
     "qemus": cmd_qemus,
     "sweep": cmd_sweep,
+    "certify": cmd_certify,
 }
 
 

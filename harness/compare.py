@@ -32,6 +32,7 @@ _UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 _PCI = re.compile(r"\b[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b")
 # host:port after an IPv4 address, localhost or a bracketed IPv6 address
 _PORT = re.compile(r"((?:\d{1,3}\.){3}\d{1,3}|localhost|\[[0-9a-fA-F:.]*\]):\d{1,5}\b")
+_AUTO_NODE = re.compile(r"#block\d+")
 # An absolute path with at least two components, not glued to a word or a placeholder.
 _PATH = re.compile(r"(?<![\w<>.~/-])/[\w.+-]+(?:/[\w.+@-]*)+")
 
@@ -50,6 +51,8 @@ def normalise(
     for device_id, host_name in sorted(pairs, key=lambda item: -len(item[1])):
         if host_name:
             text = text.replace(host_name, f"<{device_id}>")
+    # Auto-generated block node names ("#block123") change from run to run (reference_impl.catalog).
+    text = _AUTO_NODE.sub("#block<N>", text)
     text = _UUID.sub("<uuid>", text)
     text = _PCI.sub("<pci>", text)
     text = _PORT.sub(r"\1:<port>", text)

@@ -64,6 +64,9 @@ DESTINATION_AFTER_FAILURE_S = 5.0
 # 7.2's destination "setup" at migrate-incoming, which it sends even with events off.
 ENABLE_EVENTS = False
 COMMAND_TIMEOUT_S = 30.0
+# Precopy bandwidth before a scenario's start-postcopy (see _ScenarioRun._pace_for_postcopy): 256 MiB of
+# zero pages take about half a second at this rate, ample time for the switch.
+POSTCOPY_PACING_BYTES_PER_S = 1_000_000
 
 
 class _Refused(Exception):
@@ -153,6 +156,7 @@ class _ScenarioRun:
         (once per launch: the mtty lab needs a fresh mdev for every QEMU, vfio-mtty-lab.md P4)."""
         launch = self.launches[side]
         args: list[str] = []
+        unnamed = 0
         for device in spec.devices:
             extra: Mapping[str, str] | None = None
             if device.driver == "vfio-pci":
@@ -160,7 +164,12 @@ class _ScenarioRun:
                 allocated = self.allocator.allocate(device)
                 launch.allocated.append(allocated)
                 extra = allocated.properties
-                launch.names[device.id or f"vfio{len(launch.names)}"] = allocated.host_name
+                # Keyed like the model's placeholders (reference_impl.vfio.api.placeholder_name).
+                if device.id is None:
+                    launch.names[f"vfio-pci#{unnamed}"] = allocated.host_name
+                    unnamed += 1
+                else:
+                    launch.names[device.id] = allocated.host_name
                 self._record_vfio_names()
             args += ["-device", device.device_arg(extra)]
         return args
@@ -322,8 +331,18 @@ class _ScenarioRun:
                 await self._command(stage, pair.set_parameters(side, step.parameters))
         elif action == "migrate":
             transport = migrate_transport(self.scenario, step)
-            await self._command(stage, pair.migrate(transport))
-            self.migration_started = True
+            for side in sides:
+                if side == "destination":
+                    # Migrating out of the destination: the pre-checks (e.g. "Guest is waiting for an
+                    # incoming migration") are what such a step tests; the stream goes nowhere useful.
+                    await self._command(stage, pair.migrate_from_destination(transport))
+                    continue
+                await self._pace_for_postcopy(pair)
+                await self._command(stage, pair.migrate(transport))
+                self.migration_started = True
+                # Leave setup before the next step, so that a scenario that ends while the migration is
+                # still running sees one status (active), not setup or active depending on timing.
+                await self._wait_left_setup(pair)
         elif action == "start-postcopy":
             await self._wait_left_setup(pair)
             await self._command(stage, pair.start_postcopy())
@@ -347,6 +366,23 @@ class _ScenarioRun:
                 await self._snapshot_save(pair, side, step, stage)
         else:
             raise ValueError(f"unknown action {action!r}")
+
+    async def _pace_for_postcopy(self, pair: MigrationPair) -> None:
+        """Make a scenario's ``start-postcopy`` switch a real one.
+
+        A VM without a guest OS has almost only zero pages, so an unthrottled precopy ends before
+        ``migrate-start-postcopy`` arrives and postcopy never runs. Like QEMU's own tests
+        (migrate_ensure_non_converge), throttle the precopy phase; postcopy itself is limited only by
+        max-postcopy-bandwidth (default unlimited), so the rest then goes at full speed. A scenario that sets
+        max-bandwidth itself keeps its own value.
+        """
+        steps = expand_steps(self.scenario)
+        if not any(step.action == "start-postcopy" for step in steps):
+            return
+        if any("max-bandwidth" in step.parameters for step in steps if step.action == "set-parameters"):
+            return
+        with contextlib.suppress(QmpCommandError):
+            await pair.set_parameters("source", {"max-bandwidth": POSTCOPY_PACING_BYTES_PER_S})
 
     async def _wait_left_setup(self, pair: MigrationPair) -> None:
         """Bounded; a migration that ends (or never started) meanwhile is left to the command to judge."""

@@ -175,6 +175,20 @@ class MigrationPair:
         await self.source.qmp("migrate", uri=uri)
         return uri
 
+    async def migrate_from_destination(self, transport: str) -> str:
+        """``migrate`` issued on the destination; the stream goes to a file or socket of the private folder."""
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r} (allowed: {', '.join(TRANSPORTS)})")
+        target = self.private / "from-destination"
+        uri = {
+            "tcp": "tcp:127.0.0.1:1",  # nothing listens on port 1: an asynchronous connect failure
+            "unix": f"unix:{target}.sock",
+            "file": f"file:{target}.stream",
+            "exec": f"exec:cat > {target}.stream",
+        }[transport]
+        await self.destination.qmp("migrate", uri=uri)
+        return uri
+
     async def load_stream(self) -> None:
         """Feed the file the source wrote into the destination (file: or exec:cat)."""
         if self.stream_transport is None or self.stream_loaded:

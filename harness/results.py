@@ -127,6 +127,15 @@ class Results:
         )
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Replace ``path`` in one step (temporary file in the same folder, then rename)."""
     target = Path(path)
@@ -135,6 +144,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; a report is for others to read too
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

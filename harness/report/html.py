@@ -44,6 +44,9 @@ table.sides th { background: #f8d7d7; color: #1d1d1f; }
 table.sides td.field { width: 9em; font-weight: 600; }
 table.sides td { font-family: ui-monospace, "DejaVu Sans Mono", monospace; background: #fff; }
 pre { white-space: pre-wrap; margin: .2em 0; font-size: 12px; }
+.jump a { display: inline-block; margin: .15em .3em .15em 0; padding: 0 .4em; border-radius: 3px;
+          font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; text-decoration: none;
+          color: #1d1d1f; }
 """
 
 _SUMMARY_COLOURS = {
@@ -136,6 +139,20 @@ def _meta_html(results: Results) -> str:
     return "<br>".join(lines)
 
 
+def _jump_list(matrix: Matrix) -> str:
+    """Links to the rows that need attention: with hundreds of rows, divergences are otherwise hard to find."""
+    links = []
+    for scenario in matrix.scenarios:
+        for column in matrix.columns:
+            cell = matrix.cell(scenario, column)
+            if cell is not None and cell.kind in ("diverge", "error", "not-run"):
+                label = f"{scenario} [{column}]"
+                links.append(f'<a class="{cell.kind}" href="#{escape(scenario)}">{escape(label)}</a>')
+    if not links:
+        return ""
+    return f'<p class="jump"><b>attention:</b> {" ".join(links)}</p>'
+
+
 def render(results: Results, matrix: Matrix | None = None, title: str = "migconform results") -> str:
     matrix = matrix or build_matrix(results)
     counts = matrix.counts()
@@ -161,6 +178,7 @@ def render(results: Results, matrix: Matrix | None = None, title: str = "migconf
         f'<div class="meta">{_meta_html(results)}</div>'
         f'<div class="summary">{"".join(badges)}</div>'
         f'<p class="meta">{escape(summary_line(matrix))}</p>'
+        f"{_jump_list(matrix)}"
         f'<table class="matrix"><thead><tr><th class="scenario">scenario</th>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
         "</body></html>\n"

@@ -21,7 +21,9 @@ import fcntl
 import os
 import platform
 import re
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,8 +271,10 @@ def inspect(
         if dev.driver not in VFIO_DRIVERS:
             dev.problems.append(
                 f"{vbase} is bound to {dev.driver or 'no driver'}, not to vfio-pci or a VFIO variant driver "
-                f"(bind it yourself: echo vfio-pci > {sysfs}/driver_override, or pass --allow-rebind to "
-                "rebind it for the run and restore it afterwards)"
+                f"(bind it yourself: driverctl set-override {vbase} vfio-pci, or echo vfio-pci > "
+                f"{sysfs}/driver_override, echo {vbase} > {sysfs}/driver/unbind and echo {vbase} > "
+                "/sys/bus/pci/drivers_probe; or pass --allow-rebind to rebind it for the run and restore it "
+                "afterwards)"
             )
         for member, driver in foreign_group_members(dev, roots).items():
             dev.problems.append(
@@ -391,6 +395,9 @@ class DriverRebinder:
         driver = _link_name(path / "driver")
         if driver in VFIO_DRIVERS:
             return
+        if not (self._roots.pci_bus / "drivers" / "vfio-pci").is_dir() and shutil.which("modprobe"):
+            # vfio-pci must be loaded for drivers_probe to bind it (the kernel does not load it for us).
+            subprocess.run(["modprobe", "vfio-pci"], capture_output=True, check=False)
         self._install()
         self._original[address] = driver
         (path / "driver_override").write_text("vfio-pci")

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +104,7 @@ class HostProvider:
         roots: SysfsRoots = ROOTS,
         allocator_factory: Any = None,
         kernel: str | None = None,
+        inspector: Callable[..., HostVfioDevice] = inspect,
     ) -> None:
         if not names:
             raise HostDeviceRefused(
@@ -119,6 +120,7 @@ class HostProvider:
         # The lab wraps the allocator (it recreates an mdev after every launch, as a reset would).
         self._allocator_factory = allocator_factory
         self.rebinder = DriverRebinder(roots)
+        self._inspect = inspector  # unit tests on a fake sysfs tree replace the ioctl query
         self.devices: list[HostVfioDevice] | None = None
 
     # ---- before any QEMU ---------------------------------------------------------------------------
@@ -126,14 +128,14 @@ class HostProvider:
         """Inspects every device (once); raises HostDeviceRefused when one is not usable."""
         if self.devices is not None:
             return self.devices
-        devices = [inspect(name, roots=self.roots, kernel=self.kernel) for name in self.names]
+        devices = [self._inspect(name, roots=self.roots, kernel=self.kernel) for name in self.names]
         if self.allow_rebind:
             moved = False
             for dev in devices:
                 if dev.exists and dev.iommu_group is not None and dev.kind == "pci":
                     moved = bool(self.rebinder.prepare(dev)) or moved
             if moved:
-                devices = [inspect(name, roots=self.roots, kernel=self.kernel) for name in self.names]
+                devices = [self._inspect(name, roots=self.roots, kernel=self.kernel) for name in self.names]
         unusable = [d for d in devices if not d.usable]
         if unusable:
             self.rebinder.restore()

@@ -36,6 +36,7 @@ from harness.guest.session import (
     verify,
     verify_blocking,
 )
+from harness.machine import QemuMachine
 
 VERSIONS = ("10.0", "7.2")
 SPEC = GuestSpec(memory="16M", dirty_rate=2000, boot_timeout=60.0)
@@ -173,40 +174,34 @@ def _assert_clean(report: GuestReport, pages: int, where: str = "destination") -
     assert report.bad_pages == 0, f"{where}: {report.detail}"
 
 
-@pytest.mark.qemu
-def test_precopy_while_the_guest_writes(qemu: QemuBinary, guest_image: GuestImage, workdir: Path) -> None:
-    async def scenario() -> None:
-        lab = GuestLab(qemu, guest_image, SPEC, workdir)
-        try:
-            src = await lab.launch("source", "source")
-            dst = await lab.launch("destination", "destination", incoming=True)
-            pages = await start(await src.console(), SPEC)
-            uri = f"unix:{workdir}/migration.sock"
-            await dst.machine.qmp("migrate-incoming", uri=uri)
-            await src.machine.qmp("migrate", uri=uri)
-            final = await wait_status(src.machine, ENDED, MIGRATION_TIMEOUT)
-            assert final["status"] == "completed", final
-            # The workload kept dirtying pages, so precopy needed more than one pass over RAM.
-            assert final["ram"]["dirty-sync-count"] >= 2, final["ram"]
-            await wait_runstate(dst.machine, ("running",), 10)
-            _assert_clean(await verify(await dst.console()), pages)
-        finally:
-            await lab.shutdown()
+def _is_72(qemu: QemuBinary) -> bool:
+    return (qemu.version.major, qemu.version.minor) == (7, 2)
 
-    _run(scenario())
+
+# QEMU 7.2.22 under TCG loses dirty pages once precopy runs several passes (docs/guests.md). The tests whose
+# subject is not precopy's iteration (cancel and retry, corruption detection) make 7.2's migration finish after
+# the first pass, with a downtime limit large enough to send the rest in one stop, so they test what they are
+# about. test_precopy_over_many_passes is the one that iterates on purpose.
+SINGLE_PASS_72 = {"downtime-limit": 20000}
+
+
+async def _avoid_72_page_loss(qemu: QemuBinary, vm: QemuMachine) -> None:
+    if _is_72(qemu):
+        await vm.qmp("migrate-set-parameters", SINGLE_PASS_72)
 
 
 @pytest.mark.qemu
 def test_precopy_over_many_passes(
     qemu: QemuBinary, guest_image: GuestImage, workdir: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A precopy slow enough to need several passes over RAM while the guest writes.
+    """Precopy slow enough (32 MiB/s) to need several passes over RAM while the guest writes; every page must
+    arrive in its latest version.
 
     QEMU 7.2.22 under TCG loses pages here: the destination's RAM differs from the stopped source's in a few
     pages (kernel data and the workload's), the check reports them and the guest often panics (docs/guests.md).
-    QEMU 10.0.2 passes every time. Marked as an expected failure on 7.2, not strict: a run may get lucky.
+    QEMU 10.0.2 passes every time. An expected failure on 7.2, not strict: a run may get lucky.
     """
-    if (qemu.version.major, qemu.version.minor) == (7, 2):
+    if _is_72(qemu):
         reason = "QEMU 7.2.22 loses dirty pages in multi-pass precopy under TCG (docs/guests.md)"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
 
@@ -222,7 +217,9 @@ def test_precopy_over_many_passes(
             await src.machine.qmp("migrate", uri=uri)
             final = await wait_status(src.machine, ENDED, MIGRATION_TIMEOUT)
             assert final["status"] == "completed", final
+            # The workload kept dirtying pages, so precopy needed more than one pass over RAM.
             assert final["ram"]["dirty-sync-count"] >= 3, final["ram"]
+            await wait_runstate(dst.machine, ("running",), 10)
             _assert_clean(await verify(await dst.console()), pages)
         finally:
             await lab.shutdown()
@@ -323,8 +320,8 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
             _assert_clean(await asyncio.to_thread(verify_blocking, source_console), pages, "source after cancel")
 
             second = await lab.launch("destination2", "destination", incoming=True)
-            # Back to the default: a slower precopy needs more passes, which QEMU 7.2 does not survive (below).
             await src.machine.qmp("migrate-set-parameters", {"max-bandwidth": default_bandwidth})
+            await _avoid_72_page_loss(qemu, src.machine)
             uri = f"unix:{workdir}/second.sock"
             await second.machine.qmp("migrate-incoming", uri=uri)
             await src.machine.qmp("migrate", uri=uri)
@@ -339,9 +336,10 @@ def test_cancel_then_retry(qemu: QemuBinary, guest_image: GuestImage, workdir: P
 
 
 @pytest.mark.qemu
-def test_a_corrupted_page_is_reported(qemu: QemuBinary, guest_image: GuestImage, workdir: Path) -> None:
-    """The check can fail: one page overwritten behind the guest's back after the migration is found, and only
-    that page. The write goes through the destination's gdbstub in physical-address mode (harness.guest.poke)."""
+def test_precopy_then_one_corrupted_page_is_found(qemu: QemuBinary, guest_image: GuestImage, workdir: Path) -> None:
+    """Precopy while the guest writes, a clean check on the destination; then the check can fail: one page
+    overwritten behind the guest's back is found, and only that page. The write goes through the destination's
+    gdbstub in physical-address mode (harness.guest.poke)."""
 
     async def scenario() -> None:
         lab = GuestLab(qemu, guest_image, SPEC, workdir)
@@ -349,15 +347,17 @@ def test_a_corrupted_page_is_reported(qemu: QemuBinary, guest_image: GuestImage,
             src = await lab.launch("source", "source")
             dst = await lab.launch("destination", "destination", incoming=True)
             pages = await start(await src.console(), SPEC)
+            await _avoid_72_page_loss(qemu, src.machine)
             uri = f"unix:{workdir}/migration.sock"
             await dst.machine.qmp("migrate-incoming", uri=uri)
             await src.machine.qmp("migrate", uri=uri)
             final = await wait_status(src.machine, ENDED, MIGRATION_TIMEOUT)
             assert final["status"] == "completed", final
             await wait_runstate(dst.machine, ("running",), 10)
-
+            # Before the corruption, the check must pass: the one bad page found below is the one written.
             console = await dst.console()
-            await asyncio.to_thread(console.wait_for_prompt, 20)
+            _assert_clean(await asyncio.to_thread(verify_blocking, console), pages)
+
             # Stop rewriting first, or the workload would rewrite (and so repair) the page before the check.
             await asyncio.to_thread(console.check, "memload rate 0")
             victim = pages // 2 + 7

@@ -5,6 +5,7 @@ and certification's scenario set and verdict."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def _fake_host(tmp_path: Path, drivers: dict[str, str | None]) -> SysfsRoots:
     roots.dev_vfio.mkdir(parents=True)
     (roots.dev_vfio / GROUP).write_text("")
     roots.pci_devices.mkdir(parents=True)
+    (roots.pci_bus / "drivers" / "vfio-pci").mkdir(parents=True)  # loaded: the rebinder never runs modprobe
     (roots.pci_bus / "drivers_probe").write_text("")
     for address, driver in drivers.items():
         dev = roots.pci_devices / address
@@ -271,3 +273,51 @@ def test_verdict_needs_agreement_and_a_migration() -> None:
     assert not passed and "disagree on stage" in reasons[0]
     passed, reasons = decide(good, [_device(DEVICE, None)])
     assert not passed and "offers no VFIO migration" in reasons[0]
+
+
+# --- the provider's batch, with a fake executor ----------------------------------------------------------
+
+
+def test_run_batch_records_devices_and_skips_shortages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import harness.executor
+    from harness.binaries import QemuBinary
+    from harness.vfio.allocator import VfioDeviceAllocator
+    from reference_impl.versions import Version
+
+    roots = _fake_host(tmp_path, {DEVICE: "vfio-pci", SIBLING: "vfio-pci"})
+    calls: list[str] = []
+
+    async def fake_execute(
+        scenario: Scenario, binary: QemuBinary, *, workdir: Path, allocator: VfioDeviceAllocator, timeout: float
+    ) -> Outcome:
+        calls.append(scenario.id)
+        source = allocator.allocate(scenario.source.vfio_devices[0])
+        destination = allocator.allocate(scenario.destination.vfio_devices[0])
+        allocator.release(source)
+        allocator.release(destination)
+        outcome = Outcome(scenario=scenario.id, backend="qemu", qemu_version="10.0.2", verdict="completed")
+        outcome.extra["vfio_names"] = {"vfio0": source.host_name}
+        outcome.extra["vfio_names_destination"] = {"vfio0": destination.host_name}
+        return outcome
+
+    monkeypatch.setattr(harness.executor, "execute", fake_execute)
+
+    def fake_inspect(name: str, **kwargs: object) -> HostVfioDevice:
+        # No ioctls on a fake tree: the flags a migratable driver reports.
+        dev = inspect(name, query_features=False, **kwargs)  # type: ignore[arg-type]
+        dev.features = MigrationFeatures(flags=0b111, dma_logging=True)
+        return dev
+
+    provider = HostProvider([DEVICE, SIBLING], roots=roots, kernel="6.12.0-test", inspector=fake_inspect)
+    one = replace(_scenario("migratable"), id="one")
+    two = replace(_scenario("migratable", "migratable"), id="two")
+    binary = QemuBinary(path="/usr/bin/qemu-system-x86_64", version=Version.parse("10.0.2"), version_text="10.0.2")
+    outcomes = {o.scenario: o for o in asyncio.run(provider.run_batch([one, two], [binary]))}
+    assert calls == ["one"]
+    assert outcomes["one"].vfio_provider == "host" and outcomes["one"].kernel == "6.12.0-test"
+    assert set(outcomes["one"].extra["host_devices"]) == {DEVICE, SIBLING}
+    assert outcomes["one"].extra["host_devices"][DEVICE]["personality"] == "migratable"
+    assert outcomes["two"].verdict == "skipped"
+    assert "4 x 'migratable' (configured: 2)" in str(outcomes["two"].skip_reason)

@@ -78,5 +78,6 @@ def test_html_is_self_contained_and_shows_both_sides() -> None:
         assert f'id="{scenario}"' in page
     assert QEMU_MSG in page  # the exact message, not the normalised one
     assert "postcopy &lt;with&gt; vfio" in page  # escaped
-    assert page.count('class="diverge"') == 1
+    assert page.count('<td class="diverge"') == 1
+    assert '<a class="diverge" href="#pc-vfio">' in page  # the attention list links to the row
     ET.fromstring(page.split("<body>", 1)[1].rsplit("</body>", 1)[0].join(["<body>", "</body>"]))

@@ -58,6 +58,15 @@ def test_write_atomic_leaves_no_temporary_files(tmp_path: Path) -> None:
     write_atomic(target, "two")
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+    assert target.stat().st_mode & 0o044 == 0o044 & ~_umask()  # readable like any file the user creates
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_merge_joins_shards_and_clears_not_run() -> None:
