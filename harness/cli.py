@@ -35,7 +35,6 @@ from reference_impl.versions import profile_for
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
-    from harness.vfio.allocator import VfioDeviceAllocator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_ENV = "MIGCONFORM_SUITE"
@@ -100,7 +99,16 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         help="an option of the VFIO provider (repeatable), e.g. variant=iovabm for mtty",
     )
     parser.add_argument(
-        "--vfio-device", action="append", default=[], metavar="BDF", help="a real host device for VFIO (repeatable)"
+        "--vfio-device",
+        action="append",
+        default=[],
+        metavar="BDF",
+        help="a real host device for VFIO (repeatable; also $MIGCONFORM_VFIO_DEVICES): the host provider",
+    )
+    parser.add_argument(
+        "--allow-rebind",
+        action="store_true",
+        help="with --vfio-device: bind devices to vfio-pci for the run and restore their drivers afterwards",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
 
@@ -207,26 +215,23 @@ def _vfio_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _host_allocator(args: argparse.Namespace) -> VfioDeviceAllocator | None:
-    """Real host devices from --vfio-device (and $MIGCONFORM_VFIO_DEVICES), inspected before any QEMU runs."""
-    from harness.vfio.host import HostDeviceAllocator, configured_devices, inspect
+def _vfio_source(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
+    """The VFIO provider and its options: --vfio-provider, or real host devices from --vfio-device (and
+    $MIGCONFORM_VFIO_DEVICES), which the ``host`` provider inspects before any QEMU runs."""
+    from harness.vfio.host import configured_devices
 
+    options = _vfio_options(args.vfio_option)
     names = configured_devices(args.vfio_device)
     if not names:
-        return None
-    if args.vfio_provider:
-        raise UsageError("--vfio-device and --vfio-provider exclude each other (one source of VFIO devices)")
-    try:
-        devices = [inspect(name) for name in names]
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not any(d.usable for d in devices):
-        problems = "; ".join(f"{d.name}: {', '.join(d.problems)}" for d in devices)
-        raise UsageError(f"no usable VFIO device: {problems}")
-    for d in devices:
-        if not d.usable:
-            sys.stderr.write(f"migconform: warning: VFIO device {d.name} unusable: {', '.join(d.problems)}\n")
-    return HostDeviceAllocator(devices)
+        return args.vfio_provider, options
+    if args.vfio_provider and args.vfio_provider != "host":
+        if args.vfio_device:
+            raise UsageError("--vfio-device and --vfio-provider exclude each other (one source of VFIO devices)")
+        return args.vfio_provider, options  # an explicit provider wins over $MIGCONFORM_VFIO_DEVICES
+    options["device"] = ",".join(names)
+    if args.allow_rebind:
+        options["allow-rebind"] = "true"
+    return "host", options
 
 
 def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Path | None, ...]) -> int:
@@ -238,14 +243,14 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
             raise UsageError(str(exc)) from None
         scenarios = select_shard(scenarios, k, n)
     targets = _targets(args)
+    vfio_provider, vfio_options = _vfio_source(args)
     options = RunOptions(
         backend=args.backend,
         jobs=args.jobs,
         json_path=json_path,
         timeout=args.timeout,
-        vfio_provider=args.vfio_provider,
-        vfio_options=_vfio_options(args.vfio_option),
-        allocator=_host_allocator(args) if args.backend != "reference" else None,
+        vfio_provider=vfio_provider if args.backend != "reference" else None,
+        vfio_options=vfio_options,
         progress=None if args.quiet else sys.stderr,
         meta={"argv": sys.argv[1:], "shard": args.shard},
     )

@@ -427,7 +427,8 @@ def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:
         raise ProviderUnavailable(f"VFIO providers are not available in this installation: {exc}") from None
     try:
         provider: VfioProvider = module.get_provider(name, dict(options))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RuntimeError) as exc:
+        # RuntimeError: the host provider refusing unusable devices (HostDeviceRefused), before any QEMU.
         raise ProviderUnavailable(f"--vfio-provider {name}: {exc}") from None
     return provider
 

@@ -3,6 +3,7 @@ script's versions, PATH): one test per scenario x binary, real QEMU against the 
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import pytest
 
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
+from harness import results as results_io
 from harness.results import Results
 from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
 from reference_impl.scenario import Scenario
@@ -59,22 +61,35 @@ VFIO_OPTIONS_ENV = "MIGCONFORM_VFIO_OPTIONS"  # e.g. "variant=iovabm", comma-sep
 
 
 @pytest.fixture(scope="session")
-def vfio_batch() -> Callable[[], Results | None]:
-    """The VFIO scenarios' results from one provider batch per worker (the lab boots once), or None
-    without ``$MIGCONFORM_VFIO_PROVIDER`` (then the executor skips their real side and says why)."""
+def vfio_batch(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Results | None]:
+    """The VFIO scenarios' results from ONE provider batch per test session (the lab boots once), or None
+    without ``$MIGCONFORM_VFIO_PROVIDER`` (then the executor skips their real side and says why).
+
+    Under pytest-xdist every worker asks for the batch: the first to take the lock runs it and saves the
+    results next to the session's temporary folders; the others wait on the lock and load them.
+    """
     cache: dict[str, Results] = {}
 
     def get() -> Results | None:
         name = os.environ.get(VFIO_PROVIDER_ENV)
         if not name:
             return None
-        if "results" not in cache:
-            options = dict(
-                item.split("=", 1) for item in os.environ.get(VFIO_OPTIONS_ENV, "").split(",") if "=" in item
-            )
-            scenarios = [s for s in suite() if needs_vfio(s)]
-            run = RunOptions(backend="both", jobs=1, vfio_provider=name, vfio_options=options)
-            cache["results"] = run_sync(scenarios, targets_for_binaries(binaries()), run)
+        if "results" in cache:
+            return cache["results"]
+        shared = tmp_path_factory.getbasetemp().parent
+        result_file = shared / f"vfio-batch-{name}.json"
+        with open(shared / f"vfio-batch-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if result_file.exists():
+                cache["results"] = results_io.load(result_file)
+            else:
+                options = dict(
+                    item.split("=", 1) for item in os.environ.get(VFIO_OPTIONS_ENV, "").split(",") if "=" in item
+                )
+                scenarios = [s for s in suite() if needs_vfio(s)]
+                run = RunOptions(backend="both", jobs=1, vfio_provider=name, vfio_options=options)
+                cache["results"] = run_sync(scenarios, targets_for_binaries(binaries()), run)
+                results_io.save(cache["results"], result_file)
         return cache["results"]
 
     return get
