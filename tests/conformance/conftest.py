@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import results as results_io
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
-from harness import results as results_io
 from harness.results import Results
 from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
 from reference_impl.scenario import Scenario
