@@ -48,9 +48,9 @@ fi
 
 # --- 2. Debian packages -------------------------------------------------------------------------------
 # QEMU 10.x from backports; qemu-utils for qemu-img (blocker scenarios use image formats);
-# seabios/ipxe firmware; busybox-static and friends for guest images.
+# seabios/ipxe firmware; busybox-static and friends for guest images; chromium to check the HTML report renders.
 host_pkgs=(qemu-system-x86 qemu-utils)
-base_pkgs=(seabios ipxe-qemu busybox-static python3-venv xz-utils zstd cpio)
+base_pkgs=(seabios ipxe-qemu busybox-static python3-venv xz-utils zstd cpio chromium)
 missing=()
 for p in "${base_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 qemu_ok=0

@@ -52,6 +52,18 @@ class BootResult:
     problems: list[str] = field(default_factory=list)  # "LAB:" failure markers from /init
 
 
+def _kept_folders() -> list[str]:
+    from harness.binaries import cache_dir
+
+    folders = [REPO, cache_dir(), Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
+    unique: list[str] = []
+    for folder in folders:
+        text = str(folder)
+        if text not in unique and not re.search(r"\s|:", text):
+            unique.append(text)
+    return unique
+
+
 def kernel_cmdline(share: Path, *, extra: str = "") -> str:
     # Unknown name=value parameters reach /init as environment variables (images/lab/init.sh.in).
     # The venv's python is named by its venv path (not resolved) so that it finds its site-packages.
@@ -74,6 +86,10 @@ def kernel_cmdline(share: Path, *, extra: str = "") -> str:
         f"labrepo={REPO}",
         f"labpython={python}",
         f"labpypath={':'.join(pypath)}",
+        # Host folders L1 must see although they may live under /tmp or /run, which L1 covers with tmpfs
+        # (its 9p root is read-only): the repository (and its .venv), the cache (QEMU 7.2, the lab build),
+        # the Python installation. /init keeps only those under a covered folder (images/lab/init.sh.in).
+        f"labkeep={':'.join(_kept_folders())}",
     ]
     for name, value in (("share", share), ("repository", REPO), ("python", python), ("path", ":".join(pypath))):
         if re.search(r"\s", str(value)):
