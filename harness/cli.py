@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cert = sub.add_parser("certify", help="certify a VFIO device: JSON + HTML + JUnit bundle in -o DIR")
     certify.add_arguments(cert)
+
+    from harness.mutants import run as mutants_run
+
+    mutants = sub.add_parser(
+        "mutants", help="mutation check: QEMU built from source with deliberate bugs must be caught (docs/mutants.md)"
+    )
+    mutants_run.add_arguments(mutants)
     return parser
 
 
@@ -383,6 +390,12 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return certify.main(args)
 
 
+def cmd_mutants(args: argparse.Namespace) -> int:
+    from harness.mutants import run as mutants_run
+
+    return mutants_run.cmd_mutants(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "conformance": cmd_conformance,
@@ -391,6 +404,7 @@ COMMANDS = {
     "qemus": cmd_qemus,
     "sweep": cmd_sweep,
     "certify": cmd_certify,
+    "mutants": cmd_mutants,
 }
 
 

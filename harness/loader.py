@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reference_impl.guest import GUEST_IMAGES, GuestSpec, parse_mib
 from reference_impl.scenario import (
     ACCELS,
     ACTIONS,
@@ -32,6 +33,8 @@ from reference_impl.scenario import (
 )
 
 ID_PATTERN = re.compile(r"[a-z0-9._-]+")
+# What the guest kernel, busybox and page tables need besides the workload (docs/guests.md: "~40 MiB").
+GUEST_KERNEL_MIB = 40
 
 # Fallback when the model's capability table is not importable: the union of every MigrationCapability
 # of QEMU 7.2 ... 10.2 (fact sheet §1.1).
@@ -42,7 +45,8 @@ _FALLBACK_CAPABILITIES = (
     "zero-copy-send", "postcopy-preempt", "switchover-ack", "dirty-limit", "mapped-ram",
 )  # fmt: skip
 
-TOP_KEYS = ("id", "description", "requires", "tags", "vm", "source", "destination", "migration", "step")
+TOP_KEYS = ("id", "description", "requires", "tags", "vm", "source", "destination", "migration", "step", "guest")
+GUEST_KEYS = ("memory", "dirty-rate", "image")
 VM_KEYS = ("machine", "memory", "accel", "cpu", "only-migratable", "args", "device")
 DEVICE_KEYS = ("driver", "id", "properties", "personality")
 MIGRATION_KEYS = ("capabilities", "parameters", "transport", "mode")
@@ -262,6 +266,38 @@ def _migration(reader: _Reader, value: Any) -> MigrationSpec:
     return MigrationSpec(capabilities=caps, parameters=params, transport=transport, mode=mode)
 
 
+def _guest(reader: _Reader, value: Any, vm_memory: Iterable[tuple[str, str]]) -> GuestSpec:
+    """``[guest]``: the workload must fit in every VM's memory with room for the guest kernel."""
+    table = reader.table(value, "guest")
+    reader.check_keys(table, GUEST_KEYS, "guest")
+    defaults = GuestSpec()
+    memory = reader.string(table["memory"], "guest.memory") if "memory" in table else defaults.memory
+    try:
+        memory_mib = parse_mib(memory)
+    except ValueError as exc:
+        raise reader.error("guest.memory", str(exc)) from None
+    if memory_mib < 1:
+        raise reader.error("guest.memory", "must be at least 1M")
+    for key, vm_size in vm_memory:
+        try:
+            vm_mib = parse_mib(vm_size)
+        except ValueError:
+            continue  # a VM size QEMU accepts but this parser does not: QEMU will say if it does not fit
+        if memory_mib + GUEST_KERNEL_MIB > vm_mib:
+            raise reader.error(
+                "guest.memory",
+                f"{memory} does not fit in {key} = {vm_size!r} with {GUEST_KERNEL_MIB} MiB for the guest kernel",
+            )
+    dirty_rate = defaults.dirty_rate
+    if "dirty-rate" in table:
+        rate = table["dirty-rate"]
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+            raise reader.error("guest.dirty-rate", f"expected pages per second, an integer >= 0, got {rate!r}")
+        dirty_rate = rate
+    image = reader.choice(table["image"], "guest.image", GUEST_IMAGES) if "image" in table else defaults.image
+    return GuestSpec(memory=memory, dirty_rate=dirty_rate, image=image)
+
+
 def _step(reader: _Reader, table: Mapping[str, Any], key: str) -> Step:
     if "action" not in table:
         raise reader.error(_join(key, "action"), "missing required key", ACTIONS)
@@ -322,6 +358,13 @@ def parse_scenario(document: Mapping[str, Any], path: str | Path, default_id: st
     if "step" in document:
         tables = reader.table_list(document["step"], "step")
         steps = tuple(_step(reader, t, f"step[{i}]") for i, t in enumerate(tables))
+    guest = None
+    if "guest" in document:
+        vm_memory = (
+            ("source.memory" if "memory" in source and "memory" not in vm else "vm.memory", source.get("memory", "256M")),
+            ("destination.memory", destination.get("memory", "256M")),
+        )
+        guest = _guest(reader, document["guest"], vm_memory)
     return Scenario(
         id=scenario_id,
         description=description,
@@ -332,6 +375,7 @@ def parse_scenario(document: Mapping[str, Any], path: str | Path, default_id: st
         steps=steps,
         path=str(path),
         tags=tags,
+        guest=guest,
     )
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from reference_impl.guest import GuestSpec
+
 ACTIONS = (
     "set-capabilities",
     "set-parameters",
@@ -127,6 +129,8 @@ class Scenario:
     # Extensions (compatible with the contract): where the scenario came from, and free-form tags.
     path: str | None = None
     tags: tuple[str, ...] = ()
+    # Extension: a running guest whose memory is checked after the migration (``[guest]``, reference_impl.guest).
+    guest: GuestSpec | None = None
 
     @property
     def expanded_steps(self) -> tuple[Step, ...]:

@@ -17,8 +17,11 @@ from pathlib import Path
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 
+# The spec is plain data of the scenario (the model carries it too); re-exported here for the guest's users.
+from reference_impl.guest import GuestSpec as GuestSpec
+from reference_impl.guest import parse_mib as parse_mib
+
 SIDES = ("source", "destination")
-_SIZE = re.compile(r"^(\d+)\s*([KMG]?)i?B?$", re.IGNORECASE)
 _VERIFY = re.compile(
     r"pages_checked=(\d+) bad_pages=(\d+) first_bad=(\w+) torn=(\d+) stale=(\d+) future=(\d+) generation=(\d+)"
 )
@@ -26,46 +29,6 @@ _GENERATION = re.compile(r"generation=(\d+)")
 _GPA = re.compile(r"page=(\w+) gpa=(0x[0-9a-f]+)")
 _CONSOLE_CHARDEV_ID = "mc-serial"
 _RAM_BACKEND_ID = "mc-ram"
-
-
-def parse_mib(size: str) -> int:
-    """``"64M"``, ``"1G"``, ``"512MiB"`` -> MiB. QEMU's suffix convention: a bare number means MiB."""
-    m = _SIZE.match(size.strip())
-    if not m:
-        raise ValueError(f'size {size!r}: expected a number with an optional K, M or G suffix, e.g. "64M"')
-    number, unit = int(m.group(1)), m.group(2).upper()
-    if unit == "K":
-        if number % 1024:
-            raise ValueError(f"size {size!r} is not a whole number of MiB")
-        return number // 1024
-    return number * 1024 if unit == "G" else number
-
-
-@dataclass(frozen=True)
-class GuestSpec:
-    """The ``[guest]`` table of a scenario.
-
-    memory: how much the workload fills and checks (it must fit in the VM's [vm] memory, leaving ~40 MiB for
-    the kernel). dirty_rate: pages per second the workload rewrites while migrating (0: it only fills once).
-    image: "default" (the Debian-package image of harness.guest.image); the only kind there is so far.
-    """
-
-    memory: str = "64M"
-    dirty_rate: int = 2000
-    image: str = "default"
-    boot_timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        if parse_mib(self.memory) < 1:
-            raise ValueError("[guest] memory must be at least 1M")
-        if self.dirty_rate < 0:
-            raise ValueError("[guest] dirty-rate must be >= 0 (pages per second)")
-        if self.image != "default":
-            raise ValueError(f'[guest] image {self.image!r}: only "default" exists')
-
-    @property
-    def memory_mib(self) -> int:
-        return parse_mib(self.memory)
 
 
 @dataclass(frozen=True)
