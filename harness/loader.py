@@ -266,6 +266,14 @@ def _migration(reader: _Reader, value: Any) -> MigrationSpec:
     return MigrationSpec(capabilities=caps, parameters=params, transport=transport, mode=mode)
 
 
+def _memory_key(document: Mapping[str, Any], side: str) -> str:
+    """Where a side's memory size came from, to name it in an error."""
+    for table in (side, "vm"):
+        if isinstance(document.get(table), dict) and "memory" in document[table]:
+            return f"{table}.memory"
+    return f"{side} memory (default)"
+
+
 def _guest(reader: _Reader, value: Any, vm_memory: Iterable[tuple[str, str]]) -> GuestSpec:
     """``[guest]``: the workload must fit in every VM's memory with room for the guest kernel."""
     table = reader.table(value, "guest")
@@ -360,10 +368,10 @@ def parse_scenario(document: Mapping[str, Any], path: str | Path, default_id: st
         steps = tuple(_step(reader, t, f"step[{i}]") for i, t in enumerate(tables))
     guest = None
     if "guest" in document:
-        vm_memory = (
-            ("source.memory" if "memory" in source and "memory" not in vm else "vm.memory", source.get("memory", "256M")),
-            ("destination.memory", destination.get("memory", "256M")),
-        )
+        vm_memory = [
+            (_memory_key(document, side), str(spec.get("memory", VmSpec().memory)))
+            for side, spec in (("source", source), ("destination", destination))
+        ]
         guest = _guest(reader, document["guest"], vm_memory)
     return Scenario(
         id=scenario_id,

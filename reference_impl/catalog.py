@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reference_impl.versions import V8_1, V8_2, Version
+from reference_impl.versions import V8_1, V8_2, V10_1, Version
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,22 @@ _EXTENSION_FORMATS = {".vmdk": "vmdk", ".vdi": "vdi", ".vhdx": "vhdx", ".vhd": "
 # Auto-generated node names ("#block123") change from run to run; the model writes this placeholder and the
 # comparison must normalise r"#block\d+" to it.
 AUTO_NODE_NAME = "#block<N>"
+
+
+# Chardev backends whose open adds a migration blocker: backend -> (reason, first version without it).
+# ui/vdagent.c vdagent_chr_open: migrate_add_blocker(&vd->migration_blocker, ...). Measured on 10.0.2 and
+# 7.2.22 (the fact sheet lists it for 10.0 only; 7.2.22 has it too); 10.1 made vdagent migratable.
+CHARDEV_BLOCKERS: dict[str, tuple[str, Version]] = {
+    "qemu-vdagent": ("The vdagent chardev doesn't yet support migration", V10_1),
+}
+
+
+def chardev_blocker(backend: str, version: Version) -> str | None:
+    """The blocker opening chardev ``backend`` adds on ``version``, if any."""
+    entry = CHARDEV_BLOCKERS.get(backend)
+    if entry is None or version >= entry[1]:
+        return None
+    return entry[0]
 
 
 def format_blocker(fmt_label: str, node: str) -> str:

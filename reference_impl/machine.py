@@ -56,6 +56,7 @@ class CommandLine:
     """What the model reads from one VM's configuration."""
 
     drives: tuple[tuple[bool, dict[str, str]], ...]  # (is -blockdev, options), in order
+    chardevs: tuple[tuple[str, str], ...]  # -chardev (backend, id), in order
     devices: tuple[DeviceSpec, ...]  # args' -device items, then [[vm.device]]
     only_migratable: bool
     start_paused: bool  # -S
@@ -82,6 +83,7 @@ def parse_vm(spec: VmSpec) -> CommandLine:
 
 def _parse_vm(spec: VmSpec) -> CommandLine:
     drives: list[tuple[bool, dict[str, str]]] = []
+    chardevs: list[tuple[str, str]] = []
     devices: list[DeviceSpec] = []
     only_migratable = spec.only_migratable
     start_paused = False
@@ -108,12 +110,15 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
             dev_id = options.pop("id", None)
             options.pop("driver", None)
             devices.append(DeviceSpec(driver=driver, id=dev_id, properties=options))
+        elif norm == "-chardev":
+            backend, options = parse_options(value)
+            chardevs.append((backend, options.get("id", "")))
         elif norm == "-drive":
             drives.append((False, parse_options("," + value)[1]))
         elif norm == "-blockdev":
             drives.append((True, parse_options("," + value)[1]))
     devices.extend(spec.devices)
-    return CommandLine(tuple(drives), tuple(devices), only_migratable, start_paused, accel)
+    return CommandLine(tuple(drives), tuple(chardevs), tuple(devices), only_migratable, start_paused, accel)
 
 
 @dataclass(slots=True)
@@ -141,6 +146,9 @@ class Machine:
     exit_line: str | None = None  # "status N: last stderr line" once dead
     # Source side: the migration started by `migrate` and not yet resolved.
     migration: Any = None
+    memory: str = "256M"  # -m: the RAM block size a stream carries (a destination of another size cannot load it)
+    devices: tuple[DeviceSpec, ...] = ()  # realized -device items, hot-added ones appended
+    chardevs: dict[str, str] = field(default_factory=dict)  # chardev id -> backend
 
 
 def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:
@@ -181,6 +189,13 @@ def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _
     blockers = MigrationBlockers(only_migratable=line.only_migratable)
     vm = Machine(version=version, host=host, role="source", vn=version.major * 100 + version.minor,
                  runstate="prelaunch", blockers=blockers)
+    # qemu_create_early_backends opens every -chardev before the block backends (qemu_create_late_backends).
+    for backend, _chardev_id in line.chardevs:
+        reason = catalog.chardev_blocker(backend, version)
+        if reason is not None:
+            error = blockers.add(reason)
+            if error is not None:
+                return _Realized(error)
     for is_blockdev, options in line.drives:
         for reason in catalog.drive_blockers(options, blockdev=is_blockdev):
             error = blockers.add(reason)
@@ -197,7 +212,7 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
     """Start one VM: the Machine, or QEMU's startup error (the message after the option prefix)."""
     line = parse_vm(spec)
     vn = version.major * 100 + version.minor
-    if line.drives or line.devices:
+    if line.drives or line.devices or line.chardevs:
         done = _realize_cached(spec, line, version, vn, host)
         if done.error is not None:
             return done.error
@@ -220,6 +235,9 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         kvm_dirty_ring=host.kvm and host.dirty_ring and line.accel != "tcg",
         autostart=not line.start_paused,
         drives=sum(1 for is_blockdev, options in line.drives if _is_qcow2(options, blockdev=is_blockdev)),
+        memory=spec.memory,
+        devices=line.devices,
+        chardevs={chardev_id: backend for backend, chardev_id in line.chardevs},
     )
 
 
@@ -278,8 +296,30 @@ def _take_pci_slot(buses: _Buses, device: DeviceSpec) -> tuple[str | None, str |
     return path, None
 
 
-def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...]) -> str | None:
+def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
+    """``device_add`` once the machine is ready (qdev_device_add_from_qdict, system/qdev-monitor.c).
+
+    Refused while a migration runs ("device_add not allowed while migrating", measured on both versions:
+    checked before the device is created, so the busy-blocker path is never reached). Otherwise the device is
+    realized like at startup, on buses whose slots the earlier devices already took: check_only_migratable
+    and migrate_add_blocker (e.g. ivshmem peer mode, measured with -only-migratable on both versions) refuse
+    it with the same texts as at startup.
+    """
+    if vm.migration is not None:
+        return "device_add not allowed while migrating"
     buses = _Buses()
+    # Replay the existing devices on a scratch machine to rebuild the bus occupancy.
+    scratch = Machine(version=vm.version, host=vm.host, role=vm.role, vn=vm.vn, runstate=vm.runstate,
+                      blockers=MigrationBlockers())
+    _realize_devices(scratch, vm.devices, buses)
+    error = _realize_devices(vm, (device,), buses)
+    if error is None:
+        vm.devices = (*vm.devices, device)
+    return error
+
+
+def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...], buses: _Buses | None = None) -> str | None:
+    buses = buses if buses is not None else _Buses()
     vfio_state: VfioMachineState | None = None
     viommu = False
     unnamed_vfio = 0

@@ -106,11 +106,12 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating $venv"
   python3 -m venv "$venv"
 fi
-want=$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)
+extras="dev,avocado"
+want=$( (cat "$here/pyproject.toml"; echo "$extras") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing the project and its dependencies into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q -e "$here[dev]"
+  "$venv/bin/python" -m pip install -q -e "$here[$extras]"
   echo "$want" > "$stamp"
 fi
 log "ready: $venv/bin/migconform"
