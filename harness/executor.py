@@ -28,16 +28,23 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.binaries import QemuBinary
 from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, VmDied
+from harness.guest.console import ConsoleError, GuestConsole
+from harness.guest.image import GuestImage, GuestImageError, build_image
+from harness.guest.session import GuestReport, guest_vm_args
+from harness.guest.session import start as start_guest
+from harness.guest.session import verify as verify_guest
+from harness.machine import QemuMachine
 from harness.pair import END_STATUSES, MigrationPair
 from harness.probe import BinaryProbe, HostProbe, choose_accel, probe_binary, probe_host, userfaultfd_for
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
+from reference_impl.guest import GuestSpec, checked_side, effective_guest
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
 
@@ -67,6 +74,11 @@ COMMAND_TIMEOUT_S = 30.0
 # Precopy bandwidth before a scenario's start-postcopy (see _ScenarioRun._pace_for_postcopy): 256 MiB of
 # zero pages take about half a second at this rate, ample time for the switch.
 POSTCOPY_PACING_BYTES_PER_S = 1_000_000
+# Bound for connecting to a freshly launched VM's serial console socket.
+CONSOLE_CONNECT_TIMEOUT_S = 10.0
+# Runstates the executor resumes before the guest check: the memory is there, the guest only has to run to
+# answer (e.g. a source stopped by the scenario). Other non-running states have no guest (see reference_impl.guest).
+RESUMABLE_RUNSTATES = frozenset({"paused", "postmigrate", "prelaunch"})
 
 
 class _Refused(Exception):
@@ -100,6 +112,46 @@ def vm_args(spec: VmSpec, accel: str, cpu: str | None) -> list[str]:
     return args
 
 
+@dataclass
+class GuestCheck:
+    """What a hook sees just before the memory check: the VM the guest lives on, and its console.
+
+    For tests that must prove the check can fail (tests/guest/test_guest_scenarios.py): a hook may change the
+    guest's memory behind its back (harness.guest.poke) before :func:`harness.guest.session.verify` runs.
+    """
+
+    side: str
+    vm: QemuMachine
+    console: GuestConsole
+    workdir: Path
+
+
+GuestHook = Callable[[GuestCheck], Awaitable[None]]
+
+
+def guest_accel(spec: VmSpec, probe: BinaryProbe, host: HostProbe) -> tuple[str, str | None]:
+    """Accelerator and CPU model for a VM that boots the guest image: KVM only where harness.probe does not
+    rule out booting Linux with it (a PVM KVM runs firmware but cannot boot a stock kernel), else TCG with
+    ``-cpu max`` (the features TCG emulates; both QEMU versions accept it). An explicit [vm] accel wins."""
+    if spec.accel != "auto":
+        return spec.accel, None
+    if probe.kvm.usable and not host.pvm and probe.kvm.boots_linux is not False and probe.kvm.cpu is not None:
+        return "kvm", probe.kvm.cpu
+    return "tcg", "max"
+
+
+def guest_dict(report: GuestReport) -> dict[str, Any]:
+    """Outcome.guest: what the comparison looks at (alive, bad_pages) and the informative pages_checked."""
+    guest: dict[str, Any] = {
+        "alive": report.alive,
+        "pages_checked": report.pages_checked,
+        "bad_pages": report.bad_pages,
+    }
+    if report.bad_pages and report.first_bad is not None:
+        guest["first_bad"] = report.first_bad
+    return guest
+
+
 def unmet_requirement(
     scenario: Scenario, probe: BinaryProbe, host: HostProbe, allocator: VfioDeviceAllocator | None
 ) -> str | None:
@@ -114,8 +166,6 @@ def unmet_requirement(
             return f"requires UFFD write-protect: {host.uffd_wp_detail}"
         if need == "vfio" and allocator is None:
             return NO_VFIO_PROVIDER
-        if need == "guest":
-            return "requires a guest OS: the plain QEMU executor runs firmware-only VMs (no guest image given)"
     if allocator is None and (scenario.source.vfio_devices or scenario.destination.vfio_devices):
         return NO_VFIO_PROVIDER
     return None
@@ -132,8 +182,10 @@ class _ScenarioRun:
         allocator: VfioDeviceAllocator | None,
         timeout: float,
         accels: tuple[str, str],
-        cpu: str | None,
+        cpus: tuple[str | None, str | None],
         outcome: Outcome,
+        guest: tuple[GuestSpec, GuestImage] | None = None,
+        guest_hook: GuestHook | None = None,
     ) -> None:
         self.scenario = scenario
         self.binary = binary
@@ -142,12 +194,16 @@ class _ScenarioRun:
         self.timeout = timeout
         self.outcome = outcome
         self.launches = {
-            "source": _Launch(vm_args(scenario.source, accels[0], cpu if accels[0] == "kvm" else None)),
-            "destination": _Launch(vm_args(scenario.destination, accels[1], cpu if accels[1] == "kvm" else None)),
+            "source": _Launch(vm_args(scenario.source, accels[0], cpus[0])),
+            "destination": _Launch(vm_args(scenario.destination, accels[1], cpus[1])),
         }
         self.pair: MigrationPair | None = None
         self.migration_started = False
         self.snapshot_count = 0
+        self.guest = guest
+        self.guest_hook = guest_hook
+        self.consoles: dict[str, GuestConsole] = {}
+        self.guest_started = False
 
     # ------------------------------------------------------------------ VFIO
 
@@ -195,15 +251,81 @@ class _ScenarioRun:
             command_timeout=min(self.timeout, COMMAND_TIMEOUT_S),
         )
         self.pair = pair
+        if self.guest is not None:
+            spec, image = self.guest
+            for side in ("source", "destination"):
+                socket_path = pair.private / f"{side}.console"
+                pair.side(side).append_args(guest_vm_args(image, spec, side, console_socket=socket_path))
         try:
             await self._run_pair(pair)
+            if self.guest_started and self.outcome.verdict != "skipped":
+                await self._check_guest(pair)
         except VfioUnavailable as exc:
             self.outcome.verdict = "skipped"
             self.outcome.skip_reason = str(exc) or "the VFIO provider cannot supply this device"
         finally:
+            for console in self.consoles.values():
+                console.close()
             await self._record_events(pair)
             await pair.close()
             self._release()
+
+    # ------------------------------------------------------------------ guest
+
+    async def _connect_console(self, pair: MigrationPair, side: str) -> None:
+        """Right after launch: QEMU's console socket (wait=off) drops what nobody reads, and a guest that
+        panics after the switchover prints why only then."""
+        path = pair.private / f"{side}.console"
+        self.consoles[side] = await asyncio.to_thread(GuestConsole.connect, path, CONSOLE_CONNECT_TIMEOUT_S)
+
+    async def _start_guest(self, pair: MigrationPair) -> None:
+        """Boot to the prompt and start the workload on the source, every page filled, before the steps.
+
+        A source guest that does not come up is not QEMU's migration behaviour but is not hidden either:
+        the outcome says ``alive: False`` with the reason in ``extra.guest_check``, and the model (which
+        predicts a live guest) diverges."""
+        assert self.guest is not None
+        spec = self.guest[0]
+        try:
+            await self._connect_console(pair, "destination")
+            await self._connect_console(pair, "source")
+            await start_guest(self.consoles["source"], spec)
+        except ConsoleError as exc:
+            self.outcome.guest = {"alive": False, "pages_checked": 0, "bad_pages": 0}
+            self.outcome.extra["guest_check"] = {"side": "source", "detail": f"the guest did not start: {exc}"}
+            return
+        self.guest_started = True
+
+    async def _check_guest(self, pair: MigrationPair) -> None:
+        """The memory check where the guest lives now (reference_impl.guest.checked_side)."""
+        side = checked_side(self.outcome)
+        vm = pair.side(side)
+        report: GuestReport | None = None
+        if not vm.is_alive:
+            report = GuestReport(alive=False, detail=f"the {side} VM is gone: {vm.died()}")
+        else:
+            try:
+                runstate = await vm.runstate()
+                if runstate in RESUMABLE_RUNSTATES:
+                    await vm.qmp("cont")
+                elif runstate == "inmigrate":
+                    report = GuestReport(alive=False, detail=f"the {side} never loaded a guest (runstate inmigrate)")
+            except (QmpCommandError, QmpConnectionError, VmDied) as exc:
+                report = GuestReport(alive=False, detail=f"the {side} VM did not answer QMP: {exc}")
+        if report is None:
+            console = self.consoles[side]
+            if self.guest_hook is not None:
+                await self.guest_hook(GuestCheck(side, vm, console, self.workdir))
+            report = await verify_guest(console)
+        self.outcome.guest = guest_dict(report)
+        self.outcome.extra["guest_check"] = {
+            "side": side,
+            "torn": report.torn,
+            "stale": report.stale,
+            "future": report.future,
+            "generation": report.generation,
+            "detail": report.detail,
+        }
 
     def _record_vfio_names(self) -> None:
         names = self.launches["source"].names
@@ -231,6 +353,8 @@ class _ScenarioRun:
             source = await pair.final_state("source")
             self._finish("refused", "startup", exc.message, source, None)
             return
+        if self.guest is not None:
+            await self._start_guest(pair)
         try:
             if ENABLE_EVENTS:
                 await self._enable_events(pair)
@@ -349,6 +473,8 @@ class _ScenarioRun:
         elif action == "cancel":
             await self._wait_left_setup(pair)
             await self._command(stage, pair.cancel())
+        elif action == "migrate-continue":
+            await self._command(stage, pair.migrate_continue())
         elif action == "wait":
             await self._wait(pair)
         elif action in ("cont", "stop"):
@@ -400,6 +526,7 @@ class _ScenarioRun:
         deadline = time.monotonic() + self.timeout
         if self.migration_started:
             status = await pair.wait_source_end(self.timeout)
+            await self._record_passes(pair)
             if status == "completed" and pair.stream_transport is not None and not pair.stream_loaded:
                 await self._command("migrate", pair.load_stream())
             if pair.incoming_uri is not None or pair.stream_loaded:
@@ -413,6 +540,15 @@ class _ScenarioRun:
         # A VM that exited meanwhile is reaped now, so that final states see it gone.
         for vm in (pair.source, pair.destination):
             await vm.wait_exit(0)
+
+    async def _record_passes(self, pair: MigrationPair) -> None:
+        """How many times precopy synced the dirty log, and how many pages postcopy faulted in: evidence that
+        a guest scenario iterated (or switched) as it means to. Informative; one entry per migration."""
+        with contextlib.suppress(QmpCommandError, QmpConnectionError, VmDied):
+            ram = (await pair.source.query_migrate()).get("ram") or {}
+            passes = {key: ram[key] for key in ("dirty-sync-count", "postcopy-requests") if key in ram}
+            if passes:
+                self.outcome.extra.setdefault("ram_passes", []).append(passes)
 
     async def _snapshot_save(self, pair: MigrationPair, side: str, step: Step, stage: str) -> None:
         """QMP snapshot-save (a job): onto every writable block node that can take a snapshot, the VM
@@ -461,10 +597,16 @@ async def execute(
     workdir: Path,
     allocator: VfioDeviceAllocator | None = None,
     timeout: float = 60.0,
+    guest_hook: GuestHook | None = None,
 ) -> Outcome:
     """Run ``scenario`` on ``binary``; logs of both QEMUs go to ``workdir``. ``timeout`` bounds each wait
     (QMP commands get at most :data:`COMMAND_TIMEOUT_S`). Never leaves a QEMU running, whatever happens
     (including cancellation).
+
+    A scenario with a guest (``[guest]`` or ``requires = ["guest"]``) boots the guest image on both sides
+    (skipped, with the reason, when the image cannot be built), starts the workload on the source before the
+    steps and checks the guest's memory afterwards (``Outcome.guest``); ``guest_hook`` runs just before that
+    check.
 
     QEMU's own behaviour always ends in an :class:`Outcome`. Raises (a :class:`MigconformError`) only for
     what is not QEMU's answer: a QEMU that hung before offering QMP, a QMP protocol failure, a VFIO
@@ -483,14 +625,28 @@ async def execute(
     if allocator is not None:
         outcome.vfio_provider = allocator.name
     reason = unmet_requirement(scenario, probe, host, allocator)
+    guest_spec = effective_guest(scenario)
+    guest: tuple[GuestSpec, GuestImage] | None = None
+    if guest_spec is not None and reason is None:
+        try:
+            guest = (guest_spec, await asyncio.to_thread(build_image))
+        except GuestImageError as exc:
+            reason = f"requires a guest image, which cannot be built here: {exc}"
     accels: list[str] = []
+    cpus: list[str | None] = []
     for spec in (scenario.source, scenario.destination):
         # A scenario that requires KVM means its VMs to run on it, even when auto would pick TCG here.
         requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
+        if guest_spec is not None and requested == "auto":
+            guest_accelerator, guest_cpu = guest_accel(spec, probe, host)
+            accels.append(guest_accelerator)
+            cpus.append(guest_cpu)
+            continue
         accel, why = choose_accel(requested, probe, host)
         if accel is None:
             reason = reason or why
         accels.append(accel or "tcg")
+        cpus.append(probe.kvm.cpu if accel == "kvm" else None)
     outcome.accel = accels[0] if accels[0] == accels[1] else f"{accels[0]}/{accels[1]}"
     if reason is not None:
         outcome.verdict = "skipped"
@@ -498,7 +654,18 @@ async def execute(
         outcome.duration_s = round(time.monotonic() - started, 3)
         return outcome
     workdir.mkdir(parents=True, exist_ok=True)
-    run = _ScenarioRun(scenario, binary, workdir, allocator, timeout, (accels[0], accels[1]), probe.kvm.cpu, outcome)
+    run = _ScenarioRun(
+        scenario,
+        binary,
+        workdir,
+        allocator,
+        timeout,
+        (accels[0], accels[1]),
+        (cpus[0], cpus[1]),
+        outcome,
+        guest=guest,
+        guest_hook=guest_hook,
+    )
     await run.run()
     outcome.duration_s = round(time.monotonic() - started, 3)
     if outcome.source is not None and outcome.source.status not in END_STATUSES | {"none"}:
@@ -513,10 +680,16 @@ def run_scenario(
     workdir: Path,
     allocator: VfioDeviceAllocator | None = None,
     timeout: float = 60.0,
+    guest_hook: GuestHook | None = None,
 ) -> Outcome:
     """Synchronous :func:`execute` (tests, scripts). Inside a running event loop it runs on a fresh
     thread with its own loop, so it can be called from anywhere."""
-    coro_args: dict[str, Any] = {"workdir": workdir, "allocator": allocator, "timeout": timeout}
+    coro_args: dict[str, Any] = {
+        "workdir": workdir,
+        "allocator": allocator,
+        "timeout": timeout,
+        "guest_hook": guest_hook,
+    }
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reference_impl.guest import GUEST_IMAGES, GuestSpec, parse_mib
+from reference_impl.guest import GUEST_IMAGES, GUEST_KERNEL_MIB, GuestSpec, parse_mib
 from reference_impl.scenario import (
     ACCELS,
     ACTIONS,
@@ -33,8 +33,6 @@ from reference_impl.scenario import (
 )
 
 ID_PATTERN = re.compile(r"[a-z0-9._-]+")
-# What the guest kernel, busybox and page tables need besides the workload (docs/guests.md: "~40 MiB").
-GUEST_KERNEL_MIB = 40
 
 # Fallback when the model's capability table is not importable: the union of every MigrationCapability
 # of QEMU 7.2 ... 10.2 (fact sheet §1.1).
@@ -62,6 +60,7 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "stop": (),
     "snapshot-save": ("tag",),
     "qmp": ("command", "arguments"),
+    "migrate-continue": (),
 }
 
 

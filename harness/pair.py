@@ -24,6 +24,8 @@ from reference_impl.outcome import VmState
 
 # query-migrate statuses in which the migration is over (fact sheet §2.2: the idle states minus none).
 END_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# Where a source migration waits for a command, not for time: a wait ends there too.
+PARKED_STATUSES = frozenset({"pre-switchover"})
 # The destination's postcopy "ends" for our purposes only at completed/failed; it never cancels.
 DESTINATION_END_STATUSES = frozenset({"completed", "failed"})
 TRANSPORTS = ("tcp", "unix", "file", "exec")
@@ -236,7 +238,15 @@ class MigrationPair:
         )
 
     async def wait_source_end(self, timeout: float) -> str:
-        return await self.wait_status("source", END_STATUSES, timeout, what="the source migration to end")
+        """Until the source ends, or parks in ``pre-switchover`` (pause-before-switchover: only
+        migrate-continue moves it on, so waiting longer would only time out)."""
+        return await self.wait_status(
+            "source", END_STATUSES | PARKED_STATUSES, timeout, what="the source migration to end"
+        )
+
+    async def migrate_continue(self) -> None:
+        """``migrate-continue`` out of pre-switchover (pause-before-switchover)."""
+        await self.source.qmp("migrate-continue", state="pre-switchover")
 
     async def wait_destination_end(self, timeout: float) -> str | None:
         """Until the destination's incoming migration ends or the destination dies; its status, or None if

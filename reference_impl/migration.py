@@ -28,6 +28,8 @@ from reference_impl.parameters import apply_parameter_request
 from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
 
 SOCKET_TRANSPORTS = frozenset({"tcp", "unix"})
+# Schemes qmp_migrate dispatches on before 8.2 (no file:); others fail after migrate_init.
+_PRE_8_2_SCHEMES = frozenset({"tcp", "unix", "exec", "fd", "rdma", "vsock"})
 
 # What the destination prints when its incoming stream breaks (cancel, source failure): QEMU 10.0.2 and
 # 7.2.22 exit with status 1 and this last stderr line (docs/real-qemu-facts.md#cancel--failure).
@@ -50,6 +52,7 @@ class Migration:
     postcopy_requested: bool = False  # migrate-start-postcopy accepted
     # A failure known at migrate time: (error-desc or None, the source's last stderr line or None).
     failure: tuple[str | None, str | None] | None = None
+    continued: bool = False  # migrate-continue released it from pre-switchover
 
 
 @dataclass
@@ -148,10 +151,12 @@ def connect_refused(transport: str) -> str:
     return f"Failed to connect to '{where}': Connection refused"
 
 
-def migrate(vm: Machine, transport: str, *, peer_listening: bool = True) -> str | None:
+def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_error: str | None = None) -> str | None:
     """``qmp_migrate`` + ``migrate_prepare`` + ``migrate_init``: the error, or None once the migration started.
 
     Refusals before migrate_init change nothing (status, error-desc and runstate stay; no event).
+    ``path_error``: the target path of a scenario-chosen URI cannot be opened (file: refused after
+    migrate_init, setup -> failed; unix: the connect fails asynchronously with this error-desc).
     """
     v = vm.vn
     caps = vm.caps
@@ -189,11 +194,17 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True) -> str 
             return error
     vm.error_desc = None
     emit(vm, "setup")
-    if v < N8_2 and transport == "file":
-        # No file: transport before 8.2: "Parameter 'uri' expects a valid migration protocol" comes after
-        # migrate_init and moves setup -> failed (measured on 7.2.22; fact sheet §1.7 says 7.2-8.1).
+    if v < N8_2 and transport not in _PRE_8_2_SCHEMES:
+        # No file: transport before 8.2 (and no other unknown scheme): "Parameter 'uri' expects a valid
+        # migration protocol" comes after migrate_init and moves setup -> failed (measured on 7.2.22 with
+        # file: and bogus:; fact sheet §1.7 says 7.2-8.1).
         emit(vm, "failed")
         return "Parameter 'uri' expects a valid migration protocol"
+    if path_error is not None and transport == "file":
+        # file_start_outgoing_migration: the open fails, migrate_fd_error moves setup -> failed (10.0.2).
+        emit(vm, "failed")
+        vm.error_desc = path_error
+        return path_error
     migration = Migration(
         transport=transport, background="background-snapshot" in caps, source_runstate=vm.runstate
     )
@@ -204,10 +215,14 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True) -> str 
     elif v < N8_0 and transport not in SOCKET_TRANSPORTS and "postcopy-preempt" in caps:
         migration.failure = (None, None)  # accepted then failed on 7.2.22; its stderr text was not recorded
     elif transport in SOCKET_TRANSPORTS and not peer_listening:
-        desc = connect_refused(transport)
+        desc = path_error if path_error is not None else connect_refused(transport)
         migration.failure = (desc, desc)
     else:
         migration.failure = _vfio_failure(vm)
+        # A VFIO failure comes from qemu_savevm_state_setup (ram_save_setup: the dirty-log start fails);
+        # migration_thread handles setup failures only after qemu_savevm_wait_unplug moved setup -> active,
+        # then active -> failed (real 10.0.2, lab: vfio-precopy-migratable events setup, active, failed).
+        migration.fails_when_active = migration.failure is not None
     vm.migration = migration
     return None
 
@@ -241,7 +256,10 @@ def start_postcopy(vm: Machine) -> str | None:
     m = vm.migration
     if m is not None:
         m.postcopy_requested = True
-        m.postcopy = int(vm.params.get("max-bandwidth", 134217728)) <= SLOW_BANDWIDTH
+        # With only dirty-bitmaps (no bitmap to send), nothing is postcopiable: the request is accepted but
+        # the migration never enters postcopy-active and completes as precopy (measured on 10.0.2 and 7.2.22
+        # with max-bandwidth 1,000,000: setup, active, [device,] completed).
+        m.postcopy = "postcopy-ram" in vm.caps and int(vm.params.get("max-bandwidth", 134217728)) <= SLOW_BANDWIDTH
     return None
 
 
@@ -383,21 +401,64 @@ def _stream_mismatch(source: Machine, destination: Machine) -> tuple[str | None,
 
 
 def _pause_before_switchover(scene: Scene, vm: Machine, m: Migration, peer: Machine) -> bool:
-    """pause-before-switchover parks the migration in pre-switchover until migrate-continue, with the VM
-    stopped for switchover; the executor's wait times out (measured on both: source pre-switchover /
-    finish-migrate, destination active / inmigrate). It comes before COLO (7.2.22 sweep: pbs + x-colo)."""
-    if "pause-before-switchover" not in vm.caps or m.background:
+    """pause-before-switchover parks the migration in pre-switchover (migration_maybe_pause) until
+    migrate-continue, with the VM stopped for switchover. The executor's wait ends there (harness/pair.py
+    PARKED_STATUSES); measured on both versions: source pre-switchover / finish-migrate, destination active /
+    inmigrate. It comes before COLO (7.2.22 sweep: pbs + x-colo)."""
+    if "pause-before-switchover" not in vm.caps or m.background or m.continued:
         return False
+    if vm.status == "pre-switchover":
+        return True
     if vm.status == "setup":
         emit(vm, "active")
     emit(vm, "pre-switchover")
     vm.runstate = "finish-migrate"
     if m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and peer.incoming:
         emit(peer, "active")
-    scene.extra["timeout"] = (
-        f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: pre-switchover)"
-    )
     return True
+
+
+def migrate_continue(vm: Machine) -> str | None:
+    """``qmp_migrate_continue(state=pre-switchover)``: the status must be the one named (measured with no
+    migration: "Migration not in expected state: none"); the migration then goes on (migration_maybe_pause
+    moves pre-switchover -> device on both 7.2 and 10.0), resolved by the next wait."""
+    if vm.status != "pre-switchover" or vm.migration is None:
+        return f"Migration not in expected state: {vm.status}"
+    vm.migration.continued = True
+    return None
+
+
+def _config_mismatch(source: Machine, destination: Machine) -> str | None:
+    """A destination configured unlike the source cannot load its stream (qemu_loadvm_state, exit 1):
+    - another RAM size: ram_load_precopy "Length mismatch" for the RAM block -> EINVAL;
+    - a device the source has and the destination lacks: "Unknown savevm section or instance" -> EINVAL;
+    - an unmigratable device on the destination: qemu_loadvm_state starts with qemu_savevm_state_blocked.
+    Measured on 10.0.2 and 7.2.22 over exec (precopy-memory-mismatch, precopy-device-mismatch,
+    unmigratable-savevm-load-destination): "load of migration failed: Invalid argument", source completed.
+    A device only on the destination that is migratable is assumed harmless (its state just is not sent).
+    """
+    if parse_mib(source.memory) != parse_mib(destination.memory):
+        return DESTINATION_LOAD_FAILURE
+    if destination.blockers.unmigratable:
+        return DESTINATION_LOAD_FAILURE
+    remaining = [d.driver for d in destination.devices]
+    for device in source.devices:
+        if device.driver not in remaining:
+            return DESTINATION_LOAD_FAILURE
+        remaining.remove(device.driver)
+    return None
+
+
+def parse_mib(size: str) -> float:
+    """-m SIZE in MiB (suffixes K, M, G, T; a bare number is MiB, as QEMU reads -m)."""
+    text = size.strip().upper().removesuffix("B")
+    scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
+    if text and text[-1] in scale:
+        return float(text[:-1]) * scale[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | None:
@@ -408,6 +469,9 @@ def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | 
     - a background snapshot written with mapped-ram (10.0.2): Operation not permitted.
     """
     caps = source.caps
+    mismatch = _config_mismatch(source, destination)
+    if mismatch is not None:
+        return mismatch
     if m.background and "mapped-ram" in caps:
         return "load of migration failed: Operation not permitted"
     if "compress" in caps and "compress" not in destination.caps:
@@ -487,7 +551,11 @@ def finish(scene: Scene, vm: Machine) -> None:
                 emit(peer, "failed")
             _kill(peer, status, line)
         return
-    for status in _source_path(vm.vn, m):
+    path = _source_path(vm.vn, m)
+    if m.continued:
+        # After pre-switchover: device, then the rest (migration_maybe_pause's new state is device).
+        path = ("device", *(s for s in path if s not in ("active", "device")))
+    for status in path:
         if status != vm.status:  # "active" may already be reached (left_setup)
             emit(vm, status)
     if not m.background:
@@ -555,23 +623,26 @@ def cont(vm: Machine) -> str | None:
 def snapshot_save(vm: Machine) -> str | None:
     """The ``snapshot-save`` job's error (``save_snapshot`` -> ``qemu_savevm_state``), or None.
 
-    Order: a running migration, migration_is_blocked, then VFIO save_prepare with runstate save-vm for a live
-    VM (vfio_save_prepare lets save-vm through; a paused VM keeps its runstate and is checked). Without a
-    writable disk the job ends with "At least one device is required for snapshot" (measured on both).
+    Order (save_snapshot, migration/savevm.c): migration_is_blocked; then the block devices
+    (bdrv_all_can_snapshot / bdrv_all_find_vmstate_bs: without a writable disk the job ends with "At least one
+    device is required for snapshot"); then qemu_savevm_state: a running migration, then VFIO save_prepare
+    with runstate save-vm for a live VM (vfio_save_prepare lets save-vm through; a paused VM keeps its
+    runstate and is checked). Measured on both versions: the device error wins over a running migration
+    (snapshot-save-during-migration) and over VFIO's postcopy refusal (vfio-savevm-paused-postcopy, 10.0.2).
     """
-    if vm.migration is not None:
-        return IN_PROGRESS
     blocked = vm.blockers.is_blocked()
     if blocked is not None:
         return blocked
+    if vm.drives == 0:
+        return "At least one device is required for snapshot"
+    if vm.migration is not None:
+        return IN_PROGRESS
     if vm.vn >= N8_2 and vm.handlers:
         runstate = "save-vm" if vm.runstate == "running" else vm.runstate
         ctx = PrepareContext(capabilities={c: True for c in vm.caps}, runstate=runstate)
         error = qemu_savevm_state_prepare(vm.handlers, ctx)
         if error is not None:
             return error
-    if vm.drives == 0:
-        return "At least one device is required for snapshot"
     # qemu_savevm_state: migrate_init, then setup -> completed on success (measured on 10.0.2 with a qcow2
     # drive: query-migrate reads completed afterwards, the VM keeps running).
     emit(vm, "setup")

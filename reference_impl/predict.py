@@ -7,13 +7,11 @@ command ends the scenario. A VM that died is ``null`` and makes the verdict ``fa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from reference_impl import migration as mig
 from reference_impl.host import HostFacts
 from reference_impl.machine import Machine, realize
 from reference_impl.outcome import Outcome, VmState
+from reference_impl.qmp_commands import run_qmp
 from reference_impl.scenario import Scenario, Step, expand_steps, migrate_transport
 from reference_impl.versions import Version, profile_for
 
@@ -35,6 +33,26 @@ _PROFILES: dict[Version | str, tuple[Version, str]] = {}
 # alive so that its id() is not reused while cached. Bounded: cleared when full.
 _STEPS: dict[int, tuple[Scenario, tuple[Step, ...]]] = {}
 _STEPS_MAX = 256
+
+
+# harness/executor.py _pace_for_postcopy: before the source's migrate, a scenario with a start-postcopy step
+# that sets no max-bandwidth itself gets max-bandwidth 1,000,000 B/s, so that the postcopy switch happens.
+POSTCOPY_PACING_BYTES_PER_S = 1_000_000
+_PACED: dict[int, tuple[Scenario, bool]] = {}
+
+
+def _paced_for_postcopy(scenario: Scenario) -> bool:
+    hit = _PACED.get(id(scenario))
+    if hit is not None and hit[0] is scenario:
+        return hit[1]
+    steps = _steps(scenario)
+    paced = any(s.action == "start-postcopy" for s in steps) and not any(
+        "max-bandwidth" in s.parameters for s in steps if s.action == "set-parameters"
+    )
+    if len(_PACED) >= _STEPS_MAX:
+        _PACED.clear()
+    _PACED[id(scenario)] = (scenario, paced)
+    return paced
 
 
 def _profile(version: Version | str) -> tuple[Version, str]:
@@ -71,45 +89,17 @@ def _sides(scene: mig.Scene, side: str) -> tuple[Machine, ...]:
     return (scene.source,)
 
 
-def _qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, Any]) -> str | None:
-    """Raw ``qmp`` steps: the few commands with migration effects; anything else is answered with {}."""
-    if command == "migrate-set-capabilities":
-        caps = {str(c["capability"]): bool(c["state"]) for c in arguments.get("capabilities", [])}
-        return mig.set_capabilities(vm, caps)
-    if command == "migrate-set-parameters":
-        return mig.set_parameters(vm, dict(arguments))
-    if command == "migrate-start-postcopy":
-        return mig.start_postcopy(vm)
-    if command in ("migrate_cancel", "migrate-cancel"):
-        return mig.cancel(scene, vm)
-    if command == "migrate":
-        # Raw migrate (e.g. on the destination): the transport is the URI's scheme.
-        transport = str(arguments.get("uri", "tcp:")).split(":", 1)[0]
-        return mig.migrate(vm, transport, peer_listening=False)
-    if command == "quit":
-        mig.quit_vm(scene, vm)
-        return None
-    if command == "cont":
-        return mig.cont(vm)
-    if command == "stop":
-        return mig.stop(vm)
-    if command == "dump-guest-memory":
-        # qmp_dump_guest_memory (dump/dump.c): refused while inmigrate; detach=true holds an internal blocker
-        # while the dump runs (the model assumes it is still running at the next step).
-        if vm.runstate == "inmigrate":
-            return "Dump not allowed during incoming migration."
-        if arguments.get("detach"):
-            return mig.start_detached_dump(vm)
-    return None
-
-
 def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
     action = step.action
     if action == "migrate":
-        # The executor always sends migrate to the source (harness/pair.py MigrationPair.migrate): a step's
-        # side does not apply to it.
-        vm = scene.source
         transport = migrate_transport(scenario, step)
+        if step.side == "destination":
+            # harness/pair.py migrate_from_destination: issued on the destination, to a target nobody reads
+            # (tcp port 1); its pre-checks ("Guest is waiting for an incoming migration") are the point.
+            return mig.migrate(scene.destination, transport, peer_listening=False)
+        vm = scene.source
+        if _paced_for_postcopy(scenario):
+            mig.set_parameters(vm, {"max-bandwidth": POSTCOPY_PACING_BYTES_PER_S})
         if transport in mig.SOCKET_TRANSPORTS and not scene.socket_uri:
             dst = scene.destination
             error = mig.migrate_incoming(dst, transport)
@@ -118,7 +108,11 @@ def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
             scene.socket_uri = True
         dst = scene.destination
         listening = dst.alive and dst.runstate == "inmigrate" and dst.incoming in mig.SOCKET_TRANSPORTS
-        return mig.migrate(vm, transport, peer_listening=listening or vm is dst)
+        error = mig.migrate(vm, transport, peer_listening=listening or vm is dst)
+        if error is None and vm.migration is not None and vm.migration.failure is None:
+            # The executor waits (bounded) until the migration has left setup before the next step.
+            mig.left_setup(vm)
+        return error
     if action == "wait":
         for vm in (scene.source, scene.destination):
             if vm.migration is not None:
@@ -146,10 +140,12 @@ def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
             error = mig.cont(vm)
         elif action == "stop":
             error = mig.stop(vm)
+        elif action == "migrate-continue":
+            error = mig.migrate_continue(vm)
         elif action == "snapshot-save":
             error = mig.snapshot_save(vm)
         elif action == "qmp":
-            error = _qmp(scene, vm, step.command or "", step.arguments)
+            error = run_qmp(scene, vm, step.command or "", step.arguments)
         else:
             error = None
         if error is not None:
@@ -177,6 +173,16 @@ def _outcome(
 
 def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
     """The model's Outcome for ``scenario`` on QEMU ``version`` (mapped to its profile) and ``host``."""
+    outcome = _predict(scenario, version, host)
+    if getattr(scenario, "guest", None) is not None or "guest" in scenario.requires:
+        # reference_impl.guest (the guest workload's prediction) is imported only for scenarios with a guest.
+        from reference_impl.guest import predict_guest
+
+        outcome.guest = predict_guest(scenario, outcome)
+    return outcome
+
+
+def _predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
     profile, short = _profile(version)
     source = realize(scenario.source, profile, host, "source")
     if isinstance(source, str):

@@ -24,6 +24,7 @@ ACTIONS = (
     "stop",
     "snapshot-save",
     "qmp",
+    "migrate-continue",
 )
 SIDES = ("source", "destination", "both")
 TRANSPORTS = ("tcp", "unix", "file", "exec")

@@ -1,7 +1,9 @@
 """Every bundled scenario on every discovered QEMU: real QEMU and the model must agree.
 
 Runs through the same runner as ``migconform run`` (one item per test, so ``pytest -n 2`` spreads the
-suite over workers). A divergence fails with both sides' values; a skip names its reason.
+suite over workers). A divergence fails with both sides' values; a skip names its reason. A divergence
+listed in known_divergences.py (a documented QEMU bug) must still be there, and only in the fields the bug
+explains; it is then an expected failure.
 
 VFIO scenarios need a device: with ``MIGCONFORM_VFIO_PROVIDER=mtty`` they run in the mtty lab (one batch
 per worker), otherwise their real side is skipped with the executor's reason.
@@ -17,6 +19,7 @@ from harness.report import console
 from harness.results import Results
 from harness.runner import RunOptions, Target, needs_vfio, run_sync
 from reference_impl.scenario import Scenario
+from tests.conformance.known_divergences import known_divergence
 
 pytestmark = pytest.mark.qemu
 
@@ -34,4 +37,9 @@ def test_conformance(conformance_case: tuple[Scenario, Target], vfio_batch: Call
     if results.skips:
         pytest.skip(results.skips[0].reason)
     assert len(results.comparisons) == 1, report
+    known = known_divergence(scenario.id, target.version)
+    if known is not None:
+        problems = known.problems(results.comparisons[0])
+        assert not problems, "\n".join(problems) + f"\n{report}"
+        pytest.xfail(f"known QEMU bug: {known.reason}")
     assert results.comparisons[0].agree, f"real QEMU and the model diverge:\n{report}"

@@ -163,10 +163,12 @@ def test_migrate_from_the_destination() -> None:
     # real #checks: "Guest is waiting for an incoming migration" (before or after migrate-incoming).
     outcome = steps(Step("qmp", side="destination", command="migrate", arguments={"uri": "tcp:127.0.0.1:1"}))
     assert (outcome.stage, outcome.error) == ("qmp", "Guest is waiting for an incoming migration")
-    # the executor sends a migrate step to the source whatever its side (harness/pair.py); without a wait
-    # the states are read at once: source still in setup, destination active (real 7.2.22, racy on 10.0.2)
-    outcome = steps(Step("migrate", side="destination"))
-    assert (outcome.verdict, states(outcome)) == ("completed", (("setup", "running"), ("active", "inmigrate")))
+    # a migrate step with side destination is issued on the destination (harness/pair.py
+    # migrate_from_destination): suite precheck-inmigrate, real 10.0.2 and 7.2.22 (/tmp run 22:46): refused@migrate.
+    outcome = steps(Step("migrate", side="destination", transport="exec"))
+    assert (outcome.verdict, outcome.stage, outcome.error) == (
+        "refused", "migrate", "Guest is waiting for an incoming migration")
+    assert states(outcome) == (("none", "running"), ("none", "inmigrate"))
 
 
 def test_migration_in_progress() -> None:
@@ -300,13 +302,27 @@ def test_quit() -> None:
 
 
 @pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_pause_before_switchover_times_out(version: str) -> None:
-    # real (#harness-runs): parked in pre-switchover; the executor's 60 s wait times out.
-    outcome = mig(version, capabilities={"pause-before-switchover": True})
-    assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "failed", "migration",
-        "timed out after 60 s waiting for the source migration to end (last seen: pre-switchover)")
+def test_pause_before_switchover_parks(version: str) -> None:
+    # real 10.0.2 and 7.2.22 (suite pause-before-switchover-parks, 2026-11-25 23:03): parked in pre-switchover;
+    # the executor's wait ends there; verdict completed with the source stopped for switchover.
+    outcome = mig(version, capabilities={"pause-before-switchover": True, "events": True})
+    assert (outcome.verdict, outcome.stage, outcome.error) == ("completed", None, None)
     assert states(outcome) == (("pre-switchover", "finish-migrate"), ("active", "inmigrate"))
+    assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "pre-switchover"]
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_migrate_continue(version: str) -> None:
+    # real 10.0.2 and 7.2.22 (suite pause-before-switchover-continue, 2026-11-25 23:03): pre-switchover ->
+    # device -> completed on both versions; a second migrate-continue is refused with the current status.
+    outcome = steps(Step("set-capabilities", capabilities={"pause-before-switchover": True, "events": True}),
+                    Step("migrate"), Step("wait"), Step("migrate-continue"), Step("wait"), Step("migrate-continue"),
+                    version=version)
+    assert (outcome.verdict, outcome.stage, outcome.error) == (
+        "refused", "migrate-continue", "Migration not in expected state: completed")
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
+    assert outcome.events is not None and outcome.events["source"] == [
+        "setup", "active", "pre-switchover", "device", "completed"]
 
 
 def test_compress_without_destination_support_fails() -> None:
@@ -356,9 +372,28 @@ def test_sweep_orderings_on_7_2() -> None:
 
 def test_fast_precopy_finishes_before_postcopy() -> None:
     # real (harness sweep, both versions): with the default bandwidth the idle VM's precopy completes before
-    # the switch; no postcopy-active event.
-    outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True}, mode="postcopy")
+    # the switch; no postcopy-active event. A scenario that sets its own fast max-bandwidth keeps it.
+    outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True},
+                  parameters={"max-bandwidth": 134217728}, mode="postcopy")
     assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "device", "completed"]
+
+
+def test_executor_paces_postcopy() -> None:
+    # harness/executor.py _pace_for_postcopy: no max-bandwidth in the scenario -> 1,000,000 B/s before migrate,
+    # so the switch happens (real 10.0.2, suite postcopy-* scenarios: postcopy-active in the source events).
+    outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True}, mode="postcopy")
+    assert outcome.events is not None and outcome.events["source"] == [
+        "setup", "active", "device", "postcopy-active", "completed"]
+
+
+def test_dirty_bitmaps_alone_never_switches() -> None:
+    # real 10.0.2 and 7.2.22 (suite postcopy-dirty-bitmaps-only, run 22:46): start-postcopy accepted, no
+    # postcopy-active.
+    for version, path in (("10.0", ["setup", "active", "device", "completed"]),
+                          ("7.2", ["setup", "active", "completed"])):
+        outcome = mig(version, capabilities={"dirty-bitmaps": True, "events": True},
+                      parameters={"max-bandwidth": 1000000}, mode="postcopy")
+        assert outcome.events is not None and outcome.events["source"] == path
 
 
 @pytest.mark.parametrize(

@@ -69,3 +69,12 @@ def test_broken_dirty_report_fails_the_migration() -> None:
     # lab §4a a0: accepted, then failed with error-desc "ram_save_setup failed: Operation not supported"
     verdict, stage, error = run(vfio_vm(), host=HostFacts(vfio_dirty_report_works=False))
     assert (verdict, stage, error) == ("failed", "migration", "ram_save_setup failed: Operation not supported")
+
+
+def test_dirty_report_failure_passes_through_active() -> None:
+    # suite vfio-precopy-migratable, real 10.0.2 in the stock mtty lab (2026-11-25 23:00): source events
+    # setup, active, failed (migration_thread moves setup -> active before handling the setup failure).
+    vm = vfio_vm()
+    scenario = Scenario("v", source=vm, destination=vm, migration=MigrationSpec(capabilities={"events": True}))
+    outcome = predict(scenario, "10.0", HostFacts(vfio_dirty_report_works=False))
+    assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "failed"]

@@ -1,0 +1,163 @@
+"""Raw ``qmp`` steps: the QMP commands scenarios send directly, each mirroring its QEMU handler.
+
+A scenario's ``qmp`` step may hot-add or remove what adds migration blockers (device_add, chardev-add,
+blockdev-add), or drive the migration by hand (migrate, migrate-incoming). Commands without a migration
+effect (object-add, device_del of a device the guest never releases, ...) answer ``{}``: None here.
+Texts measured on QEMU 10.0.2 and 7.2.22 (docs/real-qemu-facts.md#qmp-steps).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from reference_impl import catalog
+from reference_impl import migration as mig
+from reference_impl.capabilities import N8_2
+from reference_impl.machine import Machine, hotplug_device
+from reference_impl.scenario import DeviceSpec
+
+
+def _busy(vm: Machine) -> bool:
+    """``is_busy`` in migrate_add_blocker_normal (migration/migration.c): a migration or savevm runs."""
+    return vm.migration is not None or vm.runstate == "save-vm"
+
+
+def _option_text(value: Any) -> str:
+    """A QAPI argument as the QemuOpts string the command-line parser would have seen."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return str(value)
+
+
+def chardev_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_chardev_add`` (chardev/char.c): the backend's open may add a blocker; a failure is prefixed
+    "Failed to add chardev '<id>': " (measured: qemu-vdagent during a migration, both versions)."""
+    chardev_id = str(arguments.get("id", ""))
+    backend = arguments.get("backend", {})
+    kind = str(backend.get("type", "")) if isinstance(backend, Mapping) else ""
+    reason = catalog.chardev_blocker(kind, vm.version)
+    if reason is not None:
+        error = vm.blockers.add(reason, busy=_busy(vm))
+        if error is not None:
+            return f"Failed to add chardev '{chardev_id}': {error}"
+    vm.chardevs[chardev_id] = kind
+    return None
+
+
+def chardev_remove(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_chardev_remove``: finalizing the chardev drops its blocker (vdagent_chr_fini: migrate_del_blocker)."""
+    chardev_id = str(arguments.get("id", ""))
+    kind = vm.chardevs.pop(chardev_id, None)
+    if kind is None:
+        return f"Chardev '{chardev_id}' not found"
+    reason = catalog.chardev_blocker(kind, vm.version)
+    if reason is not None:
+        vm.blockers.remove(reason)
+    return None
+
+
+def blockdev_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_blockdev_add``: opening the node adds the format's blockers in order, the busy check applies
+    (measured: vvfat rw during a migration reports its internal qcow node first, with no prefix)."""
+    options = {str(k): _option_text(v) for k, v in arguments.items() if not isinstance(v, Mapping)}
+    for reason in catalog.drive_blockers(options, blockdev=True):
+        error = vm.blockers.add(reason, busy=_busy(vm))
+        if error is not None:
+            return error
+    return None
+
+
+def device_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_device_add``: see machine.hotplug_device."""
+    props = {str(k): _option_text(v) for k, v in arguments.items() if k not in ("driver", "id")}
+    dev_id = arguments.get("id")
+    device = DeviceSpec(str(arguments.get("driver", "")), str(dev_id) if dev_id is not None else None, props)
+    return hotplug_device(vm, device)
+
+
+def device_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_device_del``: only a request to the guest; without a guest OS a PCIe unplug never completes, so
+    the device (and any blocker it added) stays (measured: ivshmem hot-added then deleted still blocks)."""
+    dev_id = arguments.get("id")
+    if not any(d.id == dev_id for d in vm.devices):
+        return f"Device '{dev_id}' not found"
+    return None
+
+
+# URI schemes qmp_migrate dispatches on (migration/migration.c); anything else is not a migration protocol.
+URI_SCHEMES = frozenset({"tcp", "unix", "file", "exec", "fd", "rdma", "vsock"})
+
+
+def migrate_uri(vm: Machine, uri: str) -> str | None:
+    """``qmp_migrate`` with a URI chosen by the scenario (not by the executor).
+
+    - 8.2+ parses the URI first (migrate_uri_parse): an unknown scheme is refused with status none
+      ("unknown migration protocol: bogus:x", measured on 10.0.2). Before 8.2 the dispatch comes after
+      migrate_init: "Parameter 'uri' expects a valid migration protocol" and setup -> failed (7.2.22).
+    - file: whose directory does not exist: the open fails after migrate_init ("Could not create '<path>':
+      No such file or directory", status failed, measured on 10.0.2).
+    - unix: to a path that does not exist: accepted, then "Failed to connect to '<path>': No such file or
+      directory" (measured on both); tcp: nobody listens (the executor never listens on a URI it did not make).
+    The model asks the host filesystem whether the path exists, as QEMU's open/connect would.
+    """
+    scheme, _, target = uri.partition(":")
+    if scheme not in URI_SCHEMES and vm.vn >= N8_2:
+        return f"unknown migration protocol: {uri}"
+    transport = scheme if scheme in URI_SCHEMES else "invalid"
+    path_error = None
+    if scheme == "file" and not os.path.isdir(os.path.dirname(target.split(",")[0]) or "."):
+        path_error = "Could not create '<path>': No such file or directory"
+    elif scheme == "unix" and not os.path.exists(target):
+        path_error = "Failed to connect to '<path>': No such file or directory"
+    return mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
+
+
+def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
+    """``qmp_migrate_incoming`` with the scenario's URI (see migration.migrate_incoming)."""
+    return mig.migrate_incoming(vm, uri.partition(":")[0])
+
+
+_HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
+    "chardev-add": chardev_add,
+    "chardev-remove": chardev_remove,
+    "blockdev-add": blockdev_add,
+    "device_add": device_add,
+    "device_del": device_del,
+    "migrate": lambda vm, a: migrate_uri(vm, str(a.get("uri", ""))),
+    "migrate-incoming": lambda vm, a: migrate_incoming_uri(vm, str(a.get("uri", ""))),
+}
+
+
+def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, Any]) -> str | None:
+    """One raw ``qmp`` step on ``vm``: QEMU's error text, or None for ``{}``."""
+    handler = _HANDLERS.get(command)
+    if handler is not None:
+        return handler(vm, arguments)
+    if command == "migrate-set-capabilities":
+        caps = {str(c["capability"]): bool(c["state"]) for c in arguments.get("capabilities", [])}
+        return mig.set_capabilities(vm, caps)
+    if command == "migrate-set-parameters":
+        return mig.set_parameters(vm, dict(arguments))
+    if command == "migrate-start-postcopy":
+        return mig.start_postcopy(vm)
+    if command in ("migrate_cancel", "migrate-cancel"):
+        return mig.cancel(scene, vm)
+    if command == "quit":
+        mig.quit_vm(scene, vm)
+        return None
+    if command == "cont":
+        return mig.cont(vm)
+    if command == "stop":
+        return mig.stop(vm)
+    if command == "dump-guest-memory":
+        # qmp_dump_guest_memory (dump/dump.c): refused while inmigrate; detach=true holds an internal blocker
+        # while the dump runs (the model assumes it is still running at the next step).
+        if vm.runstate == "inmigrate":
+            return "Dump not allowed during incoming migration."
+        if arguments.get("detach"):
+            return mig.start_detached_dump(vm)
+    return None
