@@ -39,7 +39,7 @@ from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.guest.session import GuestReport, guest_vm_args
 from harness.guest.session import start as start_guest
-from harness.guest.session import verify as verify_guest
+from harness.guest.session import verify_blocking as verify_guest_blocking
 from harness.machine import QemuMachine
 from harness.pair import END_STATUSES, MigrationPair
 from harness.probe import BinaryProbe, HostProbe, choose_accel, probe_binary, probe_host, userfaultfd_for
@@ -76,6 +76,10 @@ COMMAND_TIMEOUT_S = 30.0
 POSTCOPY_PACING_BYTES_PER_S = 1_000_000
 # Bound for connecting to a freshly launched VM's serial console socket.
 CONSOLE_CONNECT_TIMEOUT_S = 10.0
+# Bound for a migrated guest's shell to answer before the check. A live guest answers within a second or two
+# even under TCG on a loaded host (docs/guests.md: boot is 2-9 s, an already-booted shell much less); a guest
+# that oopsed without panicking (seen on 7.2, docs/qemu-bugs.md 4) would otherwise cost the whole bound.
+GUEST_PROMPT_TIMEOUT_S = 10.0
 # Runstates the executor resumes before the guest check: the memory is there, the guest only has to run to
 # answer (e.g. a source stopped by the scenario). Other non-running states have no guest (see reference_impl.guest).
 RESUMABLE_RUNSTATES = frozenset({"paused", "postmigrate", "prelaunch"})
@@ -316,7 +320,7 @@ class _ScenarioRun:
             console = self.consoles[side]
             if self.guest_hook is not None:
                 await self.guest_hook(GuestCheck(side, vm, console, self.workdir))
-            report = await verify_guest(console)
+            report = await asyncio.to_thread(verify_guest_blocking, console, GUEST_PROMPT_TIMEOUT_S)
         self.outcome.guest = guest_dict(report)
         self.outcome.extra["guest_check"] = {
             "side": side,

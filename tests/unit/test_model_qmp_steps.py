@@ -178,3 +178,19 @@ def test_snapshot_device_check_before_in_progress(version: str) -> None:
     # snapshot-save-during-migration (both): no disk -> the device error, not "migration in progress".
     outcome = run(SLOW, Step("migrate"), Step("snapshot-save"), version=version)
     assert outcome.error == "At least one device is required for snapshot"
+
+
+def test_loader_accepts_migrate_continue() -> None:
+    # docs/scenario-format.md: the extension action migrate-continue takes no keys besides action and side.
+    from harness.loader import ScenarioError, parse_scenario
+
+    scenario = parse_scenario({"step": [{"action": "migrate-continue"}]}, "x.toml", "x")
+    assert scenario.steps[0].action == "migrate-continue"
+    with pytest.raises(ScenarioError):
+        parse_scenario({"step": [{"action": "migrate-continue", "state": "pre-switchover"}]}, "x.toml", "x")
+
+
+def test_migrate_continue_without_parked_migration() -> None:
+    # docs/real-qemu-facts.md#cancel--failure: migrate-continue with no migration (both versions).
+    outcome = run(Step("migrate-continue"))
+    assert (outcome.stage, outcome.error) == ("migrate-continue", "Migration not in expected state: none")
