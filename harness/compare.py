@@ -78,6 +78,13 @@ class Comparison:
     differences: dict[str, list[Any]] = field(default_factory=dict)
     # extension: the report column when two binaries share a version (e.g. a mutant build)
     column: str | None = None
+    # extension: the documented QEMU bug (harness.known_bugs) that explains this divergence
+    known_bug: str | None = None
+
+    @property
+    def diverges(self) -> bool:
+        """A divergence no known QEMU bug explains."""
+        return not self.agree and self.known_bug is None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -88,6 +95,8 @@ class Comparison:
         }
         if self.column is not None and self.column != self.qemu_version:
             out["column"] = self.column
+        if self.known_bug is not None:
+            out["known_bug"] = self.known_bug
         return out
 
     @classmethod
@@ -98,6 +107,7 @@ class Comparison:
             agree=bool(data["agree"]),
             differences={str(k): list(v) for k, v in dict(data.get("differences") or {}).items()},
             column=data.get("column"),
+            known_bug=data.get("known_bug"),
         )
 
 

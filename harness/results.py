@@ -76,7 +76,11 @@ class Results:
 
     @property
     def diverged(self) -> list[Comparison]:
-        return [c for c in self.comparisons if not c.agree]
+        return [c for c in self.comparisons if c.diverges]
+
+    @property
+    def known_bugs(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.agree and c.known_bug is not None]
 
     @property
     def passed(self) -> bool:
@@ -98,6 +102,7 @@ class Results:
         return {
             "agree": sum(1 for c in self.comparisons if c.agree),
             "diverge": len(self.diverged),
+            "known_bug": len(self.known_bugs),
             "skip": len(self.skips),
             "error": len(self.errors),
             "not_run": len(self.not_run),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from harness.compare import compare, skip_reason
+from harness.known_bugs import known_divergence
 from harness.results import HarnessError, Results, Skip, WorkItem, save
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
@@ -281,8 +282,11 @@ class _Run:
                 status = f"skip ({reason})"
             else:
                 comparison = compare(good["reference"], good["qemu"], column=target.column)
+                known = known_divergence(scenario.id, target.version)
+                if known is not None and not comparison.agree and not known.problems(comparison):
+                    comparison.known_bug = known.reason
                 self.results.comparisons.append(comparison)
-                status = "agree" if comparison.agree else "DIVERGE"
+                status = "agree" if comparison.agree else ("known QEMU bug" if comparison.known_bug else "DIVERGE")
         elif not errors:
             (outcome,) = good.values()
             if outcome.verdict == "skipped":

@@ -53,6 +53,9 @@ class Migration:
     # A failure known at migrate time: (error-desc or None, the source's last stderr line or None).
     failure: tuple[str | None, str | None] | None = None
     continued: bool = False  # migrate-continue released it from pre-switchover
+    # Statuses a failing migration passes through after active, before failed (10.0: device on a switchover
+    # that fails reading the return path).
+    fails_after: tuple[str, ...] = ()
 
 
 @dataclass
@@ -382,6 +385,10 @@ def quit_vm(scene: Scene, vm: Machine) -> None:
 # The source's error-desc when the destination drops the connection mid-stream. Racy: "Broken pipe" and
 # "Connection reset by peer" both occur (docs/real-qemu-facts.md#harness-runs); the latter is the more common.
 PEER_RESET = "Unable to write to socket: Connection reset by peer"
+YANK_ABORT = "../../util/yank.c:107: yank_unregister_instance: Assertion `QLIST_EMPTY(&entry->yankfns)' failed."
+RETURN_PATH_CLOSED = "Unable to write to socket: Bad file descriptor"
+# source_process_command (migration/migration.c) on MIG_RP_MSG_SHUT with a non-zero error from the destination.
+SIBLING_ERROR = "Sibling indicated error 1"
 
 
 def _stream_mismatch(source: Machine, destination: Machine) -> tuple[str | None, str | None] | None:
@@ -393,9 +400,18 @@ def _stream_mismatch(source: Machine, destination: Machine) -> tuple[str | None,
       7.2.22 instead enters COLO on both sides: see finish().
     """
     caps = source.caps
+    return_path = "return-path" in caps or "postcopy-ram" in caps
     if "compress" in caps and "compress" not in destination.caps:
-        return (PEER_RESET, None)
+        # With a return path open, the return-path thread shuts the stream first: the main thread's next write
+        # fails with EBADF (7.2.22 sweep 2026-11-25 23:07: 15 of 15 pairs with postcopy-ram or return-path).
+        return (RETURN_PATH_CLOSED if return_path else PEER_RESET, None)
     if "x-colo" in caps and source.vn >= N8_0:
+        # 10.0.2 sweep 23:07: with a return path the source reports the destination's error message
+        # (11 of 11 pairs: "Sibling indicated error 1"); with multifd the channel setup fails first (1 pair).
+        if return_path:
+            return (SIBLING_ERROR, None)
+        if "multifd" in caps:
+            return ("ram_save_setup failed: Input/output error", None)
         return (PEER_RESET, None)
     return None
 
@@ -472,8 +488,10 @@ def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | 
     mismatch = _config_mismatch(source, destination)
     if mismatch is not None:
         return mismatch
-    if m.background and "mapped-ram" in caps:
-        return "load of migration failed: Operation not permitted"
+    if "mapped-ram" in caps and "x-ignore-shared" in caps:
+        # 10.0.2 sweep 23:07: mapped-ram + x-ignore-shared written to file: the load fails (2 of 2 pairs,
+        # precopy and background-snapshot).
+        return DESTINATION_LOAD_FAILURE
     if "compress" in caps and "compress" not in destination.caps:
         return DESTINATION_LOAD_FAILURE
     if "x-colo" in caps and source.vn >= N8_0:
@@ -490,14 +508,28 @@ def finish(scene: Scene, vm: Machine) -> None:
     if m.failure is None and m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate":
         m.failure = _stream_mismatch(vm, peer)
         m.fails_when_active = m.failure is not None
+    if m.failure is None and _pause_before_switchover(scene, vm, m, peer):
+        return
     if m.failure is None and not m.background and m.transport not in SOCKET_TRANSPORTS and (
         "return-path" in vm.caps or "postcopy-ram" in vm.caps
     ):
         # A return path (return-path, or postcopy-ram which opens one) over a one-way channel (harness sweep):
         # file: (10.0.2) fails reading it, "Unable to read from file: Bad file descriptor", VM left running;
         # exec: waits for it forever, stopped for switchover in device (10.0.2) / active (7.2.22): timeout.
-        if m.transport == "file":
+        if m.transport == "file" and "switchover-ack" not in vm.caps:
             m.failure = ("Unable to read from file: Bad file descriptor", None)
+            # 10.0.2 (sweep 23:07, events on): setup, active, device, failed: the read fails at switchover.
+            m.fails_when_active = True
+            m.fails_after = ("device",) if vm.vn >= N10_0 else ()
+        elif m.transport == "file":
+            # switchover-ack: the source waits in active for the ack that never comes over a file (10.0.2 sweep
+            # 23:07: timeout, last seen active, runstate running).
+            if vm.status == "setup":
+                emit(vm, "active")
+            scene.extra["timeout"] = (
+                f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: active)"
+            )
+            return
         else:
             if vm.status == "setup":
                 emit(vm, "active")
@@ -508,20 +540,25 @@ def finish(scene: Scene, vm: Machine) -> None:
                 f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: {vm.status})"
             )
             return
-    if m.failure is None and _pause_before_switchover(scene, vm, m, peer):
-        return
-    if m.background and "block" in vm.caps and vm.vn < N8_0 and m.transport in SOCKET_TRANSPORTS:
-        # 7.2.22 (harness sweep, one run): background-snapshot with block over tcp hangs the source's monitor;
-        # the executor's next query-migrate times out. The destination stays active/inmigrate. (Over exec it
-        # completes.)
-        vm.alive = False
-        if peer.alive and peer.runstate == "inmigrate" and peer.incoming:
-            emit(peer, "active")
-        scene.extra["timeout"] = f"timed out after {WAIT_TIMEOUT_S} s waiting for source to answer query-migrate"
-        return
-    if "x-colo" in vm.caps and vm.vn < N8_0 and m.failure is None and not m.background:
+    # 7.2.22 background-snapshot + block over tcp hung the source's monitor once (harness sweep) and completed
+    # in the 23:07 sweep: a race (docs/qemu-bugs.md), the model predicts completion.
+    if "x-colo" in vm.caps and vm.vn < N8_0 and m.failure is None and not m.background and not m.postcopy:
         # 7.2.22: after precopy both sides enter COLO and stay there; the executor's wait times out (measured:
-        # source colo/running, destination colo/running).
+        # source colo/running, destination colo/running). After a postcopy switch there is no COLO: the
+        # migration completes (sweep 23:07, 13 of 13 pairs). With a return path (return-path, postcopy-ram) the
+        # source's return-path thread fails on COLO's first message (2 of 2 pairs): "RP: Received invalid
+        # message 0x0000 length 0x0000", source failed/running, the destination stays in COLO.
+        if ("return-path" in vm.caps or "postcopy-ram" in vm.caps) and m.transport in SOCKET_TRANSPORTS:
+            if vm.status == "setup":
+                emit(vm, "active")
+            emit(vm, "failed")
+            vm.error_desc = "RP: Received invalid message 0x0000 length 0x0000"
+            vm.migration = None
+            if peer.alive and peer.runstate == "inmigrate" and peer.incoming:
+                emit(peer, "active")
+                emit(peer, "colo")
+                peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
+            return
         for status in ("active", "colo"):
             if vm.status != status:
                 emit(vm, status)
@@ -540,6 +577,8 @@ def finish(scene: Scene, vm: Machine) -> None:
         desc, line = m.failure
         if m.fails_when_active and vm.status == "setup":
             emit(vm, "active")
+        for status in m.fails_after:
+            emit(vm, status)
         emit(vm, "failed")
         vm.error_desc = desc
         if line is not None:
@@ -575,6 +614,11 @@ def finish(scene: Scene, vm: Machine) -> None:
     emit(peer, "active")
     if m.postcopy and not m.background:
         emit(peer, "postcopy-active")
+        if vm.vn < N8_1 and "multifd" in vm.caps and "multifd" in peer.caps:
+            # 7.2 accepts postcopy with multifd (rule e came in 8.1); after a postcopy switch the destination
+            # aborts in cleanup (sweep 23:07, 14 of 14 pairs): the source completed, the destination is gone.
+            _kill(peer, -6, YANK_ABORT)
+            return
     emit(peer, "completed")
     peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
 

@@ -13,7 +13,7 @@ from harness.results import Results, comparison_column, outcome_column
 from reference_impl.outcome import Outcome
 from reference_impl.versions import Version
 
-KINDS = ("agree", "diverge", "skip", "error", "not-run", "outcome")
+KINDS = ("agree", "diverge", "known-bug", "skip", "error", "not-run", "outcome")
 
 
 @dataclass
@@ -30,6 +30,8 @@ class Cell:
             return "agree"
         if self.kind == "diverge":
             return "DIVERGE"
+        if self.kind == "known-bug":
+            return "known QEMU bug"
         if self.kind == "skip":
             return f"skip({self.detail})"
         if self.kind == "error":
@@ -98,7 +100,7 @@ def build_matrix(results: Results) -> Matrix:
         cell.kind, cell.detail = "skip", s.reason
     for c in results.comparisons:
         cell = matrix.cells[(c.scenario, comparison_column(c))]
-        cell.kind = "agree" if c.agree else "diverge"
+        cell.kind = "agree" if c.agree else ("known-bug" if c.known_bug else "diverge")
         cell.comparison = c
     for e in results.errors:
         cell = matrix.cells[(e.scenario, e.column)]
@@ -114,6 +116,8 @@ def build_matrix(results: Results) -> Matrix:
 def summary_line(matrix: Matrix) -> str:
     counts = matrix.counts()
     parts = [f"{counts['agree']} agree", f"{counts['diverge']} diverge", f"{counts['skip']} skipped"]
+    if counts["known-bug"]:
+        parts.append(f"{counts['known-bug']} known QEMU bugs")
     if counts["error"]:
         parts.append(f"{counts['error']} errors")
     if counts["not-run"]:

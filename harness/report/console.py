@@ -12,8 +12,11 @@ def _fmt(value: object) -> str:
 
 def _details(scenario: str, column: str, cell: Cell) -> list[str]:
     lines: list[str] = []
-    if cell.kind == "diverge" and cell.comparison is not None:
-        lines.append(f"DIVERGE {scenario} [{column}]")
+    if cell.kind in ("diverge", "known-bug") and cell.comparison is not None:
+        if cell.kind == "known-bug":
+            lines.append(f"KNOWN QEMU BUG {scenario} [{column}]: {cell.comparison.known_bug}")
+        else:
+            lines.append(f"DIVERGE {scenario} [{column}]")
         for name, (ref, qemu) in cell.comparison.differences.items():
             if name == "error" and cell.reference is not None and cell.qemu is not None:
                 ref, qemu = cell.reference.error, cell.qemu.error  # exact messages, not the normalised ones

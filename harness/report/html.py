@@ -29,6 +29,8 @@ td.scenario { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-siz
 td.scenario .desc { font-family: system-ui, sans-serif; color: #666; font-size: 12px; }
 .agree { background: #e6f4ea; }
 .diverge { background: #fde7e7; }
+.known-bug { background: #fff4e0; }
+.known-bug .tag { color: #8a5300; }
 .skip { background: #f1f1f1; color: #555; }
 .error, .not-run { background: #fff1d6; }
 .outcome { background: #eef3fb; }
@@ -52,6 +54,7 @@ pre { white-space: pre-wrap; margin: .2em 0; font-size: 12px; }
 _SUMMARY_COLOURS = {
     "agree": ("#1e7a34", "#e6f4ea"),
     "diverge": ("#b3261e", "#fde7e7"),
+    "known-bug": ("#8a5300", "#fff4e0"),
     "skip": ("#555", "#f1f1f1"),
     "error": ("#9a5b00", "#fff1d6"),
     "not-run": ("#9a5b00", "#fff1d6"),
@@ -111,6 +114,12 @@ def _cell_html(cell: Cell | None) -> str:
         return f'<td class="agree"><span class="tag">agree</span>{body}</td>'
     if kind == "diverge":
         return f'<td class="diverge"><span class="tag">DIVERGE</span>{_sides_table(cell)}</td>'
+    if kind == "known-bug":
+        reason = escape(cell.comparison.known_bug or "") if cell.comparison else ""
+        return (
+            f'<td class="known-bug"><span class="tag">known QEMU bug</span><div class="msg">{reason}</div>'
+            f"{_sides_table(cell)}</td>"
+        )
     if kind == "skip":
         return f'<td class="skip"><span class="tag">skip</span><div class="msg">{escape(cell.detail)}</div></td>'
     if kind in ("error", "not-run"):

@@ -42,7 +42,7 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
         tests=str(len(matrix.cells)),
         failures=str(counts["diverge"]),
         errors=str(counts["error"] + counts["not-run"]),
-        skipped=str(counts["skip"]),
+        skipped=str(counts["skip"] + counts["known-bug"]),
     )
     if results.meta.get("start"):
         suite.set("timestamp", str(results.meta["start"]))
@@ -61,6 +61,11 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
                 failure.text = _failure_text(cell)
             elif cell.kind == "skip":
                 ET.SubElement(case, "skipped", message=cell.detail)
+            elif cell.kind == "known-bug":
+                # JUnit has no expected failure: a skip whose type says why, with both sides in the text.
+                reason = cell.comparison.known_bug if cell.comparison else "known QEMU bug"
+                known = ET.SubElement(case, "skipped", message=f"known QEMU bug: {reason}", type="known-qemu-bug")
+                known.text = _failure_text(cell)
             elif cell.kind == "error":
                 error = ET.SubElement(case, "error", message=cell.detail.splitlines()[0] if cell.detail else "error")
                 error.text = cell.detail

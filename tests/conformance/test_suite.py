@@ -2,7 +2,7 @@
 
 Runs through the same runner as ``migconform run`` (one item per test, so ``pytest -n 2`` spreads the
 suite over workers). A divergence fails with both sides' values; a skip names its reason. A divergence
-listed in known_divergences.py (a documented QEMU bug) must still be there, and only in the fields the bug
+listed in harness/known_bugs.py (a documented QEMU bug) must still be there, and only in the fields the bug
 explains; it is then an expected failure.
 
 VFIO scenarios need a device: with ``MIGCONFORM_VFIO_PROVIDER=mtty`` they run in the mtty lab (one batch
@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.known_bugs import known_divergence
 from harness.report import console
 from harness.results import Results
 from harness.runner import RunOptions, Target, needs_vfio, run_sync
 from reference_impl.scenario import Scenario
-from tests.conformance.known_divergences import known_divergence
 
 pytestmark = pytest.mark.qemu
 

@@ -1,4 +1,8 @@
-"""Divergences the suite expects because real QEMU is wrong, each tied to a documented QEMU bug.
+"""Divergences expected because real QEMU is wrong, each tied to a documented QEMU bug (docs/qemu-bugs.md).
+
+The runner marks a comparison that matches an entry as a *known QEMU bug* (``Comparison.known_bug``): it is
+reported (console, JSON, JUnit, HTML) but does not fail ``migconform run``/``conformance``, so a CI matrix goes
+red only for something new.
 
 An entry does not hide a failure: the case is asserted to *still* diverge (so a fixed QEMU, or a harness change
 that stops the check from seeing the bug, fails the test and the entry has to go), and to diverge only in the
@@ -30,7 +34,7 @@ class KnownDivergence:
         if comparison.agree:
             return [
                 f"known divergence gone: {self.scenario} on {self.version} now agrees ({self.reason}); "
-                "remove its entry from tests/conformance/known_divergences.py and docs/qemu-bugs.md"
+                "remove its entry from harness/known_bugs.py and docs/qemu-bugs.md"
             ]
         problems = []
         if self.must_differ not in comparison.differences:
