@@ -572,6 +572,21 @@ def finish(scene: Scene, vm: Machine) -> None:
             f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: colo)"
         )
         return
+    if (m.failure is None and m.postcopy and vm.vn < N8_1 and "postcopy-preempt" in vm.caps
+            and "multifd" in vm.caps and "multifd" in peer.caps and m.transport in SOCKET_TRANSPORTS):
+        # 7.2 multifd + postcopy-preempt after a postcopy switch (docs/qemu-bugs.md §5; sweeps 2026-11-25 23:07
+        # and 23:16, 2 of 2): the destination dies, the source stays postcopy-active / finish-migrate and the
+        # executor's wait times out.
+        for status in ("active", "postcopy-active"):
+            if vm.status != status:
+                emit(vm, status)
+        vm.runstate = "finish-migrate"
+        if peer.alive:
+            _kill(peer, -6, YANK_ABORT)
+        scene.extra["timeout"] = (
+            f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: postcopy-active)"
+        )
+        return
     vm.migration = None
     if m.failure is not None:
         desc, line = m.failure

@@ -465,3 +465,13 @@ def test_sweep_2026_11_25_rules() -> None:
     # 10.0.2 pause-before-switchover comes before the return path's read failure over file.
     outcome = mig("10.0", capabilities={"return-path": True, "pause-before-switchover": True}, transport="file")
     assert (outcome.verdict, states(outcome)[0]) == ("completed", ("pre-switchover", "finish-migrate"))
+
+
+def test_7_2_multifd_preempt_postcopy_hangs() -> None:
+    # real 7.2.22, sweeps 2026-11-25 23:07 and 23:16 (2 of 2): the destination is gone, the source stays in
+    # postcopy-active / finish-migrate until the wait bound.
+    outcome = mig("7.2", capabilities={"multifd": True, "postcopy-preempt": True, "postcopy-ram": True},
+                  mode="postcopy")
+    assert (outcome.verdict, outcome.error) == (
+        "failed", "timed out after 60 s waiting for the source migration to end (last seen: postcopy-active)")
+    assert states(outcome) == (("postcopy-active", "finish-migrate"), None)
