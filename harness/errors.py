@@ -15,7 +15,10 @@ Hierarchy::
     │   ├── QmpCommandError  QEMU answered a command with an error (GenericError & co.)
     │   └── QmpConnectionError  the QMP connection broke (usually: QEMU died)
     ├── MigrationTimeout     a bounded wait ran out
-    └── VmDied               a QEMU process exited while the scenario still needed it
+    ├── VmDied               a QEMU process exited while the scenario still needed it
+    └── HostEnvironmentError the host could not give the run what it needed (memory, disk, a probe that
+        │                    works, a resource the run was promised): never QEMU's answer
+        └── ResourceUnavailable  a resource the run should have had (VFIO device, mdev, guest image)
 """
 
 from __future__ import annotations
@@ -113,3 +116,23 @@ class VmDied(MigconformError):
         self.status = status
         self.last_stderr_line = last_stderr_line
         super().__init__(f"{side} QEMU exited with status {status}: {last_stderr_line}")
+
+
+class HostEnvironmentError(MigconformError):
+    """The host, not QEMU, failed the run: out of memory or disk, a binary whose probe fails, a results file
+    that cannot be written. Such an item is neither an agreement nor a divergence: it is reported in its own
+    category (``environment``) with its own exit status, so a user does not file a QEMU bug for a full disk.
+
+    ``what`` names the resource or step that failed, ``detail`` the host's own words (errno text, stderr).
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        self.what = what
+        self.detail = detail
+        super().__init__(f"{what}: {detail}")
+
+
+class ResourceUnavailable(HostEnvironmentError):
+    """A resource the run should have had and did not get: a VFIO device that became unavailable after the
+    source started, an exhausted mdev pool, a guest image that failed to build. Silently turning these into
+    skips would shrink a run without anyone noticing; they are errors (see ``--require-all``)."""
