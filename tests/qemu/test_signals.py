@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,12 +189,16 @@ def _assert_interrupted_cleanly(run: Run, status: int, expected: int, signame: s
 
 
 @pytest.mark.parametrize(
-    ("signum", "expected", "signame"), [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")]
+    ("signum", "expected", "signame", "jobs"),
+    [(signal.SIGINT, 130, "SIGINT", 1), (signal.SIGTERM, 143, "SIGTERM", 1), (signal.SIGINT, 130, "SIGINT", 2)],
 )
 def test_signal_mid_run_stops_the_run(
-    hostile_run: Callable[..., Run], signum: int, expected: int, signame: str
+    hostile_run: Callable[..., Run], signum: int, expected: int, signame: str, jobs: int
 ) -> None:
-    run = hostile_run()
+    """Ctrl-C or a SIGTERM mid-run: the run stops, kills its QEMUs, records nothing from the items in flight
+    (their QEMUs' deaths are our doing), writes its JSON marked interrupted, cleans its temp folders and exits
+    128 + the signal. ``jobs=2``: two items in flight, so two executors unwind at once."""
+    run = hostile_run(jobs=jobs)
     run.wait_in_flight()
     run.proc.send_signal(signum)
     status = run.finish()
@@ -239,11 +244,8 @@ def _fake_binary(tmp_path: Path) -> QemuBinary:
 
 
 def test_launch_that_never_offers_qmp_names_side_step_and_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     binary = _fake_binary(tmp_path)
     logs = tmp_path / "logs"
 
@@ -267,7 +269,11 @@ def test_launch_that_never_offers_qmp_names_side_step_and_log(tmp_path: Path, mo
 
 
 def test_execute_respects_timeout_for_a_qemu_without_qmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The whole item, probes included, is bounded by --timeout; the error names the side and the step."""
+    """The whole item, probes included, is bounded by --timeout; the error names the side and the step; the
+    probes' and the pair's temp folders are gone afterwards."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     binary = _fake_binary(tmp_path)
     workdir = tmp_path / "work"
     path = tmp_path / "no-qmp.toml"
@@ -278,6 +284,8 @@ def test_execute_respects_timeout_for_a_qemu_without_qmp(tmp_path: Path, monkeyp
     text = str(info.value)
     assert "did not offer QMP within 3 s" in text, text
     assert "startup" in text, text
+    assert text.startswith("source QEMU"), text
+    assert list(tmp.iterdir()) == [], "temp folders left by the probes or the pair"
 
 
 def test_stopped_qemu_after_migration_is_a_named_error(qemu_binary: QemuBinary, tmp_path: Path) -> None:
