@@ -371,6 +371,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         parts.append(part)
         if not part.passed:
             status = 1
+        if procutil.interrupted() is not None:
+            break  # the run's signal policy: stop, write what we have, exit 128 + signal
         if not args.quiet:
             counts = part.counts()
             sys.stderr.write(
@@ -389,7 +391,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     counts = combined.counts()
     lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
     sys.stdout.write("\n".join(lines) + "\n")
-    return status
+    signum = procutil.interrupted()
+    return 128 + signum if signum is not None else status
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
