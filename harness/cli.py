@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from harness import procutil
 from harness import results as results_io
 from harness.loader import ScenarioError, load_scenarios
 from harness.report import console, html, junit
@@ -265,6 +266,13 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
     _write_reports(res, json_path, junit_path, html_path)
     if not args.quiet:
         sys.stdout.write(console.render(res))
+    signum = procutil.interrupted()
+    if signum is not None:
+        # One policy for SIGINT and SIGTERM: the run stopped, its results say so, and the status is the
+        # shell's convention for "ended by this signal" (130, 143).
+        name = res.meta.get("signal", str(signum))
+        sys.stderr.write(f"migconform: interrupted by {name}; results written so far are kept\n")
+        return 128 + signum
     return 0 if res.passed else 1
 
 
@@ -363,6 +371,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         parts.append(part)
         if not part.passed:
             status = 1
+        if procutil.interrupted() is not None:
+            break  # the run's signal policy: stop, write what we have, exit 128 + signal
         if not args.quiet:
             counts = part.counts()
             sys.stderr.write(
@@ -381,7 +391,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     counts = combined.counts()
     lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
     sys.stdout.write("\n".join(lines) + "\n")
-    return status
+    signum = procutil.interrupted()
+    return 128 + signum if signum is not None else status
 
 
 def cmd_certify(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ Hierarchy::
     │   ├── QmpCommandError  QEMU answered a command with an error (GenericError & co.)
     │   └── QmpConnectionError  the QMP connection broke (usually: QEMU died)
     ├── MigrationTimeout     a bounded wait ran out
+    ├── QmpTimeout           a live QEMU did not answer a QMP command in time (hung or stopped): the harness's
+    │                        error of the item, never a state or a verdict
     ├── VmDied               a QEMU process exited while the scenario still needed it
     └── HostEnvironmentError the host could not give the run what it needed (memory, disk, a probe that
         │                    works, a resource the run was promised): never QEMU's answer
@@ -55,15 +57,19 @@ class QemuLaunchError(MigconformError):
         stderr: str,
         message: str,
         log_path: str | None = None,
+        side: str = "",
     ) -> None:
         self.argv = tuple(argv)
         self.exit_status = exit_status
         self.stderr = stderr
         self.message = message
         self.log_path = log_path
-        how = "did not offer QMP in time" if exit_status is None else f"exited with status {exit_status}"
+        self.side = side
+        who = f"{side} QEMU" if side else "QEMU"
+        # exit_status None: ``message`` says what went wrong at startup ("did not offer QMP within 5 s ...").
+        head = f"{who} {message}" if exit_status is None else f"{who} exited with status {exit_status}: {message}"
         where = f" (log: {log_path})" if log_path else ""
-        super().__init__(f"QEMU {how}: {message}{where}\n  argv: {' '.join(self.argv)}")
+        super().__init__(f"{head}{where}\n  argv: {' '.join(self.argv)}")
 
 
 class QmpError(MigconformError):
@@ -100,6 +106,30 @@ class MigrationTimeout(MigconformError):
         self.last_seen = last_seen
         seen = f" (last seen: {last_seen})" if last_seen is not None else ""
         super().__init__(f"timed out after {timeout:g} s waiting for {what}{seen}")
+
+
+class QmpTimeout(MigconformError):
+    """A QEMU that is still alive did not answer a QMP command within the bound.
+
+    Not a subclass of :class:`MigrationTimeout` on purpose: the executor turns a wait that ran out into a
+    ``failed`` verdict, whereas a monitor that stops answering is not an answer of QEMU's migration code. It may
+    be a QEMU bug (a monitor blocked behind a hung command) or the host's doing (a stopped or starved process);
+    the harness cannot tell them apart, so it reports the item as a harness error that names the side, the
+    command, the process state and the log, and a person decides.
+    """
+
+    def __init__(
+        self, side: str, command: str, timeout: float, process_state: str, log_path: str | None = None
+    ) -> None:
+        self.side = side
+        self.command = command
+        self.timeout = timeout
+        self.process_state = process_state
+        self.log_path = log_path
+        where = f"; log: {log_path}" if log_path else ""
+        super().__init__(
+            f"{side} QEMU did not answer {command} within {timeout:g} s (process state: {process_state}{where})"
+        )
 
 
 class VmDied(MigconformError):

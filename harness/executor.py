@@ -42,7 +42,15 @@ from harness.guest.session import start as start_guest
 from harness.guest.session import verify_blocking as verify_guest_blocking
 from harness.machine import QemuMachine
 from harness.pair import END_STATUSES, MigrationPair
-from harness.probe import BinaryProbe, HostProbe, choose_accel, probe_binary, probe_host, userfaultfd_for
+from harness.probe import (
+    PROBE_LAUNCH_TIMEOUT_S,
+    BinaryProbe,
+    HostProbe,
+    choose_accel,
+    probe_binary,
+    probe_host,
+    userfaultfd_for,
+)
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
 from reference_impl.guest import GuestSpec, checked_side, effective_guest
 from reference_impl.outcome import Outcome, VmState
@@ -251,6 +259,8 @@ class _ScenarioRun:
             self.launches["source"].argv,
             self.launches["destination"].argv,
             log_dir=self.workdir,
+            # --timeout bounds every wait, QMP coming up included.
+            launch_timeout=self.timeout,
             # A QMP command answers in milliseconds; one that takes this long has hung QEMU's monitor.
             command_timeout=min(self.timeout, COMMAND_TIMEOUT_S),
         )
@@ -624,7 +634,9 @@ async def execute(
         verdict="completed",
         binary=binary.path,
     )
-    probe, host = await asyncio.gather(asyncio.to_thread(probe_binary, binary), asyncio.to_thread(probe_host))
+    probe, host = await asyncio.gather(
+        asyncio.to_thread(probe_binary, binary, min(timeout, PROBE_LAUNCH_TIMEOUT_S)), asyncio.to_thread(probe_host)
+    )
     outcome.kernel = host.kernel
     if allocator is not None:
         outcome.vfio_provider = allocator.name

@@ -30,7 +30,7 @@ from qemu.qmp.message import Message
 
 from harness import procutil
 from harness.binaries import QemuBinary
-from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, VmDied
+from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, QmpTimeout, VmDied
 
 # Events worth keeping for the outcome and for waits.
 RECORDED_EVENTS = ("MIGRATION", "STOP", "RESUME", "VFIO_MIGRATION", "SHUTDOWN", "MIGRATION_PASS")
@@ -95,6 +95,17 @@ def qemu_error_message(stderr: str, argv: Sequence[str]) -> str:
     return strip_qemu_prefixes(lines[-1], argv) if lines else ""
 
 
+async def _settle(*futures: asyncio.Future[Any]) -> None:
+    """Cancel and await futures we no longer need, retrieving whatever they hold (result, exception or
+    cancellation), so that none is garbage-collected with an exception nobody looked at."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+    for future in futures:
+        with contextlib.suppress(BaseException):
+            await future
+
+
 class _Recorder(EventListener):
     """Keeps every interesting event in a list and wakes waiters; never drops anything."""
 
@@ -137,6 +148,7 @@ class QemuMachine:
         self._own_sock_dir = sock_dir is None
         self.sock_dir = sock_dir if sock_dir is not None else private_dir()
         self.log_dir = log_dir if log_dir is not None else self.sock_dir
+        self._own_log_dir = log_dir is None and self._own_sock_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.qmp_path = self.sock_dir / f"{name}.qmp"
         self.log_path = self.log_dir / f"{name}.log"
@@ -207,44 +219,61 @@ class QemuMachine:
             )
         except OSError as exc:
             await self._close_client()
-            raise QemuLaunchError(self.argv, None, "", f"cannot execute {self.argv[0]}: {exc}") from exc
+            self._cleanup_files()
+            raise QemuLaunchError(
+                self.argv, None, "", f"could not be executed (step: startup): {exc}", None, side=self.name
+            ) from exc
         procutil.register(self._proc.pid, f"{self.name}: {' '.join(self.argv)}")
+        if procutil.interrupted() is not None:
+            # A SIGINT/SIGTERM came while this QEMU was being forked: the signal handler's kill_all ran before
+            # the registry knew it. The run is stopping: end it now rather than start a migration with it.
+            await self._kill()
+            await self._close_client()
+            self._cleanup_files()
+            raise QemuLaunchError(
+                self.argv, None, "", "was not started: the run was interrupted (step: startup)", None, side=self.name
+            )
         accept = asyncio.ensure_future(client.accept())
         exited = asyncio.ensure_future(self._proc.wait())
         try:
             done, _ = await asyncio.wait({accept, exited}, timeout=self.launch_timeout, return_when="FIRST_COMPLETED")
         except asyncio.CancelledError:
-            # Cancelled mid-launch (an outer timeout): `async with` will not call __aexit__, so end QEMU
-            # here and leave nothing pending.
-            accept.cancel()
-            exited.cancel()
+            # Cancelled mid-launch (an outer timeout, an interrupted run): `async with` will not call
+            # __aexit__, so end QEMU here and leave nothing pending (retrieving both futures' results, so that
+            # asyncio never reports "exception was never retrieved").
             procutil.kill_group(self._proc.pid, signal.SIGKILL)
+            await _settle(accept, exited)
             with contextlib.suppress(BaseException):
                 await self.shutdown(timeout=1.0)
             raise
         if accept in done and accept.exception() is None:
             exited.cancel()
+            await _settle(exited)
             return
-        accept.cancel()
-        with contextlib.suppress(BaseException):
-            await accept
-        if exited not in done:
-            # QMP failed (QEMU closed the socket while exiting) or never came: give the exit a moment.
+        timed_out = not done
+        if accept in done and exited not in done:
+            # QMP failed (QEMU closed the socket while exiting): give the exit a moment. A launch that timed
+            # out gets no extra time: --timeout is the whole bound.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(exited), 5.0)
+        await _settle(accept, exited)
         status = self._proc.returncode
         if status is None:
-            exited.cancel()
             await self._kill()
         else:
             await self._reap()
         await self._close_client()
         text = self.stderr_text()
         if status is None:
-            message = f"QMP did not come up within {self.launch_timeout:g} s"
+            how = f"within {self.launch_timeout:g} s" if timed_out else "(its QMP connection failed)"
+            message = f"did not offer QMP {how} (step: startup)"
         else:
             message = qemu_error_message(text, self.argv)
-        raise QemuLaunchError(self.argv, status, text, message, str(self.log_path))
+        # The log stays where it is (the item's workdir, or nowhere once our own temp folder goes): cite it
+        # only if it outlives this launch.
+        log_path = None if self._own_log_dir else str(self.log_path)
+        self._cleanup_files()
+        raise QemuLaunchError(self.argv, status, text, message, log_path, side=self.name)
 
     async def shutdown(self, timeout: float = 1.5, term_timeout: float = 0.5) -> None:
         """End QEMU however it is: ``quit`` (bounded by ``timeout``, exit included), then SIGTERM (bounded
@@ -360,7 +389,8 @@ class QemuMachine:
 
         Raises :class:`QmpCommandError` when QEMU answers with an error, :class:`VmDied` when QEMU is
         gone (or goes away while answering), :class:`QmpConnectionError` when the socket broke while the
-        process lives on, :class:`MigrationTimeout` when no answer comes within the command timeout.
+        process lives on, :class:`QmpTimeout` when a live QEMU does not answer within the command timeout
+        (hung monitor, or a stopped process: the error says which state the process was in).
         """
         args = {**(arguments or {}), **kwargs}
         client = self._client
@@ -372,7 +402,11 @@ class QemuMachine:
         except ExecuteError as exc:
             raise QmpCommandError(command, args, exc.error.error.desc, exc.error_class, self.name) from None
         except TimeoutError:
-            raise MigrationTimeout(f"{self.name} to answer {command}", self.command_timeout) from None
+            if self.is_alive and self._proc is not None and procutil.pid_alive(self._proc.pid):
+                state = procutil.process_state(self._proc.pid)
+                raise QmpTimeout(self.name, command, self.command_timeout, state, str(self.log_path)) from None
+            await self._settle_after_disconnect()
+            raise self.died() from None
         except (QMPError, OSError, EOFError) as exc:
             await self._settle_after_disconnect()
             if not self.is_alive:

@@ -12,14 +12,15 @@ import asyncio
 import shlex
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from harness.binaries import QemuBinary
-from harness.errors import MigconformError, MigrationTimeout, VmDied
+from harness.errors import MigrationTimeout, QmpConnectionError, QmpTimeout, VmDied
 from harness.machine import DEFAULT_LAUNCH_TIMEOUT_S, QemuMachine, private_dir
+from harness.procutil import process_state
 from reference_impl.outcome import VmState
 
 # query-migrate statuses in which the migration is over (fact sheet §2.2: the idle states minus none).
@@ -275,17 +276,32 @@ class MigrationPair:
     # ------------------------------------------------------------------ results
 
     async def final_state(self, side: str, timeout: float = FINAL_STATE_TIMEOUT_S) -> VmState | None:
-        """``query-migrate`` status and runstate of a side; None when that QEMU is gone, or so stuck that
-        it does not answer within ``timeout`` (seen: a monitor blocked behind a hung command)."""
+        """``query-migrate`` status and runstate of a side; None when that QEMU is gone (before or while
+        being asked).
+
+        A QEMU that is alive but does not answer within ``timeout`` (stopped, or a monitor blocked behind a
+        hung command) raises :class:`QmpTimeout`: a null state there would read as "this side is gone" and
+        let the run end ``completed`` with nothing checked."""
         vm = self.side(side)
         if not vm.is_alive:
             return None
         try:
-            status = await asyncio.wait_for(vm.query_migrate_status(), timeout)
-            runstate = await asyncio.wait_for(vm.runstate(), timeout)
-        except (TimeoutError, MigconformError):
+            status = await self._bounded(vm, "query-migrate", vm.query_migrate_status(), timeout)
+            runstate = await self._bounded(vm, "query-status", vm.runstate(), timeout)
+        except (VmDied, QmpConnectionError):
+            if vm.is_alive:
+                raise
             return None
         return VmState(status=status, runstate=runstate)
+
+    @staticmethod
+    async def _bounded(vm: QemuMachine, command: str, query: Awaitable[str], timeout: float) -> str:
+        try:
+            return await asyncio.wait_for(query, timeout)
+        except TimeoutError:
+            if not vm.is_alive or vm.pid is None:
+                raise vm.died() from None
+            raise QmpTimeout(vm.name, command, timeout, process_state(vm.pid), str(vm.log_path)) from None
 
     async def final_states(self) -> tuple[VmState | None, VmState | None]:
         source, destination = await asyncio.gather(self.final_state("source"), self.final_state("destination"))

@@ -224,10 +224,12 @@ def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return result[0]
 
 
-async def _probe_tcg(binary: QemuBinary) -> tuple[tuple[str, ...], frozenset[str], tuple[str, ...], str | None]:
+async def _probe_tcg(
+    binary: QemuBinary, launch_timeout: float
+) -> tuple[tuple[str, ...], frozenset[str], tuple[str, ...], str | None]:
     args = ["-machine", "q35", "-accel", "tcg", "-m", "64M", "-S"]
     try:
-        async with QemuMachine(binary, args, name="probe", launch_timeout=PROBE_LAUNCH_TIMEOUT_S) as vm:
+        async with QemuMachine(binary, args, name="probe", launch_timeout=launch_timeout) as vm:
             caps = tuple(str(c["capability"]) for c in await vm.qmp("query-migrate-capabilities"))
             types = frozenset(str(t["name"]) for t in await vm.qmp("qom-list-types", abstract=False))
             vfio_props: tuple[str, ...] = ()
@@ -239,11 +241,11 @@ async def _probe_tcg(binary: QemuBinary) -> tuple[tuple[str, ...], frozenset[str
         return (), frozenset(), (), str(exc)
 
 
-async def _kvm_runs(binary: QemuBinary, cpu: str) -> str:
+async def _kvm_runs(binary: QemuBinary, cpu: str, launch_timeout: float) -> str:
     """Whether ("ok") a paused firmware-only VM starts under KVM with ``cpu`` and keeps running after ``cont``;
     else what went wrong, in QEMU's words."""
     args = ["-machine", "q35", "-accel", "kvm", "-cpu", cpu, "-m", "64M", "-S"]
-    vm = QemuMachine(binary, args, name="probe-kvm", launch_timeout=PROBE_LAUNCH_TIMEOUT_S)
+    vm = QemuMachine(binary, args, name="probe-kvm", launch_timeout=launch_timeout)
     try:
         await vm.launch()
     except QemuLaunchError as exc:
@@ -261,7 +263,7 @@ async def _kvm_runs(binary: QemuBinary, cpu: str) -> str:
         await vm.shutdown()
 
 
-async def _probe_kvm(binary: QemuBinary, host: HostProbe) -> KvmProbe:
+async def _probe_kvm(binary: QemuBinary, host: HostProbe, launch_timeout: float) -> KvmProbe:
     if host.pvm:
         linux, linux_detail = False, "PVM KVM cannot boot a stock Linux guest (vfio-mtty-lab.md §6): not attempted"
     else:
@@ -270,7 +272,7 @@ async def _probe_kvm(binary: QemuBinary, host: HostProbe) -> KvmProbe:
         return KvmProbe(False, None, host.kvm_detail, False, "no usable /dev/kvm")
     attempts: list[tuple[str, str]] = []
     for cpu in KVM_CPU_CANDIDATES:
-        result = await _kvm_runs(binary, cpu)
+        result = await _kvm_runs(binary, cpu, launch_timeout)
         attempts.append((cpu, result))
         if result == "ok":
             reason = f"runs a firmware-only VM with -cpu {cpu}"
@@ -281,10 +283,12 @@ async def _probe_kvm(binary: QemuBinary, host: HostProbe) -> KvmProbe:
     return KvmProbe(False, None, f"KVM cannot run a firmware-only VM: {why}", False, linux_detail, tuple(attempts))
 
 
-async def _probe(binary: QemuBinary) -> BinaryProbe:
+async def _probe(binary: QemuBinary, launch_timeout: float) -> BinaryProbe:
     started = time.monotonic()
     host = probe_host()
-    (caps, types, vfio_props, error), kvm = await asyncio.gather(_probe_tcg(binary), _probe_kvm(binary, host))
+    (caps, types, vfio_props, error), kvm = await asyncio.gather(
+        _probe_tcg(binary, launch_timeout), _probe_kvm(binary, host, launch_timeout)
+    )
     return BinaryProbe(binary, caps, types, vfio_props, kvm, error, round(time.monotonic() - started, 3))
 
 
@@ -297,8 +301,11 @@ def _key(binary: QemuBinary) -> tuple[Any, ...]:
     return (binary.realpath, tuple(sorted(binary.env.items())), binary.extra_args)
 
 
-def probe_binary(binary: QemuBinary) -> BinaryProbe:
-    """Everything :mod:`harness.probe` knows about ``binary`` (cached; concurrent callers share one probe)."""
+def probe_binary(binary: QemuBinary, launch_timeout: float = PROBE_LAUNCH_TIMEOUT_S) -> BinaryProbe:
+    """Everything :mod:`harness.probe` knows about ``binary`` (cached; concurrent callers share one probe).
+
+    ``launch_timeout`` bounds each probe QEMU's wait for QMP (the executor passes the run's --timeout when it
+    is shorter, so a binary that never offers QMP costs a run that bound, not the default's)."""
     key = _key(binary)
     with _cache_lock:
         cached = _binary_cache.get(key)
@@ -310,7 +317,7 @@ def probe_binary(binary: QemuBinary) -> BinaryProbe:
             cached = _binary_cache.get(key)
         if cached is not None:
             return cached
-        result = _run_sync(_probe(binary))
+        result = _run_sync(_probe(binary, launch_timeout))
         with _cache_lock:
             _binary_cache[key] = result
         return result

@@ -8,8 +8,14 @@ Three independent nets, because each one alone has a hole:
   Python (SIGKILL, OOM, a crashed worker). Linux sends it when the *thread* that forked the child exits,
   so a QEMU must be started from the thread that owns it (the event loop's thread), which the driver does;
 - a module-level registry of live QEMU processes, killed at interpreter exit (atexit) and on
-  SIGINT/SIGTERM (after which the previous handler runs, so Ctrl-C still raises KeyboardInterrupt and
-  SIGTERM still terminates).
+  SIGINT/SIGTERM.
+
+What a SIGINT/SIGTERM does beyond killing every QEMU is one policy: the signal is remembered
+(:func:`interrupted`), and a run in progress (harness.runner, through :func:`on_interrupt`) stops, writes
+its results marked interrupted and exits 128 + the signal number. Outside a run the previous handler runs, so
+Ctrl-C still raises KeyboardInterrupt and SIGTERM still terminates. A signal whose disposition was SIG_IGN
+when we started (``cmd &`` in a non-interactive shell ignores SIGINT for ``cmd``) is left ignored: the user
+(or their shell) asked for that signal not to end the program, so it must not end its QEMUs either.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -35,7 +41,7 @@ try:
 except OSError:  # no libc symbols in this process (not Linux): fall back to the other two nets
     _libc = None
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the signal handler takes it on the main thread, which may hold it
 _live: dict[int, str] = {}  # pid (== process group id) -> label, for messages
 # Every QEMU ever registered in this process, as (pid, kernel start time): the start time tells our
 # process apart from a later one that reuses the pid (tests check they are all gone).
@@ -43,6 +49,8 @@ _started: list[tuple[int, int | None]] = []
 _atexit_installed = False
 _signals_installed = False
 _previous_handlers: dict[int, Any] = {}
+_interrupted: int | None = None  # the first SIGINT/SIGTERM received, for the whole process
+_interrupt_hooks: list[Callable[[int], None]] = []
 
 
 def child_preexec(parent_pid: int) -> Callable[[], None]:
@@ -115,6 +123,27 @@ def started_still_running() -> list[int]:
     return [pid for pid, start in started if start is not None and _start_time(pid) == start and pid_alive(pid)]
 
 
+PROCESS_STATES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "uninterruptible sleep",
+    "T": "stopped",
+    "t": "stopped by a tracer",
+    "Z": "zombie",
+    "X": "dead",
+    "I": "idle",
+}
+
+
+def process_state(pid: int) -> str:
+    """proc(5)'s state of a process in words ("stopped" for SIGSTOP), for messages about a QEMU that does
+    not answer; "gone" when there is no such process."""
+    fields = _stat_fields(pid)
+    if fields is None or not fields:
+        return "gone"
+    return PROCESS_STATES.get(fields[0], fields[0])
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """/proc/PID/stat after the parenthesised command name (which may itself contain spaces)."""
     try:
@@ -154,8 +183,51 @@ def kill_all() -> None:
         kill_group(pid)
 
 
+def interrupted() -> int | None:
+    """The first SIGINT/SIGTERM this process received (its number), or None. Once set, nothing new starts:
+    a QEMU launched after it is killed at once, and a run records no further outcome."""
+    return _interrupted
+
+
+def _reset_interrupted() -> None:
+    """Forget a received signal (only for tests that drive the handler in-process)."""
+    global _interrupted
+    _interrupted = None
+
+
+@contextlib.contextmanager
+def on_interrupt(hook: Callable[[int], None]) -> Iterator[None]:
+    """While inside: on SIGINT/SIGTERM, call ``hook(signum)`` (on the main thread, from the signal handler,
+    after every QEMU was killed) instead of the previous handler. The runner uses it to cancel its main task.
+
+    Installs the handlers right away (not at the first QEMU), so a signal that comes during the probes or
+    before any launch already follows the run's policy."""
+    _install_handlers()
+    with _lock:
+        _interrupt_hooks.append(hook)
+    try:
+        yield
+    finally:
+        with _lock:
+            _interrupt_hooks.remove(hook)
+
+
+def handled_signals() -> tuple[int, ...]:
+    """The signals our handler is installed for (SIGINT is missing when it was ignored at start)."""
+    return tuple(_previous_handlers)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    global _interrupted
+    if _interrupted is None:
+        _interrupted = signum
     kill_all()
+    with _lock:
+        hooks = list(_interrupt_hooks)
+    if hooks:
+        for hook in hooks:
+            hook(signum)
+        return
     previous = _previous_handlers.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
@@ -186,6 +258,10 @@ def _install_handlers() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         try:
             previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN:
+                # Ignored when we started (Python keeps an inherited SIG_IGN for SIGINT instead of installing
+                # default_int_handler): keep it ignored, for QEMU's sake as well.
+                continue
             signal.signal(signum, _on_signal)
         except (ValueError, OSError):
             continue

@@ -18,6 +18,7 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from harness import procutil
 from harness.compare import compare, skip_reason
 from harness.known_bugs import known_divergence
 from harness.results import HarnessError, Results, Skip, WorkItem, save
@@ -266,6 +268,10 @@ class _Run:
     # ---- bookkeeping ----------------------------------------------------------------------------------
     def record(self, scenario: Scenario, target: Target, outcomes: Mapping[str, Outcome | BaseException]) -> None:
         item = WorkItem(scenario.id, target.column)
+        if procutil.interrupted() is not None:
+            # After SIGINT/SIGTERM every QEMU was killed by us: what an item in flight saw since (a VM that
+            # "exited with status -9") is not QEMU's answer. The item stays in not_run.
+            return
         status = "done"
         errors = {b: o for b, o in outcomes.items() if isinstance(o, BaseException)}
         good = {b: o for b, o in outcomes.items() if isinstance(o, Outcome)}
@@ -395,11 +401,23 @@ class _Run:
                 for target in self.targets:
                     tasks.append(asyncio.create_task(self.run_item(scenario, target, semaphore)))
             await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            if procutil.interrupted() is None:
+                raise  # cancelled by our caller, not by a signal: theirs to handle
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
         finally:
             for task in tasks:
                 task.cancel()
+            # Await them all, so that each one's cleanup (QEMUs, sockets, workdirs) has run and no exception
+            # is left unretrieved when the loop closes.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            signum = procutil.interrupted()
             self.results.meta["end"] = _now()
-            self.results.meta["interrupted"] = bool(self.results.not_run)
+            self.results.meta["interrupted"] = bool(self.results.not_run) or signum is not None
+            if signum is not None:
+                self.results.meta["signal"] = signal.Signals(signum).name
             self.progress.finish()
             self.save()
         return self.results
@@ -442,8 +460,29 @@ async def run(scenarios: Sequence[Scenario], targets: Sequence[Target], options:
 
 
 def run_sync(scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions) -> Results:
-    """:func:`run` from synchronous code (the CLI, pytest); Ctrl-C keeps the results written so far."""
-    return asyncio.run(run(scenarios, targets, options))
+    """:func:`run` from synchronous code (the CLI, pytest).
+
+    SIGINT/SIGTERM (harness.procutil's one policy): every QEMU is killed by the handler, the run's task is
+    cancelled once (a second signal only kills again: cancelling the cleanup would leave folders behind), the
+    items in flight are not recorded, and the results come back with ``meta.interrupted``/``meta.signal``;
+    the caller picks the exit status from :func:`harness.procutil.interrupted`."""
+
+    async def main() -> Results:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        stopping: list[int] = []
+
+        def stop(signum: int) -> None:
+            if stopping or task is None or task.done():
+                return
+            stopping.append(signum)
+            task.cancel()
+            loop.call_soon_threadsafe(lambda: None)  # wake the selector if it sleeps in a long wait
+
+        with procutil.on_interrupt(stop):
+            return await run(scenarios, targets, options)
+
+    return asyncio.run(main())
 
 
 def progress_stream() -> TextIO:
