@@ -51,6 +51,7 @@ class Outcome:
     events: dict[str, list[str]] | None = None  # side -> MIGRATION event statuses
     guest: dict[str, Any] | None = None  # {alive, pages_checked, bad_pages}
     duration_s: float | None = None
+    logs: str | None = None  # the item's kept QEMU log folder (``--keep-logs``); never compared
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +66,7 @@ class Outcome:
             "destination": self.destination.to_json() if self.destination else None,
             "skip_reason": self.skip_reason,
         }
-        for key in ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s"):
+        for key in ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s", "logs"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -93,5 +94,6 @@ class Outcome:
             events=data.get("events"),
             guest=data.get("guest"),
             duration_s=data.get("duration_s"),
+            logs=data.get("logs"),
             extra=dict(data.get("extra") or {}),
         )
