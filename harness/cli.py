@@ -31,7 +31,9 @@ from harness.runner import (
     ProviderUnavailable,
     RunOptions,
     Target,
+    missing_folders,
     parse_shard,
+    remove_empty,
     run_sync,
     select_shard,
     target_for_profile,
@@ -257,13 +259,17 @@ def check_writable(path: Path, what: str) -> None:
 
 
 def check_writable_dir(path: Path, what: str) -> None:
-    """Like :func:`check_writable`, for a folder migconform writes into (the logs root)."""
+    """Like :func:`check_writable`, for a folder migconform writes into (the logs root); a folder this check
+    created is removed again (the run creates it when an item needs it)."""
+    created = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=".probe-", dir=path)
         os.rmdir(probe)
     except OSError as exc:
         raise UsageError(f"{what} {path}: cannot write there: {exc.strerror or exc}") from None
+    finally:
+        remove_empty(created)
 
 
 def _logs_root(args: argparse.Namespace, json_path: Path | None) -> Path:

@@ -18,7 +18,6 @@ error), and the kept folder's path goes into the outcome (``logs``) for the repo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -127,6 +126,27 @@ def item_log_name(scenario: str, column: str) -> str:
     if safe != raw:
         safe = f"{safe[:80]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
     return safe
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first (what creating ``path`` creates)."""
+    missing: list[Path] = []
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each folder that is empty, deepest first; stop at the first that is not (it holds something)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 def needs_vfio(scenario: Scenario) -> bool:
@@ -245,7 +265,7 @@ class _Run:
         self._execute = options.execute
         self._predict = options.predict
         self._host_facts = options.host_facts
-        self._logs_root_existed = options.logs_dir is not None and options.logs_dir.exists()
+        self._logs_created = missing_folders(options.logs_dir) if options.logs_dir is not None else []
 
     def _meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -492,11 +512,8 @@ class _Run:
         return self.results
 
     def _remove_empty_logs_root(self) -> None:
-        """A run that kept nothing leaves no empty logs folder behind (only a root this run created)."""
-        root = self.options.logs_dir
-        if root is not None and not self._logs_root_existed and root.is_dir() and not any(root.iterdir()):
-            with contextlib.suppress(OSError):
-                root.rmdir()
+        """A run that kept nothing leaves no empty logs folder behind (only folders this run created)."""
+        remove_empty(self._logs_created)
 
 
 def _with_kernel(outcome: Outcome, host: HostFacts) -> Outcome:

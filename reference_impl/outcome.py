@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VERDICTS = ("completed", "refused", "failed", "skipped")
+# Optional fields beyond the contract, in the order the JSON lists them.
+_EXTENSIONS = ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s", "logs")
 STAGES = ("startup", "set-capabilities", "set-parameters", "migrate", "start-postcopy", "migration")
 
 
@@ -66,7 +68,7 @@ class Outcome:
             "destination": self.destination.to_json() if self.destination else None,
             "skip_reason": self.skip_reason,
         }
-        for key in ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s", "logs"):
+        for key in _EXTENSIONS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
