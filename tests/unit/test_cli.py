@@ -431,12 +431,15 @@ def test_unwritable_output_paths_exit_2_before_anything_runs(
     assert f"{flag} {folder}: is a folder, not a file" in capsys.readouterr().err
 
 
-def test_unwritable_logs_dir_exits_2(tmp_path: Path, logging_backends: LoggingFakes) -> None:
+def test_unwritable_logs_dir_exits_2(
+    tmp_path: Path, logging_backends: LoggingFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x\n")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", str(write_scenario(tmp_path, "ok")), "--logs-dir", str(blocker / "logs")])
     assert exit_info.value.code == 2 and logging_backends.workdirs == {}
+    assert f"migconform: error: --logs-dir {blocker / 'logs'}: cannot write there: " in capsys.readouterr().err
 
 
 def test_results_file_that_cannot_be_written_mid_run_exits_3_without_traceback(
