@@ -13,8 +13,10 @@ interrupted run keeps everything that finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,17 @@ from typing import Any
 
 from harness.compare import Comparison
 from reference_impl.outcome import Outcome
+
+
+def item_log_name(scenario: str, column: str) -> str:
+    """The folder name of an item's logs: ``<scenario>__<column>``, reduced to characters every file system
+    and URL takes; a name that had to be changed gets a short hash, so two items never share a folder."""
+    raw = f"{scenario}__{column}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "item"
+    if safe != raw:
+        safe = f"{safe[:80]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+    return safe
+
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import datetime as dt
 import hashlib
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from harness.compare import compare, skip_reason
 from harness.errors import HostEnvironmentError
 from harness.known_bugs import known_divergence
-from harness.results import HarnessError, Results, Skip, WorkItem, save
+from harness.results import HarnessError, Results, Skip, WorkItem, item_log_name, save
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
@@ -116,16 +115,6 @@ def shard_of(scenario_id: str, n: int) -> int:
 
 def select_shard(scenarios: Sequence[Scenario], k: int, n: int) -> list[Scenario]:
     return [s for s in scenarios if shard_of(s.id, n) == k]
-
-
-def item_log_name(scenario: str, column: str) -> str:
-    """The folder name of an item's logs: ``<scenario>__<column>``, reduced to characters every file system
-    and URL takes; a name that had to be changed gets a short hash, so two items never share a folder."""
-    raw = f"{scenario}__{column}"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "item"
-    if safe != raw:
-        safe = f"{safe[:80]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
-    return safe
 
 
 def missing_folders(path: Path) -> list[Path]:
@@ -320,7 +309,10 @@ class _Run:
         target: Target,
         outcomes: Mapping[str, Outcome | BaseException],
         workdir: Path | None = None,
+        provider_logs: Path | None = None,
     ) -> None:
+        """One finished item. ``workdir``: its QEMU log folder (kept or removed here). ``provider_logs``: for an
+        item a VFIO provider ran, the folder its logs came back in, if any (copied out when kept)."""
         item = WorkItem(scenario.id, target.column)
         status = "done"
         errors = {b: o for b, o in outcomes.items() if isinstance(o, BaseException)}
@@ -356,15 +348,18 @@ class _Run:
                 status = f"skip ({outcome.skip_reason})"
             else:
                 status = outcome.verdict
+        kept: str | None = None
         if workdir is not None:
             kept = self.settle_logs(workdir, status)
-            if kept is not None:
-                for outcome in good.values():
-                    if outcome.backend == "qemu":
-                        outcome.logs = kept
-                for error in recorded:
-                    if error.backend == "qemu":
-                        error.logs = kept
+        elif "qemu" in outcomes and self.keeps(status):
+            kept = self.copy_provider_logs(provider_logs, scenario, target, good.get("qemu"))
+        if kept is not None:
+            for outcome in good.values():
+                if outcome.backend == "qemu":
+                    outcome.logs = kept
+            for error in recorded:
+                if error.backend == "qemu":
+                    error.logs = kept
         if item in self.results.not_run:
             self.results.not_run.remove(item)
         self.progress.update(item, status)
@@ -380,14 +375,41 @@ class _Run:
         except OSError as exc:
             raise HostEnvironmentError(f"cannot write {self.options.json_path}", exc.strerror or str(exc)) from exc
 
+    def keeps(self, status: str) -> bool:
+        """Whether ``--keep-logs`` keeps the logs of an item that ended with ``status``."""
+        return self.options.logs_dir is not None and (
+            self.options.keep_logs == "all"
+            or (self.options.keep_logs == "failed" and status.startswith(_FAILED_STATUSES))
+        )
+
+    def copy_provider_logs(
+        self, source: Path | None, scenario: Scenario, target: Target, outcome: Outcome | None
+    ) -> str | None:
+        """Copy the logs a VFIO provider brought back (the mtty lab: through its writable 9p share) into the
+        logs root; without any, say so in the outcome (``extra.logs_not_kept``) rather than link nothing."""
+        assert self.options.logs_dir is not None
+        if source is None or not source.is_dir():
+            if outcome is not None and outcome.verdict != "skipped":
+                outcome.extra["logs_not_kept"] = (
+                    f"the VFIO provider {outcome.vfio_provider or self.options.vfio_provider!r} ran this item's "
+                    "QEMUs itself and returned no logs"
+                )
+            return None
+        destination = self.options.logs_dir / item_log_name(scenario.id, target.column)
+        try:
+            shutil.rmtree(destination, ignore_errors=True)
+            shutil.copytree(source, destination)
+        except OSError as exc:
+            if outcome is not None:
+                outcome.extra["logs_not_kept"] = f"copying {source} failed: {exc}"
+            return None
+        return str(destination.resolve())
+
     def settle_logs(self, workdir: Path, status: str) -> str | None:
         """Keep or remove an item's log folder (``--keep-logs``); the kept folder's absolute path, or None.
 
         A folder the executor never wrote into (a skip decided before any QEMU started) is not worth a link."""
-        keep = self.options.logs_dir is not None and (
-            self.options.keep_logs == "all"
-            or (self.options.keep_logs == "failed" and status.startswith(_FAILED_STATUSES))
-        )
+        keep = self.keeps(status)
         if keep and workdir.is_dir() and any(workdir.iterdir()):
             return str(workdir.resolve())
         shutil.rmtree(workdir, ignore_errors=True)
@@ -469,10 +491,12 @@ class _Run:
         for target in self.targets:
             for scenario in scenarios:
                 outcomes: dict[str, Outcome | BaseException] = {}
+                provider_logs: Path | None = None
                 if self.options.backend in ("both", "qemu") and target.binary is not None:
                     got = real.get((scenario.id, target.column))
                     if got is not None:
                         outcomes["qemu"] = got
+                        provider_logs = _provider_logs(got)
                     else:
                         outcomes["qemu"] = batch_error or RuntimeError(
                             f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
@@ -482,7 +506,7 @@ class _Run:
                         outcomes["reference"] = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
                     except Exception as exc:
                         outcomes["reference"] = exc
-                self.record(scenario, target, outcomes)
+                self.record(scenario, target, outcomes, provider_logs=provider_logs)
 
     async def run(self) -> Results:
         semaphore = asyncio.Semaphore(max(1, self.options.jobs))
@@ -521,6 +545,14 @@ def _with_kernel(outcome: Outcome, host: HostFacts) -> Outcome:
     if outcome.kernel is None:
         outcome.kernel = host.kernel
     return outcome
+
+
+def _provider_logs(outcome: Outcome) -> Path | None:
+    """Where the mtty lab left an item's QEMU logs: ``extra.lab_logs`` inside its run folder ``extra.lab_run``
+    (harness.vfio_lab.inside writes them into the writable share). The keys are the lab's; they are
+    removed from the outcome, whose ``logs`` names the kept copy instead."""
+    run, logs = outcome.extra.get("lab_run"), outcome.extra.pop("lab_logs", None)
+    return Path(str(run)) / str(logs) if run and logs else None
 
 
 def _target_of(outcome: Outcome, targets: Sequence[Target]) -> Target | None:
