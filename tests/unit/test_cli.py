@@ -462,3 +462,46 @@ def test_results_file_that_cannot_be_written_mid_run_exits_3_without_traceback(
     err = capsys.readouterr().err
     assert f"migconform: environment error: cannot write {out / 'r.json'}: No space left on device" in err
     assert "Traceback" not in err
+
+
+class LabProvider(FakeProvider):
+    """Like the mtty lab: 'v-div' diverges; each item's logs are in the run folder (extra.lab_run/lab_logs),
+    except for 'v-nologs', whose provider returned none."""
+
+    def __init__(self, run: Path) -> None:
+        super().__init__()
+        self.run = run
+
+    async def run_batch(self, scenarios: Any, binaries: Any) -> list[Outcome]:
+        out = await super().run_batch(scenarios, binaries)
+        for o in out:
+            if o.scenario != "ok-vfio":
+                o.verdict, o.stage, o.error = "refused", "migrate", "nope"
+            o.vfio_provider = "mtty"
+            o.extra["lab_run"] = str(self.run)
+            if o.scenario != "v-nologs":
+                logs = self.run / "logs" / f"{o.scenario}__{o.qemu_version}-x1"
+                logs.mkdir(parents=True)
+                (logs / "source.log").write_text(f"lab log of {o.scenario}\n")
+                o.extra["lab_logs"] = str(logs.relative_to(self.run))
+        return out
+
+
+def test_vfio_items_logs_come_back_from_the_lab_or_the_outcome_says_why(tmp_path: Path) -> None:
+    from reference_impl.scenario import DeviceSpec, VmSpec
+
+    vm = VmSpec(devices=(DeviceSpec("vfio-pci", id="vfio0"),))
+    ids = ("ok-vfio", "v-div", "v-nologs")
+    vfio = [Scenario(id=i, source=vm, destination=vm, migration=MigrationSpec()) for i in ids]
+    logs = tmp_path / "logs"
+    options = Fakes().options(jobs=1, provider=LabProvider(tmp_path / "run"), logs_dir=logs)
+    res = run_sync(vfio, targets_for_binaries([BIN10]), options)
+    by_id = {o.scenario: o for o in res.outcomes if o.backend == "qemu"}
+    assert by_id["v-div"].logs == str((logs / "v-div__10.0.2").resolve())
+    assert (logs / "v-div__10.0.2" / "source.log").read_text() == "lab log of v-div\n"
+    assert by_id["ok-vfio"].logs is None and not (logs / "ok-vfio__10.0.2").exists()  # agreed: not copied
+    assert by_id["v-nologs"].logs is None
+    assert by_id["v-nologs"].extra["logs_not_kept"] == (
+        "the VFIO provider 'mtty' ran this item's QEMUs itself and returned no logs"
+    )
+    assert all("lab_logs" not in o.extra for o in by_id.values())
