@@ -2,14 +2,19 @@
 
 Exit status (contract): 0 when every compared scenario agrees (skips allowed and counted), 1 when any
 diverges or errs (or an interrupted run left items unrun), 2 for bad usage, unusable binaries or
-unloadable scenarios. Results files are written while the run goes, so Ctrl-C keeps what finished.
+unloadable scenarios, and output files that cannot be written (checked before anything runs).
+Extension: 3 when nothing diverged and the harness did not fail, but the host did (out of memory or disk,
+a results file that cannot be written during the run): an environment error, nothing to report to QEMU.
+Results files are written while the run goes, so Ctrl-C keeps what finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,15 +22,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from harness import procutil
 from harness import results as results_io
+from harness.errors import HostEnvironmentError
 from harness.loader import ScenarioError, load_scenarios
 from harness.report import console, html, junit
-from harness.results import Results
+from harness.results import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Results
 from harness.runner import (
     BACKENDS,
+    KEEP_LOGS,
     ProviderUnavailable,
     RunOptions,
     Target,
+    missing_folders,
     parse_shard,
+    remove_empty,
     run_sync,
     select_shard,
     target_for_profile,
@@ -110,6 +119,18 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         "--allow-rebind",
         action="store_true",
         help="with --vfio-device: bind devices to vfio-pci for the run and restore their drivers afterwards",
+    )
+    parser.add_argument(
+        "--logs-dir",
+        type=Path,
+        metavar="DIR",
+        help="where each item's QEMU logs go, one folder per item (default: logs/ beside --json, else results/logs)",
+    )
+    parser.add_argument(
+        "--keep-logs",
+        choices=KEEP_LOGS,
+        default="failed",
+        help="which items keep their logs folder (default failed: divergences, errors, known bugs)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
 
@@ -205,12 +226,68 @@ def _targets(args: argparse.Namespace) -> list[Target]:
 
 
 def _write_reports(res: Results, json_path: Path | None, junit_path: Path | None, html_path: Path | None) -> None:
+    """Every report asked for; a host that cannot take one (full disk) is an environment error."""
+    for path, kind in ((json_path, "json"), (junit_path, "junit"), (html_path, "html")):
+        if path is None:
+            continue
+        try:
+            if kind == "json":
+                results_io.save(res, path)
+            elif kind == "junit":
+                results_io.write_atomic(path, junit.render(res))
+            else:
+                results_io.write_atomic(path, html.render(res, base=path.parent))
+        except OSError as exc:
+            raise HostEnvironmentError(f"cannot write {path}", exc.strerror or str(exc)) from exc
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Before anything runs: ``path``'s folder exists (created) and takes a file, and ``path`` is not a
+    folder; else a usage error (exit 2), so that an hour-long run does not end in a traceback."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path}: is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        try:
+            os.write(fd, b"{}\n")
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there: {exc.strerror or exc}") from None
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Like :func:`check_writable`, for a folder migconform writes into (the logs root); a folder this check
+    created is removed again (the run creates it when an item needs it)."""
+    created = missing_folders(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".probe-", dir=path)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there: {exc.strerror or exc}") from None
+    finally:
+        remove_empty(created)
+
+
+def _logs_root(args: argparse.Namespace, json_path: Path | None) -> Path:
+    if args.logs_dir is not None:
+        return Path(args.logs_dir)
     if json_path is not None:
-        results_io.save(res, json_path)
-    if junit_path is not None:
-        results_io.write_atomic(junit_path, junit.render(res))
-    if html_path is not None:
-        results_io.write_atomic(html_path, html.render(res))
+        return json_path.parent / "logs"
+    return Path("results") / "logs"
+
+
+def _exit_status(results: Sequence[Results]) -> int:
+    """1 beats 3 beats 0: a divergence or harness failure is never hidden behind a host failure."""
+    statuses = {r.exit_status for r in results}
+    for status in (EXIT_FAILED, EXIT_ENVIRONMENT):
+        if status in statuses:
+            return status
+    return EXIT_PASSED
 
 
 def _vfio_options(items: Sequence[str]) -> dict[str, Any]:
@@ -244,6 +321,13 @@ def _vfio_source(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
 
 def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Path | None, ...]) -> int:
     json_path, junit_path, html_path = outputs
+    for path, flag in ((json_path, "--json"), (junit_path, "--junit"), (html_path, "--html")):
+        if path is not None:
+            check_writable(path, flag)
+    logs_dir: Path | None = None
+    if args.backend != "reference" and args.keep_logs != "none":
+        logs_dir = _logs_root(args, json_path)
+        check_writable_dir(logs_dir, "--logs-dir")
     if args.shard:
         try:
             k, n = parse_shard(args.shard)
@@ -261,6 +345,8 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         vfio_options=vfio_options,
         progress=None if args.quiet else sys.stderr,
         meta={"argv": sys.argv[1:], "shard": args.shard},
+        logs_dir=logs_dir,
+        keep_logs=args.keep_logs,
     )
     res = run_sync(scenarios, targets, options)
     _write_reports(res, json_path, junit_path, html_path)
@@ -273,7 +359,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         name = res.meta.get("signal", str(signum))
         sys.stderr.write(f"migconform: interrupted by {name}; results written so far are kept\n")
         return 128 + signum
-    return 0 if res.passed else 1
+    return res.exit_status
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -338,9 +424,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for item in value:
             if item not in allowed:
                 raise UsageError(f"{flag}: unknown {item!r} (allowed: {', '.join(allowed)})")
-    combined = Results()
+    for path, flag in ((args.json, "--json"), (args.html, "--html")):
+        if path is not None:
+            check_writable(path, flag)
     parts: list[Results] = []
-    status = 0
     for target in targets_for_binaries(_binaries(args.qemu)):
         assert target.binary is not None
         try:
@@ -369,8 +456,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         part = run_sync(scenarios, [target], options)
         part.meta["sweep_seconds"] = round(time.monotonic() - started, 1)
         parts.append(part)
-        if not part.passed:
-            status = 1
         if procutil.interrupted() is not None:
             break  # the run's signal policy: stop, write what we have, exit 128 + signal
         if not args.quiet:
@@ -387,12 +472,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         diffs = "; ".join(f"{k}: {ref!r} | {qemu!r}" for k, (ref, qemu) in c.differences.items())
         lines.append(f"DIVERGE {c.scenario} [{c.qemu_version}]: {diffs}")
     for e in combined.errors:
-        lines.append(f"ERROR {e.scenario} [{e.column}] {e.backend}: {e.error.splitlines()[-1]}")
+        label = "ENVIRONMENT ERROR" if e.kind == "environment" else "ERROR"
+        lines.append(f"{label} {e.scenario} [{e.column}] {e.backend}: {e.error.splitlines()[-1]}")
     counts = combined.counts()
     lines.append(", ".join(f"{v} {k}" for k, v in counts.items()))
     sys.stdout.write("\n".join(lines) + "\n")
     signum = procutil.interrupted()
-    return 128 + signum if signum is not None else status
+    return 128 + signum if signum is not None else _exit_status(parts)
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -421,7 +507,7 @@ COMMANDS = {
 
 def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"migconform: error: {message}\n")
-    raise SystemExit(2)
+    raise SystemExit(EXIT_USAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -432,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(exc))
     except (UsageError, ProviderUnavailable) as exc:
         _fail(str(exc))
+    except HostEnvironmentError as exc:
+        sys.stderr.write(f"migconform: environment error: {exc}\n")
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         sys.stderr.write("migconform: interrupted; results written so far are kept\n")
         return 130

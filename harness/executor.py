@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.binaries import QemuBinary
-from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, VmDied
+from harness.errors import (
+    HostEnvironmentError,
+    MigrationTimeout,
+    QemuLaunchError,
+    QmpCommandError,
+    QmpConnectionError,
+    VmDied,
+)
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.guest.session import GuestReport, guest_vm_args
@@ -91,6 +99,43 @@ GUEST_PROMPT_TIMEOUT_S = 10.0
 # Runstates the executor resumes before the guest check: the memory is there, the guest only has to run to
 # answer (e.g. a source stopped by the scenario). Other non-running states have no guest (see reference_impl.guest).
 RESUMABLE_RUNSTATES = frozenset({"paused", "postmigrate", "prelaunch"})
+
+
+# glibc's strerror() texts (what QEMU's error_setg_errno and error_report print) of the errnos that mean the
+# host ran out of something, not that QEMU judged the configuration: a message ending in one of these is an
+# environment error, never a refusal or failed migration to compare with the model.
+HOST_ERRNO_TEXTS = {
+    "Cannot allocate memory": "ENOMEM",
+    "No space left on device": "ENOSPC",
+    "Disk quota exceeded": "EDQUOT",
+    "Too many open files": "EMFILE",
+    "Too many open files in system": "ENFILE",
+}
+_HOST_ERRNO_RE = re.compile(r": (" + "|".join(re.escape(text) for text in HOST_ERRNO_TEXTS) + r")$")
+
+
+def host_errno(message: str | None) -> str | None:
+    """The errno name when ``message`` ends with ": <strerror>" of a host-resource errno (QEMU's form:
+    "cannot set up guest memory 'pc.ram': Cannot allocate memory", "Unable to write to file: No space left
+    on device"), else None. Only the message's end counts: QEMU puts the errno text last."""
+    if not message:
+        return None
+    match = _HOST_ERRNO_RE.search(message.rstrip())
+    return HOST_ERRNO_TEXTS[match.group(1)] if match else None
+
+
+class HostResourceExhausted(HostEnvironmentError):
+    """QEMU failed for want of a host resource (memory, disk, file descriptors); ``outcome`` is what the run
+    would otherwise have reported, for the log."""
+
+    def __init__(self, errno_name: str, outcome: Outcome) -> None:
+        self.errno_name = errno_name
+        self.outcome = outcome
+        where = f"{outcome.verdict}@{outcome.stage}" if outcome.stage else outcome.verdict
+        super().__init__(
+            f"the host ran out of a resource QEMU {outcome.qemu_version} needed ({errno_name})",
+            f"{where}: {outcome.error}",
+        )
 
 
 class _Refused(Exception):
@@ -283,6 +328,14 @@ class _ScenarioRun:
             await self._record_events(pair)
             await pair.close()
             self._release()
+            self._record_shutdown(pair)
+
+    def _record_shutdown(self, pair: MigrationPair) -> None:
+        """A QEMU that ``quit`` did not end (stuck in migration_shutdown, a blocked monitor) is not part of
+        the contract's outcome, but is worth a line: ``extra.shutdown`` = {side: what it took}."""
+        notes = {vm.name: vm.shutdown_note for vm in (pair.source, pair.destination) if vm.shutdown_note}
+        if notes:
+            self.outcome.extra["shutdown"] = notes
 
     # ------------------------------------------------------------------ guest
 
@@ -624,7 +677,9 @@ async def execute(
 
     QEMU's own behaviour always ends in an :class:`Outcome`. Raises (a :class:`MigconformError`) only for
     what is not QEMU's answer: a QEMU that hung before offering QMP, a QMP protocol failure, a VFIO
-    allocator error other than :class:`VfioUnavailable`.
+    allocator error other than :class:`VfioUnavailable`, and :class:`HostResourceExhausted` (a
+    :class:`HostEnvironmentError`) when QEMU refused or failed for want of host memory, disk or file
+    descriptors (:func:`host_errno`).
     """
     started = time.monotonic()
     outcome = Outcome(
@@ -684,6 +739,9 @@ async def execute(
     )
     await run.run()
     outcome.duration_s = round(time.monotonic() - started, 3)
+    errno_name = host_errno(outcome.error) if outcome.verdict in ("refused", "failed") else None
+    if errno_name is not None:
+        raise HostResourceExhausted(errno_name, outcome)
     if outcome.source is not None and outcome.source.status not in END_STATUSES | {"none"}:
         outcome.extra.setdefault("note", "the migration was still running at the end of the scenario")
     return outcome

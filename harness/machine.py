@@ -168,6 +168,8 @@ class QemuMachine:
         self._proc: asyncio.subprocess.Process | None = None
         self._files: list[IO[bytes]] = []
         self.launch_started: float | None = None
+        # How shutdown() had to end this QEMU when ``quit`` did not (None: quit did, or QEMU was gone).
+        self.shutdown_note: str | None = None
 
     def append_args(self, args: Sequence[str]) -> None:
         """Add arguments before launch (the executor adds VFIO devices only once it launches that side,
@@ -277,7 +279,8 @@ class QemuMachine:
 
     async def shutdown(self, timeout: float = 1.5, term_timeout: float = 0.5) -> None:
         """End QEMU however it is: ``quit`` (bounded by ``timeout``, exit included), then SIGTERM (bounded
-        by ``term_timeout``), then SIGKILL. Idempotent.
+        by ``term_timeout``), then SIGKILL. Idempotent. When ``quit`` was not enough, :attr:`shutdown_note`
+        says what it took (the executor puts it in the outcome: a QEMU stuck at exit is worth knowing).
 
         The bounds are short on purpose: a QEMU that has not exited 1.5 s after ``quit`` is stuck (e.g. a
         rate-limited migration thread that migration_shutdown waits for, or a monitor blocked on a lock),
@@ -287,13 +290,20 @@ class QemuMachine:
             self._cleanup_files()
             return
         deadline = time.monotonic() + timeout
-        if self._proc.returncode is None and self._client is not None and self._client.runstate.name == "RUNNING":
+        running = self._proc.returncode is None
+        quit_sent = False
+        if running and self._client is not None and self._client.runstate.name == "RUNNING":
+            quit_sent = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._client.execute("quit"), timeout)
         if not await self._wait_exit(max(0.0, deadline - time.monotonic())):
+            first = f"did not exit within {timeout:g} s of quit" if quit_sent else "no QMP connection to send quit"
             procutil.kill_group(self._proc.pid, signal.SIGTERM)
-            if not await self._wait_exit(term_timeout):
+            if await self._wait_exit(term_timeout):
+                self.shutdown_note = f"{first}; ended by SIGTERM"
+            else:
                 await self._kill()
+                self.shutdown_note = f"{first}, no exit within {term_timeout:g} s of SIGTERM: needed SIGKILL"
         await self._reap()
         await self._close_client()
         self._cleanup_files()

@@ -1,9 +1,11 @@
 """A run's results: the contract's JSON (``outcomes`` + ``comparisons``) plus optional top-level extensions.
 
-Extensions: ``meta`` (binaries, versions, host, kernel, start and end time), ``not_run`` (work items an
-interrupted run never finished, so a partial file says what is missing), ``errors`` (harness failures:
-an exception in the executor or the model, which count as failures, never as skips) and ``skips``
-(pairs that were not compared, with the reason).
+Extensions: ``meta`` (binaries, versions, host, kernel, start and end time, the logs folder), ``not_run``
+(work items an interrupted run never finished, so a partial file says what is missing), ``errors``
+(failures that are not QEMU's answer, never skips: ``kind`` ``harness`` for an exception in the executor or
+the model, ``environment`` for a host that could not give the run what it needed, e.g. out of memory or
+disk, :class:`harness.errors.HostEnvironmentError`), ``skips`` (pairs that were not compared, with the
+reason) and ``counts`` (the tally per category, for readers that do not want to recount).
 
 The file is rewritten atomically after every completed item, so a reader never sees half a file and an
 interrupted run keeps everything that finished.
@@ -11,8 +13,10 @@ interrupted run keeps everything that finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +25,17 @@ from typing import Any
 
 from harness.compare import Comparison
 from reference_impl.outcome import Outcome
+
+
+def item_log_name(scenario: str, column: str) -> str:
+    """The folder name of an item's logs: ``<scenario>__<column>``, reduced to characters every file system
+    and URL takes; a name that had to be changed gets a short hash, so two items never share a folder."""
+    raw = f"{scenario}__{column}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "item"
+    if safe != raw:
+        safe = f"{safe[:80]}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+    return safe
+
 
 
 @dataclass(frozen=True)
@@ -34,21 +49,55 @@ class WorkItem:
         return {"scenario": self.scenario, "column": self.column}
 
 
+ERROR_KINDS = ("harness", "environment")
+
+# Exit statuses of ``migconform run`` (docs/scenario-format.md, "Command line").
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+
+
 @dataclass
 class HarnessError:
-    """The harness itself failed on an item (not QEMU's or the model's behaviour)."""
+    """An item that ended without an answer from QEMU or the model.
+
+    ``kind`` separates the harness failing (``harness``: a bug to fix here) from the host failing
+    (``environment``: out of memory or disk, a probe that fails), so that neither is filed as a QEMU bug and
+    a full disk does not read like a harness regression. ``logs`` is the item's kept log folder, if any.
+    """
 
     scenario: str
     column: str
     backend: str
     error: str
+    kind: str = "harness"
+    logs: str | None = None
 
     def to_json(self) -> dict[str, str]:
-        return {"scenario": self.scenario, "column": self.column, "backend": self.backend, "error": self.error}
+        out = {
+            "scenario": self.scenario,
+            "column": self.column,
+            "backend": self.backend,
+            "error": self.error,
+            "kind": self.kind,
+        }
+        if self.logs is not None:
+            out["logs"] = self.logs
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> HarnessError:
-        return cls(str(data["scenario"]), str(data["column"]), str(data["backend"]), str(data["error"]))
+        kind = str(data.get("kind") or "harness")  # files written before the field existed: harness errors
+        logs = data.get("logs")
+        return cls(
+            str(data["scenario"]),
+            str(data["column"]),
+            str(data["backend"]),
+            str(data["error"]),
+            kind=kind if kind in ERROR_KINDS else "harness",
+            logs=str(logs) if logs is not None else None,
+        )
 
 
 @dataclass
@@ -83,9 +132,28 @@ class Results:
         return [c for c in self.comparisons if not c.agree and c.known_bug is not None]
 
     @property
+    def harness_errors(self) -> list[HarnessError]:
+        return [e for e in self.errors if e.kind != "environment"]
+
+    @property
+    def environment_errors(self) -> list[HarnessError]:
+        return [e for e in self.errors if e.kind == "environment"]
+
+    @property
     def passed(self) -> bool:
         """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun."""
         return not self.diverged and not self.errors and not self.not_run
+
+    @property
+    def exit_status(self) -> int:
+        """1 when anything diverged, the harness failed or items were left unrun (the contract's failure);
+        else 3 when only the host failed some items (nothing to report to QEMU or to us: fix the host and
+        re-run); else 0."""
+        if self.diverged or self.harness_errors or self.not_run:
+            return EXIT_FAILED
+        if self.environment_errors:
+            return EXIT_ENVIRONMENT
+        return EXIT_PASSED
 
     def select(self, scenario: str, column: str) -> Results:
         """The part of these results about one scenario on one column (same meta)."""
@@ -104,9 +172,18 @@ class Results:
             "diverge": len(self.diverged),
             "known_bug": len(self.known_bugs),
             "skip": len(self.skips),
-            "error": len(self.errors),
+            "error": len(self.harness_errors),
+            "environment": len(self.environment_errors),
             "not_run": len(self.not_run),
         }
+
+    def kept_logs(self) -> list[str]:
+        """Every item's kept log folder (outcomes and errors), each once, in order."""
+        found: list[str] = []
+        for path in [o.logs for o in self.outcomes] + [e.logs for e in self.errors]:
+            if path and path not in found:
+                found.append(path)
+        return found
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +192,7 @@ class Results:
             "errors": [e.to_json() for e in self.errors],
             "skips": [s.to_json() for s in self.skips],
             "not_run": [w.to_json() for w in self.not_run],
+            "counts": self.counts(),
             "meta": self.meta,
         }
 

@@ -8,6 +8,11 @@ only shared state is the results, which are rewritten atomically after every com
 VFIO scenarios need a host device. With a provider (``--vfio-provider``) they go to it as one batch
 (the mtty lab boots a nested guest once for all of them); without one the executor, given no allocator,
 skips the real side with its reason and the model still runs.
+
+Each item's QEMUs log into a folder of their own under the logs root (``--logs-dir``), named after the
+item, so that a path a QEMU error cites stays valid; after the item the folder is kept or removed as
+``--keep-logs`` says (default: kept when the item diverged, erred, hit a known QEMU bug or an environment
+error), and the kept folder's path goes into the outcome (``logs``) for the reports to link.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from harness import procutil
 from harness.compare import compare, skip_reason
+from harness.errors import HostEnvironmentError
 from harness.known_bugs import known_divergence
-from harness.results import HarnessError, Results, Skip, WorkItem, save
+from harness.results import HarnessError, Results, Skip, WorkItem, item_log_name, save
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
@@ -42,6 +48,9 @@ if TYPE_CHECKING:
     from harness.vfio.allocator import VfioDeviceAllocator
 
 BACKENDS = ("both", "reference", "qemu")
+KEEP_LOGS = ("all", "failed", "none")
+# Statuses (see _Run.record) after which --keep-logs failed keeps an item's logs.
+_FAILED_STATUSES = ("DIVERGE", "known QEMU bug", "error", "env error")
 
 ExecuteFn = Callable[..., Awaitable[Outcome]]
 PredictFn = Callable[[Scenario, Version, HostFacts], Outcome]
@@ -110,6 +119,27 @@ def select_shard(scenarios: Sequence[Scenario], k: int, n: int) -> list[Scenario
     return [s for s in scenarios if shard_of(s.id, n) == k]
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first (what creating ``path`` creates)."""
+    missing: list[Path] = []
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each folder that is empty, deepest first; stop at the first that is not (it holds something)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
+
+
 def needs_vfio(scenario: Scenario) -> bool:
     return "vfio" in scenario.requires or bool(scenario.source.vfio_devices or scenario.destination.vfio_devices)
 
@@ -154,6 +184,9 @@ class RunOptions:
     provider: VfioProvider | None = None
     # Real host devices (--vfio-device): the executor asks this allocator for each launch's devices.
     allocator: VfioDeviceAllocator | None = None
+    # Where each item's QEMU logs go (``<logs_dir>/<item_log_name>/``); None: a temporary folder, never kept.
+    logs_dir: Path | None = None
+    keep_logs: str = "failed"  # one of KEEP_LOGS
 
 
 class Progress:
@@ -209,6 +242,8 @@ class _Run:
     def __init__(self, scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions):
         if options.backend not in BACKENDS:
             raise ValueError(f"unknown backend {options.backend!r} (allowed: {', '.join(BACKENDS)})")
+        if options.keep_logs not in KEEP_LOGS:
+            raise ValueError(f"unknown --keep-logs {options.keep_logs!r} (allowed: {', '.join(KEEP_LOGS)})")
         self.scenarios = list(scenarios)
         self.targets = list(targets)
         self.options = options
@@ -221,6 +256,7 @@ class _Run:
         self._execute = options.execute
         self._predict = options.predict
         self._host_facts = options.host_facts
+        self._logs_created = missing_folders(options.logs_dir) if options.logs_dir is not None else []
 
     def _meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -239,6 +275,9 @@ class _Run:
             "descriptions": {s.id: s.description for s in self.scenarios if s.description},
             "start": _now(),
         }
+        if self.options.logs_dir is not None:
+            meta["logs_dir"] = str(self.options.logs_dir.resolve())
+            meta["keep_logs"] = self.options.keep_logs
         meta.update(self.options.meta)
         return meta
 
@@ -266,7 +305,16 @@ class _Run:
             return self._facts[key]
 
     # ---- bookkeeping ----------------------------------------------------------------------------------
-    def record(self, scenario: Scenario, target: Target, outcomes: Mapping[str, Outcome | BaseException]) -> None:
+    def record(
+        self,
+        scenario: Scenario,
+        target: Target,
+        outcomes: Mapping[str, Outcome | BaseException],
+        workdir: Path | None = None,
+        provider_logs: Path | None = None,
+    ) -> None:
+        """One finished item. ``workdir``: its QEMU log folder (kept or removed here). ``provider_logs``: for an
+        item a VFIO provider ran, the folder its logs came back in, if any (copied out when kept)."""
         item = WorkItem(scenario.id, target.column)
         if procutil.interrupted() is not None:
             # After SIGINT/SIGTERM every QEMU was killed by us: what an item in flight saw since (a VM that
@@ -277,10 +325,16 @@ class _Run:
         good = {b: o for b, o in outcomes.items() if isinstance(o, Outcome)}
         for outcome in good.values():
             self.results.outcomes.append(_stamp(outcome, target))
+        recorded: list[HarnessError] = []
         for backend, exc in errors.items():
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self.results.errors.append(HarnessError(scenario.id, target.column, backend, text))
-            status = f"error ({backend}: {text.splitlines()[-1] if text else type(exc).__name__})"
+            kind = "environment" if isinstance(exc, HostEnvironmentError) else "harness"
+            recorded.append(HarnessError(scenario.id, target.column, backend, text, kind=kind))
+            label = "env error" if kind == "environment" else "error"
+            status = f"{label} ({backend}: {text.splitlines()[-1] if text else type(exc).__name__})"
+        if any(e.kind == "harness" for e in recorded) and status.startswith("env error"):
+            status = "error" + status[len("env error") :]  # a harness failure is the one to look at first
+        self.results.errors.extend(recorded)
         if not errors and "qemu" in good and "reference" in good:
             reason = skip_reason(good["reference"], good["qemu"])
             if reason is not None:
@@ -300,32 +354,99 @@ class _Run:
                 status = f"skip ({outcome.skip_reason})"
             else:
                 status = outcome.verdict
+        kept: str | None = None
+        if workdir is not None:
+            kept = self.settle_logs(workdir, status)
+        elif "qemu" in outcomes and self.keeps(status):
+            kept = self.copy_provider_logs(provider_logs, scenario, target, good.get("qemu"))
+        if kept is not None:
+            for outcome in good.values():
+                if outcome.backend == "qemu":
+                    outcome.logs = kept
+            for error in recorded:
+                if error.backend == "qemu":
+                    error.logs = kept
         if item in self.results.not_run:
             self.results.not_run.remove(item)
         self.progress.update(item, status)
         self.save()
 
     def save(self) -> None:
-        if self.options.json_path is not None:
+        """Rewrite the results file; a host that cannot take it (full disk) ends the run as an environment
+        error: running on for hours without a record of what ran helps nobody."""
+        if self.options.json_path is None:
+            return
+        try:
             save(self.results, self.options.json_path)
+        except OSError as exc:
+            raise HostEnvironmentError(f"cannot write {self.options.json_path}", exc.strerror or str(exc)) from exc
+
+    def keeps(self, status: str) -> bool:
+        """Whether ``--keep-logs`` keeps the logs of an item that ended with ``status``."""
+        return self.options.logs_dir is not None and (
+            self.options.keep_logs == "all"
+            or (self.options.keep_logs == "failed" and status.startswith(_FAILED_STATUSES))
+        )
+
+    def copy_provider_logs(
+        self, source: Path | None, scenario: Scenario, target: Target, outcome: Outcome | None
+    ) -> str | None:
+        """Copy the logs a VFIO provider brought back (the mtty lab: through its writable 9p share) into the
+        logs root; without any, say so in the outcome (``extra.logs_not_kept``) rather than link nothing."""
+        assert self.options.logs_dir is not None
+        if source is None or not source.is_dir():
+            if outcome is not None and outcome.verdict != "skipped":
+                outcome.extra["logs_not_kept"] = (
+                    f"the VFIO provider {outcome.vfio_provider or self.options.vfio_provider!r} ran this item's "
+                    "QEMUs itself and returned no logs"
+                )
+            return None
+        destination = self.options.logs_dir / item_log_name(scenario.id, target.column)
+        try:
+            shutil.rmtree(destination, ignore_errors=True)
+            shutil.copytree(source, destination)
+        except OSError as exc:
+            if outcome is not None:
+                outcome.extra["logs_not_kept"] = f"copying {source} failed: {exc}"
+            return None
+        return str(destination.resolve())
+
+    def settle_logs(self, workdir: Path, status: str) -> str | None:
+        """Keep or remove an item's log folder (``--keep-logs``); the kept folder's absolute path, or None.
+
+        A folder the executor never wrote into (a skip decided before any QEMU started) is not worth a link."""
+        keep = self.keeps(status)
+        if keep and workdir.is_dir() and any(workdir.iterdir()):
+            return str(workdir.resolve())
+        shutil.rmtree(workdir, ignore_errors=True)
+        return None
+
+    def item_workdir(self, scenario: Scenario, target: Target) -> Path:
+        """A fresh folder for the item's QEMU logs: under the logs root (a previous run's folder of the same
+        item is replaced, so its logs never mix with this run's), else a temporary one."""
+        if self.options.logs_dir is None:
+            return Path(tempfile.mkdtemp(prefix="mc-"))
+        workdir = self.options.logs_dir / item_log_name(scenario.id, target.column)
+        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            workdir.mkdir(parents=True)
+        except OSError as exc:  # a full or read-only disk: the host's failure, not this item's
+            raise HostEnvironmentError("the item's log folder", f"{workdir}: {exc.strerror or exc}") from exc
+        return workdir
 
     # ---- one item -------------------------------------------------------------------------------------
-    async def run_real(self, scenario: Scenario, target: Target) -> Outcome:
+    async def run_real(self, scenario: Scenario, target: Target, workdir: Path) -> Outcome:
         assert target.binary is not None
         allocator = self.options.allocator if needs_vfio(scenario) else None
-        workdir = Path(tempfile.mkdtemp(prefix="mc-"))
-        try:
-            execute = self.execute_fn()
-            # The executor bounds every wait itself; this outer bound only catches a hung executor.
-            coro = execute(scenario, target.binary, workdir=workdir, allocator=allocator, timeout=self.options.timeout)
-            bound = self.options.timeout * 3 + 30
-            if allocator is None:
-                return await asyncio.wait_for(coro, timeout=bound)
-            # Host devices are few (often one per side): VFIO scenarios take turns.
-            async with self._vfio_lock:
-                return await asyncio.wait_for(coro, timeout=bound)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        execute = self.execute_fn()
+        # The executor bounds every wait itself; this outer bound only catches a hung executor.
+        coro = execute(scenario, target.binary, workdir=workdir, allocator=allocator, timeout=self.options.timeout)
+        bound = self.options.timeout * 3 + 30
+        if allocator is None:
+            return await asyncio.wait_for(coro, timeout=bound)
+        # Host devices are few (often one per side): VFIO scenarios take turns.
+        async with self._vfio_lock:
+            return await asyncio.wait_for(coro, timeout=bound)
 
     async def run_model(self, scenario: Scenario, target: Target, accel: str) -> Outcome:
         host = await self.facts(target, accel)
@@ -336,20 +457,27 @@ class _Run:
             outcomes: dict[str, Outcome | BaseException] = {}
             backend = self.options.backend
             accel = scenario.source.accel
-            if backend in ("both", "qemu") and target.binary is not None:
-                try:
-                    real = await self.run_real(scenario, target)
-                    outcomes["qemu"] = real
-                    if real.accel in ("kvm", "tcg"):  # the model's host is what the run really used
-                        accel = real.accel
-                except Exception as exc:
-                    outcomes["qemu"] = exc
-            if backend in ("both", "reference") or target.binary is None:
-                try:
-                    outcomes["reference"] = await self.run_model(scenario, target, accel)
-                except Exception as exc:
-                    outcomes["reference"] = exc
-            self.record(scenario, target, outcomes)
+            workdir: Path | None = None
+            try:
+                if backend in ("both", "qemu") and target.binary is not None:
+                    try:
+                        workdir = self.item_workdir(scenario, target)
+                        real = await self.run_real(scenario, target, workdir)
+                        outcomes["qemu"] = real
+                        if real.accel in ("kvm", "tcg"):  # the model's host is what the run really used
+                            accel = real.accel
+                    except Exception as exc:
+                        outcomes["qemu"] = exc
+                if backend in ("both", "reference") or target.binary is None:
+                    try:
+                        outcomes["reference"] = await self.run_model(scenario, target, accel)
+                    except Exception as exc:
+                        outcomes["reference"] = exc
+                self.record(scenario, target, outcomes, workdir)
+                workdir = None
+            finally:
+                if workdir is not None:  # interrupted before the item was recorded: only "all" keeps it
+                    self.settle_logs(workdir, "not run")
 
     async def run_vfio_batch(self, scenarios: Sequence[Scenario], provider: VfioProvider) -> None:
         """Hand every VFIO scenario to the provider at once, then run the model with the provider's host."""
@@ -369,10 +497,12 @@ class _Run:
         for target in self.targets:
             for scenario in scenarios:
                 outcomes: dict[str, Outcome | BaseException] = {}
+                provider_logs: Path | None = None
                 if self.options.backend in ("both", "qemu") and target.binary is not None:
                     got = real.get((scenario.id, target.column))
                     if got is not None:
                         outcomes["qemu"] = got
+                        provider_logs = _provider_logs(got)
                     else:
                         outcomes["qemu"] = batch_error or RuntimeError(
                             f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
@@ -382,7 +512,7 @@ class _Run:
                         outcomes["reference"] = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
                     except Exception as exc:
                         outcomes["reference"] = exc
-                self.record(scenario, target, outcomes)
+                self.record(scenario, target, outcomes, provider_logs=provider_logs)
 
     async def run(self) -> Results:
         semaphore = asyncio.Semaphore(max(1, self.options.jobs))
@@ -419,8 +549,13 @@ class _Run:
             if signum is not None:
                 self.results.meta["signal"] = signal.Signals(signum).name
             self.progress.finish()
+            self._remove_empty_logs_root()
             self.save()
         return self.results
+
+    def _remove_empty_logs_root(self) -> None:
+        """A run that kept nothing leaves no empty logs folder behind (only folders this run created)."""
+        remove_empty(self._logs_created)
 
 
 def _with_kernel(outcome: Outcome, host: HostFacts) -> Outcome:
@@ -428,6 +563,14 @@ def _with_kernel(outcome: Outcome, host: HostFacts) -> Outcome:
     if outcome.kernel is None:
         outcome.kernel = host.kernel
     return outcome
+
+
+def _provider_logs(outcome: Outcome) -> Path | None:
+    """Where the mtty lab left an item's QEMU logs: ``extra.lab_logs`` inside its run folder ``extra.lab_run``
+    (harness.vfio_lab.inside writes them into the writable share). The keys are the lab's; they are
+    removed from the outcome, whose ``logs`` names the kept copy instead."""
+    run, logs = outcome.extra.get("lab_run"), outcome.extra.pop("lab_logs", None)
+    return Path(str(run)) / str(logs) if run and logs else None
 
 
 def _target_of(outcome: Outcome, targets: Sequence[Target]) -> Target | None:

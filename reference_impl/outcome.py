@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VERDICTS = ("completed", "refused", "failed", "skipped")
+# Optional fields beyond the contract, in the order the JSON lists them.
+_EXTENSIONS = ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s", "logs")
 STAGES = ("startup", "set-capabilities", "set-parameters", "migrate", "start-postcopy", "migration")
 
 
@@ -51,6 +53,7 @@ class Outcome:
     events: dict[str, list[str]] | None = None  # side -> MIGRATION event statuses
     guest: dict[str, Any] | None = None  # {alive, pages_checked, bad_pages}
     duration_s: float | None = None
+    logs: str | None = None  # the item's kept QEMU log folder (``--keep-logs``); never compared
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +68,7 @@ class Outcome:
             "destination": self.destination.to_json() if self.destination else None,
             "skip_reason": self.skip_reason,
         }
-        for key in ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s"):
+        for key in _EXTENSIONS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -93,5 +96,6 @@ class Outcome:
             events=data.get("events"),
             guest=data.get("guest"),
             duration_s=data.get("duration_s"),
+            logs=data.get("logs"),
             extra=dict(data.get("extra") or {}),
         )

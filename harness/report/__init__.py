@@ -1,7 +1,9 @@
 """Reports of a run: the scenario x version matrix that the console, JUnit and HTML reports render.
 
 Each cell is the state of one scenario on one column: agree, DIVERGE, skip (with reason), error (the
-harness failed), not run (an interrupted run), or, when only one backend ran, that backend's verdict.
+harness failed), environment error (the host failed: out of memory or disk), not run (an interrupted
+run), or, when only one backend ran, that backend's verdict. A cell also carries the item's kept log
+folder and how its QEMUs had to be ended, when that was more than ``quit``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from harness.results import Results, comparison_column, outcome_column
 from reference_impl.outcome import Outcome
 from reference_impl.versions import Version
 
-KINDS = ("agree", "diverge", "known-bug", "skip", "error", "not-run", "outcome")
+KINDS = ("agree", "diverge", "known-bug", "skip", "error", "environment", "not-run", "outcome")
 
 
 @dataclass
@@ -23,6 +25,13 @@ class Cell:
     qemu: Outcome | None = None
     comparison: Comparison | None = None
     detail: str = ""  # skip reason, harness error, or "" otherwise
+    logs: str | None = None  # the item's kept QEMU logs (--keep-logs)
+
+    @property
+    def shutdown(self) -> dict[str, str]:
+        """side -> how its QEMU had to be ended, for the QEMUs ``quit`` did not end (executor's record)."""
+        note = self.qemu.extra.get("shutdown") if self.qemu is not None else None
+        return {str(k): str(v) for k, v in note.items()} if isinstance(note, dict) else {}
 
     @property
     def label(self) -> str:
@@ -36,6 +45,8 @@ class Cell:
             return f"skip({self.detail})"
         if self.kind == "error":
             return "error"
+        if self.kind == "environment":
+            return "environment error"
         if self.kind == "not-run":
             return "not run"
         outcome = self.qemu or self.reference
@@ -94,7 +105,8 @@ def build_matrix(results: Results) -> Matrix:
     for scenario, column in keys:
         ref = outcomes.get((scenario, column, "reference"))
         qemu = outcomes.get((scenario, column, "qemu"))
-        matrix.cells[(scenario, column)] = Cell(kind="outcome", reference=ref, qemu=qemu)
+        logs = qemu.logs if qemu is not None else None
+        matrix.cells[(scenario, column)] = Cell(kind="outcome", reference=ref, qemu=qemu, logs=logs)
     for s in results.skips:
         cell = matrix.cells[(s.scenario, s.column)]
         cell.kind, cell.detail = "skip", s.reason
@@ -102,10 +114,12 @@ def build_matrix(results: Results) -> Matrix:
         cell = matrix.cells[(c.scenario, comparison_column(c))]
         cell.kind = "agree" if c.agree else ("known-bug" if c.known_bug else "diverge")
         cell.comparison = c
-    for e in results.errors:
+    for e in sorted(results.errors, key=lambda e: e.kind == "environment"):
         cell = matrix.cells[(e.scenario, e.column)]
-        cell.kind = "error"
+        if cell.kind != "error":  # a harness failure on either backend outranks a host failure on the other
+            cell.kind = "environment" if e.kind == "environment" else "error"
         cell.detail = (cell.detail + "\n" if cell.detail else "") + f"{e.backend}: {e.error}"
+        cell.logs = cell.logs or e.logs
     for w in results.not_run:
         cell = matrix.cells[(w.scenario, w.column)]
         if cell.kind == "outcome" and cell.reference is None and cell.qemu is None:
@@ -120,6 +134,8 @@ def summary_line(matrix: Matrix) -> str:
         parts.append(f"{counts['known-bug']} known QEMU bugs")
     if counts["error"]:
         parts.append(f"{counts['error']} errors")
+    if counts["environment"]:
+        parts.append(f"{counts['environment']} environment errors")
     if counts["not-run"]:
         parts.append(f"{counts['not-run']} not run")
     if counts["outcome"]:

@@ -1,4 +1,5 @@
-"""Plain-text report: the matrix as a table, then every divergence and error in full."""
+"""Plain-text report: the matrix as a table, then every divergence and error in full, each with its kept
+log folder and how its QEMUs had to be ended when ``quit`` did not do it; last, where the logs are."""
 
 from __future__ import annotations
 
@@ -26,9 +27,16 @@ def _details(scenario: str, column: str, cell: Cell) -> list[str]:
         same_error = "error" not in cell.comparison.differences
         if cell.reference is not None and cell.qemu is not None and same_error and cell.qemu.error:
             lines.append(f"  error (both): {cell.qemu.error}")
-    elif cell.kind == "error":
-        lines.append(f"ERROR {scenario} [{column}]")
+    elif cell.kind in ("error", "environment"):
+        lines.append(f"{'ERROR' if cell.kind == 'error' else 'ENVIRONMENT ERROR'} {scenario} [{column}]")
         lines.extend(f"  {line}" for line in cell.detail.splitlines())
+    shutdown = cell.shutdown
+    if shutdown:
+        if not lines:
+            lines.append(f"SHUTDOWN {scenario} [{column}]")
+        lines.extend(f"  shutdown ({side}): {note}" for side, note in shutdown.items())
+    if lines and cell.logs:
+        lines.append(f"  logs: {cell.logs}")
     return lines
 
 
@@ -60,4 +68,9 @@ def render(results: Results, matrix: Matrix | None = None) -> str:
         out.extend(details)
     out.append("")
     out.append(summary_line(matrix))
+    kept = results.kept_logs()
+    if kept:
+        root = results.meta.get("logs_dir")
+        where = f" under {root}" if root else ""
+        out.append(f"QEMU logs kept for {len(kept)} item{'s' if len(kept) != 1 else ''}{where}")
     return "\n".join(out) + "\n"

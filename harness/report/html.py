@@ -1,12 +1,18 @@
 """One self-contained HTML page (inline CSS, no scripts, no external resources) for people.
 
 The matrix is scenarios x versions. Every cell shows the verdict; a divergent cell shows both sides side
-by side, with the exact messages QEMU and the model produced, so a reader does not need the JSON.
+by side, with the exact messages QEMU and the model produced, so a reader does not need the JSON. A cell
+whose QEMU logs were kept links to their folder (relative to the page when the page's folder is known,
+so the link survives moving results/ as a whole), and says how its QEMUs had to be ended when ``quit``
+did not do it.
 """
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from html import escape
+from pathlib import Path
 
 from harness.report import Cell, Matrix, build_matrix, summary_line, verdict_text
 from harness.results import Results
@@ -33,6 +39,10 @@ td.scenario .desc { font-family: system-ui, sans-serif; color: #666; font-size: 
 .known-bug .tag { color: #8a5300; }
 .skip { background: #f1f1f1; color: #555; }
 .error, .not-run { background: #fff1d6; }
+.environment { background: #e8e4f3; }
+.environment .tag { color: #4b3a8c; }
+.logs a { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12px; }
+.shutdown { color: #8a5300; }
 .outcome { background: #eef3fb; }
 .tag { font-weight: 700; }
 .agree .tag { color: #1e7a34; }
@@ -57,6 +67,7 @@ _SUMMARY_COLOURS = {
     "known-bug": ("#8a5300", "#fff4e0"),
     "skip": ("#555", "#f1f1f1"),
     "error": ("#9a5b00", "#fff1d6"),
+    "environment": ("#4b3a8c", "#e8e4f3"),
     "not-run": ("#9a5b00", "#fff1d6"),
     "outcome": ("#2b4c7e", "#eef3fb"),
 }
@@ -104,9 +115,40 @@ def _sides_table(cell: Cell) -> str:
     return "".join(rows)
 
 
-def _cell_html(cell: Cell | None) -> str:
+def logs_href(logs: str, base: Path | None) -> str:
+    """The link to a logs folder: relative to the page's folder when known (and on the same drive), else
+    a file: URI."""
+    path = Path(logs)
+    if base is not None:
+        try:
+            relative = os.path.relpath(path, base.resolve())
+        except ValueError:
+            relative = None
+        if relative is not None:
+            return urllib.parse.quote(Path(relative).as_posix()) + "/"
+    return path.as_uri() + "/" if path.is_absolute() else urllib.parse.quote(path.as_posix()) + "/"
+
+
+def _extras(cell: Cell, base: Path | None) -> str:
+    parts = [
+        f'<div class="msg shutdown">shutdown ({escape(side)}): {escape(note)}</div>'
+        for side, note in cell.shutdown.items()
+    ]
+    if cell.logs:
+        href = escape(logs_href(cell.logs, base), quote=True)
+        parts.append(f'<div class="logs"><a href="{href}" title="{escape(cell.logs, quote=True)}">QEMU logs</a></div>')
+    return "".join(parts)
+
+
+def _cell_html(cell: Cell | None, base: Path | None = None) -> str:
     if cell is None:
         return '<td class="skip">-</td>'
+    html = _cell_body(cell)
+    extras = _extras(cell, base)
+    return html[: -len("</td>")] + extras + "</td>" if extras else html
+
+
+def _cell_body(cell: Cell) -> str:
     kind = cell.kind
     if kind == "agree":
         outcome = cell.qemu or cell.reference
@@ -122,8 +164,8 @@ def _cell_html(cell: Cell | None) -> str:
         )
     if kind == "skip":
         return f'<td class="skip"><span class="tag">skip</span><div class="msg">{escape(cell.detail)}</div></td>'
-    if kind in ("error", "not-run"):
-        label = "error" if kind == "error" else "not run"
+    if kind in ("error", "environment", "not-run"):
+        label = {"error": "error", "environment": "environment error", "not-run": "not run"}[kind]
         return f'<td class="{kind}"><span class="tag">{label}</span><pre>{escape(cell.detail)}</pre></td>'
     parts = []
     for name, outcome in (("qemu", cell.qemu), ("reference", cell.reference)):
@@ -141,7 +183,7 @@ def _meta_html(results: Results) -> str:
     lines = []
     if items:
         lines.append("binaries: " + ", ".join(items))
-    keys = ("backend", "host", "kernel", "start", "end", "jobs")
+    keys = ("backend", "host", "kernel", "start", "end", "jobs", "logs_dir")
     facts = [f"{key}: {escape(str(meta[key]))}" for key in keys if key in meta]
     if facts:
         lines.append(" · ".join(facts))
@@ -154,7 +196,7 @@ def _jump_list(matrix: Matrix) -> str:
     for scenario in matrix.scenarios:
         for column in matrix.columns:
             cell = matrix.cell(scenario, column)
-            if cell is not None and cell.kind in ("diverge", "error", "not-run"):
+            if cell is not None and cell.kind in ("diverge", "error", "environment", "not-run"):
                 label = f"{scenario} [{column}]"
                 links.append(f'<a class="{cell.kind}" href="#{escape(scenario)}">{escape(label)}</a>')
     if not links:
@@ -162,7 +204,10 @@ def _jump_list(matrix: Matrix) -> str:
     return f'<p class="jump"><b>attention:</b> {" ".join(links)}</p>'
 
 
-def render(results: Results, matrix: Matrix | None = None, title: str = "migconform results") -> str:
+def render(
+    results: Results, matrix: Matrix | None = None, title: str = "migconform results", base: Path | None = None
+) -> str:
+    """The page; ``base`` is the folder it will be written to (for relative links to kept logs)."""
     matrix = matrix or build_matrix(results)
     counts = matrix.counts()
     badges = []
@@ -176,7 +221,7 @@ def render(results: Results, matrix: Matrix | None = None, title: str = "migconf
     for scenario in matrix.scenarios:
         desc = descriptions.get(scenario, "")
         desc_html = f'<div class="desc">{escape(desc)}</div>' if desc else ""
-        cells = "".join(_cell_html(matrix.cell(scenario, c)) for c in matrix.columns)
+        cells = "".join(_cell_html(matrix.cell(scenario, c), base) for c in matrix.columns)
         rows.append(f'<tr id="{escape(scenario)}"><td class="scenario">{escape(scenario)}{desc_html}</td>{cells}</tr>')
     return (
         "<!DOCTYPE html>\n"

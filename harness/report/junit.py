@@ -1,7 +1,10 @@
 """JUnit XML for CI systems: one testcase per scenario x version.
 
 A divergence is a ``failure`` whose text shows both sides' exact messages; a harness error or an item an
-interrupted run never finished is an ``error``; a skip carries its reason.
+interrupted run never finished is an ``error`` (``type`` ``harness`` or ``not-run``), a host failure an
+``error`` of type ``environment``; a skip carries its reason. An item whose logs were kept has a
+``logs`` property and a ``logs:`` line in its system-out; a QEMU that ``quit`` did not end, a
+``shutdown`` line there too.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
         name=suite_name,
         tests=str(len(matrix.cells)),
         failures=str(counts["diverge"]),
-        errors=str(counts["error"] + counts["not-run"]),
+        errors=str(counts["error"] + counts["environment"] + counts["not-run"]),
         skipped=str(counts["skip"] + counts["known-bug"]),
     )
     if results.meta.get("start"):
@@ -66,13 +69,24 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
                 reason = cell.comparison.known_bug if cell.comparison else "known QEMU bug"
                 known = ET.SubElement(case, "skipped", message=f"known QEMU bug: {reason}", type="known-qemu-bug")
                 known.text = _failure_text(cell)
-            elif cell.kind == "error":
-                error = ET.SubElement(case, "error", message=cell.detail.splitlines()[0] if cell.detail else "error")
+            elif cell.kind in ("error", "environment"):
+                message = cell.detail.splitlines()[0] if cell.detail else "error"
+                kind = "environment" if cell.kind == "environment" else "harness"
+                error = ET.SubElement(case, "error", message=message, type=kind)
                 error.text = cell.detail
             elif cell.kind == "not-run":
-                ET.SubElement(case, "error", message=f"not run: {cell.detail}")
-            else:
-                out = ET.SubElement(case, "system-out")
-                out.text = f"reference: {_side(cell.reference)}\nqemu:      {_side(cell.qemu)}"
+                ET.SubElement(case, "error", message=f"not run: {cell.detail}", type="not-run")
+            lines = []
+            if cell.kind == "outcome":
+                lines.append(f"reference: {_side(cell.reference)}\nqemu:      {_side(cell.qemu)}")
+            lines.extend(f"shutdown ({side}): {note}" for side, note in cell.shutdown.items())
+            if cell.logs:
+                # Properties come first in a testcase (the JUnit schema's order), system-out last.
+                properties = ET.Element("properties")
+                ET.SubElement(properties, "property", name="logs", value=cell.logs)
+                case.insert(0, properties)
+                lines.append(f"logs: {cell.logs}")
+            if lines:
+                ET.SubElement(case, "system-out").text = "\n".join(lines)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.results import item_log_name
 from harness.vfio_lab.mdev import MdevAllocator
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import DeviceSpec, Scenario
@@ -38,6 +39,7 @@ OUTCOMES = "outcomes.jsonl"
 RUNNER = "runner.json"
 PROVIDER_NAME = "mtty"
 LAB_ERROR = "lab_error"  # key of an outcomes.jsonl line that records an error instead of an outcome
+LOGS = "logs"  # share subfolder with each item's QEMU logs (outcome.extra["lab_logs"]: the host keeps them)
 
 
 @dataclass
@@ -147,7 +149,10 @@ async def run_request(request: Request, share: Path) -> int:
     for binary in request.binaries:
         for scenario in request.scenarios:
             started = time.monotonic()
-            workdir = Path(tempfile.mkdtemp(prefix=f"{scenario.id}-", dir="/tmp"))
+            # In the writable share, so the host can keep the logs of an item that went wrong (--keep-logs).
+            (share / LOGS).mkdir(exist_ok=True)
+            name = item_log_name(scenario.id, str(binary.version))
+            workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=share / LOGS))
             try:
                 outcome = await asyncio.wait_for(
                     execute(scenario, binary, workdir=workdir, allocator=allocator, timeout=request.wait_timeout_s),
@@ -163,6 +168,7 @@ async def run_request(request: Request, share: Path) -> int:
             outcome.kernel = kernel
             outcome.vfio_provider = PROVIDER_NAME
             outcome.extra.setdefault("lab_variant", request.variant)
+            outcome.extra["lab_logs"] = str(workdir.relative_to(share))
             if outcome.duration_s is None:
                 outcome.duration_s = round(time.monotonic() - started, 3)
             transitions = kmsg.transitions(_device_labels(outcome))

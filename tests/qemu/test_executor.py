@@ -6,6 +6,11 @@ contract's outcome fields: verdict, stage, QEMU's exact error, and each side's s
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,3 +165,125 @@ def test_kvm_accel_is_used_when_asked(tmp_path: Path, qemu_binary: QemuBinary, a
     assert outcome.verdict == "completed", outcome.to_json()
     assert outcome.source == VmState("completed", "postmigrate")
     assert outcome.destination == VmState("completed", "running")
+
+
+# ---- host failures are environment errors; QEMUs that quit does not end ----------------------------------
+
+
+def test_host_errno_matches_only_the_host_resource_errno_texts() -> None:
+    from harness.executor import host_errno
+
+    assert host_errno("cannot set up guest memory 'pc.ram': Cannot allocate memory") == "ENOMEM"
+    assert host_errno("Unable to write to file: No space left on device") == "ENOSPC"
+    assert host_errno("destination QEMU exited with status 1: cannot set up guest memory 'pc.ram': "
+                      "Cannot allocate memory") == "ENOMEM"  # fmt: skip
+    assert host_errno("Could not open '/x': Too many open files") == "EMFILE"
+    assert host_errno("Could not open '/x': Too many open files in system") == "ENFILE"
+    # QEMU's own judgements stay refusals, even when they mention memory.
+    assert host_errno("Device nvme is not migratable, but --only-migratable was specified") is None
+    assert host_errno("Cannot allocate memory for the xbzrle cache: cache size too large") is None
+    assert host_errno("Failed to connect to '127.0.0.1:1': Connection refused") is None
+    assert host_errno(None) is None
+
+
+def _overcommits() -> bool:
+    """vm.overcommit_memory=1 lets any size be mapped: then QEMU starts with 1T and there is nothing to test."""
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def test_guest_memory_the_host_cannot_give_is_an_environment_error(tmp_path: Path, qemu_binary: QemuBinary) -> None:
+    from harness.errors import HostEnvironmentError
+    from harness.executor import HostResourceExhausted
+
+    if _overcommits():
+        pytest.skip("vm.overcommit_memory=1: the host maps 1T of guest memory, so QEMU starts")
+    with pytest.raises(HostResourceExhausted) as info:
+        run_toml(tmp_path, qemu_binary, "huge", '[vm]\nmemory = "1T"\n[migration]\ntransport = "tcp"\n')
+    assert isinstance(info.value, HostEnvironmentError) and info.value.errno_name == "ENOMEM"
+    # Measured on 7.2.22 and 10.0.2 (qemu_ram_alloc's error): the same words on both.
+    assert info.value.outcome.error == "cannot set up guest memory 'pc.ram': Cannot allocate memory"
+    assert (info.value.outcome.verdict, info.value.outcome.stage) == ("refused", "startup")
+    assert "Cannot allocate memory" in (tmp_path / "work" / "source.log").read_text()
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Path]:
+    """A 40 KiB tmpfs: a migration stream of a 64M VM (a few hundred KiB of zero-page records) cannot fit.
+    At a short path: the VMs' QMP sockets go there too, and a Unix socket path must stay under 108 bytes."""
+    mount = Path(tempfile.mkdtemp(prefix="mc-full-"))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+def test_a_full_disk_under_a_file_transport_is_an_environment_error(
+    tmp_path: Path, qemu_binary: QemuBinary, small_tmpfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.executor import HostResourceExhausted
+    from harness.probe import probe_binary, probe_host
+
+    if qemu_binary.version < Version(8, 2):
+        pytest.skip(f"QEMU {qemu_binary.version} has no file: migration transport (8.2+)")
+    probe_binary(qemu_binary)  # probed (and cached) before the stream's folder moves to the small disk
+    probe_host()
+    monkeypatch.setattr(tempfile, "tempdir", str(small_tmpfs))  # MigrationPair's private folder: the stream
+    with pytest.raises(HostResourceExhausted) as info:
+        run_toml(tmp_path, qemu_binary, "full", '[vm]\nmemory = "64M"\n[migration]\ntransport = "file"\n')
+    assert info.value.errno_name == "ENOSPC"
+    # Measured on 10.0.2: the source's migration fails with QEMU's write error as error-desc.
+    assert info.value.outcome.error == "Unable to write to file: No space left on device"
+    assert (info.value.outcome.verdict, info.value.outcome.stage) == ("failed", "migration")
+
+
+def test_a_qemu_that_ignores_quit_is_killed_and_the_outcome_says_so(
+    tmp_path: Path, qemu_binary: QemuBinary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.pair import MigrationPair
+
+    close = MigrationPair.close
+    stopped: list[int] = []
+
+    async def stop_the_source_then_close(pair: MigrationPair) -> None:
+        # A stopped process answers neither quit nor SIGTERM (both stay pending): only SIGKILL ends it.
+        assert pair.source.pid is not None
+        os.killpg(pair.source.pid, signal.SIGSTOP)
+        stopped.append(pair.source.pid)
+        await close(pair)
+
+    monkeypatch.setattr(MigrationPair, "close", stop_the_source_then_close)
+    outcome = run_toml(tmp_path, qemu_binary, "stuck", '[migration]\ntransport = "tcp"\n')
+    assert outcome.verdict == "completed" and stopped
+    assert outcome.extra["shutdown"] == {
+        "source": "did not exit within 1.5 s of quit, no exit within 0.5 s of SIGTERM: needed SIGKILL"
+    }
+    assert not Path(f"/proc/{stopped[0]}").exists() or "zombie" in Path(f"/proc/{stopped[0]}/status").read_text()
+
+
+def test_the_runner_keeps_the_logs_of_an_item_that_erred_and_only_those(
+    tmp_path: Path, qemu_binary: QemuBinary
+) -> None:
+    from harness.runner import RunOptions, run_sync, targets_for_binaries
+
+    if _overcommits():
+        pytest.skip("vm.overcommit_memory=1: the host maps 1T of guest memory, so QEMU starts")
+    for name, text in (("huge", '[vm]\nmemory = "1T"\n'), ("plain", "")):
+        (tmp_path / f"{name}.toml").write_text(text + '[migration]\ntransport = "tcp"\n')
+    scenarios = [load_scenario(tmp_path / "huge.toml"), load_scenario(tmp_path / "plain.toml")]
+    logs = tmp_path / "results" / "logs"
+    options = RunOptions(backend="qemu", jobs=1, timeout=30.0, logs_dir=logs)
+    res = run_sync(scenarios, targets_for_binaries([qemu_binary]), options)
+    assert [(e.scenario, e.kind) for e in res.errors] == [("huge", "environment")]
+    assert res.exit_status == 3
+    kept = logs / f"huge__{qemu_binary.version}"
+    assert res.errors[0].logs == str(kept.resolve())
+    assert "Cannot allocate memory" in (kept / "source.log").read_text()
+    assert [p.name for p in logs.iterdir()] == [kept.name]  # the plain item's folder went with it

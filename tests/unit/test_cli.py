@@ -73,7 +73,9 @@ def test_every_scenario_on_every_binary_with_comparisons(tmp_path: Path) -> None
     scenarios = [scenario(x) for x in ("ok", "diverges", "skipme", "crash")]
     res = run_sync(scenarios, targets_for_binaries([BIN7, BIN10]),
                    fakes.options(jobs=1, json_path=fakes.json_path, progress=stream))  # fmt: skip
-    assert res.counts() == {"agree": 2, "diverge": 2, "known_bug": 0, "skip": 2, "error": 2, "not_run": 0}
+    assert res.counts() == {
+        "agree": 2, "diverge": 2, "known_bug": 0, "skip": 2, "error": 2, "environment": 0, "not_run": 0,
+    }  # fmt: skip
     assert not res.passed
     # the model ran at the binary's version; its own profile stays visible
     ref = next(o for o in res.outcomes if o.backend == "reference" and o.scenario == "ok" and o.binary is None)
@@ -281,3 +283,225 @@ def test_sweep_builds_every_set_once_per_mode_and_transport() -> None:
             assert s.migration.capabilities.get("background-snapshot") and s.migration.transport == "file"
     only_tcp = sweep_scenarios(caps, size=1, transports=["tcp"], modes=["precopy"])
     assert [s.id for s in only_tcp] == [f"sweep.{c}.precopy.tcp" for c in caps]
+
+
+# ---- kept logs, environment errors, output paths ---------------------------------------------------------
+
+
+class LoggingFakes(Fakes):
+    """Like Fakes, but the real side writes a log into its workdir like QEMU would, and 'hostfail' is the host
+    failing (HostEnvironmentError), 'hostfail-crash' fails the host on the real side and the model raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.workdirs: dict[str, Path] = {}
+
+    async def execute(self, s: Scenario, binary: QemuBinary, *, workdir: Path, allocator: object = None,
+                      timeout: float = 60.0) -> Outcome:  # fmt: skip
+        from harness.errors import HostEnvironmentError
+
+        self.workdirs[f"{s.id}[{binary.version}]"] = workdir
+        (workdir / "source.log").write_text(f"qemu-system-x86_64: log of {s.id}\n")
+        if s.id in ("hostfail", "hostfail-crash"):
+            raise HostEnvironmentError("guest memory", "Cannot allocate memory")
+        return await super().execute(s, binary, workdir=workdir, allocator=allocator, timeout=timeout)
+
+    def predict(self, s: Scenario, version: Version, host: HostFacts) -> Outcome:
+        if s.id == "hostfail-crash":
+            raise RuntimeError("model crashed")
+        return super().predict(s, version, host)
+
+
+@pytest.fixture
+def logging_backends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> LoggingFakes:
+    fakes = LoggingFakes()
+    monkeypatch.setattr(runner, "default_execute", lambda: fakes.execute)
+    monkeypatch.setattr(runner, "default_predict", lambda: fakes.predict)
+    monkeypatch.setattr(runner, "default_host_facts", lambda: fakes.host_facts)
+    monkeypatch.setattr(cli, "_binaries", lambda paths: [BIN10])
+    monkeypatch.chdir(tmp_path)  # the default logs root is results/logs of the current folder
+    return fakes
+
+
+def test_logs_of_failed_items_are_kept_beside_the_json_and_linked(
+    tmp_path: Path, logging_backends: LoggingFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [write_scenario(tmp_path, sid) for sid in ("ok", "diverges", "crash", "hostfail")]
+    out = tmp_path / "out"
+    argv = ["run", *map(str, paths), "--json", str(out / "r.json"), "--junit", str(out / "r.xml")]
+    assert cli.main([*argv, "--html", str(out / "r.html")]) == 1
+    root = out / "logs"
+    kept = {p.name for p in root.iterdir()}
+    assert kept == {"diverges__10.0.2", "crash__10.0.2", "hostfail__10.0.2"}  # the agreeing item's is gone
+    assert not logging_backends.workdirs["ok[10.0.2]"].exists()
+    assert (root / "diverges__10.0.2" / "source.log").read_text() == "qemu-system-x86_64: log of diverges\n"
+    data = json.loads((out / "r.json").read_text())
+    logs = {o["scenario"]: o.get("logs") for o in data["outcomes"] if o["backend"] == "qemu"}
+    assert logs == {"ok": None, "diverges": str((root / "diverges__10.0.2").resolve())}
+    assert {e["scenario"]: e["logs"] for e in data["errors"]} == {
+        "crash": str((root / "crash__10.0.2").resolve()),
+        "hostfail": str((root / "hostfail__10.0.2").resolve()),
+    }
+    assert data["meta"]["logs_dir"] == str(root.resolve())
+    assert f'<property name="logs" value="{(root / "crash__10.0.2").resolve()}" />' in (out / "r.xml").read_text()
+    assert '<a href="logs/diverges__10.0.2/"' in (out / "r.html").read_text()
+    console_out = capsys.readouterr().out
+    assert f"  logs: {(root / 'diverges__10.0.2').resolve()}" in console_out
+    assert f"QEMU logs kept for 3 items under {root.resolve()}" in console_out
+
+
+@pytest.mark.parametrize(("keep", "expected"), [("all", {"ok__10.0.2", "diverges__10.0.2"}), ("none", None)])
+def test_keep_logs_all_and_none(
+    tmp_path: Path, logging_backends: LoggingFakes, keep: str, expected: set[str] | None
+) -> None:
+    paths = [str(write_scenario(tmp_path, sid)) for sid in ("ok", "diverges")]
+    logs = tmp_path / "elsewhere"
+    assert cli.main(["run", *paths, "--quiet", "--logs-dir", str(logs), "--keep-logs", keep]) == 1
+    if expected is None:
+        assert not logs.exists()
+        assert not any(w.exists() for w in logging_backends.workdirs.values())
+    else:
+        assert {p.name for p in logs.iterdir()} == expected
+    assert not (tmp_path / "results").exists()  # --logs-dir replaces the default root
+
+
+def test_default_logs_root_without_json_and_nothing_left_when_all_agree(
+    tmp_path: Path, logging_backends: LoggingFakes
+) -> None:
+    assert cli.main(["run", str(write_scenario(tmp_path, "ok")), "--quiet"]) == 0
+    assert not (tmp_path / "results").exists()  # created for the item, removed with it: nothing kept
+    assert cli.main(["run", str(write_scenario(tmp_path, "diverges")), "--quiet"]) == 1
+    assert (tmp_path / "results" / "logs" / "diverges__10.0.2" / "source.log").exists()
+
+
+def test_item_log_names_are_safe_and_distinct() -> None:
+    assert runner.item_log_name("postcopy-vfio", "10.0.2") == "postcopy-vfio__10.0.2"
+    a = runner.item_log_name("s", "10.0.2 (/usr/bin/qemu-system-x86_64)")
+    b = runner.item_log_name("s", "10.0.2 (/opt/qemu/bin/qemu-system-x86_64)")
+    assert a != b and "/" not in a + b and " " not in a + b and a.startswith("s__10.0.2_")
+
+
+def test_environment_errors_exit_3_only_when_nothing_diverged(
+    tmp_path: Path, logging_backends: LoggingFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostfail, ok = str(write_scenario(tmp_path, "hostfail")), str(write_scenario(tmp_path, "ok"))
+    out = tmp_path / "out"
+    argv = ["run", hostfail, ok, "--json", str(out / "r.json"), "--junit", str(out / "r.xml")]
+    assert cli.main([*argv, "--html", str(out / "r.html")]) == 3
+    data = json.loads((out / "r.json").read_text())
+    assert [e["kind"] for e in data["errors"]] == ["environment"]
+    assert data["counts"]["environment"] == 1 and data["counts"]["error"] == 0
+    assert '<error message="qemu: harness.errors.HostEnvironmentError: guest memory: Cannot allocate memory" ' \
+        'type="environment">' in (out / "r.xml").read_text()  # fmt: skip
+    assert '<td class="environment"><span class="tag">environment error</span>' in (out / "r.html").read_text()
+    console_out = capsys.readouterr().out
+    assert "ENVIRONMENT ERROR hostfail [10.0.2]" in console_out and "1 environment errors" in console_out
+    # A divergence or a harness error is never hidden behind a host failure: 1.
+    assert cli.main(["run", hostfail, str(write_scenario(tmp_path, "diverges")), "--quiet"]) == 1
+    assert cli.main(["run", hostfail, str(write_scenario(tmp_path, "crash")), "--quiet"]) == 1
+
+
+def test_a_harness_error_outranks_a_host_error_in_one_item(logging_backends: LoggingFakes) -> None:
+    from harness.report import build_matrix
+
+    res = run_sync([scenario("hostfail-crash")], targets_for_binaries([BIN10]), logging_backends.options())
+    assert [(e.backend, e.kind) for e in res.errors] == [("qemu", "environment"), ("reference", "harness")]
+    assert res.exit_status == 1
+    assert build_matrix(res).cells[("hostfail-crash", "10.0.2")].kind == "error"
+
+
+@pytest.mark.parametrize("flag", ["--json", "--junit", "--html"])
+def test_unwritable_output_paths_exit_2_before_anything_runs(
+    tmp_path: Path, logging_backends: LoggingFakes, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    ok = str(write_scenario(tmp_path, "ok"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", ok, flag, str(blocker / "out.x")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"migconform: error: {flag} {blocker / 'out.x'}: cannot write there: " in err
+    assert "Traceback" not in err and logging_backends.workdirs == {}  # nothing ran
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", ok, flag, str(folder)])
+    assert exit_info.value.code == 2
+    assert f"{flag} {folder}: is a folder, not a file" in capsys.readouterr().err
+
+
+def test_unwritable_logs_dir_exits_2(
+    tmp_path: Path, logging_backends: LoggingFakes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x\n")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", str(write_scenario(tmp_path, "ok")), "--logs-dir", str(blocker / "logs")])
+    assert exit_info.value.code == 2 and logging_backends.workdirs == {}
+    assert f"migconform: error: --logs-dir {blocker / 'logs'}: cannot write there: " in capsys.readouterr().err
+
+
+def test_results_file_that_cannot_be_written_mid_run_exits_3_without_traceback(
+    tmp_path: Path, logging_backends: LoggingFakes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    original = logging_backends.execute
+
+    async def break_the_disk(s: Scenario, binary: QemuBinary, **kw: Any) -> Outcome:
+        # What a full disk does to write_atomic, without needing one: every write into out/ fails.
+        def no_space(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(runner.save.__globals__["tempfile"], "mkstemp", no_space)
+        return await original(s, binary, **kw)
+
+    logging_backends.execute = break_the_disk  # type: ignore[method-assign]
+    status = cli.main(["run", str(write_scenario(tmp_path, "ok")), "--json", str(out / "r.json")])
+    assert status == 3
+    err = capsys.readouterr().err
+    assert f"migconform: environment error: cannot write {out / 'r.json'}: No space left on device" in err
+    assert "Traceback" not in err
+
+
+class LabProvider(FakeProvider):
+    """Like the mtty lab: 'v-div' diverges; each item's logs are in the run folder (extra.lab_run/lab_logs),
+    except for 'v-nologs', whose provider returned none."""
+
+    def __init__(self, run: Path) -> None:
+        super().__init__()
+        self.run = run
+
+    async def run_batch(self, scenarios: Any, binaries: Any) -> list[Outcome]:
+        out = await super().run_batch(scenarios, binaries)
+        for o in out:
+            if o.scenario != "ok-vfio":
+                o.verdict, o.stage, o.error = "refused", "migrate", "nope"
+            o.vfio_provider = "mtty"
+            o.extra["lab_run"] = str(self.run)
+            if o.scenario != "v-nologs":
+                logs = self.run / "logs" / f"{o.scenario}__{o.qemu_version}-x1"
+                logs.mkdir(parents=True)
+                (logs / "source.log").write_text(f"lab log of {o.scenario}\n")
+                o.extra["lab_logs"] = str(logs.relative_to(self.run))
+        return out
+
+
+def test_vfio_items_logs_come_back_from_the_lab_or_the_outcome_says_why(tmp_path: Path) -> None:
+    from reference_impl.scenario import DeviceSpec, VmSpec
+
+    vm = VmSpec(devices=(DeviceSpec("vfio-pci", id="vfio0"),))
+    ids = ("ok-vfio", "v-div", "v-nologs")
+    vfio = [Scenario(id=i, source=vm, destination=vm, migration=MigrationSpec()) for i in ids]
+    logs = tmp_path / "logs"
+    options = Fakes().options(jobs=1, provider=LabProvider(tmp_path / "run"), logs_dir=logs)
+    res = run_sync(vfio, targets_for_binaries([BIN10]), options)
+    by_id = {o.scenario: o for o in res.outcomes if o.backend == "qemu"}
+    assert by_id["v-div"].logs == str((logs / "v-div__10.0.2").resolve())
+    assert (logs / "v-div__10.0.2" / "source.log").read_text() == "lab log of v-div\n"
+    assert by_id["ok-vfio"].logs is None and not (logs / "ok-vfio__10.0.2").exists()  # agreed: not copied
+    assert by_id["v-nologs"].logs is None
+    assert by_id["v-nologs"].extra["logs_not_kept"] == (
+        "the VFIO provider 'mtty' ran this item's QEMUs itself and returned no logs"
+    )
+    assert all("lab_logs" not in o.extra for o in by_id.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.compare import Comparison
+from harness.compare import Comparison, compare
 from harness.results import HarnessError, Results, Skip, WorkItem, load, merge, save, write_atomic
 from reference_impl.outcome import Outcome, VmState
 
@@ -48,7 +48,9 @@ def test_contract_keys_round_trip(tmp_path: Path) -> None:
     }  # fmt: skip
     back = load(path)
     assert back.to_json() == res.to_json()
-    assert back.counts() == {"agree": 1, "diverge": 1, "known_bug": 0, "skip": 1, "error": 1, "not_run": 1}
+    assert back.counts() == {
+        "agree": 1, "diverge": 1, "known_bug": 0, "skip": 1, "error": 1, "environment": 0, "not_run": 1,
+    }  # fmt: skip
     assert not back.passed
 
 
@@ -106,3 +108,45 @@ def test_select_one_cell() -> None:
     part = res.select("a", "10.0.2")
     assert [(o.scenario, o.qemu_version) for o in part.outcomes] == [("a", "10.0.2")] * 2
     assert [c.agree for c in part.comparisons] == [True] and [s.reason for s in part.skips] == ["why"]
+
+
+def test_error_kinds_round_trip_and_old_files_read_as_harness_errors(tmp_path: Path) -> None:
+    res = Results()
+    res.errors.append(HarnessError("a", "10.0.2", "qemu", "RuntimeError: x"))
+    res.errors.append(HarnessError("b", "10.0.2", "qemu", "HostEnvironmentError: ENOMEM", kind="environment",
+                                   logs="/r/logs/b__10.0.2"))  # fmt: skip
+    path = tmp_path / "r.json"
+    save(res, path)
+    data = json.loads(path.read_text())
+    assert data["errors"][0] == {"scenario": "a", "column": "10.0.2", "backend": "qemu", "error": "RuntimeError: x",
+                                 "kind": "harness"}  # fmt: skip
+    assert data["errors"][1]["kind"] == "environment" and data["errors"][1]["logs"] == "/r/logs/b__10.0.2"
+    assert data["counts"]["error"] == 1 and data["counts"]["environment"] == 1
+    assert load(path).to_json() == res.to_json()
+    del data["errors"][1]["kind"]  # a file written before kinds existed
+    assert HarnessError.from_json(data["errors"][1]).kind == "harness"
+
+
+def test_outcome_logs_is_an_optional_extension() -> None:
+    outcome = Outcome("a", "qemu", "10.0.2", "failed", stage="migration", error="x")
+    assert "logs" not in outcome.to_json()
+    outcome.logs = "/r/logs/a__10.0.2"
+    assert outcome.to_json()["logs"] == "/r/logs/a__10.0.2"
+    assert Outcome.from_json(outcome.to_json()).logs == "/r/logs/a__10.0.2"
+
+
+def test_exit_status_1_beats_3_beats_0() -> None:
+    env = HarnessError("a", "10.0.2", "qemu", "ENOSPC", kind="environment")
+    res = Results()
+    assert res.exit_status == 0
+    res.errors.append(env)
+    assert res.exit_status == 3 and not res.passed
+    res.not_run.append(WorkItem("z", "10.0.2"))
+    assert res.exit_status == 1
+    res.not_run.clear()
+    res.errors.append(HarnessError("b", "10.0.2", "reference", "RuntimeError"))
+    assert res.exit_status == 1
+    res.errors = [env]
+    ref = Outcome("c", "reference", "10.0.2", "completed")
+    res.comparisons.append(compare(ref, Outcome("c", "qemu", "10.0.2", "refused", stage="migrate", error="no")))
+    assert res.exit_status == 1
