@@ -111,7 +111,7 @@ tag = "t1"
         ("[[vm.device]]\ndriver = 'a'\nid = 'd'\n[[vm.device]]\ndriver = 'b'\nid = 'd'\n", "vm.device", "duplicate"),
         ("[[step]]\nside = 'source'\n", "step[0].action", "missing required key"),
         ("[[step]]\naction = 'wait'\n[[step]]\naction = 'wait'\n[[step]]\naction = 'go'\n", "step[2].action", "cancel"),
-        ("[[step]]\naction = 'migrate'\nside = 'left'\n", "step[0].side", "allowed: source, destination, both"),
+        ("[[step]]\naction = 'stop'\nside = 'left'\n", "step[0].side", "allowed: source, destination, both"),
         ("[[step]]\naction = 'migrate'\ncapabilities = {}\n", "step[0].capabilities", "not a key of action 'migrate'"),
         ("[[step]]\naction = 'qmp'\n", "step[0].command", "missing required key"),
         ("[[step]]\naction = 'migrate'\ntransport = 'fd'\n", "step[0].transport", "allowed: tcp, unix"),
