@@ -399,8 +399,10 @@ def _guest(reader: _Reader, value: Any, vm_memory: Iterable[tuple[str, str]]) ->
     dirty_rate = defaults.dirty_rate
     if "dirty-rate" in table:
         rate = table["dirty-rate"]
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
-            raise reader.error("guest.dirty-rate", f"expected pages per second, an integer >= 0, got {rate!r}")
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 0 <= rate <= INT64_MAX:
+            raise reader.error(
+                "guest.dirty-rate", f"expected pages per second, an integer 0 .. {INT64_MAX}, got {rate!r}"
+            )
         dirty_rate = rate
     image = reader.choice(table["image"], "guest.image", GUEST_IMAGES) if "image" in table else defaults.image
     return GuestSpec(memory=memory, dirty_rate=dirty_rate, image=image)

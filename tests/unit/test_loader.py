@@ -241,6 +241,7 @@ def test_deep_nesting_is_a_scenario_error(tmp_path: Path, depth: int) -> None:
          "uint32"),
         ("[migration]\nparameters = { unknown-one = 18446744073709551616 }\n", "migration.parameters.unknown-one",
          "int64 or uint64"),
+        ("[guest]\ndirty-rate = 9223372036854775808\n", "guest.dirty-rate", "an integer 0 .. 9223372036854775807"),
     ],
 )  # fmt: skip
 def test_numbers_qmp_cannot_carry_are_refused(tmp_path: Path, text: str, key: str, needle: str) -> None:
