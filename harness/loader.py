@@ -86,11 +86,12 @@ MAX_NESTING = 32
 # a double, which no integer parameter accepts; a TOML integer outside both ranges cannot reach QEMU as one.
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 # QAPI types of MigrateSetParameters' integer members (qapi/migration.json) and the range QEMU's
-# qobject input visitor accepts for each: size refuses negatives (qobject_input_type_size), uint64 takes
-# negatives "for backward compatibility" (qobject_input_type_uint64), uintN refuses what exceeds N bits
-# (visit_type_uintN).
+# qobject input visitor accepts for each: uint64 and size take negatives "for backward compatibility"
+# (qobject_input_type_uint64; measured on 7.2.22 and 10.0.2: max-bandwidth = -1 is accepted, 2**64 is
+# "Parameter 'max-bandwidth' expects uint64"); uintN refuses what exceeds N bits after that conversion
+# (visit_type_uintN: multifd-channels = -1 is "Parameter 'multifd-channels' expects uint8_t").
 _QAPI_RANGES: dict[str, tuple[int, int]] = {
-    "size": (0, UINT64_MAX),
+    "size": (INT64_MIN, UINT64_MAX),
     "uint64": (INT64_MIN, UINT64_MAX),
     "uint32": (0, 2**32 - 1),
     "uint8": (0, 255),
