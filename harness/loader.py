@@ -417,11 +417,10 @@ def _step(reader: _Reader, table: Mapping[str, Any], key: str) -> Step:
     for name in table:
         if name not in allowed_keys:
             raise reader.error(_join(key, name), f"not a key of action {action!r}", allowed_keys)
-    side = (
-        reader.choice(table["side"], _join(key, "side"), ACTION_SIDES.get(action, SIDES))
-        if "side" in table
-        else "source"
-    )
+    side = reader.choice(table["side"], _join(key, "side"), SIDES) if "side" in table else "source"
+    action_sides = ACTION_SIDES.get(action, SIDES)
+    if side not in action_sides:
+        raise reader.error(_join(key, "side"), f"action {action!r} does not act on side {side!r}", action_sides)
     fields: dict[str, Any] = {}
     if "capabilities" in table:
         fields["capabilities"] = reader.capabilities(table["capabilities"], _join(key, "capabilities"))

@@ -294,7 +294,8 @@ def test_memory_sizes_qemu_reads_load(tmp_path: Path, memory: str) -> None:
 )
 def test_sides_an_action_cannot_act_on_are_refused(tmp_path: Path, action: str, side: str, allowed: str) -> None:
     err = error_of(tmp_path, f"[[step]]\naction = {action!r}\nside = {side!r}\n")
-    assert err.key == "step[0].side" and allowed in str(err)
+    assert err.key == "step[0].side" and f"action {action!r} does not act on side {side!r}" in str(err)
+    assert allowed in str(err)
 
 
 def test_sides_that_mean_something_load(tmp_path: Path) -> None:
