@@ -133,6 +133,12 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         help="which items keep their logs folder (default failed: divergences, errors, known bugs)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
+    parser.add_argument(
+        "--no-exec",
+        action="store_true",
+        help="refuse (exit 2, before any QEMU starts) scenarios that would run a host command: transport exec, "
+        "exec: URIs, tap/bridge netdevs, ... (docs/scenario-format.md#security)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -347,6 +353,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         meta={"argv": sys.argv[1:], "shard": args.shard},
         logs_dir=logs_dir,
         keep_logs=args.keep_logs,
+        no_exec=args.no_exec,
     )
     res = run_sync(scenarios, targets, options)
     _write_reports(res, json_path, junit_path, html_path)
@@ -362,13 +369,22 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
     return res.exit_status
 
 
+def _load(paths: Sequence[str | Path], no_exec: bool) -> list[Scenario]:
+    """The scenarios to run; none at all is a usage error, not a run that agrees having tested nothing."""
+    scenarios = load_scenarios(paths, no_exec=no_exec)
+    if not scenarios:
+        named = ", ".join(str(p) for p in paths)
+        raise UsageError(f"no scenario found in {named} (a folder is searched for *.toml, not its subfolders)")
+    return scenarios
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    scenarios = load_scenarios(args.paths)
+    scenarios = _load(args.paths, args.no_exec)
     return _run(args, scenarios, (args.json, args.junit, args.html))
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    scenarios = load_scenarios([suite_path()])
+    scenarios = _load([suite_path()], args.no_exec)
     out: Path = args.results_dir
     outputs = (
         args.json or out / "results.json",

@@ -37,6 +37,7 @@ from harness import procutil
 from harness.compare import compare, skip_reason
 from harness.errors import HostEnvironmentError
 from harness.known_bugs import known_divergence
+from harness.loader import refuse_host_commands
 from harness.results import HarnessError, Results, Skip, WorkItem, item_log_name, save
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
@@ -177,6 +178,9 @@ class RunOptions:
     vfio_options: dict[str, Any] = field(default_factory=dict)
     progress: TextIO | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # --no-exec: refuse scenarios that would run a host command (harness.loader.host_commands) before any
+    # QEMU starts, also when the scenarios did not come through the CLI's loader.
+    no_exec: bool = False
     # injectable backends (unit tests of the runner's bookkeeping use fakes)
     execute: ExecuteFn | None = None
     predict: PredictFn | None = None
@@ -599,6 +603,10 @@ def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:
 
 
 async def run(scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions) -> Results:
+    """Raises harness.loader.ScenarioError, before any QEMU starts, for a scenario ``options.no_exec`` refuses."""
+    if options.no_exec:
+        for scenario in scenarios:
+            refuse_host_commands(scenario)
     return await _Run(scenarios, targets, options).run()
 
 

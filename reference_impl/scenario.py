@@ -1,4 +1,4 @@
-"""Scenario data: the parsed form of a scenario file (../shared/spec/scenario-contract.md).
+"""Scenario data: the parsed form of a scenario file (docs/scenario-format.md).
 
 Plain frozen dataclasses shared by the loader (harness.loader, which validates TOML and names the file and
 key of every error), the real-QEMU executor and the reference model. Both backends consume the same
@@ -61,15 +61,36 @@ class DeviceSpec:
     personality: str | None = None
 
     def device_arg(self, extra: Mapping[str, str] | None = None) -> str:
-        """The ``-device`` value; ``extra`` (e.g. a provider's ``sysfsdev``) comes right after the driver."""
-        parts = [self.driver]
+        """The ``-device`` value; ``extra`` (e.g. a provider's ``sysfsdev``) comes right after the driver.
+
+        Every value is escaped with :func:`qemu_opt_value`, so scenario text can never add an option
+        (``mac = "...,id=evil"`` stays one value, which QEMU then refuses).
+        """
+        # QEMU's get_opt_name_value: a first item holding '=' before any ',' is read as KEY=VALUE, not as
+        # the implied driver; name the driver explicitly then.
+        head = self.driver.replace(",", "")
+        parts = [f"driver={qemu_opt_value(self.driver)}" if "=" in head else qemu_opt_value(self.driver)]
         for key, value in (extra or {}).items():
-            parts.append(f"{key}={value}")
+            parts.append(f"{qemu_opt_key(key)}={qemu_opt_value(value)}")
         if self.id is not None:
-            parts.append(f"id={self.id}")
+            parts.append(f"id={qemu_opt_value(self.id)}")
         for key, value in self.properties.items():
-            parts.append(f"{key}={value}")
+            parts.append(f"{qemu_opt_key(key)}={qemu_opt_value(value)}")
         return ",".join(parts)
+
+
+def qemu_opt_value(value: str) -> str:
+    """One value of a QEMU ``KEY=VALUE,...`` option: commas doubled, as QEMU's get_opt_value reads ``,,``
+    as one literal comma (util/qemu-option.c), so the value cannot end early and add options."""
+    return value.replace(",", ",,")
+
+
+def qemu_opt_key(key: str) -> str:
+    """A key of a QEMU option list. QEMU's get_opt_name has no escape: a key with ',' or '=' cannot be
+    written, so it is refused rather than split into other options."""
+    if not key or "," in key or "=" in key:
+        raise ValueError(f"option name {key!r}: must be non-empty and contain neither ',' nor '='")
+    return key
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,8 @@ class Scenario:
     source: VmSpec = field(default_factory=VmSpec)
     destination: VmSpec = field(default_factory=VmSpec)
     migration: MigrationSpec | None = None
-    steps: tuple[Step, ...] = ()
+    # None: the file has no ``step`` key ([migration], or its defaults, expands); () is ``step = []``.
+    steps: tuple[Step, ...] | None = None
     # Extensions (compatible with the contract): where the scenario came from, and free-form tags.
     path: str | None = None
     tags: tuple[str, ...] = ()
@@ -144,16 +166,16 @@ class Scenario:
 def expand_steps(scenario: Scenario) -> tuple[Step, ...]:
     """The step list both backends execute.
 
-    Explicit ``[[step]]`` tables win; otherwise ``[migration]`` expands as the contract says:
-    set-capabilities source, then destination (shared subset); set-parameters likewise; migrate;
-    start-postcopy (mode postcopy); wait. Mode background-snapshot adds the capability and writes to a
-    file unless the scenario chose exec.
+    Explicit ``[[step]]`` tables win, ``step = []`` included (a scenario that tests startup only says so);
+    otherwise ``[migration]`` expands as the contract says: set-capabilities source, then destination
+    (shared subset); set-parameters likewise; migrate; start-postcopy (mode postcopy); wait. A scenario
+    with neither runs the default ``[migration]`` (every key is optional: precopy over tcp, then wait),
+    so that it cannot agree having tested nothing. Mode background-snapshot adds the capability and
+    writes to a file unless the scenario chose exec.
     """
-    if scenario.steps:
+    if scenario.steps is not None:
         return scenario.steps
-    mig = scenario.migration
-    if mig is None:
-        return ()
+    mig = scenario.migration if scenario.migration is not None else MigrationSpec()
     caps = dict(mig.capabilities)
     transport = mig.transport
     if mig.mode == "background-snapshot":

@@ -11,6 +11,7 @@ import pytest
 
 from harness import cli, runner
 from harness.binaries import QemuBinary
+from harness.loader import ScenarioError
 from harness.runner import RunOptions, run_sync, select_shard, shard_of, targets_for_binaries
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome, VmState
@@ -505,3 +506,76 @@ def test_vfio_items_logs_come_back_from_the_lab_or_the_outcome_says_why(tmp_path
         "the VFIO provider 'mtty' ran this item's QEMUs itself and returned no logs"
     )
     assert all("lab_logs" not in o.extra for o in by_id.values())
+
+# ---- nothing to run, and --no-exec -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [None, "notes.txt"])
+def test_no_scenario_found_is_a_usage_error(
+    tmp_path: Path, fake_backends: Fakes, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
+    """An empty folder would otherwise "agree" (exit 0) having run nothing."""
+    if content is not None:
+        (tmp_path / content).write_text("not a scenario")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", str(tmp_path), "--quiet"])
+    assert info.value.code == 2
+    assert f"no scenario found in {tmp_path}" in capsys.readouterr().err
+
+
+def test_conformance_on_an_empty_suite_is_a_usage_error(
+    tmp_path: Path, fake_backends: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIGCONFORM_SUITE", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["conformance", "--results-dir", str(tmp_path / "out"), "--quiet"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["run", "conformance"])
+def test_no_exec_refuses_before_any_qemu_starts(
+    tmp_path: Path,
+    fake_backends: Fakes,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+) -> None:
+    started: list[str] = []
+
+    async def execute(s: Scenario, binary: QemuBinary, **kw: Any) -> Outcome:
+        started.append(s.id)
+        return await fake_backends.execute(s, binary, **kw)
+
+    monkeypatch.setattr(runner, "default_execute", lambda: execute)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    ok = write_scenario(suite, "ok")
+    evil = suite / "evil.toml"
+    evil.write_text("[[step]]\naction = 'qmp'\ncommand = 'migrate'\narguments = { uri = 'exec:touch /tmp/pwned' }\n")
+    monkeypatch.setenv("MIGCONFORM_SUITE", str(suite))
+    paths = [str(suite)] if command == "run" else ["--results-dir", str(tmp_path / "out")]
+    cli.main([command, *paths, "--quiet"])  # without --no-exec a scenario file is trusted code: it runs
+    assert sorted(started) == ["evil", "ok"]
+    started.clear()
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, *paths, "--quiet", "--no-exec"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{evil}: step[0].arguments.uri:" in err and "exec: URI" in err and "refused by --no-exec" in err
+    assert started == []
+    assert cli.main(["run", str(ok), "--quiet", "--no-exec"]) == 0 and started == ["ok"]
+
+
+def test_run_options_no_exec_refuses_scenarios_not_loaded_by_the_cli() -> None:
+    fakes = Fakes()
+    ran: list[str] = []
+
+    async def execute(s: Scenario, binary: QemuBinary, **kw: Any) -> Outcome:
+        ran.append(s.id)
+        return await fakes.execute(s, binary, **kw)
+
+    exec_scenario = Scenario(id="ok", migration=MigrationSpec(transport="exec"))
+    options = RunOptions(execute=execute, predict=fakes.predict, host_facts=fakes.host_facts, no_exec=True)
+    with pytest.raises(ScenarioError, match=r"migration.transport: transport exec"):
+        run_sync([scenario("ok"), exec_scenario], targets_for_binaries([BIN10]), options)
+    assert ran == []

@@ -26,7 +26,7 @@ SLOW = Step("set-parameters", parameters={"max-bandwidth": 1000})
 
 def run(*items: Step, vm: VmSpec | None = None, destination: VmSpec | None = None, version: str = "10.0",
         migration: MigrationSpec | None = None) -> Outcome:
-    scenario = Scenario("t", source=vm or VmSpec(), destination=destination or vm or VmSpec(), steps=items,
+    scenario = Scenario("t", source=vm or VmSpec(), destination=destination or vm or VmSpec(), steps=items or None,
                         migration=migration)
     return predict(scenario, version, HOST)
 
