@@ -82,6 +82,9 @@ class Comparison:
     column: str | None = None
     # extension: the documented QEMU bug (harness.known_bugs) that explains this divergence
     known_bug: str | None = None
+    # extension: this case is a known QEMU bug's (harness.known_bugs) but now agrees: the bug no longer
+    # reproduces (a fixed QEMU, or a check that no longer sees it), so its entry has to go
+    known_bug_gone: str | None = None
 
     @property
     def diverges(self) -> bool:
@@ -99,6 +102,8 @@ class Comparison:
             out["column"] = self.column
         if self.known_bug is not None:
             out["known_bug"] = self.known_bug
+        if self.known_bug_gone is not None:
+            out["known_bug_gone"] = self.known_bug_gone
         return out
 
     @classmethod
@@ -110,6 +115,7 @@ class Comparison:
             differences={str(k): list(v) for k, v in dict(data.get("differences") or {}).items()},
             column=data.get("column"),
             known_bug=data.get("known_bug"),
+            known_bug_gone=data.get("known_bug_gone"),
         )
 
 

@@ -1,64 +1,174 @@
 """Divergences expected because real QEMU is wrong, each tied to a documented QEMU bug (docs/qemu-bugs.md).
 
-The runner marks a comparison that matches an entry as a *known QEMU bug* (``Comparison.known_bug``): it is
-reported (console, JSON, JUnit, HTML) but does not fail ``migconform run``/``conformance``, so a CI matrix goes
-red only for something new.
+The model predicts what QEMU means to do (reference_impl/); a QEMU bug the suite reaches is an entry here, with
+the bug's *signature*: the scenario(s), the QEMU versions and accelerators it was seen on, and the values the
+bug produces (not only which fields differ). The runner marks a comparison that matches its entry's signature as
+a *known QEMU bug* (``Comparison.known_bug``): reported (console, JSON, JUnit, HTML) but not failing
+``migconform run``/``conformance``, so a CI matrix goes red only for something new.
 
-An entry does not hide a failure: the case is asserted to *still* diverge (so a fixed QEMU, or a harness change
-that stops the check from seeing the bug, fails the test and the entry has to go), and to diverge only in the
-fields the bug explains (so another divergence in the same case still fails). Only then is the case reported
-as an expected failure.
+An entry does not hide a failure:
+- a divergence of that case that does not match the signature (another field, or the same field with a value
+  the bug does not produce, e.g. a destination that cannot load the stream at all where the bug is lost dirty
+  pages) is a plain divergence;
+- a case whose entry applies but that now *agrees* is reported as "known bug no longer reproduces"
+  (``Comparison.known_bug_gone``). That does not fail ``migconform run`` (the QEMU under test is right, and a
+  release that fixes the bug must show the fix rather than a failure), but every report prints it prominently,
+  and the pytest conformance test (tests/conformance/test_suite.py) fails so that the stale entry is removed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from harness.compare import Comparison
 from reference_impl.versions import Version
 
 
 @dataclass(frozen=True)
-class KnownDivergence:
-    scenario: str
-    version: str  # "major.minor": the entry applies to every micro release of it
-    reason: str
-    must_differ: str  # the field that shows the bug
-    may_differ: frozenset[str]  # every field the bug can change (includes must_differ)
+class Value:
+    """A test of the value real QEMU produced for one field, with the words a mismatch report uses."""
 
-    def applies(self, scenario: str, version: Version) -> bool:
-        return scenario == self.scenario and f"{version.major}.{version.minor}" == self.version
+    description: str
+    test: Callable[[Any], bool]
 
-    def problems(self, comparison: Comparison) -> list[str]:
-        """Why ``comparison`` is not this known divergence (empty when it is)."""
-        if comparison.agree:
-            return [
-                f"known divergence gone: {self.scenario} on {self.version} now agrees ({self.reason}); "
-                "remove its entry from harness/known_bugs.py and docs/qemu-bugs.md"
-            ]
+    def __call__(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return False
+
+
+def equals(expected: Any) -> Value:
+    return Value(f"== {expected!r}", lambda value: value == expected)
+
+
+def matches(pattern: str) -> Value:
+    regex = re.compile(pattern)
+    return Value(f"matches /{pattern}/", lambda value: isinstance(value, str) and regex.search(value) is not None)
+
+
+def one_of(*values: Value) -> Value:
+    return Value(" or ".join(v.description for v in values), lambda value: any(v(value) for v in values))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One way a bug shows in a comparison.
+
+    Every field of ``required`` differs and real QEMU's value passes its test; a field of ``optional`` may differ
+    if QEMU's value passes its test; no other field differs.
+    """
+
+    required: Mapping[str, Value]
+    optional: Mapping[str, Value] = field(default_factory=dict)
+
+    def problems(self, differences: Mapping[str, list[Any]]) -> list[str]:
         problems = []
-        if self.must_differ not in comparison.differences:
-            problems.append(f"expected a difference in {self.must_differ!r} ({self.reason})")
-        unexplained = sorted(set(comparison.differences) - self.may_differ)
+        for name, value in self.required.items():
+            if name not in differences:
+                problems.append(f"expected a difference in {name!r}")
+            elif not value(differences[name][1]):
+                problems.append(f"QEMU's {name} {differences[name][1]!r} does not match: {value.description}")
+        for name, value in self.optional.items():
+            if name in differences and not value(differences[name][1]):
+                problems.append(f"QEMU's {name} {differences[name][1]!r} does not match: {value.description}")
+        unexplained = sorted(set(differences) - set(self.required) - set(self.optional))
         if unexplained:
             problems.append(f"differences the known bug does not explain: {', '.join(unexplained)}")
         return problems
 
 
-# A guest that panics after the switchover ends its QEMU (-no-reboot, panic=-1); if that happens before the
-# executor reads the final states, the destination is null and the verdict failed, not only the guest dead.
-_GUEST_DEATH_FIELDS = frozenset({"guest", "verdict", "stage", "error", "destination.status", "destination.runstate"})
+@dataclass(frozen=True)
+class KnownDivergence:
+    """A documented QEMU bug and its signature."""
 
-KNOWN_DIVERGENCES = (
+    name: str  # short id, also the docs/qemu-bugs.md section it points to
+    scenarios: frozenset[str]
+    versions: tuple[tuple[str, str], ...]  # inclusive "major.minor" ranges the bug was seen on
+    accels: frozenset[str]  # accelerators it was seen with (the real run's Outcome.accel)
+    reason: str
+    shapes: tuple[Shape, ...]  # any one of them is the bug
+
+    def applies(self, scenario: str, version: Version, accel: str | None = None) -> bool:
+        """The case (scenario, version, accelerator) is one where the bug was seen; None: any accelerator."""
+        if scenario not in self.scenarios:
+            return False
+        if accel is not None and accel not in self.accels:
+            return False
+        return any(
+            Version.parse(low) <= Version(version.major, version.minor) <= Version.parse(high)
+            for low, high in self.versions
+        )
+
+    @property
+    def gone_message(self) -> str:
+        return (
+            f"known bug no longer reproduces: {self.name} ({self.reason}); remove its entry from "
+            "harness/known_bugs.py and docs/qemu-bugs.md"
+        )
+
+    def problems(self, comparison: Comparison) -> list[str]:
+        """Why ``comparison`` is not this known bug (empty when it is)."""
+        if comparison.agree:
+            return [self.gone_message]
+        per_shape = [shape.problems(comparison.differences) for shape in self.shapes]
+        if any(not problems for problems in per_shape):
+            return []
+        return [f"not the signature of {self.name}: " + "; ".join(problems) for problems in per_shape]
+
+
+# The 7.2 dirty-page bug, seen two ways (docs/qemu-bugs.md "4."):
+# - the destination's guest answers but holds stale pages;
+# - the guest panics on a lost kernel page: either it stops answering while its QEMU still runs, or the panic
+#   ends its QEMU (-no-reboot, panic=-1: a guest reset is a clean exit, status 0) before the executor reads the
+#   final states, so the destination is gone and the verdict failed. A destination that cannot load the stream
+#   (exit status 1, "load of migration failed: ...", destination status failed) is another failure, not this bug.
+_GUEST_LOST_PAGES = Value(
+    "a live guest with bad_pages > 0, or a dead guest",
+    lambda guest: (guest["alive"] is True and int(guest["bad_pages"]) > 0) or guest["alive"] is False,
+)
+_GUEST_DIED = Value("a dead guest", lambda guest: guest["alive"] is False)
+_DESTINATION_GONE = equals(None)
+
+KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
     KnownDivergence(
-        scenario="guest-precopy-tcp",
-        version="7.2",
+        name="qemu-7.2-tcg-precopy-loses-dirty-pages",
+        scenarios=frozenset({"guest-precopy-tcp"}),
+        versions=(("7.2", "7.2"),),
+        accels=frozenset({"tcg"}),
         reason="QEMU 7.2 under TCG loses dirty pages in multi-pass precopy (docs/qemu-bugs.md section 4)",
-        must_differ="guest",
-        may_differ=_GUEST_DEATH_FIELDS,
+        shapes=(
+            Shape(required={"guest": _GUEST_LOST_PAGES}),
+            Shape(
+                required={"guest": _GUEST_DIED},
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "error": matches(r"^destination QEMU exited with status 0: "),
+                    "destination.status": _DESTINATION_GONE,
+                    "destination.runstate": _DESTINATION_GONE,
+                },
+            ),
+        ),
     ),
 )
 
 
-def known_divergence(scenario: str, version: Version) -> KnownDivergence | None:
-    return next((k for k in KNOWN_DIVERGENCES if k.applies(scenario, version)), None)
+def known_divergence(scenario: str, version: Version, accel: str | None = None) -> KnownDivergence | None:
+    """The entry for this case, if the bug was seen there (``accel`` None: any accelerator)."""
+    return next((k for k in KNOWN_DIVERGENCES if k.applies(scenario, version, accel)), None)
+
+
+def classify(comparison: Comparison, scenario: str, version: Version, accel: str | None) -> None:
+    """Mark ``comparison`` as a known QEMU bug when it matches its entry's signature, or as one whose known
+    bug no longer reproduces when that entry's case now agrees."""
+    known = known_divergence(scenario, version, accel)
+    if known is None:
+        return
+    if comparison.agree:
+        comparison.known_bug_gone = known.gone_message
+    elif not known.problems(comparison):
+        comparison.known_bug = known.reason

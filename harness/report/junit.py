@@ -1,7 +1,9 @@
 """JUnit XML for CI systems: one testcase per scenario x version.
 
 A divergence is a ``failure`` whose text shows both sides' exact messages; a harness error or an item an
-interrupted run never finished is an ``error``; a skip carries its reason.
+interrupted run never finished is an ``error``; a skip carries its reason. A known QEMU bug is a ``skipped`` of
+type ``known-qemu-bug``; a known bug that no longer reproduces passes (QEMU is right) with a
+``known-bug-gone`` property and its message in ``system-out``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,12 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
             elif cell.kind == "not-run":
                 ET.SubElement(case, "error", message=f"not run: {cell.detail}")
             else:
+                if cell.known_bug_gone:
+                    properties = ET.SubElement(case, "properties")
+                    ET.SubElement(properties, "property", name="known-bug-gone", value=cell.known_bug_gone)
                 out = ET.SubElement(case, "system-out")
                 out.text = f"reference: {_side(cell.reference)}\nqemu:      {_side(cell.qemu)}"
+                if cell.known_bug_gone:
+                    out.text = f"{cell.known_bug_gone}\n{out.text}"
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
