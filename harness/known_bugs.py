@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.compare import Comparison
+from reference_impl.scenario import Scenario, expand_steps
 from reference_impl.versions import Version
 
 
@@ -86,15 +87,21 @@ class KnownDivergence:
     """A documented QEMU bug and its signature."""
 
     name: str  # short id, also the docs/qemu-bugs.md section it points to
-    scenarios: frozenset[str]
+    scenarios: frozenset[str]  # scenario ids the entry applies to
     versions: tuple[tuple[str, str], ...]  # inclusive "major.minor" ranges the bug was seen on
-    accels: frozenset[str]  # accelerators it was seen with (the real run's Outcome.accel)
+    accels: frozenset[str]  # accelerators it applies to (the real run's Outcome.accel)
     reason: str
     shapes: tuple[Shape, ...]  # any one of them is the bug
+    # Or any scenario whose steps set up the bug's trigger (e.g. the sweep's generated scenarios).
+    configuration: Callable[[Scenario], bool] | None = None
 
-    def applies(self, scenario: str, version: Version, accel: str | None = None) -> bool:
+    def applies(self, scenario: Scenario | str, version: Version, accel: str | None = None) -> bool:
         """The case (scenario, version, accelerator) is one where the bug was seen; None: any accelerator."""
-        if scenario not in self.scenarios:
+        scenario_id = scenario if isinstance(scenario, str) else scenario.id
+        by_configuration = (
+            not isinstance(scenario, str) and self.configuration is not None and self.configuration(scenario)
+        )
+        if scenario_id not in self.scenarios and not by_configuration:
             return False
         if accel is not None and accel not in self.accels:
             return False
@@ -133,6 +140,66 @@ _GUEST_LOST_PAGES = Value(
 _GUEST_DIED = Value("a dead guest", lambda guest: guest["alive"] is False)
 _DESTINATION_GONE = equals(None)
 
+
+
+def _capabilities_by_side(scenario: Scenario) -> tuple[set[str], set[str]]:
+    """The capabilities the scenario's set-capabilities steps turn on, per side (ignoring refusals)."""
+    source: set[str] = set()
+    destination: set[str] = set()
+    for step in expand_steps(scenario):
+        if step.action != "set-capabilities":
+            continue
+        for side, caps in (("source", source), ("destination", destination)):
+            if step.side in (side, "both"):
+                caps.update(name for name, on in step.capabilities.items() if on)
+                caps.difference_update(name for name, on in step.capabilities.items() if not on)
+    return source, destination
+
+
+def _socket_migrate(scenario: Scenario) -> bool:
+    return any(s.action == "migrate" and (s.transport or "tcp") in ("tcp", "unix") for s in expand_steps(scenario))
+
+
+def _postcopy_with_multifd(scenario: Scenario) -> bool:
+    """Both sides have postcopy-ram and multifd and the scenario switches to postcopy over a socket."""
+    source, destination = _capabilities_by_side(scenario)
+    wanted = {"postcopy-ram", "multifd"}
+    steps = expand_steps(scenario)
+    return (
+        wanted <= source
+        and wanted <= destination
+        and any(s.action == "start-postcopy" for s in steps)
+        and _socket_migrate(scenario)
+    )
+
+
+def _multifd_on_live_destination(scenario: Scenario) -> bool:
+    """The destination turns multifd on after the source's migrate, and a wait lets the stream go on."""
+    steps = expand_steps(scenario)
+    migrate = next((i for i, s in enumerate(steps) if s.action == "migrate"), None)
+    if migrate is None or not _socket_migrate(scenario):
+        return False
+    for i, step in enumerate(steps[migrate + 1:], start=migrate + 1):
+        if (step.action == "set-capabilities" and step.side in ("destination", "both")
+                and step.capabilities.get("multifd")):
+            return any(s.action == "wait" for s in steps[i + 1:])
+    return False
+
+
+_YANK_ABORT = matches(
+    r"^destination QEMU exited with status -6: .*yank_unregister_instance: "
+    r"Assertion `QLIST_EMPTY\(&entry->yankfns\)' failed"
+)
+_SOURCE_EVENTS_COMPLETED = Value(
+    "the source's events end in completed", lambda events: list(events["source"])[-1] == "completed"
+)
+_SOURCE_EVENTS_STUCK = Value(
+    "the source's events end in postcopy-active", lambda events: list(events["source"])[-1] == "postcopy-active"
+)
+# The intended end of a postcopy migration is known to the model; the bug changes only what comes after the
+# source completed (or, with postcopy-preempt, keeps the source waiting for the destination that died).
+_ANY_ACCEL = frozenset({"tcg", "kvm"})
+
 KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
     KnownDivergence(
         name="qemu-7.2-tcg-precopy-loses-dirty-pages",
@@ -154,15 +221,86 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
             ),
         ),
     ),
+    KnownDivergence(
+        name="qemu-7.2-postcopy-multifd-yank-abort",
+        scenarios=frozenset(),
+        configuration=_postcopy_with_multifd,
+        versions=(("7.2", "7.2"),),
+        # The abort is in migration cleanup code, not in the accelerator (seen under TCG on this host).
+        accels=_ANY_ACCEL,
+        reason=(
+            "QEMU 7.2 aborts the destination in yank_unregister_instance after a postcopy migration with multifd "
+            "(docs/qemu-bugs.md section 5)"
+        ),
+        shapes=(
+            # The source completed, the destination died in cleanup after it completed.
+            Shape(
+                required={"error": _YANK_ABORT},
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "destination.status": _DESTINATION_GONE,
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": _SOURCE_EVENTS_COMPLETED,
+                },
+            ),
+            # With postcopy-preempt: the destination died, the source waits in postcopy-active until the bound.
+            Shape(
+                required={
+                    "error": matches(r"^timed out after .* \(last seen: postcopy-active\)$"),
+                    "source.status": equals("postcopy-active"),
+                },
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "source.runstate": equals("finish-migrate"),
+                    "destination.status": _DESTINATION_GONE,
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": _SOURCE_EVENTS_STUCK,
+                },
+            ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-7.2-multifd-on-live-destination-segfault",
+        scenarios=frozenset(),
+        configuration=_multifd_on_live_destination,
+        versions=(("7.2", "7.2"),),
+        accels=_ANY_ACCEL,  # a NULL dereference in multifd_recv_sync_main, whatever the accelerator
+        reason=(
+            "QEMU 7.2 lets a destination turn multifd on while its stream flows and then dies with SIGSEGV in "
+            "multifd_recv_sync_main (docs/qemu-bugs.md section 7)"
+        ),
+        shapes=(
+            # The destination is gone; the source either failed writing to it or had already completed.
+            Shape(
+                required={
+                    "destination.status": _DESTINATION_GONE,
+                    "error": one_of(
+                        matches(r"^Unable to write to socket: "),
+                        matches(r"^destination QEMU exited with status -11: "),
+                    ),
+                },
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "source.status": equals("failed"),
+                    "source.runstate": equals("running"),
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": Value("any events", lambda _events: True),
+                },
+            ),
+        ),
+    ),
 )
 
 
-def known_divergence(scenario: str, version: Version, accel: str | None = None) -> KnownDivergence | None:
+def known_divergence(scenario: Scenario | str, version: Version, accel: str | None = None) -> KnownDivergence | None:
     """The entry for this case, if the bug was seen there (``accel`` None: any accelerator)."""
     return next((k for k in KNOWN_DIVERGENCES if k.applies(scenario, version, accel)), None)
 
 
-def classify(comparison: Comparison, scenario: str, version: Version, accel: str | None) -> None:
+def classify(comparison: Comparison, scenario: Scenario | str, version: Version, accel: str | None) -> None:
     """Mark ``comparison`` as a known QEMU bug when it matches its entry's signature, or as one whose known
     bug no longer reproduces when that entry's case now agrees."""
     known = known_divergence(scenario, version, accel)

@@ -282,7 +282,7 @@ class _Run:
                 status = f"skip ({reason})"
             else:
                 comparison = compare(good["reference"], good["qemu"], column=target.column)
-                classify(comparison, scenario.id, target.version, good["qemu"].accel)
+                classify(comparison, scenario, target.version, good["qemu"].accel)
                 self.results.comparisons.append(comparison)
                 status = "agree" if comparison.agree else ("known QEMU bug" if comparison.known_bug else "DIVERGE")
                 if comparison.known_bug_gone:

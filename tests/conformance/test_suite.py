@@ -39,7 +39,7 @@ def test_conformance(conformance_case: tuple[Scenario, Target], vfio_batch: Call
         pytest.skip(results.skips[0].reason)
     assert len(results.comparisons) == 1, report
     accel = next((o.accel for o in results.outcomes if o.backend == "qemu"), None)
-    known = known_divergence(scenario.id, target.version, accel)
+    known = known_divergence(scenario, target.version, accel)
     if known is not None:
         # An agreeing case fails here with "known bug no longer reproduces" so that the entry gets removed;
         # a divergence that does not match the bug's signature fails with what does not match.

@@ -9,6 +9,7 @@ from harness.compare import Comparison
 from harness.known_bugs import KNOWN_DIVERGENCES, KnownDivergence, classify, known_divergence
 from harness.report import console, html, junit
 from harness.results import Results
+from reference_impl.scenario import MigrationSpec, Scenario, Step
 from reference_impl.versions import Version
 
 ENTRY = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-tcg-precopy-loses-dirty-pages")
@@ -146,3 +147,128 @@ def test_a_known_bug_is_reported_but_does_not_fail_the_run() -> None:
 def test_an_unexplained_divergence_still_fails() -> None:
     results = Results(comparisons=[_comparison({"guest": [GUEST_OK, {"alive": False}]})])
     assert not results.passed and len(results.diverged) == 1
+
+
+# ---- 7.2 postcopy + multifd: the destination aborts in yank cleanup (docs/qemu-bugs.md "5.") ----------------
+
+YANK = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-postcopy-multifd-yank-abort")
+SEGV = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-multifd-on-live-destination-segfault")
+YANK_LINE = (
+    "destination QEMU exited with status -6: ../../util/yank.c:107: yank_unregister_instance: "
+    "Assertion `QLIST_EMPTY(&entry->yankfns)' failed."
+)
+
+
+def _postcopy(caps: dict[str, bool], transport: str = "tcp", scenario_id: str = "sweep.x") -> Scenario:
+    return Scenario(scenario_id, migration=MigrationSpec(capabilities=caps, transport=transport, mode="postcopy"))
+
+
+def test_the_yank_abort_applies_by_configuration() -> None:
+    both = _postcopy({"multifd": True, "postcopy-ram": True})
+    assert known_divergence(both, V72, "tcg") is YANK
+    assert known_divergence(_postcopy({"multifd": True, "postcopy-ram": True, "xbzrle": True}), V72, "kvm") is YANK
+    # 8.1+ refuses the pair; without multifd, without the switch or over a file there is no such bug
+    assert known_divergence(both, Version(10, 0, 2), "tcg") is None
+    assert known_divergence(_postcopy({"postcopy-ram": True}), V72, "tcg") is None
+    precopy = Scenario("p", migration=MigrationSpec(capabilities={"multifd": True, "postcopy-ram": True}))
+    assert known_divergence(precopy, V72, "tcg") is None
+    # only the scenario's id: no configuration to match
+    assert known_divergence("sweep.x", V72, "tcg") is None
+
+
+def test_the_yank_abort_signature() -> None:
+    scenario = _postcopy({"multifd": True, "postcopy-ram": True})
+    abort = _comparison({
+        "verdict": ["completed", "failed"],
+        "stage": [None, "migration"],
+        "error": [None, YANK_LINE],
+        "destination.status": ["completed", None],
+        "destination.runstate": ["running", None],
+    }, scenario="sweep.x")
+    classify(abort, scenario, V72, "tcg")
+    assert abort.known_bug == YANK.reason
+    # the same fields with a load failure are not this bug
+    load = _comparison({
+        "verdict": ["completed", "failed"],
+        "stage": [None, "migration"],
+        "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
+        "destination.status": ["completed", None],
+        "destination.runstate": ["running", None],
+    }, scenario="sweep.x")
+    classify(load, scenario, V72, "tcg")
+    assert load.known_bug is None and load.diverges
+
+
+def test_the_yank_abort_with_preempt_keeps_the_source_waiting() -> None:
+    scenario = _postcopy({"multifd": True, "postcopy-ram": True, "postcopy-preempt": True})
+    stuck = _comparison({
+        "verdict": ["completed", "failed"],
+        "stage": [None, "migration"],
+        "error": [None, "timed out after 20 s waiting for the source migration to end (last seen: postcopy-active)"],
+        "source.status": ["completed", "postcopy-active"],
+        "source.runstate": ["postmigrate", "finish-migrate"],
+        "destination.status": ["completed", None],
+        "destination.runstate": ["running", None],
+    }, scenario="sweep.x")
+    classify(stuck, scenario, V72, "tcg")
+    assert stuck.known_bug == YANK.reason
+    # a source stuck elsewhere is something else
+    stuck.differences["source.status"] = ["completed", "device"]
+    stuck.known_bug = None
+    classify(stuck, scenario, V72, "tcg")
+    assert stuck.diverges
+
+
+def test_a_fixed_qemu_shows_the_fix() -> None:
+    # The model predicts the intended completion, so a 7.2 build without the bug agrees, and the run says so.
+    comparison = _comparison({}, scenario="sweep.x")
+    classify(comparison, _postcopy({"multifd": True, "postcopy-ram": True}), V72, "tcg")
+    assert comparison.agree and comparison.known_bug_gone is not None and YANK.name in comparison.known_bug_gone
+
+
+# ---- 7.2 multifd turned on at a destination whose stream flows: SIGSEGV (docs/qemu-bugs.md "7.") -------------
+
+def _live_multifd(*, wait: bool = True, side: str = "destination") -> Scenario:
+    items = [
+        Step("set-parameters", parameters={"max-bandwidth": 1000}),
+        Step("migrate"),
+        Step("set-capabilities", side=side, capabilities={"multifd": True}),
+    ]
+    if wait:
+        items.append(Step("wait"))
+    return Scenario("live-multifd", steps=tuple(items))
+
+
+def test_the_segfault_applies_by_configuration() -> None:
+    assert known_divergence(_live_multifd(), V72, "tcg") is SEGV
+    assert known_divergence(_live_multifd(), Version(10, 0, 2), "tcg") is None
+    assert known_divergence(_live_multifd(wait=False), V72, "tcg") is None
+    assert known_divergence(_live_multifd(side="source"), V72, "tcg") is None
+
+
+def test_the_segfault_signature() -> None:
+    for error, source in (
+        ("Unable to write to socket: Connection reset by peer", ["completed", "failed"]),
+        ("destination QEMU exited with status -11: ", None),
+    ):
+        differences: dict[str, list[Any]] = {
+            "verdict": ["completed", "failed"],
+            "stage": [None, "migration"],
+            "error": [None, error],
+            "destination.status": ["completed", None],
+            "destination.runstate": ["running", None],
+        }
+        if source is not None:
+            differences["source.status"] = source
+            differences["source.runstate"] = ["postmigrate", "running"]
+        comparison = _comparison(differences, scenario="live-multifd")
+        classify(comparison, _live_multifd(), V72, "tcg")
+        assert comparison.known_bug == SEGV.reason, SEGV.problems(comparison)
+    # a destination that exits 1 with a load failure is not the segfault
+    other = _comparison({
+        "verdict": ["completed", "failed"],
+        "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
+        "destination.status": ["completed", None],
+    }, scenario="live-multifd")
+    classify(other, _live_multifd(), V72, "tcg")
+    assert other.diverges
