@@ -152,6 +152,7 @@ def test_an_unexplained_divergence_still_fails() -> None:
 # ---- 7.2 postcopy + multifd: the destination aborts in yank cleanup (docs/qemu-bugs.md "5.") ----------------
 
 YANK = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-postcopy-multifd-yank-abort")
+PREEMPT = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-multifd-preempt-channel-misrouted")
 SEGV = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-multifd-on-live-destination-segfault")
 YANK_LINE = (
     "destination QEMU exited with status -6: ../../util/yank.c:107: yank_unregister_instance: "
@@ -199,19 +200,23 @@ def test_the_yank_abort_signature() -> None:
     assert load.known_bug is None and load.diverges
 
 
-def test_the_yank_abort_with_preempt_keeps_the_source_waiting() -> None:
+def test_multifd_with_preempt_is_the_misrouted_channel_not_the_yank_abort() -> None:
+    # real 7.2.22 (/tmp reproducer, docs/qemu-bugs.md "7."): the destination died before the switch, the source
+    # stayed active / finish-migrate; in the sweep of 2026-11-25 it had reached postcopy-active.
     scenario = _postcopy({"multifd": True, "postcopy-ram": True, "postcopy-preempt": True})
-    stuck = _comparison({
-        "verdict": ["completed", "failed"],
-        "stage": [None, "migration"],
-        "error": [None, "timed out after 20 s waiting for the source migration to end (last seen: postcopy-active)"],
-        "source.status": ["completed", "postcopy-active"],
-        "source.runstate": ["postmigrate", "finish-migrate"],
-        "destination.status": ["completed", None],
-        "destination.runstate": ["running", None],
-    }, scenario="sweep.x")
-    classify(stuck, scenario, V72, "tcg")
-    assert stuck.known_bug == YANK.reason
+    assert known_divergence(scenario, V72, "tcg") is PREEMPT
+    for status in ("active", "postcopy-active"):
+        stuck = _comparison({
+            "verdict": ["completed", "failed"],
+            "stage": [None, "migration"],
+            "error": [None, f"timed out after 60 s waiting for the source migration to end (last seen: {status})"],
+            "source.status": ["completed", status],
+            "source.runstate": ["postmigrate", "finish-migrate"],
+            "destination.status": ["completed", None],
+            "destination.runstate": ["running", None],
+        }, scenario="sweep.x")
+        classify(stuck, scenario, V72, "tcg")
+        assert stuck.known_bug == PREEMPT.reason, PREEMPT.problems(stuck)
     # a source stuck elsewhere is something else
     stuck.differences["source.status"] = ["completed", "device"]
     stuck.known_bug = None
