@@ -201,6 +201,13 @@ def _multifd_on_live_destination(scenario: Scenario) -> bool:
     return False
 
 
+def _mapped_ram_ignore_shared_file(scenario: Scenario) -> bool:
+    """The source writes a file with mapped-ram and x-ignore-shared (precopy or background snapshot)."""
+    source, _destination = _capabilities_by_side(scenario)
+    to_file = any(s.action == "migrate" and s.transport == "file" for s in expand_steps(scenario))
+    return {"mapped-ram", "x-ignore-shared"} <= source and to_file
+
+
 _YANK_ABORT = matches(
     r"^destination QEMU exited with status -6: .*yank_unregister_instance: "
     r"Assertion `QLIST_EMPTY\(&entry->yankfns\)' failed"
@@ -299,7 +306,7 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
         accels=_ANY_ACCEL,  # a NULL dereference in multifd_recv_sync_main, whatever the accelerator
         reason=(
             "QEMU 7.2 lets a destination turn multifd on while its stream flows and then dies with SIGSEGV in "
-            "multifd_recv_sync_main (docs/qemu-bugs.md section 7)"
+            "multifd_recv_sync_main (docs/qemu-bugs.md section 8)"
         ),
         shapes=(
             # The destination is gone; the source either failed writing to it or had already completed.
@@ -318,6 +325,33 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
                     "source.runstate": equals("running"),
                     "destination.runstate": _DESTINATION_GONE,
                     "events": Value("any events", lambda _events: True),
+                },
+            ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-10.0-mapped-ram-ignore-shared-load-fails",
+        scenarios=frozenset(),
+        configuration=_mapped_ram_ignore_shared_file,
+        versions=(("10.0", "10.0"),),
+        accels=_ANY_ACCEL,  # a stream-format mismatch in migration/ram.c, whatever the accelerator
+        reason=(
+            "QEMU 10.0 writes x-ignore-shared's GPA before the mapped-ram header but parse_ramblock does not read "
+            "it: the destination cannot load the file (docs/qemu-bugs.md section 9)"
+        ),
+        shapes=(
+            Shape(
+                required={
+                    "error": matches(
+                        r"^destination QEMU exited with status 1: load of migration failed: Invalid argument$"
+                    ),
+                    "destination.status": _DESTINATION_GONE,
+                },
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": _SOURCE_EVENTS_COMPLETED,
                 },
             ),
         ),

@@ -100,7 +100,7 @@ def set_capabilities(vm: Machine, request: Mapping[str, bool]) -> str | None:
     # migration_is_running; 8.1 adds "Multifd must be set before incoming starts" for the incoming side), so
     # the model lets the running migration go on as it was negotiated. Real 7.2 instead dereferences the
     # multifd receive state it never set up (multifd_recv_sync_main at the next RAM_SAVE_FLAG_EOS) and dies
-    # with SIGSEGV: a known QEMU bug (harness/known_bugs.py, docs/qemu-bugs.md "7."), not a prediction.
+    # with SIGSEGV: a known QEMU bug (harness/known_bugs.py, docs/qemu-bugs.md "8."), not a prediction.
     running = vm.migration is not None
     vm.caps, error = apply_capability_request(vm.version, vm.caps, request, caps_context(vm), migration_running=running)
     return error
@@ -474,10 +474,10 @@ def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | 
     mismatch = _config_mismatch(source, destination)
     if mismatch is not None:
         return mismatch
-    if "mapped-ram" in caps and "x-ignore-shared" in caps:
-        # 10.0.2 sweep 23:07: mapped-ram + x-ignore-shared written to file: the load fails (2 of 2 pairs,
-        # precopy and background-snapshot).
-        return DESTINATION_LOAD_FAILURE
+    # mapped-ram + x-ignore-shared: QEMU means the file to load (ram_save_setup writes each block's GPA, then
+    # its mapped-ram header). Real 10.0.2 fails the load with EINVAL because parse_ramblock returns after
+    # parse_ramblock_mapped_ram without reading the GPA: a known QEMU bug (harness/known_bugs.py,
+    # docs/qemu-bugs.md "9."), not a prediction.
     if "compress" in caps and "compress" not in destination.caps:
         return DESTINATION_LOAD_FAILURE
     if "x-colo" in caps and source.vn >= N8_0:

@@ -231,7 +231,7 @@ def test_a_fixed_qemu_shows_the_fix() -> None:
     assert comparison.agree and comparison.known_bug_gone is not None and YANK.name in comparison.known_bug_gone
 
 
-# ---- 7.2 multifd turned on at a destination whose stream flows: SIGSEGV (docs/qemu-bugs.md "7.") -------------
+# ---- 7.2 multifd turned on at a destination whose stream flows: SIGSEGV (docs/qemu-bugs.md "8.") -------------
 
 def _live_multifd(*, wait: bool = True, side: str = "destination") -> Scenario:
     items = [
@@ -276,4 +276,43 @@ def test_the_segfault_signature() -> None:
         "destination.status": ["completed", None],
     }, scenario="live-multifd")
     classify(other, _live_multifd(), V72, "tcg")
+    assert other.diverges
+
+
+# ---- 10.0 mapped-ram + x-ignore-shared: the file cannot be loaded (docs/qemu-bugs.md "9.") --------------------
+
+MAPPED = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-10.0-mapped-ram-ignore-shared-load-fails")
+LOAD_EINVAL = "destination QEMU exited with status 1: load of migration failed: Invalid argument"
+
+
+def _mapped_ram(caps: dict[str, bool], mode: str = "precopy", transport: str = "file") -> Scenario:
+    return Scenario("sweep.m", migration=MigrationSpec(capabilities=caps, transport=transport, mode=mode))
+
+
+def test_the_mapped_ram_load_failure_applies_by_configuration() -> None:
+    both = {"mapped-ram": True, "x-ignore-shared": True}
+    v10 = Version(10, 0, 2)
+    assert known_divergence(_mapped_ram(both), v10, "tcg") is MAPPED
+    assert known_divergence(_mapped_ram(both, mode="background-snapshot"), v10, "kvm") is MAPPED
+    assert known_divergence(_mapped_ram({"mapped-ram": True}), v10, "tcg") is None
+    assert known_divergence(_mapped_ram(both, transport="tcp"), v10, "tcg") is None
+    assert known_divergence(_mapped_ram(both), V72, "tcg") is None
+
+
+def test_the_mapped_ram_load_failure_signature() -> None:
+    scenario = _mapped_ram({"mapped-ram": True, "x-ignore-shared": True})
+    differences: dict[str, list[Any]] = {
+        "verdict": ["completed", "failed"],
+        "stage": [None, "migration"],
+        "error": [None, LOAD_EINVAL],
+        "destination.status": ["completed", None],
+        "destination.runstate": ["running", None],
+    }
+    comparison = Comparison("sweep.m", "10.0.2", agree=False, differences=dict(differences))
+    classify(comparison, scenario, Version(10, 0, 2), "tcg")
+    assert comparison.known_bug == MAPPED.reason
+    # EPERM (the background-snapshot race of docs/qemu-bugs.md "6.") is not this bug
+    differences["error"] = [None, LOAD_EINVAL.replace("Invalid argument", "Operation not permitted")]
+    other = Comparison("sweep.m", "10.0.2", agree=False, differences=differences)
+    classify(other, scenario, Version(10, 0, 2), "tcg")
     assert other.diverges
