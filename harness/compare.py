@@ -8,7 +8,9 @@ QEMU prints a VFIO device's host name (reference_impl/vfio/api.py), so the host 
 
 A guest-side PCI address (the q35 slot QEMU assigns an emulated device, e.g. the "0000:00:01.0" of
 "0000:00:01.0/nvme") is QEMU's logic, which the model predicts (reference_impl/machine.py): it is compared
-literally, never replaced by a placeholder, so a model that predicts another slot diverges.
+literally, never replaced by a placeholder, so a model that predicts another slot diverges. Likewise a path the
+model wrote literally (a scenario's own URI, e.g. "file:/nonexistent-migconform/x") is kept on both sides: only
+the paths the model could not know (the run's temporary files, host devices) become ``<path>``.
 """
 
 from __future__ import annotations
@@ -46,15 +48,27 @@ _WAIT_BOUND = re.compile(r"\btimed out after \d+(?:\.\d+)? s\b")
 _PEER_GONE = re.compile(r"Unable to write to socket: (?:Broken pipe|Connection reset by peer)")
 
 
+def literal_paths(text: str | None) -> tuple[str, ...]:
+    """The absolute paths in ``text`` (the model's prediction): what :func:`normalise` must keep."""
+    return tuple(_PATH.findall(text)) if text else ()
+
+
 def normalise(
-    text: str | None, vfio_names: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+    text: str | None,
+    vfio_names: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    keep_paths: Iterable[str] = (),
 ) -> str | None:
     """``text`` with host-specific parts replaced by placeholders (identity for None).
 
     ``vfio_names`` maps device ids to host names (pairs, when one id has a host name on each side).
+    ``keep_paths``: paths compared literally (those the model predicted), not replaced by ``<path>``.
     """
     if text is None:
         return None
+    # Shield the kept paths from every pattern (a NUL never occurs in QEMU's messages).
+    kept = sorted(set(keep_paths), key=len, reverse=True)
+    for index, path in enumerate(kept):
+        text = text.replace(path, f"\0{index}\0")
     pairs = list(vfio_names.items()) if isinstance(vfio_names, Mapping) else list(vfio_names or ())
     # Longest host names first, so that a name that is a prefix of another is not replaced inside it.
     for device_id, host_name in sorted(pairs, key=lambda item: -len(item[1])):
@@ -67,6 +81,8 @@ def normalise(
     text = _PATH.sub("<path>", text)
     text = _WAIT_BOUND.sub("timed out after <N> s", text)
     text = _PEER_GONE.sub("Unable to write to socket: <peer gone>", text)
+    for index, path in enumerate(kept):
+        text = text.replace(f"\0{index}\0", path)
     return text
 
 
@@ -123,9 +139,11 @@ def _vm_field(state: VmState | None, name: str) -> str | None:
     return None if state is None else str(getattr(state, name))
 
 
-def _field_value(outcome: Outcome, name: str, vfio_names: list[tuple[str, str]] | None) -> Any:
+def _field_value(
+    outcome: Outcome, name: str, vfio_names: list[tuple[str, str]] | None, keep_paths: tuple[str, ...] = ()
+) -> Any:
     if name == "error":
-        return normalise(outcome.error, vfio_names)
+        return normalise(outcome.error, vfio_names, keep_paths)
     if "." in name:
         side, attr = name.split(".", 1)
         return _vm_field(outcome.source if side == "source" else outcome.destination, attr)
@@ -170,12 +188,11 @@ def compare(reference: Outcome, qemu: Outcome, column: str | None = None) -> Com
         for key in ("vfio_names", "vfio_names_destination")
         for device_id, host_name in dict(qemu.extra.get(key) or {}).items()
     ]
+    keep = literal_paths(reference.error)
     differences: dict[str, list[Any]] = {}
     for name in CONTRACT_FIELDS:
-        ref_value = _field_value(reference, name, None)
-        qemu_value = _field_value(qemu, name, vfio_names)
-        if name == "error":
-            ref_value = normalise(reference.error, None)
+        ref_value = _field_value(reference, name, None, keep)
+        qemu_value = _field_value(qemu, name, vfio_names, keep)
         if ref_value != qemu_value:
             differences[name] = [ref_value, qemu_value]
     for name in EXTENSION_FIELDS:

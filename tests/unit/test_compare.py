@@ -62,6 +62,20 @@ def test_guest_side_pci_slot_predicted_differently_diverges() -> None:
     assert compare(ref, outcome("qemu", error=ref.error)).agree
 
 
+def test_a_path_the_model_predicts_is_compared_literally() -> None:
+    # A scenario's own URI path is not the host's: the model predicts it, and another path is a divergence.
+    ref = outcome("reference", error="Could not create '/nonexistent-migconform/x': No such file or directory")
+    assert compare(ref, outcome("qemu", error=ref.error)).agree
+    other = outcome("qemu", error="Could not create '/nonexistent-migconform/y': No such file or directory")
+    result = compare(ref, other)
+    assert not result.agree and result.differences["error"] == [ref.error, other.error]
+    # where the model wrote the placeholder (a path of the run it cannot know), any path agrees
+    placeholder = outcome("reference", error="Failed to connect to '<path>': Connection refused")
+    qemu = outcome("qemu", error="Failed to connect to '/tmp/mc-x1/sock': Connection refused")
+    assert compare(placeholder, qemu).agree
+    assert normalise("open '/a/b' and '/c/d'", keep_paths=["/a/b"]) == "open '/a/b' and '<path>'"
+
+
 def test_host_vfio_address_is_still_normalised() -> None:
     # A host VFIO device's PCI address is the host's: the executor records it and the model uses a placeholder.
     ref = outcome("reference", error="<vfio0>: VFIO migration is not supported with postcopy migration")
