@@ -27,7 +27,7 @@ def _details(scenario: str, column: str, cell: Cell) -> list[str]:
         if cell.reference is not None and cell.qemu is not None and same_error and cell.qemu.error:
             lines.append(f"  error (both): {cell.qemu.error}")
     elif cell.kind == "agree" and cell.known_bug_gone:
-        lines.append(f"KNOWN BUG NO LONGER REPRODUCES {scenario} [{column}]: {cell.known_bug_gone}")
+        lines.append(f"KNOWN BUG GONE {scenario} [{column}]: {cell.known_bug_gone}")
     elif cell.kind == "error":
         lines.append(f"ERROR {scenario} [{column}]")
         lines.extend(f"  {line}" for line in cell.detail.splitlines())

@@ -122,7 +122,7 @@ def test_a_bug_gone_is_reported_everywhere_but_does_not_fail_the_run() -> None:
     results = Results(comparisons=[comparison])
     assert results.passed
     text = console.render(results)
-    assert f"KNOWN BUG NO LONGER REPRODUCES {SCENARIO}" in text
+    assert f"KNOWN BUG GONE {SCENARIO} [7.2.22]: known bug no longer reproduces: {ENTRY.name}" in text
     assert "1 known QEMU bugs no longer reproduce" in text
     xml = junit.render(results)
     assert 'name="known-bug-gone"' in xml and 'failures="0"' in xml
