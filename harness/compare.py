@@ -1,10 +1,16 @@
 """Comparing the model's outcome with real QEMU's.
 
 The record keeps QEMU's messages exactly as printed (contract); only the comparison normalises the parts
-that depend on the host rather than on QEMU's logic: the VFIO device's host name, mdev UUIDs, PCI
-addresses, temporary file paths and TCP ports. The model writes ``<device-id>`` where QEMU prints a VFIO
-device's host name (reference_impl/vfio/api.py), so the allocated host names are mapped to the same
-placeholders before the generic patterns run.
+that depend on the host rather than on QEMU's logic: the VFIO device's host name (its host PCI address or
+mdev UUID), other UUIDs, the run's temporary file paths and TCP ports. The model writes ``<device-id>`` where
+QEMU prints a VFIO device's host name (reference_impl/vfio/api.py), so the host names the executor allocated
+(``Outcome.extra["vfio_names"]``) are mapped to the same placeholders before the generic patterns run.
+
+A guest-side PCI address (the q35 slot QEMU assigns an emulated device, e.g. the "0000:00:01.0" of
+"0000:00:01.0/nvme") is QEMU's logic, which the model predicts (reference_impl/machine.py): it is compared
+literally, never replaced by a placeholder, so a model that predicts another slot diverges. Likewise a path the
+model wrote literally (a scenario's own URI, e.g. "file:/nonexistent-migconform/x") is kept on both sides: only
+the paths the model could not know (the run's temporary files, host devices) become ``<path>``.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ CONTRACT_FIELDS = (
 EXTENSION_FIELDS = ("vfio_states", "events", "guest")
 
 _UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
-_PCI = re.compile(r"\b[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\b")
 # host:port after an IPv4 address, localhost or a bracketed IPv6 address
 _PORT = re.compile(r"((?:\d{1,3}\.){3}\d{1,3}|localhost|\[[0-9a-fA-F:.]*\]):\d{1,5}\b")
 _AUTO_NODE = re.compile(r"#block\d+")
@@ -43,15 +48,27 @@ _WAIT_BOUND = re.compile(r"\btimed out after \d+(?:\.\d+)? s\b")
 _PEER_GONE = re.compile(r"Unable to write to socket: (?:Broken pipe|Connection reset by peer)")
 
 
+def literal_paths(text: str | None) -> tuple[str, ...]:
+    """The absolute paths in ``text`` (the model's prediction): what :func:`normalise` must keep."""
+    return tuple(_PATH.findall(text)) if text else ()
+
+
 def normalise(
-    text: str | None, vfio_names: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+    text: str | None,
+    vfio_names: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    keep_paths: Iterable[str] = (),
 ) -> str | None:
     """``text`` with host-specific parts replaced by placeholders (identity for None).
 
     ``vfio_names`` maps device ids to host names (pairs, when one id has a host name on each side).
+    ``keep_paths``: paths compared literally (those the model predicted), not replaced by ``<path>``.
     """
     if text is None:
         return None
+    # Shield the kept paths from every pattern (a NUL never occurs in QEMU's messages).
+    kept = sorted(set(keep_paths), key=len, reverse=True)
+    for index, path in enumerate(kept):
+        text = text.replace(path, f"\0{index}\0")
     pairs = list(vfio_names.items()) if isinstance(vfio_names, Mapping) else list(vfio_names or ())
     # Longest host names first, so that a name that is a prefix of another is not replaced inside it.
     for device_id, host_name in sorted(pairs, key=lambda item: -len(item[1])):
@@ -60,11 +77,12 @@ def normalise(
     # Auto-generated block node names ("#block123") change from run to run (reference_impl.catalog).
     text = _AUTO_NODE.sub("#block<N>", text)
     text = _UUID.sub("<uuid>", text)
-    text = _PCI.sub("<pci>", text)
     text = _PORT.sub(r"\1:<port>", text)
     text = _PATH.sub("<path>", text)
     text = _WAIT_BOUND.sub("timed out after <N> s", text)
     text = _PEER_GONE.sub("Unable to write to socket: <peer gone>", text)
+    for index, path in enumerate(kept):
+        text = text.replace(f"\0{index}\0", path)
     return text
 
 
@@ -80,6 +98,9 @@ class Comparison:
     column: str | None = None
     # extension: the documented QEMU bug (harness.known_bugs) that explains this divergence
     known_bug: str | None = None
+    # extension: this case is a known QEMU bug's (harness.known_bugs) but now agrees: the bug no longer
+    # reproduces (a fixed QEMU, or a check that no longer sees it), so its entry has to go
+    known_bug_gone: str | None = None
 
     @property
     def diverges(self) -> bool:
@@ -97,6 +118,8 @@ class Comparison:
             out["column"] = self.column
         if self.known_bug is not None:
             out["known_bug"] = self.known_bug
+        if self.known_bug_gone is not None:
+            out["known_bug_gone"] = self.known_bug_gone
         return out
 
     @classmethod
@@ -108,6 +131,7 @@ class Comparison:
             differences={str(k): list(v) for k, v in dict(data.get("differences") or {}).items()},
             column=data.get("column"),
             known_bug=data.get("known_bug"),
+            known_bug_gone=data.get("known_bug_gone"),
         )
 
 
@@ -115,9 +139,11 @@ def _vm_field(state: VmState | None, name: str) -> str | None:
     return None if state is None else str(getattr(state, name))
 
 
-def _field_value(outcome: Outcome, name: str, vfio_names: list[tuple[str, str]] | None) -> Any:
+def _field_value(
+    outcome: Outcome, name: str, vfio_names: list[tuple[str, str]] | None, keep_paths: tuple[str, ...] = ()
+) -> Any:
     if name == "error":
-        return normalise(outcome.error, vfio_names)
+        return normalise(outcome.error, vfio_names, keep_paths)
     if "." in name:
         side, attr = name.split(".", 1)
         return _vm_field(outcome.source if side == "source" else outcome.destination, attr)
@@ -162,12 +188,11 @@ def compare(reference: Outcome, qemu: Outcome, column: str | None = None) -> Com
         for key in ("vfio_names", "vfio_names_destination")
         for device_id, host_name in dict(qemu.extra.get(key) or {}).items()
     ]
+    keep = literal_paths(reference.error)
     differences: dict[str, list[Any]] = {}
     for name in CONTRACT_FIELDS:
-        ref_value = _field_value(reference, name, None)
-        qemu_value = _field_value(qemu, name, vfio_names)
-        if name == "error":
-            ref_value = normalise(reference.error, None)
+        ref_value = _field_value(reference, name, None, keep)
+        qemu_value = _field_value(qemu, name, vfio_names, keep)
         if ref_value != qemu_value:
             differences[name] = [ref_value, qemu_value]
     for name in EXTENSION_FIELDS:

@@ -1,64 +1,376 @@
 """Divergences expected because real QEMU is wrong, each tied to a documented QEMU bug (docs/qemu-bugs.md).
 
-The runner marks a comparison that matches an entry as a *known QEMU bug* (``Comparison.known_bug``): it is
-reported (console, JSON, JUnit, HTML) but does not fail ``migconform run``/``conformance``, so a CI matrix goes
-red only for something new.
+The model predicts what QEMU means to do (reference_impl/); a QEMU bug the suite reaches is an entry here, with
+the bug's *signature*: the scenario(s), the QEMU versions and accelerators it was seen on, and the values the
+bug produces (not only which fields differ). The runner marks a comparison that matches its entry's signature as
+a *known QEMU bug* (``Comparison.known_bug``): reported (console, JSON, JUnit, HTML) but not failing
+``migconform run``/``conformance``, so a CI matrix goes red only for something new.
 
-An entry does not hide a failure: the case is asserted to *still* diverge (so a fixed QEMU, or a harness change
-that stops the check from seeing the bug, fails the test and the entry has to go), and to diverge only in the
-fields the bug explains (so another divergence in the same case still fails). Only then is the case reported
-as an expected failure.
+An entry does not hide a failure:
+- a divergence of that case that does not match the signature (another field, or the same field with a value
+  the bug does not produce, e.g. a destination that cannot load the stream at all where the bug is lost dirty
+  pages) is a plain divergence;
+- a case whose entry applies but that now *agrees* is reported as "known bug no longer reproduces"
+  (``Comparison.known_bug_gone``). That does not fail ``migconform run`` (the QEMU under test is right, and a
+  release that fixes the bug must show the fix rather than a failure), but every report prints it prominently,
+  and the pytest conformance test (tests/conformance/test_suite.py) fails so that the stale entry is removed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from harness.compare import Comparison
+from reference_impl.scenario import Scenario, expand_steps
 from reference_impl.versions import Version
 
 
 @dataclass(frozen=True)
-class KnownDivergence:
-    scenario: str
-    version: str  # "major.minor": the entry applies to every micro release of it
-    reason: str
-    must_differ: str  # the field that shows the bug
-    may_differ: frozenset[str]  # every field the bug can change (includes must_differ)
+class Value:
+    """A test of the value real QEMU produced for one field, with the words a mismatch report uses."""
 
-    def applies(self, scenario: str, version: Version) -> bool:
-        return scenario == self.scenario and f"{version.major}.{version.minor}" == self.version
+    description: str
+    test: Callable[[Any], bool]
 
-    def problems(self, comparison: Comparison) -> list[str]:
-        """Why ``comparison`` is not this known divergence (empty when it is)."""
-        if comparison.agree:
-            return [
-                f"known divergence gone: {self.scenario} on {self.version} now agrees ({self.reason}); "
-                "remove its entry from harness/known_bugs.py and docs/qemu-bugs.md"
-            ]
+    def __call__(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return False
+
+
+def equals(expected: Any) -> Value:
+    return Value(f"== {expected!r}", lambda value: value == expected)
+
+
+def matches(pattern: str) -> Value:
+    regex = re.compile(pattern)
+    return Value(f"matches /{pattern}/", lambda value: isinstance(value, str) and regex.search(value) is not None)
+
+
+def one_of(*values: Value) -> Value:
+    return Value(" or ".join(v.description for v in values), lambda value: any(v(value) for v in values))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One way a bug shows in a comparison.
+
+    Every field of ``required`` differs and real QEMU's value passes its test; a field of ``optional`` may differ
+    if QEMU's value passes its test; no other field differs.
+    """
+
+    required: Mapping[str, Value]
+    optional: Mapping[str, Value] = field(default_factory=dict)
+
+    def problems(self, differences: Mapping[str, list[Any]]) -> list[str]:
         problems = []
-        if self.must_differ not in comparison.differences:
-            problems.append(f"expected a difference in {self.must_differ!r} ({self.reason})")
-        unexplained = sorted(set(comparison.differences) - self.may_differ)
+        for name, value in self.required.items():
+            if name not in differences:
+                problems.append(f"expected a difference in {name!r}")
+            elif not value(differences[name][1]):
+                problems.append(f"QEMU's {name} {differences[name][1]!r} does not match: {value.description}")
+        for name, value in self.optional.items():
+            if name in differences and not value(differences[name][1]):
+                problems.append(f"QEMU's {name} {differences[name][1]!r} does not match: {value.description}")
+        unexplained = sorted(set(differences) - set(self.required) - set(self.optional))
         if unexplained:
             problems.append(f"differences the known bug does not explain: {', '.join(unexplained)}")
         return problems
 
 
-# A guest that panics after the switchover ends its QEMU (-no-reboot, panic=-1); if that happens before the
-# executor reads the final states, the destination is null and the verdict failed, not only the guest dead.
-_GUEST_DEATH_FIELDS = frozenset({"guest", "verdict", "stage", "error", "destination.status", "destination.runstate"})
+@dataclass(frozen=True)
+class KnownDivergence:
+    """A documented QEMU bug and its signature."""
 
-KNOWN_DIVERGENCES = (
+    name: str  # short id, also the docs/qemu-bugs.md section it points to
+    scenarios: frozenset[str]  # scenario ids the entry applies to
+    versions: tuple[tuple[str, str], ...]  # inclusive "major.minor" ranges the bug was seen on
+    accels: frozenset[str]  # accelerators it applies to (the real run's Outcome.accel)
+    reason: str
+    shapes: tuple[Shape, ...]  # any one of them is the bug
+    # Or any scenario whose steps set up the bug's trigger (e.g. the sweep's generated scenarios).
+    configuration: Callable[[Scenario], bool] | None = None
+
+    def applies(self, scenario: Scenario | str, version: Version, accel: str | None = None) -> bool:
+        """The case (scenario, version, accelerator) is one where the bug was seen; None: any accelerator."""
+        scenario_id = scenario if isinstance(scenario, str) else scenario.id
+        by_configuration = (
+            not isinstance(scenario, str) and self.configuration is not None and self.configuration(scenario)
+        )
+        if scenario_id not in self.scenarios and not by_configuration:
+            return False
+        if accel is not None and accel not in self.accels:
+            return False
+        return any(
+            Version.parse(low) <= Version(version.major, version.minor) <= Version.parse(high)
+            for low, high in self.versions
+        )
+
+    @property
+    def gone_message(self) -> str:
+        return (
+            f"known bug no longer reproduces: {self.name} ({self.reason}); remove its entry from "
+            "harness/known_bugs.py and docs/qemu-bugs.md"
+        )
+
+    def problems(self, comparison: Comparison) -> list[str]:
+        """Why ``comparison`` is not this known bug (empty when it is)."""
+        if comparison.agree:
+            return [self.gone_message]
+        per_shape = [shape.problems(comparison.differences) for shape in self.shapes]
+        if any(not problems for problems in per_shape):
+            return []
+        return [f"not the signature of {self.name}: " + "; ".join(problems) for problems in per_shape]
+
+
+# The 7.2 dirty-page bug, seen two ways (docs/qemu-bugs.md "4."):
+# - the destination's guest answers but holds stale pages;
+# - the guest panics on a lost kernel page: either it stops answering while its QEMU still runs, or the panic
+#   ends its QEMU (-no-reboot, panic=-1: a guest reset is a clean exit, status 0) before the executor reads the
+#   final states, so the destination is gone and the verdict failed. A destination that cannot load the stream
+#   (exit status 1, "load of migration failed: ...", destination status failed) is another failure, not this bug.
+_GUEST_LOST_PAGES = Value(
+    "a live guest with bad_pages > 0, or a dead guest",
+    lambda guest: (guest["alive"] is True and int(guest["bad_pages"]) > 0) or guest["alive"] is False,
+)
+_GUEST_DIED = Value("a dead guest", lambda guest: guest["alive"] is False)
+_DESTINATION_GONE = equals(None)
+
+
+
+def _capabilities_by_side(scenario: Scenario) -> tuple[set[str], set[str]]:
+    """The capabilities the scenario's set-capabilities steps turn on, per side (ignoring refusals)."""
+    source: set[str] = set()
+    destination: set[str] = set()
+    for step in expand_steps(scenario):
+        if step.action != "set-capabilities":
+            continue
+        for side, caps in (("source", source), ("destination", destination)):
+            if step.side in (side, "both"):
+                caps.update(name for name, on in step.capabilities.items() if on)
+                caps.difference_update(name for name, on in step.capabilities.items() if not on)
+    return source, destination
+
+
+def _socket_migrate(scenario: Scenario) -> bool:
+    return any(s.action == "migrate" and (s.transport or "tcp") in ("tcp", "unix") for s in expand_steps(scenario))
+
+
+def _postcopy_with_multifd(scenario: Scenario) -> bool:
+    """Both sides have postcopy-ram and multifd (not postcopy-preempt: another bug comes first) and the
+    scenario switches to postcopy over a socket."""
+    source, destination = _capabilities_by_side(scenario)
+    wanted = {"postcopy-ram", "multifd"}
+    steps = expand_steps(scenario)
+    return (
+        wanted <= source
+        and wanted <= destination
+        and "postcopy-preempt" not in source
+        and any(s.action == "start-postcopy" for s in steps)
+        and _socket_migrate(scenario)
+    )
+
+
+def _postcopy_preempt_with_multifd(scenario: Scenario) -> bool:
+    """Both sides have multifd and postcopy-preempt (with postcopy-ram) and the scenario switches to postcopy
+    over a socket (the only way it was seen; the channel is opened at migrate, so precopy may show it too)."""
+    source, destination = _capabilities_by_side(scenario)
+    wanted = {"postcopy-ram", "postcopy-preempt", "multifd"}
+    return (
+        wanted <= source
+        and wanted <= destination
+        and any(s.action == "start-postcopy" for s in expand_steps(scenario))
+        and _socket_migrate(scenario)
+    )
+
+
+def _multifd_on_live_destination(scenario: Scenario) -> bool:
+    """The destination turns multifd on after the source's migrate, and a wait lets the stream go on."""
+    steps = expand_steps(scenario)
+    migrate = next((i for i, s in enumerate(steps) if s.action == "migrate"), None)
+    if migrate is None or not _socket_migrate(scenario):
+        return False
+    for i, step in enumerate(steps[migrate + 1:], start=migrate + 1):
+        if (step.action == "set-capabilities" and step.side in ("destination", "both")
+                and step.capabilities.get("multifd")):
+            return any(s.action == "wait" for s in steps[i + 1:])
+    return False
+
+
+def _mapped_ram_ignore_shared_file(scenario: Scenario) -> bool:
+    """The source writes a file with mapped-ram and x-ignore-shared (precopy or background snapshot)."""
+    source, _destination = _capabilities_by_side(scenario)
+    to_file = any(s.action == "migrate" and s.transport == "file" for s in expand_steps(scenario))
+    return {"mapped-ram", "x-ignore-shared"} <= source and to_file
+
+
+_YANK_ABORT = matches(
+    r"^destination QEMU exited with status -6: .*yank_unregister_instance: "
+    r"Assertion `QLIST_EMPTY\(&entry->yankfns\)' failed"
+)
+_SOURCE_EVENTS_COMPLETED = Value(
+    "the source's events end in completed", lambda events: list(events["source"])[-1] == "completed"
+)
+_SOURCE_EVENTS_STUCK = Value(
+    "the source's events end in active or postcopy-active",
+    lambda events: list(events["source"])[-1] in ("active", "postcopy-active"),
+)
+# The intended end of a postcopy migration is known to the model; the bug changes only what comes after the
+# source completed (or, with postcopy-preempt, keeps the source waiting for the destination that died).
+_ANY_ACCEL = frozenset({"tcg", "kvm"})
+
+KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
     KnownDivergence(
-        scenario="guest-precopy-tcp",
-        version="7.2",
+        name="qemu-7.2-tcg-precopy-loses-dirty-pages",
+        scenarios=frozenset({"guest-precopy-tcp"}),
+        versions=(("7.2", "7.2"),),
+        accels=frozenset({"tcg"}),
         reason="QEMU 7.2 under TCG loses dirty pages in multi-pass precopy (docs/qemu-bugs.md section 4)",
-        must_differ="guest",
-        may_differ=_GUEST_DEATH_FIELDS,
+        shapes=(
+            Shape(required={"guest": _GUEST_LOST_PAGES}),
+            Shape(
+                required={"guest": _GUEST_DIED},
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "error": matches(r"^destination QEMU exited with status 0: "),
+                    "destination.status": _DESTINATION_GONE,
+                    "destination.runstate": _DESTINATION_GONE,
+                },
+            ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-7.2-postcopy-multifd-yank-abort",
+        scenarios=frozenset(),
+        configuration=_postcopy_with_multifd,
+        versions=(("7.2", "7.2"),),
+        # The abort is in migration cleanup code, not in the accelerator (seen under TCG on this host).
+        accels=_ANY_ACCEL,
+        reason=(
+            "QEMU 7.2 aborts the destination in yank_unregister_instance after a postcopy migration with multifd "
+            "(docs/qemu-bugs.md section 5)"
+        ),
+        shapes=(
+            # The source completed, the destination died in cleanup after it completed.
+            Shape(
+                required={"error": _YANK_ABORT},
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "destination.status": _DESTINATION_GONE,
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": _SOURCE_EVENTS_COMPLETED,
+                },
+            ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-7.2-multifd-preempt-channel-misrouted",
+        scenarios=frozenset(),
+        configuration=_postcopy_preempt_with_multifd,
+        versions=(("7.2", "7.2"),),
+        # migration_ioc_process_incoming's channel routing, not the accelerator (seen under TCG on this host).
+        accels=_ANY_ACCEL,
+        reason=(
+            "QEMU 7.2 hands the postcopy-preempt channel to multifd (migration_ioc_process_incoming) when multifd "
+            "is on: the destination dies and the source waits forever (docs/qemu-bugs.md section 7)"
+        ),
+        shapes=(
+            # The destination is gone; the source, stopped for the switchover, waits until the executor's bound.
+            Shape(
+                required={
+                    "error": matches(r"^timed out after .* \(last seen: (?:active|postcopy-active)\)$"),
+                    "destination.status": _DESTINATION_GONE,
+                },
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "source.status": one_of(equals("active"), equals("postcopy-active")),
+                    "source.runstate": equals("finish-migrate"),
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": _SOURCE_EVENTS_STUCK,
+                },
+            ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-7.2-multifd-on-live-destination-segfault",
+        scenarios=frozenset(),
+        configuration=_multifd_on_live_destination,
+        versions=(("7.2", "7.2"),),
+        accels=_ANY_ACCEL,  # a NULL dereference in multifd_recv_sync_main, whatever the accelerator
+        reason=(
+            "QEMU 7.2 lets a destination turn multifd on while its stream flows and then dies with SIGSEGV in "
+            "multifd_recv_sync_main (docs/qemu-bugs.md section 8)"
+        ),
+        shapes=(
+            # The destination is gone; the source either failed writing to it or had already completed.
+            Shape(
+                required={
+                    "destination.status": _DESTINATION_GONE,
+                    "error": one_of(
+                        matches(r"^Unable to write to socket: "),
+                        matches(r"^destination QEMU exited with status -11: "),
+                    ),
+                },
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "source.status": equals("failed"),
+                    "source.runstate": equals("running"),
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": Value("any events", lambda _events: True),
+                },
+            ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-10.0-mapped-ram-ignore-shared-load-fails",
+        scenarios=frozenset(),
+        configuration=_mapped_ram_ignore_shared_file,
+        versions=(("10.0", "10.0"),),
+        accels=_ANY_ACCEL,  # a stream-format mismatch in migration/ram.c, whatever the accelerator
+        reason=(
+            "QEMU 10.0 writes x-ignore-shared's GPA before the mapped-ram header but parse_ramblock does not read "
+            "it: the destination cannot load the file (docs/qemu-bugs.md section 9)"
+        ),
+        shapes=(
+            Shape(
+                required={
+                    "error": matches(
+                        r"^destination QEMU exited with status 1: load of migration failed: Invalid argument$"
+                    ),
+                    "destination.status": _DESTINATION_GONE,
+                },
+                optional={
+                    "verdict": equals("failed"),
+                    "stage": equals("migration"),
+                    "destination.runstate": _DESTINATION_GONE,
+                    "events": _SOURCE_EVENTS_COMPLETED,
+                },
+            ),
+        ),
     ),
 )
 
 
-def known_divergence(scenario: str, version: Version) -> KnownDivergence | None:
-    return next((k for k in KNOWN_DIVERGENCES if k.applies(scenario, version)), None)
+def known_divergence(scenario: Scenario | str, version: Version, accel: str | None = None) -> KnownDivergence | None:
+    """The entry for this case, if the bug was seen there (``accel`` None: any accelerator)."""
+    return next((k for k in KNOWN_DIVERGENCES if k.applies(scenario, version, accel)), None)
+
+
+def classify(comparison: Comparison, scenario: Scenario | str, version: Version, accel: str | None) -> None:
+    """Mark ``comparison`` as a known QEMU bug when it matches its entry's signature, or as one whose known
+    bug no longer reproduces when that entry's case now agrees."""
+    known = known_divergence(scenario, version, accel)
+    if known is None:
+        return
+    if comparison.agree:
+        comparison.known_bug_gone = known.gone_message
+    elif not known.problems(comparison):
+        comparison.known_bug = known.reason

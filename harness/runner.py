@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from harness import procutil
 from harness.compare import compare, skip_reason
 from harness.errors import HostEnvironmentError
-from harness.known_bugs import known_divergence
+from harness.known_bugs import classify
 from harness.loader import refuse_host_commands
 from harness.results import HarnessError, Results, Skip, WorkItem, item_log_name, save
 from reference_impl.host import HostFacts
@@ -346,11 +346,11 @@ class _Run:
                 status = f"skip ({reason})"
             else:
                 comparison = compare(good["reference"], good["qemu"], column=target.column)
-                known = known_divergence(scenario.id, target.version)
-                if known is not None and not comparison.agree and not known.problems(comparison):
-                    comparison.known_bug = known.reason
+                classify(comparison, scenario, target.version, good["qemu"].accel)
                 self.results.comparisons.append(comparison)
                 status = "agree" if comparison.agree else ("known QEMU bug" if comparison.known_bug else "DIVERGE")
+                if comparison.known_bug_gone:
+                    status = "agree (known bug no longer reproduces)"
         elif not errors:
             (outcome,) = good.values()
             if outcome.verdict == "skipped":

@@ -95,6 +95,12 @@ def set_capabilities(vm: Machine, request: Mapping[str, bool]) -> str | None:
     """``qmp_migrate_set_capabilities``; see reference_impl.capabilities.apply_capability_request."""
     # migration_is_running() looks at this VM's outgoing migration only (the destination's incoming state
     # does not count: measured, set-capabilities after migrate-incoming reaches migrate_caps_check).
+    # Before 8.1 that lets a destination turn multifd on while its incoming stream already flows. QEMU means
+    # capabilities to stay fixed for the whole migration (qmp_migrate_set_capabilities refuses them while
+    # migration_is_running; 8.1 adds "Multifd must be set before incoming starts" for the incoming side), so
+    # the model lets the running migration go on as it was negotiated. Real 7.2 instead dereferences the
+    # multifd receive state it never set up (multifd_recv_sync_main at the next RAM_SAVE_FLAG_EOS) and dies
+    # with SIGSEGV: a known QEMU bug (harness/known_bugs.py, docs/qemu-bugs.md "8."), not a prediction.
     running = vm.migration is not None
     vm.caps, error = apply_capability_request(vm.version, vm.caps, request, caps_context(vm), migration_running=running)
     return error
@@ -295,25 +301,6 @@ def leave_pending(scene: Scene, vm: Machine) -> None:
         emit(peer, "active")
 
 
-def multifd_on_live_incoming(scene: Scene, vm: Machine) -> None:
-    """7.2: turning multifd on at a destination whose incoming stream already flows makes it crash once the
-    stream goes on (measured on 7.2.22 with a wait step, 3 runs: destination SIGSEGV, exit status -11, no
-    stderr line; the source mostly fails with "Unable to write to socket: Connection reset by peer",
-    once "Broken pipe", once completed). 8.1+ refuses the request instead (rule o); 8.0 is assumed to be
-    like 7.2. Without a wait the executor reads the states before the crash (measured: active/inmigrate)."""
-    m = scene.source.migration
-    if (
-        vm.vn < N8_1
-        and "multifd" in vm.caps
-        and m is not None
-        and m.transport in SOCKET_TRANSPORTS
-        and vm.incoming in SOCKET_TRANSPORTS
-        and vm.runstate == "inmigrate"
-    ):
-        m.failure = ("Unable to write to socket: Connection reset by peer", None)
-        m.peer_exit = (-11, "")
-
-
 def cancel(scene: Scene, vm: Machine) -> str | None:
     """``qmp_migrate_cancel``. Idle: a no-op. Otherwise the source goes cancelling -> cancelled and keeps its
     runstate, and a destination reading the stream exits 1 (measured on both versions).
@@ -385,7 +372,6 @@ def quit_vm(scene: Scene, vm: Machine) -> None:
 # The source's error-desc when the destination drops the connection mid-stream. Racy: "Broken pipe" and
 # "Connection reset by peer" both occur (docs/real-qemu-facts.md#harness-runs); the latter is the more common.
 PEER_RESET = "Unable to write to socket: Connection reset by peer"
-YANK_ABORT = "../../util/yank.c:107: yank_unregister_instance: Assertion `QLIST_EMPTY(&entry->yankfns)' failed."
 RETURN_PATH_CLOSED = "Unable to write to socket: Bad file descriptor"
 # source_process_command (migration/migration.c) on MIG_RP_MSG_SHUT with a non-zero error from the destination.
 SIBLING_ERROR = "Sibling indicated error 1"
@@ -488,10 +474,10 @@ def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | 
     mismatch = _config_mismatch(source, destination)
     if mismatch is not None:
         return mismatch
-    if "mapped-ram" in caps and "x-ignore-shared" in caps:
-        # 10.0.2 sweep 23:07: mapped-ram + x-ignore-shared written to file: the load fails (2 of 2 pairs,
-        # precopy and background-snapshot).
-        return DESTINATION_LOAD_FAILURE
+    # mapped-ram + x-ignore-shared: QEMU means the file to load (ram_save_setup writes each block's GPA, then
+    # its mapped-ram header). Real 10.0.2 fails the load with EINVAL because parse_ramblock returns after
+    # parse_ramblock_mapped_ram without reading the GPA: a known QEMU bug (harness/known_bugs.py,
+    # docs/qemu-bugs.md "9."), not a prediction.
     if "compress" in caps and "compress" not in destination.caps:
         return DESTINATION_LOAD_FAILURE
     if "x-colo" in caps and source.vn >= N8_0:
@@ -572,21 +558,6 @@ def finish(scene: Scene, vm: Machine) -> None:
             f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: colo)"
         )
         return
-    if (m.failure is None and m.postcopy and vm.vn < N8_1 and "postcopy-preempt" in vm.caps
-            and "multifd" in vm.caps and "multifd" in peer.caps and m.transport in SOCKET_TRANSPORTS):
-        # 7.2 multifd + postcopy-preempt after a postcopy switch (docs/qemu-bugs.md §5; sweeps 2026-11-25 23:07
-        # and 23:16, 2 of 2): the destination dies, the source stays postcopy-active / finish-migrate and the
-        # executor's wait times out.
-        for status in ("active", "postcopy-active"):
-            if vm.status != status:
-                emit(vm, status)
-        vm.runstate = "finish-migrate"
-        if peer.alive:
-            _kill(peer, -6, YANK_ABORT)
-        scene.extra["timeout"] = (
-            f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: postcopy-active)"
-        )
-        return
     vm.migration = None
     if m.failure is not None:
         desc, line = m.failure
@@ -628,12 +599,12 @@ def finish(scene: Scene, vm: Machine) -> None:
             return
     emit(peer, "active")
     if m.postcopy and not m.background:
+        # postcopy_ram_listen_thread: postcopy-active -> completed, then migration_incoming_state_destroy.
+        # 7.2 accepts postcopy with multifd (rule e came in 8.1) and means it to complete like any postcopy
+        # (with postcopy-preempt too); real 7.2 aborts the destination in that cleanup
+        # (yank_unregister_instance: the multifd channels' yank functions are still registered): a known QEMU
+        # bug (harness/known_bugs.py, docs/qemu-bugs.md "5."), not a prediction.
         emit(peer, "postcopy-active")
-        if vm.vn < N8_1 and "multifd" in vm.caps and "multifd" in peer.caps:
-            # 7.2 accepts postcopy with multifd (rule e came in 8.1); after a postcopy switch the destination
-            # aborts in cleanup (sweep 23:07, 14 of 14 pairs): the source completed, the destination is gone.
-            _kill(peer, -6, YANK_ABORT)
-            return
     emit(peer, "completed")
     peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
 

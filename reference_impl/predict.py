@@ -126,8 +126,6 @@ def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
             return None
         if action == "set-capabilities":
             error = mig.set_capabilities(vm, step.capabilities)
-            if error is None and vm is scene.destination:
-                mig.multifd_on_live_incoming(scene, vm)
         elif action == "set-parameters":
             error = mig.set_parameters(vm, step.parameters)
         elif action == "start-postcopy":

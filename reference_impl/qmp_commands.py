@@ -109,10 +109,12 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
         return f"unknown migration protocol: {uri}"
     transport = scheme if scheme in URI_SCHEMES else "invalid"
     path_error = None
+    # The path is the scenario's, not the run's: QEMU prints it as given and the model predicts it literally
+    # (harness.compare keeps a path the model wrote, and normalises only the others).
     if scheme == "file" and not os.path.isdir(os.path.dirname(target.split(",")[0]) or "."):
-        path_error = "Could not create '<path>': No such file or directory"
+        path_error = f"Could not create '{target.split(',')[0]}': No such file or directory"
     elif scheme == "unix" and not os.path.exists(target):
-        path_error = "Failed to connect to '<path>': No such file or directory"
+        path_error = f"Failed to connect to '{target}': No such file or directory"
     return mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
 
 

@@ -34,9 +34,14 @@ class Cell:
         return {str(k): str(v) for k, v in note.items()} if isinstance(note, dict) else {}
 
     @property
+    def known_bug_gone(self) -> str | None:
+        """The message of a known QEMU bug that this agreeing case no longer reproduces (harness.known_bugs)."""
+        return self.comparison.known_bug_gone if self.comparison is not None else None
+
+    @property
     def label(self) -> str:
         if self.kind == "agree":
-            return "agree"
+            return "agree (known bug gone)" if self.known_bug_gone else "agree"
         if self.kind == "diverge":
             return "DIVERGE"
         if self.kind == "known-bug":
@@ -132,6 +137,9 @@ def summary_line(matrix: Matrix) -> str:
     parts = [f"{counts['agree']} agree", f"{counts['diverge']} diverge", f"{counts['skip']} skipped"]
     if counts["known-bug"]:
         parts.append(f"{counts['known-bug']} known QEMU bugs")
+    gone = sum(1 for cell in matrix.cells.values() if cell.known_bug_gone)
+    if gone:
+        parts.append(f"{gone} known QEMU bugs no longer reproduce")
     if counts["error"]:
         parts.append(f"{counts['error']} errors")
     if counts["environment"]:

@@ -27,6 +27,8 @@ def _details(scenario: str, column: str, cell: Cell) -> list[str]:
         same_error = "error" not in cell.comparison.differences
         if cell.reference is not None and cell.qemu is not None and same_error and cell.qemu.error:
             lines.append(f"  error (both): {cell.qemu.error}")
+    elif cell.kind == "agree" and cell.known_bug_gone:
+        lines.append(f"KNOWN BUG GONE {scenario} [{column}]: {cell.known_bug_gone}")
     elif cell.kind in ("error", "environment"):
         lines.append(f"{'ERROR' if cell.kind == 'error' else 'ENVIRONMENT ERROR'} {scenario} [{column}]")
         lines.extend(f"  {line}" for line in cell.detail.splitlines())

@@ -36,6 +36,7 @@ td.scenario .desc { font-family: system-ui, sans-serif; color: #666; font-size: 
 .agree { background: #e6f4ea; }
 .diverge { background: #fde7e7; }
 .known-bug { background: #fff4e0; }
+.gone { color: #8a5300; font-weight: bold; }
 .known-bug .tag { color: #8a5300; }
 .skip { background: #f1f1f1; color: #555; }
 .error, .not-run { background: #fff1d6; }
@@ -153,6 +154,8 @@ def _cell_body(cell: Cell) -> str:
     if kind == "agree":
         outcome = cell.qemu or cell.reference
         body = _outcome_lines(outcome) if outcome else ""
+        if cell.known_bug_gone:
+            body = f'<div class="gone">{escape(cell.known_bug_gone)}</div>{body}'
         return f'<td class="agree"><span class="tag">agree</span>{body}</td>'
     if kind == "diverge":
         return f'<td class="diverge"><span class="tag">DIVERGE</span>{_sides_table(cell)}</td>'
@@ -196,9 +199,11 @@ def _jump_list(matrix: Matrix) -> str:
     for scenario in matrix.scenarios:
         for column in matrix.columns:
             cell = matrix.cell(scenario, column)
-            if cell is not None and cell.kind in ("diverge", "error", "environment", "not-run"):
+            attention = ("diverge", "error", "environment", "not-run")
+            if cell is not None and (cell.kind in attention or cell.known_bug_gone):
                 label = f"{scenario} [{column}]"
-                links.append(f'<a class="{cell.kind}" href="#{escape(scenario)}">{escape(label)}</a>')
+                kind = cell.kind if not cell.known_bug_gone else "known-bug"
+                links.append(f'<a class="{kind}" href="#{escape(scenario)}">{escape(label)}</a>')
     if not links:
         return ""
     return f'<p class="jump"><b>attention:</b> {" ".join(links)}</p>'

@@ -2,9 +2,10 @@
 
 A divergence is a ``failure`` whose text shows both sides' exact messages; a harness error or an item an
 interrupted run never finished is an ``error`` (``type`` ``harness`` or ``not-run``), a host failure an
-``error`` of type ``environment``; a skip carries its reason. An item whose logs were kept has a
-``logs`` property and a ``logs:`` line in its system-out; a QEMU that ``quit`` did not end, a
-``shutdown`` line there too.
+``error`` of type ``environment``; a skip carries its reason. A known QEMU bug is a ``skipped`` of type
+``known-qemu-bug``; a known bug that no longer reproduces passes (QEMU is right) with a ``known-bug-gone``
+property and its message in ``system-out``. An item whose logs were kept has a ``logs`` property and a
+``logs:`` line in its system-out; a QEMU that ``quit`` did not end, a ``shutdown`` line there too.
 """
 
 from __future__ import annotations
@@ -77,15 +78,20 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
             elif cell.kind == "not-run":
                 ET.SubElement(case, "error", message=f"not run: {cell.detail}", type="not-run")
             lines = []
+            if cell.known_bug_gone:
+                lines.append(cell.known_bug_gone)
             if cell.kind == "outcome":
                 lines.append(f"reference: {_side(cell.reference)}\nqemu:      {_side(cell.qemu)}")
             lines.extend(f"shutdown ({side}): {note}" for side, note in cell.shutdown.items())
+            # Properties come first in a testcase (the JUnit schema's order), system-out last.
+            properties = ET.Element("properties")
+            if cell.known_bug_gone:
+                ET.SubElement(properties, "property", name="known-bug-gone", value=cell.known_bug_gone)
             if cell.logs:
-                # Properties come first in a testcase (the JUnit schema's order), system-out last.
-                properties = ET.Element("properties")
                 ET.SubElement(properties, "property", name="logs", value=cell.logs)
-                case.insert(0, properties)
                 lines.append(f"logs: {cell.logs}")
+            if len(properties):
+                case.insert(0, properties)
             if lines:
                 ET.SubElement(case, "system-out").text = "\n".join(lines)
     ET.indent(suites)

@@ -2,8 +2,9 @@
 
 Runs through the same runner as ``migconform run`` (one item per test, so ``pytest -n 2`` spreads the
 suite over workers). A divergence fails with both sides' values; a skip names its reason. A divergence
-listed in harness/known_bugs.py (a documented QEMU bug) must still be there, and only in the fields the bug
-explains; it is then an expected failure.
+listed in harness/known_bugs.py (a documented QEMU bug) must still be there and match the bug's signature
+(versions, accelerator, the values real QEMU produced); it is then an expected failure. A known bug that no
+longer reproduces fails the test, so that its entry is removed (``migconform run`` only reports it).
 
 VFIO scenarios need a device: with ``MIGCONFORM_VFIO_PROVIDER=mtty`` they run in the mtty lab (one batch
 per worker), otherwise their real side is skipped with the executor's reason.
@@ -37,8 +38,11 @@ def test_conformance(conformance_case: tuple[Scenario, Target], vfio_batch: Call
     if results.skips:
         pytest.skip(results.skips[0].reason)
     assert len(results.comparisons) == 1, report
-    known = known_divergence(scenario.id, target.version)
+    accel = next((o.accel for o in results.outcomes if o.backend == "qemu"), None)
+    known = known_divergence(scenario, target.version, accel)
     if known is not None:
+        # An agreeing case fails here with "known bug no longer reproduces" so that the entry gets removed;
+        # a divergence that does not match the bug's signature fails with what does not match.
         problems = known.problems(results.comparisons[0])
         assert not problems, "\n".join(problems) + f"\n{report}"
         pytest.xfail(f"known QEMU bug: {known.reason}")

@@ -33,8 +33,9 @@ def test_vfio_host_names_become_the_model_placeholders() -> None:
 
 def test_generic_host_parts() -> None:
     assert normalise(f"{UUID}: gone") == "<uuid>: gone"
+    # a guest-side PCI address is QEMU's slot assignment, which the model predicts: kept literally
     assert normalise("State blocked by non-migratable device '0000:00:04.0/nvme'") == (
-        "State blocked by non-migratable device '<pci>/nvme'"
+        "State blocked by non-migratable device '0000:00:04.0/nvme'"
     )
     assert normalise("Failed to connect to '127.0.0.1:40123': Connection refused") == (
         "Failed to connect to '127.0.0.1:<port>': Connection refused"
@@ -47,6 +48,41 @@ def test_generic_host_parts() -> None:
     assert normalise("(blk/-b, inc/-i) block migration") == "(blk/-b, inc/-i) block migration"
     assert normalise("<vfio0>: x") == "<vfio0>: x"
     assert normalise(None) is None
+
+
+def test_guest_side_pci_slot_predicted_differently_diverges() -> None:
+    # The q35 slot of an emulated device is QEMU's logic (reference_impl/machine.py predicts it): a model that
+    # predicts slot 01 where QEMU put the device in slot 02 is wrong, and the comparison must say so.
+    ref = outcome("reference", error="State blocked by non-migratable device '0000:00:01.0/nvme'")
+    qemu = outcome("qemu", error="State blocked by non-migratable device '0000:00:02.0/nvme'")
+    result = compare(ref, qemu)
+    assert not result.agree
+    assert result.differences == {"error": [ref.error, qemu.error]}
+    # the same slot agrees
+    assert compare(ref, outcome("qemu", error=ref.error)).agree
+
+
+def test_a_path_the_model_predicts_is_compared_literally() -> None:
+    # A scenario's own URI path is not the host's: the model predicts it, and another path is a divergence.
+    ref = outcome("reference", error="Could not create '/nonexistent-migconform/x': No such file or directory")
+    assert compare(ref, outcome("qemu", error=ref.error)).agree
+    other = outcome("qemu", error="Could not create '/nonexistent-migconform/y': No such file or directory")
+    result = compare(ref, other)
+    assert not result.agree
+    assert result.differences["error"] == [ref.error, "Could not create '<path>': No such file or directory"]
+    # where the model wrote the placeholder (a path of the run it cannot know), any path agrees
+    placeholder = outcome("reference", error="Failed to connect to '<path>': Connection refused")
+    qemu = outcome("qemu", error="Failed to connect to '/tmp/mc-x1/sock': Connection refused")
+    assert compare(placeholder, qemu).agree
+    assert normalise("open '/a/b' and '/c/d'", keep_paths=["/a/b"]) == "open '/a/b' and '<path>'"
+
+
+def test_host_vfio_address_is_still_normalised() -> None:
+    # A host VFIO device's PCI address is the host's: the executor records it and the model uses a placeholder.
+    ref = outcome("reference", error="<vfio0>: VFIO migration is not supported with postcopy migration")
+    qemu = outcome("qemu", error="0000:3b:00.1: VFIO migration is not supported with postcopy migration")
+    qemu.extra["vfio_names"] = {"vfio0": "0000:3b:00.1"}
+    assert compare(ref, qemu).agree
 
 
 def test_agreement_after_normalisation() -> None:

@@ -103,7 +103,6 @@ def test_postcopy(version: str, source_events: list[str]) -> None:
     assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
     assert outcome.events is not None
     assert outcome.events["source"] == source_events
-    assert outcome.events["destination"] == ["setup", "active", "postcopy-active", "completed"]
 
 
 def test_start_postcopy_preconditions() -> None:
@@ -185,12 +184,12 @@ def test_destination_caps_after_incoming() -> None:
     # real 10.0.2 #caps-check: multifd on the destination after migrate-incoming is refused; 7.2.22 accepts.
     plan = (Step("migrate"), Step("set-capabilities", side="destination", capabilities={"multifd": True}))
     assert steps(*plan).error == "Multifd must be set before incoming starts"
-    # real 7.2.22 (docs/real-qemu-facts.md#harness-runs): accepted; with a wait the destination crashes
+    # real 7.2.22 (docs/real-qemu-facts.md#harness-runs): accepted. With a wait the real destination crashes
+    # (SIGSEGV), a known QEMU bug: the model predicts the intended completion
+    # (test_7_2_multifd_set_on_a_live_destination_does_not_change_the_running_migration).
     outcome = steps(*plan, Step("wait"), version="7.2")
-    assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "failed", "migration", "Unable to write to socket: Connection reset by peer")
-    assert outcome.destination is None
-    # without a wait the states are read before the crash
+    assert (outcome.verdict, outcome.stage, outcome.error) == ("completed", None, None)
+    # without a wait the states are read while the migration runs
     assert states(steps(*plan, version="7.2"))[1] == ("active", "inmigrate")
 
 
@@ -423,11 +422,19 @@ def test_stream_load_failures() -> None:
         assert outcome.error == f"destination QEMU exited with status 1: load of migration failed: {line}"
         assert states(outcome) == (("completed", "postmigrate"), None)
     # background-snapshot + mapped-ram: the load failed with EPERM in 3 of 6 runs (a race, docs/qemu-bugs.md): the
-    # model predicts completion. With x-ignore-shared it failed with EINVAL in 2 of 2 (sweep 2026-11-25 23:07).
+    # model predicts completion.
     assert mig("10.0", capabilities={"mapped-ram": True}, mode="background-snapshot").verdict == "completed"
-    for mode in ("precopy", "background-snapshot"):
-        outcome = mig("10.0", capabilities={"mapped-ram": True, "x-ignore-shared": True}, transport="file", mode=mode)
-        assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
+
+
+@pytest.mark.parametrize("mode", ["precopy", "background-snapshot"])
+def test_mapped_ram_with_ignore_shared_means_to_load(mode: str) -> None:
+    # Intended behaviour, not real 10.0.2: ram_save_setup writes each block's GPA (x-ignore-shared) before its
+    # mapped-ram header, and parse_ramblock is meant to read what was written. Real 10.0.2 returns early after
+    # parse_ramblock_mapped_ram and fails the load with EINVAL (sweep 2026-11-25 23:07, 2 of 2): a known QEMU
+    # bug (docs/qemu-bugs.md "9."), so the model must not predict the failure.
+    outcome = mig("10.0", capabilities={"mapped-ram": True, "x-ignore-shared": True}, transport="file", mode=mode)
+    assert (outcome.verdict, outcome.error) == ("completed", None)
+    assert outcome.destination is not None and outcome.destination.status == "completed"
 
 
 def test_sweep_2026_11_25_rules() -> None:
@@ -448,13 +455,6 @@ def test_sweep_2026_11_25_rules() -> None:
     outcome = mig("7.2", capabilities={"x-colo": True, "return-path": True})
     assert (outcome.error, states(outcome)) == (
         "RP: Received invalid message 0x0000 length 0x0000", (("failed", "running"), ("colo", "running")))
-    # 7.2.22 multifd + postcopy switch: the destination aborts in cleanup.
-    outcome = mig("7.2", capabilities={"multifd": True, "postcopy-ram": True, "events": True}, mode="postcopy")
-    assert outcome.error == ("destination QEMU exited with status -6: ../../util/yank.c:107: yank_unregister_instance:"
-                             " Assertion `QLIST_EMPTY(&entry->yankfns)' failed.")
-    assert states(outcome) == (("completed", "postmigrate"), None)
-    assert outcome.events is not None
-    assert outcome.events["source"] == ["setup", "active", "postcopy-active", "completed"]
     # 10.0.2 return path over file: fails at switchover (events through device); with switchover-ack the source
     # waits in active for the ack.
     outcome = mig("10.0", capabilities={"return-path": True, "events": True}, transport="file")
@@ -467,11 +467,31 @@ def test_sweep_2026_11_25_rules() -> None:
     assert (outcome.verdict, states(outcome)[0]) == ("completed", ("pre-switchover", "finish-migrate"))
 
 
-def test_7_2_multifd_preempt_postcopy_hangs() -> None:
-    # real 7.2.22, sweeps 2026-11-25 23:07 and 23:16 (2 of 2): the destination is gone, the source stays in
-    # postcopy-active / finish-migrate until the wait bound.
-    outcome = mig("7.2", capabilities={"multifd": True, "postcopy-preempt": True, "postcopy-ram": True},
-                  mode="postcopy")
-    assert (outcome.verdict, outcome.error) == (
-        "failed", "timed out after 60 s waiting for the source migration to end (last seen: postcopy-active)")
-    assert states(outcome) == (("postcopy-active", "finish-migrate"), None)
+@pytest.mark.parametrize("preempt", [False, True])
+def test_7_2_postcopy_with_multifd_means_to_complete(preempt: bool) -> None:
+    # Intended behaviour, not real 7.2.22: 7.2 accepts postcopy-ram + multifd (rule e came in 8.1) and
+    # postcopy_ram_listen_thread completes the incoming side before migration_incoming_state_destroy. Real 7.2.22
+    # aborts the destination in that cleanup (yank_unregister_instance): a known QEMU bug (harness/known_bugs.py,
+    # docs/qemu-bugs.md "5."), so the model must not predict the abort.
+    caps = {"multifd": True, "postcopy-ram": True, "events": True}
+    if preempt:
+        caps["postcopy-preempt"] = True
+    outcome = mig("7.2", capabilities=caps, mode="postcopy")
+    assert (outcome.verdict, outcome.error) == ("completed", None)
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
+    assert outcome.events is not None
+    assert outcome.events["source"] == ["setup", "active", "postcopy-active", "completed"]
+
+
+def test_7_2_multifd_set_on_a_live_destination_does_not_change_the_running_migration() -> None:
+    # Intended behaviour, not real 7.2.22: 7.2 accepts the request (migration_is_running looks at the outgoing
+    # side only), but capabilities are meant to stay fixed for a running migration. Real 7.2.22 dies with
+    # SIGSEGV in multifd_recv_sync_main: a known QEMU bug (docs/qemu-bugs.md "8."), not a prediction.
+    outcome = steps(
+        Step("migrate"),
+        Step("set-capabilities", side="destination", capabilities={"multifd": True}),
+        Step("wait"),
+        version="7.2",
+    )
+    assert (outcome.verdict, outcome.error) == ("completed", None)
+    assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))

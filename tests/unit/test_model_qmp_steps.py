@@ -115,15 +115,15 @@ def test_raw_migrate_uris() -> None:
     outcome = run(qmp("migrate", uri="bogus:x"), version="7.2")
     assert (outcome.error, states(outcome)[0]) == (
         "Parameter 'uri' expects a valid migration protocol", ("failed", "running"))
-    # fail-file-unwritable (10.0.2): refused@qmp, source failed.
+    # fail-file-unwritable (10.0.2): refused@qmp, source failed. The path is the scenario's: predicted literally.
     outcome = run(qmp("migrate", uri="file:/nonexistent-migconform/x"), Step("wait"))
     assert (outcome.stage, outcome.error, states(outcome)[0]) == (
-        "qmp", "Could not create '<path>': No such file or directory", ("failed", "running"))
+        "qmp", "Could not create '/nonexistent-migconform/x': No such file or directory", ("failed", "running"))
     # fail-unix-no-listener (both): accepted, then the connect fails.
     for version in ("10.0", "7.2"):
         outcome = run(qmp("migrate", uri="unix:/nonexistent-migconform/sock"), Step("wait"), version=version)
         assert (outcome.verdict, outcome.error) == (
-            "failed", "Failed to connect to '<path>': No such file or directory")
+            "failed", "Failed to connect to '/nonexistent-migconform/sock': No such file or directory")
 
 
 @pytest.mark.parametrize(("version", "status", "events"), [("10.0", "setup", []), ("7.2", "none", ["setup"])])
