@@ -58,6 +58,7 @@ PROBE_LAUNCH_TIMEOUT_S = 20.0
 LINUX_BOOT_MARKER = b"migconform guest up"
 LINUX_BOOT_BOUND_S = 8.0
 LINUX_BOOT_MEMORY = "128M"
+CONSOLE_TAIL_BYTES = 4000  # enough for a kernel panic's header and its stack trace
 # Bump when the probe's method changes, so answers kept on disk by an older method are not reused.
 LINUX_BOOT_METHOD = 1
 
@@ -400,7 +401,7 @@ async def boot_to_init(
             what = f"the boot failed: {exc}"
         finally:
             await vm.shutdown()
-        tail = console.read_bytes()[-600:].decode(errors="replace") if console.exists() else ""
+        tail = console.read_bytes()[-CONSOLE_TAIL_BYTES:].decode(errors="replace") if console.exists() else ""
         return reached, what, tail
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -295,7 +295,10 @@ def test_qemu_dies_with_its_starter(qemu_binary: QemuBinary, signal_name: str) -
 
 
 def test_probe_reads_what_the_binary_has(qemu_binary: QemuBinary) -> None:
-    from harness.probe import format_qemus, host_facts, probe_binary, probe_host
+    """What the binary has, by version; what the host has is another matter (KVM, -cpu, Linux boot): the
+    probe's answer there is checked against the test's own look in tests/qemu/test_probes.py, never against
+    the host this was written on."""
+    from harness.probe import choose_accel, format_qemus, probe_binary, probe_host
 
     probe = probe_binary(qemu_binary)
     assert probe.error is None
@@ -307,16 +310,15 @@ def test_probe_reads_what_the_binary_has(qemu_binary: QemuBinary) -> None:
     # vfio-pci's migration switch: x-enable-migration (bool) until 8.0, enable-migration (OnOffAuto) from 8.1
     expected = "enable-migration" if qemu_binary.version >= Version(8, 1) else "x-enable-migration"
     assert expected in probe.vfio_pci_properties
-    host = probe_host()
-    if host.pvm and probe.kvm.usable:
-        # PVM KVM: plain -cpu host aborts on IA32_ARCH_CAPABILITIES (MSR 0x10a); without it KVM runs.
-        assert probe.kvm.cpu == "host,-arch-capabilities"
-        assert probe.kvm.attempts[0][0] == "host" and probe.kvm.attempts[0][1] != "ok"
-        assert probe.kvm.boots_linux is False
-        assert host_facts(qemu_binary, "auto").kvm is False  # auto prefers TCG on PVM
-        assert host_facts(qemu_binary, "kvm").kvm is True
+    # `migconform qemus` shows what the probes found, whatever it is on this host.
     table = format_qemus([qemu_binary])
     assert str(qemu_binary.version) in table and qemu_binary.path in table
+    assert f"KVM: {probe.kvm.reason}" in table
+    for cpu, result in probe.kvm.attempts:
+        assert f"-cpu {cpu}: {result}" in table
+    auto, why = choose_accel("auto", probe, probe_host())
+    assert f"accel auto -> {auto}: {why}" in table
+    assert "boots Linux under KVM: " in table
 
 
 def test_a_qemu_that_stops_answering_is_still_ended(qemu_binary: QemuBinary) -> None:
