@@ -387,7 +387,7 @@ async def boot_to_init(
             await vm.qmp("cont")
             started = time.monotonic()
             while True:
-                if LINUX_BOOT_MARKER in console.read_bytes():
+                if console.exists() and LINUX_BOOT_MARKER in console.read_bytes():
                     reached, what = True, f"the kernel reached its init in {time.monotonic() - started:.1f} s"
                     break
                 if not vm.is_alive:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,6 +144,27 @@ def test_linux_boot_probe_agrees_with_a_boot_of_its_own(qemu_binary: QemuBinary,
     assert linux.boots == reached, (linux, how)
     expected = ("kvm", probe.kvm.cpu) if reached else ("tcg", "max")
     assert guest_accel(spec, probe, probe_host()) == expected
+
+
+def test_linux_boot_answer_is_kept_for_the_next_process(qemu_binary: QemuBinary) -> None:
+    """Another process on the same host boot (a pytest worker, the next `migconform run`) reads the answer from
+    disk instead of paying the bound again, and gets the same answer."""
+    linux = probe_linux_boot(qemu_binary)
+    if linux.boots is None or linux.detail.startswith("KVM is not usable"):
+        assert not linux.from_disk  # nothing was booted, so nothing is kept
+        return
+    code = (
+        "import json, sys\n"
+        "from harness.binaries import load_binary\n"
+        "from harness.probe import probe_linux_boot\n"
+        "answer = probe_linux_boot(load_binary(sys.argv[1]))\n"
+        "print(json.dumps([answer.boots, answer.detail, answer.from_disk]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, qemu_binary.path], capture_output=True, text=True, timeout=OWN_RUN_BOUND_S
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [linux.boots, linux.detail, True]
 
 
 def test_boot_to_init_sees_the_guest_reach_its_init(qemu_binary: QemuBinary) -> None:
