@@ -17,12 +17,25 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from harness.errors import BinaryError
+from harness.errors import BinaryError, HostEnvironmentError
 from reference_impl.versions import Version
 
 QEMU_PROGRAM = "qemu-system-x86_64"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSION_TIMEOUT_S = 10.0
+
+
+class BinaryRunError(BinaryError, HostEnvironmentError):
+    """A QEMU binary that exists but does not answer ``--version`` (it crashes, exits non-zero, hangs, or prints
+    no version): the host cannot test it. A :class:`BinaryError` for callers that check the path, and a
+    :class:`HostEnvironmentError` for the run's accounting, so it is never mistaken for QEMU's answer."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.what = f"QEMU binary {path}"
+        self.detail = problem
+        Exception.__init__(self, f"{path}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -108,13 +121,13 @@ def _version_of(path: str, env_items: tuple[tuple[str, str], ...]) -> str:
     except PermissionError:
         raise BinaryError(path, "not executable") from None
     except subprocess.TimeoutExpired:
-        raise BinaryError(path, f"--version did not answer within {VERSION_TIMEOUT_S:g} s") from None
+        raise BinaryRunError(path, f"--version did not answer within {VERSION_TIMEOUT_S:g} s") from None
     except OSError as exc:
-        raise BinaryError(path, f"cannot run: {exc.strerror or exc}") from None
+        raise BinaryRunError(path, f"cannot run: {exc.strerror or exc}") from None
     first = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
     if result.returncode != 0 or "version" not in first.lower():
         detail = (result.stderr or result.stdout).strip().splitlines()
-        raise BinaryError(path, f"--version failed (status {result.returncode}): {detail[-1] if detail else ''}")
+        raise BinaryRunError(path, f"--version failed (status {result.returncode}): {detail[-1] if detail else ''}")
     return first
 
 
@@ -145,7 +158,7 @@ def load_binary(
     try:
         version = Version.parse(text)
     except ValueError:
-        raise BinaryError(str(p), f"cannot read a version from {text!r}") from None
+        raise BinaryRunError(str(p), f"cannot read a version from {text!r}") from None
     where = f", {origin}" if origin else ""
     return QemuBinary(
         path=str(p),
@@ -178,9 +191,10 @@ def _candidates() -> list[tuple[str, str]]:
 def discover_binaries(*, strict: bool = False) -> list[QemuBinary]:
     """The QEMU binaries migconform tests by default, deduplicated by real path, in discovery order.
 
-    A candidate that cannot be used is skipped, unless ``strict`` (then its :class:`BinaryError` is
-    raised) or it was named explicitly in ``$QEMU_BINARY`` (a user's explicit choice must not vanish
-    silently).
+    A candidate path that is not a usable file is skipped, unless ``strict`` (then its :class:`BinaryError`
+    is raised) or it was named explicitly in ``$QEMU_BINARY`` (a user's explicit choice must not vanish
+    silently). A candidate that exists but fails ``--version`` (:class:`BinaryRunError`) is always raised:
+    dropping it would shrink the run without anyone noticing.
     """
     seen: set[str] = set()
     found: list[QemuBinary] = []
@@ -190,8 +204,8 @@ def discover_binaries(*, strict: bool = False) -> list[QemuBinary]:
             continue
         try:
             binary = load_binary(path, origin=origin)
-        except BinaryError:
-            if strict or origin == "QEMU_BINARY":
+        except BinaryError as exc:
+            if strict or origin == "QEMU_BINARY" or isinstance(exc, HostEnvironmentError):
                 raise
             continue
         seen.add(real)

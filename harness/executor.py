@@ -54,9 +54,11 @@ from harness.probe import (
     PROBE_LAUNCH_TIMEOUT_S,
     BinaryProbe,
     HostProbe,
+    LinuxBootProbe,
     choose_accel,
     probe_binary,
     probe_host,
+    probe_linux_boot,
     userfaultfd_for,
 )
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
@@ -186,13 +188,25 @@ class GuestCheck:
 GuestHook = Callable[[GuestCheck], Awaitable[None]]
 
 
-def guest_accel(spec: VmSpec, probe: BinaryProbe, host: HostProbe) -> tuple[str, str | None]:
-    """Accelerator and CPU model for a VM that boots the guest image: KVM only where harness.probe does not
-    rule out booting Linux with it (a PVM KVM runs firmware but cannot boot a stock kernel), else TCG with
-    ``-cpu max`` (the features TCG emulates; both QEMU versions accept it). An explicit [vm] accel wins."""
+def guest_accel(
+    spec: VmSpec,
+    probe: BinaryProbe,
+    host: HostProbe,
+    linux_boot: Callable[[QemuBinary], LinuxBootProbe] = probe_linux_boot,
+) -> tuple[str, str | None]:
+    """Accelerator and CPU model for a VM that boots the guest image: KVM (with the probe's -cpu) only where
+    harness.probe booted the guest image's kernel to its init under KVM (``linux_boot``), else TCG with
+    ``-cpu max`` (the features TCG emulates; both QEMU versions accept it). Not probed is not yes: a KVM that
+    cannot boot Linux would hang the guest until the boot timeout. An explicit [vm] accel wins.
+
+    Blocking: the first call on a host may boot a VM for up to harness.probe.LINUX_BOOT_BOUND_S; call it from a
+    thread. ``host`` is not consulted (whatever the host's KVM is, the boot probe says what it does)."""
+    del host
     if spec.accel != "auto":
         return spec.accel, None
-    if probe.kvm.usable and not host.pvm and probe.kvm.boots_linux is not False and probe.kvm.cpu is not None:
+    if not probe.kvm.usable or probe.kvm.cpu is None:
+        return "tcg", "max"
+    if linux_boot(probe.binary).boots is True:
         return "kvm", probe.kvm.cpu
     return "tcg", "max"
 
@@ -709,7 +723,7 @@ async def execute(
         # A scenario that requires KVM means its VMs to run on it, even when auto would pick TCG here.
         requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
         if guest_spec is not None and requested == "auto":
-            guest_accelerator, guest_cpu = guest_accel(spec, probe, host)
+            guest_accelerator, guest_cpu = await asyncio.to_thread(guest_accel, spec, probe, host)
             accels.append(guest_accelerator)
             cpus.append(guest_cpu)
             continue

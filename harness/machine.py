@@ -44,10 +44,18 @@ QMP_LOGGER = "qemu.qmp.protocol.migconform"
 logging.getLogger(QMP_LOGGER).setLevel(logging.CRITICAL)
 
 
+# Unix socket paths must fit sun_path (108 bytes with its NUL); our socket names are at most this long.
+SOCKET_PATH_MAX = 107
+SOCKET_NAME_ALLOWANCE = 32
+
+
 def private_dir(prefix: str = "migconform-") -> Path:
-    """A fresh 0700 folder in the system temp dir for sockets (Unix socket paths must stay < 108 bytes,
-    which a deep pytest or --workdir path would break)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+    """A fresh 0700 folder for sockets, in the system temp dir when socket paths under it fit sun_path, else
+    in /tmp: a deep TMPDIR (a CI workspace, a pytest tmp_path) must not turn into "AF_UNIX path too long"."""
+    base = tempfile.gettempdir()
+    if len(base) + len(prefix) + 10 + SOCKET_NAME_ALLOWANCE > SOCKET_PATH_MAX and os.path.isdir("/tmp"):
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
 def _option_prefixes(argv: Sequence[str]) -> list[str]:

@@ -1,25 +1,36 @@
 """What this host and each QEMU binary can really do: probed, never assumed.
 
 The model predicts from explicit host facts (reference_impl.host.HostFacts) and the executor skips a
-scenario whose ``requires`` the host cannot meet, so both need the truth about *this* machine:
+scenario whose ``requires`` the host cannot meet, so both need the truth about *this* machine, which
+differs from the next one (docs/real-qemu-facts.md, "Probes"):
 
 - per host: userfaultfd (syscall, and /dev/userfaultfd, which QEMU 10 tries first and 7.2 never uses),
   UFFD write-protect (UFFDIO_API's feature word, what QEMU's background-snapshot check reads), KVM
-  (/dev/kvm and whether it is PVM, the paravirtual KVM that cannot boot a stock Linux guest);
+  (/dev/kvm, and whether it is PVM: the paravirtual KVM whose quirks made the CPU model a probe);
 - per binary: version, migration capabilities, device types (qom-list-types), vfio-pci's properties, and
-  whether KVM runs a paused/firmware-only VM (the executor's VMs have no guest OS) and with which -cpu.
+  whether KVM runs a paused/firmware-only VM (the executor's VMs have no guest OS) and with which -cpu;
+- per binary, on demand (:func:`probe_linux_boot`): whether KVM boots the guest image's Linux kernel to
+  its init, decided from what a bounded boot prints on the console.
 
-Results are cached per binary (path + environment + arguments) for the life of the process; a probe
-launches at most three short QEMUs.
+A binary whose own probe fails (it crashes, exits, or never offers QMP) raises
+:class:`harness.errors.HostEnvironmentError`: the binary cannot be tested here, which is not QEMU's answer
+to a scenario. Results are cached per binary (path + environment + arguments) for the life of the process;
+the Linux boot's answer is also kept on disk per binary, host boot and guest image, since on a KVM that
+cannot boot Linux it costs the whole bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
+import fcntl
+import hashlib
+import json
 import os
 import platform
+import shutil
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -27,18 +38,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.binaries import QemuBinary
-from harness.errors import MigconformError, QemuLaunchError
-from harness.machine import QemuMachine
+from harness.binaries import QemuBinary, cache_dir
+from harness.errors import HostEnvironmentError, MigconformError, QemuLaunchError
+from harness.machine import QemuMachine, private_dir
 from reference_impl.host import HostFacts
 
 T = TypeVar("T")
 
-# -cpu models tried under KVM, in order. "host" is what a KVM user expects; on this machine's PVM KVM it
-# aborts ("failed to set MSR 0x10a": the IA32_ARCH_CAPABILITIES MSR), and "host,-arch-capabilities" works.
+# -cpu models tried under KVM, in order; the first that runs wins. "host" is what a KVM user expects; on some
+# PVM KVM hosts it aborts ("failed to set MSR 0x10a": the IA32_ARCH_CAPABILITIES MSR), and then
+# "host,-arch-capabilities" may work. Which one a host takes is only ever known from the attempts.
 KVM_CPU_CANDIDATES = ("host", "host,-arch-capabilities")
 KVM_RUN_CHECK_S = 0.3
 PROBE_LAUNCH_TIMEOUT_S = 20.0
+
+# The Linux boot probe: the guest image's /init prints this line once the kernel has handed over to userspace
+# (images/guest/init). A KVM that boots Linux gets there in about a second; the bound only has to be far above
+# that, since missing it costs nothing worse than TCG for guest VMs.
+LINUX_BOOT_MARKER = b"migconform guest up"
+LINUX_BOOT_BOUND_S = 8.0
+LINUX_BOOT_MEMORY = "128M"
+CONSOLE_TAIL_BYTES = 4000  # enough for a kernel panic's header and its stack trace
+# Bump when the probe's method changes, so answers kept on disk by an older method are not reused.
+LINUX_BOOT_METHOD = 1
 
 # Linux uapi (include/uapi/linux/userfaultfd.h), x86_64
 SYS_USERFAULTFD = 323
@@ -73,15 +95,28 @@ class HostProbe:
 
 @dataclass(frozen=True)
 class KvmProbe:
-    """Whether KVM runs this binary's firmware-only VM, with which -cpu, and whether it can boot Linux."""
+    """Whether KVM runs this binary's firmware-only VM, and with which -cpu."""
 
     usable: bool
     cpu: str | None
     reason: str
-    # None = not probed (no kernel image was given); False when known impossible (PVM host).
-    boots_linux: bool | None
-    boots_linux_detail: str
-    attempts: tuple[tuple[str, str], ...] = ()  # (-cpu, result)
+    attempts: tuple[tuple[str, str], ...] = ()  # (-cpu, result), in KVM_CPU_CANDIDATES order
+
+
+@dataclass(frozen=True)
+class LinuxBootProbe:
+    """Whether KVM boots the guest image's Linux kernel to its init with the KVM probe's -cpu.
+
+    ``boots`` is None when it was not probed (then ``detail`` starts with "not probed:" and says why), never
+    a guess. ``console`` is the tail of what the guest printed, the evidence for the answer.
+    """
+
+    boots: bool | None
+    detail: str
+    cpu: str | None = None
+    console: str = ""
+    seconds: float = 0.0
+    from_disk: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +126,7 @@ class BinaryProbe:
     device_types: frozenset[str]
     vfio_pci_properties: tuple[str, ...]
     kvm: KvmProbe
-    error: str | None = None  # the probe VM itself failed (then the lists are empty)
+    error: str | None = None  # the probe VM itself failed: probe_binary raises HostEnvironmentError
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -181,7 +216,7 @@ def probe_host() -> HostProbe:
         elif not kvm_device:
             kvm_detail = "/dev/kvm is not readable and writable by this user"
         elif pvm:
-            kvm_detail = "/dev/kvm is PVM (kvm_pvm): paravirtual KVM, runs firmware but not a stock Linux guest"
+            kvm_detail = "/dev/kvm is PVM (kvm_pvm): paravirtual KVM"
         else:
             kvm_detail = "/dev/kvm present"
         _host_cache = HostProbe(
@@ -264,12 +299,8 @@ async def _kvm_runs(binary: QemuBinary, cpu: str, launch_timeout: float) -> str:
 
 
 async def _probe_kvm(binary: QemuBinary, host: HostProbe, launch_timeout: float) -> KvmProbe:
-    if host.pvm:
-        linux, linux_detail = False, "PVM KVM cannot boot a stock Linux guest (vfio-mtty-lab.md §6): not attempted"
-    else:
-        linux, linux_detail = None, "not probed (needs a kernel image)"
     if not host.kvm_device:
-        return KvmProbe(False, None, host.kvm_detail, False, "no usable /dev/kvm")
+        return KvmProbe(False, None, host.kvm_detail)
     attempts: list[tuple[str, str]] = []
     for cpu in KVM_CPU_CANDIDATES:
         result = await _kvm_runs(binary, cpu, launch_timeout)
@@ -278,9 +309,9 @@ async def _probe_kvm(binary: QemuBinary, host: HostProbe, launch_timeout: float)
             reason = f"runs a firmware-only VM with -cpu {cpu}"
             if host.pvm:
                 reason += " (PVM)"
-            return KvmProbe(True, cpu, reason, linux, linux_detail, tuple(attempts))
+            return KvmProbe(True, cpu, reason, tuple(attempts))
     why = "; ".join(f"-cpu {cpu}: {result}" for cpu, result in attempts)
-    return KvmProbe(False, None, f"KVM cannot run a firmware-only VM: {why}", False, linux_detail, tuple(attempts))
+    return KvmProbe(False, None, f"KVM cannot run a firmware-only VM: {why}", tuple(attempts))
 
 
 async def _probe(binary: QemuBinary, launch_timeout: float) -> BinaryProbe:
@@ -290,6 +321,13 @@ async def _probe(binary: QemuBinary, launch_timeout: float) -> BinaryProbe:
         _probe_tcg(binary, launch_timeout), _probe_kvm(binary, host, launch_timeout)
     )
     return BinaryProbe(binary, caps, types, vfio_props, kvm, error, round(time.monotonic() - started, 3))
+
+
+def _failed(probe: BinaryProbe) -> HostEnvironmentError:
+    return HostEnvironmentError(
+        f"probing QEMU binary {probe.binary.path}",
+        f"a TCG VM with QMP (query-migrate-capabilities, qom-list-types) failed: {probe.error}",
+    )
 
 
 _binary_locks: dict[tuple[Any, ...], threading.Lock] = {}
@@ -305,34 +343,185 @@ def probe_binary(binary: QemuBinary, launch_timeout: float = PROBE_LAUNCH_TIMEOU
     """Everything :mod:`harness.probe` knows about ``binary`` (cached; concurrent callers share one probe).
 
     ``launch_timeout`` bounds each probe QEMU's wait for QMP (the executor passes the run's --timeout when it
-    is shorter, so a binary that never offers QMP costs a run that bound, not the default's)."""
+    is shorter, so a binary that never offers QMP costs a run that bound, not the default's).
+
+    Raises :class:`HostEnvironmentError` when the binary cannot even run the probe's VM (it crashes, exits or
+    never offers QMP): every scenario on it would fail the same way, and that is the host's problem, not a
+    divergence. The failure is cached too, so a run does not pay the probe's timeout once per scenario."""
     key = _key(binary)
     with _cache_lock:
         cached = _binary_cache.get(key)
-        if cached is not None:
-            return cached
         lock = _binary_locks.setdefault(key, threading.Lock())
-    with lock:
-        with _cache_lock:
-            cached = _binary_cache.get(key)
-        if cached is not None:
-            return cached
-        result = _run_sync(_probe(binary, launch_timeout))
-        with _cache_lock:
-            _binary_cache[key] = result
+    if cached is None:
+        with lock:
+            with _cache_lock:
+                cached = _binary_cache.get(key)
+            if cached is None:
+                cached = _run_sync(_probe(binary, launch_timeout))
+                with _cache_lock:
+                    _binary_cache[key] = cached
+    if cached.error is not None:
+        raise _failed(cached)
+    return cached
+
+
+# ---------------------------------------------------------------------------------------------- Linux boot
+
+
+async def boot_to_init(
+    binary: QemuBinary, kernel: Path, initrd: Path, cmdline: str, accel_args: Sequence[str], bound: float
+) -> tuple[bool, str, str]:
+    """Boot ``kernel`` with ``accel_args`` and watch the serial console for :data:`LINUX_BOOT_MARKER`, at most
+    ``bound`` seconds after the vCPUs start. Returns (reached init, what happened, the console's tail).
+
+    The VM starts paused (-S) so that the bound covers the guest, not QEMU's start-up; -no-reboot turns a
+    guest panic (panic=-1) into QEMU's exit, which is noticed at once."""
+    workdir = private_dir("migconform-linuxprobe-")
+    console = workdir / "console.log"
+    args = [
+        "-machine", "q35", *accel_args, "-m", LINUX_BOOT_MEMORY, "-S", "-no-reboot",
+        "-serial", f"file:{console}",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+    ]  # fmt: skip
+    vm = QemuMachine(binary, args, name="probe-linux", sock_dir=workdir, launch_timeout=PROBE_LAUNCH_TIMEOUT_S)
+    try:
+        try:
+            await vm.launch()
+        except QemuLaunchError as exc:
+            return False, f"QEMU did not start: {exc.message or exc.exit_status}", ""
+        reached, what = False, ""
+        try:
+            await vm.qmp("cont")
+            started = time.monotonic()
+            while True:
+                if console.exists() and LINUX_BOOT_MARKER in console.read_bytes():
+                    reached, what = True, f"the kernel reached its init in {time.monotonic() - started:.1f} s"
+                    break
+                if not vm.is_alive:
+                    what = f"QEMU ended before the kernel reached its init: {vm.died()}"
+                    break
+                if time.monotonic() - started > bound:
+                    what = f"the kernel did not reach its init within {bound:g} s"
+                    break
+                await asyncio.sleep(0.05)
+        except MigconformError as exc:
+            what = f"the boot failed: {exc}"
+        finally:
+            await vm.shutdown()
+        tail = console.read_bytes()[-CONSOLE_TAIL_BYTES:].decode(errors="replace") if console.exists() else ""
+        return reached, what, tail
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _boot_id() -> str:
+    """Changes with every boot of the host (and so with every new machine): answers kept on disk are per boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return platform.node()
+
+
+def _disk_key(binary: QemuBinary, cpu: str, image_digest: str) -> str:
+    try:
+        st = os.stat(binary.realpath)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stamp = "?"
+    parts = [
+        LINUX_BOOT_METHOD, binary.realpath, stamp, sorted(binary.env.items()), list(binary.extra_args),
+        platform.release(), _boot_id(), cpu, image_digest, LINUX_BOOT_BOUND_S,
+    ]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def linux_boot_record() -> Path:
+    """Where Linux-boot answers are kept: delete it to probe again."""
+    return cache_dir() / "probes" / "linux-boot.json"
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):
+            return data
+    return {}
+
+
+_linux_cache: dict[tuple[Any, ...], LinuxBootProbe] = {}
+_linux_lock = threading.Lock()
+
+
+def probe_linux_boot(binary: QemuBinary) -> LinuxBootProbe:
+    """Whether KVM boots the guest image's kernel (harness.guest.image) to its init with the CPU model
+    :func:`probe_binary` found, from one bounded boot (:data:`LINUX_BOOT_BOUND_S`).
+
+    Cached per binary for the process and on disk (:func:`linux_boot_record`) per binary, host boot, guest
+    image and CPU model. May take the whole bound the first time: call it from a thread in async code. Raises
+    :class:`HostEnvironmentError` as :func:`probe_binary` does."""
+    key = _key(binary)
+    with _linux_lock:
+        cached = _linux_cache.get(key)
+        if cached is None:
+            cached = _probe_linux_boot(binary)
+            _linux_cache[key] = cached
+        return cached
+
+
+def _probe_linux_boot(binary: QemuBinary) -> LinuxBootProbe:
+    kvm = probe_binary(binary).kvm
+    if not kvm.usable or kvm.cpu is None:
+        return LinuxBootProbe(False, f"KVM is not usable: {kvm.reason}")
+    from harness.guest.image import GuestImageError, build_image
+
+    try:
+        image = build_image()
+    except (GuestImageError, OSError) as exc:
+        return LinuxBootProbe(None, f"not probed: the guest image cannot be built: {exc}", kvm.cpu)
+    record = linux_boot_record()
+    disk_key = _disk_key(binary, kvm.cpu, image.digest)
+    with contextlib.suppress(OSError):
+        record.parent.mkdir(parents=True, exist_ok=True)
+    # One boot per host at a time: other processes (pytest workers) wait here, then read the answer.
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):
+            lock = stack.enter_context(record.with_suffix(".lock").open("w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = _read_record(record).get(disk_key)
+        if isinstance(saved, dict) and isinstance(saved.get("boots"), bool):
+            return LinuxBootProbe(
+                saved["boots"], str(saved.get("detail", "")), kvm.cpu, str(saved.get("console", "")),
+                float(saved.get("seconds", 0.0)), from_disk=True,
+            )  # fmt: skip
+        started = time.monotonic()
+        accel_args = ["-accel", "kvm", "-cpu", kvm.cpu]
+        reached, what, tail = _run_sync(
+            boot_to_init(binary, image.kernel, image.initrd, image.cmdline, accel_args, LINUX_BOOT_BOUND_S)
+        )
+        seconds = round(time.monotonic() - started, 2)
+        detail = f"{'yes' if reached else 'no'}: with -cpu {kvm.cpu}, {what} ({image.kernel_package})"
+        result = LinuxBootProbe(reached, detail, kvm.cpu, tail, seconds)
+        data = _read_record(record)
+        data[disk_key] = {"boots": reached, "detail": detail, "console": tail, "seconds": seconds}
+        data[disk_key]["binary"] = binary.path
+        with contextlib.suppress(OSError):
+            tmp = record.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
+            os.replace(tmp, record)
         return result
+
+
+AUTO_PVM_POLICY = "auto: TCG on a PVM KVM host (a policy, not measured on this run: docs/real-qemu-facts.md, Probes)"
 
 
 def choose_accel(requested: str, probe: BinaryProbe, host: HostProbe) -> tuple[str | None, str]:
     """The accelerator a VM of the scenario runs with, or (None, why) when ``kvm`` is required but unusable.
 
-    ``auto`` prefers TCG on a PVM host even though KVM runs our firmware-only VMs there. Measured on this
-    machine (benchmarks/pair.py --accel both, n=10, median of launch + tcp precopy of a paused 256 MiB VM
-    + teardown): QEMU 7.2.22 TCG 0.255 s vs KVM 0.382 s; QEMU 10.0.2 TCG 0.272 s vs KVM 0.291 s. A
-    running SeaBIOS (our sources run, with no boot device) costs ~25 % of a core under PVM KVM against
-    ~2 % under TCG, and QEMU's own migration qtest runs 4-5x slower there (qemu-mutant-build.md). The
-    gating checks under test do not depend on the accelerator, so the faster, cheaper one wins; a
-    scenario that needs KVM says ``accel = "kvm"`` or ``requires = ["kvm"]``.
+    ``auto`` takes KVM where the probe found it usable, except on a PVM host, where it takes TCG although KVM
+    runs our firmware-only VMs there. That is a policy, documented with the one measurement behind it in
+    docs/real-qemu-facts.md ("Probes"), and not re-measured per run: a timing taken on a shared, loaded host
+    would flip between runs and change the model's host facts with it. The gating checks under test do not
+    depend on the accelerator; a scenario that needs KVM says ``accel = "kvm"`` or ``requires = ["kvm"]``.
     """
     if requested == "tcg":
         return "tcg", "TCG requested"
@@ -343,13 +532,13 @@ def choose_accel(requested: str, probe: BinaryProbe, host: HostProbe) -> tuple[s
     if probe.kvm.usable and not host.pvm:
         return "kvm", "auto: KVM runs firmware-only VMs here"
     if probe.kvm.usable:
-        return "tcg", "auto: PVM KVM is slower than TCG for these VMs"
+        return "tcg", AUTO_PVM_POLICY
     return "tcg", f"auto: {probe.kvm.reason}"
 
 
 def userfaultfd_for(binary: QemuBinary, host: HostProbe) -> bool:
     """Whether *this version* of QEMU can open a userfaultfd here: 10.0+ tries /dev/userfaultfd before the
-    syscall, 7.2 only the syscall (fact sheet §1.3 rule c; versions in between are taken as 7.2)."""
+    syscall, 7.2 only the syscall (QEMU's uffd_open(); versions in between are taken as 7.2)."""
     return host.userfaultfd_syscall or (binary.version.major >= 10 and host.userfaultfd_dev)
 
 
@@ -365,13 +554,14 @@ def host_facts(binary: QemuBinary, accel: str) -> HostFacts:
         userfaultfd=uffd,
         uffd_wp=host.uffd_wp and uffd,
         kvm=resolved == "kvm",
-        dirty_ring=False,  # never enabled by the executor (and broken on PVM: qemu-mutant-build.md)
+        dirty_ring=False,  # never enabled by the executor
         kernel=host.kernel,
     )
 
 
 def format_qemus(binaries: Sequence[QemuBinary]) -> str:
-    """A readable table of the binaries and what the probes found (``migconform qemus``)."""
+    """A readable table of the binaries and what the probes found (``migconform qemus``). Runs the Linux boot
+    probe too (its first run on a host may take :data:`LINUX_BOOT_BOUND_S` per binary)."""
     host = probe_host()
     lines = [
         f"host: Linux {host.kernel}",
@@ -386,7 +576,14 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
     rows = [("version", "path", "accel(auto)", "KVM", "caps", "vfio-pci")]
     details: list[str] = []
     for binary in binaries:
-        probe = probe_binary(binary)
+        try:
+            probe = probe_binary(binary)
+        except HostEnvironmentError as exc:
+            rows.append((str(binary.version), binary.path, "-", "-", "probe failed", "-"))
+            details.append(f"{binary.label}")
+            details.append(f"  probe failed: {exc}")
+            continue
+        linux = probe_linux_boot(binary)
         auto, why = choose_accel("auto", probe, host)
         kvm = f"yes, -cpu {probe.kvm.cpu}" if probe.kvm.usable else "no"
         vfio = "no"
@@ -395,7 +592,7 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
                 (p for p in ("enable-migration", "x-enable-migration") if p in probe.vfio_pci_properties), "?"
             )
             vfio = f"yes ({migration_prop})"
-        caps = str(len(probe.capabilities)) if probe.error is None else "probe failed"
+        caps = str(len(probe.capabilities))
         rows.append((str(binary.version), binary.path, auto or "-", kvm, caps, vfio))
         details.append(f"{binary.label}")
         if binary.env or binary.extra_args:
@@ -405,11 +602,9 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
         details.append(f"  KVM: {probe.kvm.reason}")
         for cpu, result in probe.kvm.attempts:
             details.append(f"    -cpu {cpu}: {result}")
-        details.append(f"  boots Linux under KVM: {probe.kvm.boots_linux_detail}")
-        if probe.error:
-            details.append(f"  probe failed: {probe.error}")
-        else:
-            details.append(f"  migration capabilities: {', '.join(probe.capabilities)}")
+        cached = " (answer kept from an earlier boot probe)" if linux.from_disk else ""
+        details.append(f"  boots Linux under KVM: {linux.detail}{cached}")
+        details.append(f"  migration capabilities: {', '.join(probe.capabilities)}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

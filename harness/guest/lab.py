@@ -20,7 +20,7 @@ from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 from harness.guest.session import GuestSpec, guest_vm_args
 from harness.machine import QemuMachine
-from harness.probe import probe_binary, probe_host
+from harness.probe import probe_binary, probe_linux_boot
 
 ENDED = ("completed", "failed", "cancelled")
 
@@ -29,15 +29,15 @@ TCG_ARGS = ("-accel", "tcg", "-cpu", "max")
 
 
 def guest_accel(binary: QemuBinary) -> tuple[tuple[str, ...], str]:
-    """The accelerator arguments for a guest VM, and why. KVM only where harness.probe does not rule out booting
-    Linux with it: a PVM KVM (this project's machines) runs firmware but cannot boot a stock kernel."""
-    host = probe_host()
-    if not host.kvm_device or host.pvm:
-        return TCG_ARGS, f"TCG: {host.kvm_detail}"
+    """The accelerator arguments for a guest VM, and why. KVM only where harness.probe booted the guest image's
+    kernel to its init under KVM (probe_linux_boot), with the probe's -cpu; else TCG."""
     probe = probe_binary(binary)
-    if probe.kvm.usable and probe.kvm.cpu is not None and probe.kvm.boots_linux is not False:
-        return ("-accel", "kvm", "-cpu", probe.kvm.cpu), f"KVM: {probe.kvm.reason}"
-    return TCG_ARGS, f"TCG: {probe.kvm.reason}"
+    if not probe.kvm.usable or probe.kvm.cpu is None:
+        return TCG_ARGS, f"TCG: {probe.kvm.reason}"
+    linux = probe_linux_boot(binary)
+    if linux.boots is True:
+        return ("-accel", "kvm", "-cpu", probe.kvm.cpu), f"KVM: boots Linux ({linux.detail})"
+    return TCG_ARGS, f"TCG: KVM boots Linux? {linux.detail}"
 
 
 @dataclass

@@ -37,6 +37,7 @@ class LabBootError(RuntimeError):
 class AccelChoice:
     accel: str  # "kvm" | "tcg"
     reason: str
+    cpu: str | None = None  # -cpu under KVM: harness.probe's model for the L1 QEMU ("host" when not probed)
 
 
 @dataclass
@@ -113,8 +114,9 @@ def l1_argv(
 ) -> list[str]:
     if variant not in image.initramfs:
         raise LabBootError(f"unknown lab variant {variant!r}: the image has {sorted(image.initramfs)}")
-    # On a real KVM host -cpu host; under TCG -cpu max (L2 runs TCG inside either way).
-    cpu = ["-cpu", "host"] if accel.accel == "kvm" else ["-cpu", "max"]
+    # Under KVM the CPU model harness.probe found to run (plain "host" aborts on some hosts); under TCG -cpu max
+    # (L2 runs TCG inside either way).
+    cpu = ["-cpu", accel.cpu or "host"] if accel.accel == "kvm" else ["-cpu", "max"]
     return [
         qemu,
         "-accel", accel.accel,
@@ -187,40 +189,49 @@ async def _run_l1(argv: list[str], serial_log: Path, timeout: float, ready_file:
 def choose_accel(image: LabImage, qemu: str = DEFAULT_QEMU) -> AccelChoice:
     """KVM only when it can boot the lab kernel; the answer is cached per host kernel and QEMU binary.
 
-    Cheap checks first: no usable /dev/kvm, or a PVM host (kvm_pvm, which cannot boot a stock kernel:
-    vfio-mtty-lab.md §6), mean TCG without trying. Otherwise one bounded KVM boot of the lab kernel in
-    probe mode decides. MIGCONFORM_LAB_ACCEL=kvm|tcg overrides.
+    Probed, never assumed from the host's kind: harness.probe says whether KVM runs this QEMU at all and with
+    which -cpu, then whether it boots the guest image's Linux kernel (probe_linux_boot). A "no" there means TCG
+    without trying the lab kernel; a "yes" (or "not probed", when the guest image cannot be built) leaves it to
+    one bounded KVM boot of the lab kernel in probe mode. MIGCONFORM_LAB_ACCEL=kvm|tcg overrides.
     """
-    forced = os.environ.get("MIGCONFORM_LAB_ACCEL")
-    if forced in ("kvm", "tcg"):
-        return AccelChoice(forced, "MIGCONFORM_LAB_ACCEL")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return AccelChoice("tcg", "/dev/kvm is missing or not accessible")
-    from harness.probe import probe_host
+    from harness.binaries import load_binary
+    from harness.probe import probe_binary, probe_linux_boot
 
-    if probe_host().pvm:
-        return AccelChoice("tcg", "harness.probe: host KVM is PVM (kvm_pvm), which cannot boot a stock Linux guest")
-    key = f"{os.uname().release}|{qemu}|{os.stat(qemu).st_mtime_ns}|{image.kernel_release}"
+    forced = os.environ.get("MIGCONFORM_LAB_ACCEL")
+    if forced == "tcg":
+        return AccelChoice("tcg", "MIGCONFORM_LAB_ACCEL")
+    binary = load_binary(qemu)
+    kvm = probe_binary(binary).kvm
+    if forced == "kvm":
+        return AccelChoice("kvm", "MIGCONFORM_LAB_ACCEL", kvm.cpu)
+    if not kvm.usable or kvm.cpu is None:
+        return AccelChoice("tcg", f"harness.probe: {kvm.reason}")
+    linux = probe_linux_boot(binary)
+    if linux.boots is False:
+        return AccelChoice("tcg", f"harness.probe: KVM boots Linux? {linux.detail}")
+    key = f"{os.uname().release}|{qemu}|{os.stat(qemu).st_mtime_ns}|{image.kernel_release}|{kvm.cpu}"
     record = cache_root() / "accel-probe.json"
     with contextlib.suppress(OSError, ValueError):
         cached = json.loads(record.read_text())
         if cached.get("key") == key:
-            return AccelChoice(cached["accel"], cached["reason"])
-    choice = _probe_kvm_boot(image, qemu)
+            return AccelChoice(cached["accel"], cached["reason"], cached.get("cpu"))
+    choice = _probe_kvm_boot(image, qemu, kvm.cpu)
     with contextlib.suppress(OSError):
-        record.write_text(json.dumps({"key": key, "accel": choice.accel, "reason": choice.reason}))
+        record.write_text(json.dumps({"key": key, "accel": choice.accel, "reason": choice.reason, "cpu": choice.cpu}))
     return choice
 
 
-def _probe_kvm_boot(image: LabImage, qemu: str) -> AccelChoice:
+def _probe_kvm_boot(image: LabImage, qemu: str, cpu: str) -> AccelChoice:
     probe_dir = cache_root() / "accel-probe"
     probe_dir.mkdir(parents=True, exist_ok=True)
     log = probe_dir / "serial.log"
-    argv = l1_argv(image, "stock", probe_dir, log, AccelChoice("kvm", "probe"), qemu=qemu, cmdline_extra="labprobe=1")
+    argv = l1_argv(
+        image, "stock", probe_dir, log, AccelChoice("kvm", "probe", cpu), qemu=qemu, cmdline_extra="labprobe=1"
+    )
     run = asyncio.run(_run_l1(argv, log, timeout=30.0))
     status, timed_out = run.status, run.timed_out
     if not timed_out and b"LAB: probe-ok" in log.read_bytes():
-        return AccelChoice("kvm", "a KVM boot of the lab kernel reached /init")
+        return AccelChoice("kvm", f"a KVM boot of the lab kernel with -cpu {cpu} reached /init", cpu)
     why = "timed out" if timed_out else f"exited with status {status}"
     return AccelChoice("tcg", f"a KVM boot of the lab kernel {why} before /init (see {log})")
 

@@ -163,6 +163,66 @@ def test_l1_argv_boots_the_elf_with_both_shares(tmp_path: Path) -> None:
     assert f"labshare={share}" in cmdline and "panic=-1" in cmdline
 
 
+def test_l1_argv_under_kvm_uses_the_probes_cpu_model(tmp_path: Path) -> None:
+    """Plain -cpu host aborts on some KVM hosts: the L1 QEMU takes the model harness.probe found to run."""
+    from harness.vfio_lab.boot import AccelChoice, l1_argv
+
+    share = tmp_path / "share"
+    choice = AccelChoice("kvm", "test", "host,-arch-capabilities")
+    argv = l1_argv(_image(tmp_path), "stock", share, share / "serial.log", choice)
+    assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host,-arch-capabilities"
+
+
+def _fake_probes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, usable: bool, boots: bool | None, pvm: bool
+) -> list[str]:
+    """harness.probe's answers replaced by fixed ones (the decision is what is tested here); returns the -cpu
+    of every lab-kernel boot probe the choice asked for."""
+    from types import SimpleNamespace
+
+    import harness.binaries
+    import harness.probe
+    from harness.vfio_lab import boot
+
+    cpu = "host,-arch-capabilities" if usable else None
+    kvm = harness.probe.KvmProbe(usable, cpu, "fake KVM probe")
+    monkeypatch.setattr(harness.binaries, "load_binary", lambda path: SimpleNamespace(path=path))
+    monkeypatch.setattr(harness.probe, "probe_binary", lambda binary: SimpleNamespace(kvm=kvm))
+    monkeypatch.setattr(harness.probe, "probe_linux_boot", lambda b: harness.probe.LinuxBootProbe(boots, "fake boot"))
+    monkeypatch.setattr(harness.probe, "probe_host", lambda: SimpleNamespace(pvm=pvm, kvm_device=True))
+    monkeypatch.setattr(boot, "cache_root", lambda: tmp_path)
+    (tmp_path / "qemu").write_text("")  # the lab's cache key reads the binary's mtime
+    monkeypatch.delenv("MIGCONFORM_LAB_ACCEL", raising=False)
+    asked: list[str] = []
+
+    def lab_boot(image: object, qemu: str, cpu: str) -> boot.AccelChoice:
+        asked.append(cpu)
+        return boot.AccelChoice("kvm", "fake lab boot", cpu)
+
+    monkeypatch.setattr(boot, "_probe_kvm_boot", lab_boot)
+    return asked
+
+
+def test_lab_accel_follows_the_boot_probe_not_the_host_kind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A PVM host whose KVM boots Linux is tried like any other; a KVM that does not boot Linux is not."""
+    from harness.vfio_lab.boot import choose_accel
+
+    asked = _fake_probes(monkeypatch, tmp_path, usable=True, boots=True, pvm=True)
+    choice = choose_accel(_image(tmp_path), str(tmp_path / "qemu"))
+    assert (choice.accel, choice.cpu, asked) == ("kvm", "host,-arch-capabilities", ["host,-arch-capabilities"])
+
+
+def test_lab_accel_is_tcg_when_kvm_cannot_boot_linux(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from harness.vfio_lab.boot import choose_accel
+
+    asked = _fake_probes(monkeypatch, tmp_path, usable=True, boots=False, pvm=False)
+    choice = choose_accel(_image(tmp_path), str(tmp_path / "qemu"))
+    assert (choice.accel, asked) == ("tcg", []) and "fake boot" in choice.reason
+    asked = _fake_probes(monkeypatch, tmp_path, usable=False, boots=None, pvm=False)
+    choice = choose_accel(_image(tmp_path), str(tmp_path / "qemu"))
+    assert (choice.accel, asked) == ("tcg", []) and "fake KVM probe" in choice.reason
+
+
 def test_l1_argv_rejects_a_variant_the_image_lacks(tmp_path: Path) -> None:
     from harness.vfio_lab.boot import AccelChoice, LabBootError, l1_argv
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from harness.binaries import QemuBinary
 from harness.compare import compare
 from harness.executor import guest_accel, guest_dict
 from harness.guest.session import GuestReport
 from harness.guest.session import GuestSpec as SessionGuestSpec
 from harness.loader import ScenarioError, load_scenario
-from harness.probe import BinaryProbe, HostProbe
+from harness.probe import BinaryProbe, HostProbe, LinuxBootProbe
 from reference_impl.guest import GuestSpec, checked_side, effective_guest, predict_guest
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import Scenario, VmSpec
@@ -106,20 +108,28 @@ def test_comparison_of_guest_ignores_the_informative_keys() -> None:
     assert compare(model, qemu).differences["guest"][1]["alive"] is False
 
 
-def _probes(kvm_usable: bool, pvm: bool, boots_linux: bool | None) -> tuple[BinaryProbe, HostProbe]:
+def _probes(kvm_usable: bool, pvm: bool) -> tuple[BinaryProbe, HostProbe]:
     from unittest.mock import Mock
 
     probe = Mock(spec=BinaryProbe)
-    probe.kvm = Mock(usable=kvm_usable, boots_linux=boots_linux, cpu="host,-arch-capabilities")
+    probe.binary = Mock(spec=QemuBinary)
+    probe.kvm = Mock(usable=kvm_usable, cpu="host,-arch-capabilities" if kvm_usable else None)
     host = Mock(spec=HostProbe)
     host.pvm = pvm
     return probe, host
 
 
-def test_guest_accelerator_is_tcg_unless_kvm_can_boot_linux() -> None:
+def _linux(boots: bool | None) -> Callable[[QemuBinary], LinuxBootProbe]:
+    return lambda binary: LinuxBootProbe(boots, "fake")
+
+
+def test_guest_accelerator_is_kvm_only_where_the_boot_probe_booted_linux() -> None:
+    """The boot probe's answer decides, not the host's kind: a PVM host whose KVM boots Linux gets KVM, and an
+    unprobed answer (no guest image) is not a yes."""
     auto = VmSpec()
-    assert guest_accel(auto, *_probes(True, True, None)) == ("tcg", "max")
-    assert guest_accel(auto, *_probes(True, False, False)) == ("tcg", "max")
-    assert guest_accel(auto, *_probes(False, False, None)) == ("tcg", "max")
-    assert guest_accel(auto, *_probes(True, False, True)) == ("kvm", "host,-arch-capabilities")
-    assert guest_accel(VmSpec(accel="tcg"), *_probes(True, False, True)) == ("tcg", None)
+    assert guest_accel(auto, *_probes(True, True), _linux(True)) == ("kvm", "host,-arch-capabilities")
+    assert guest_accel(auto, *_probes(True, False), _linux(True)) == ("kvm", "host,-arch-capabilities")
+    assert guest_accel(auto, *_probes(True, False), _linux(False)) == ("tcg", "max")
+    assert guest_accel(auto, *_probes(True, False), _linux(None)) == ("tcg", "max")
+    assert guest_accel(auto, *_probes(False, False), _linux(True)) == ("tcg", "max")
+    assert guest_accel(VmSpec(accel="tcg"), *_probes(True, False), _linux(True)) == ("tcg", None)
