@@ -114,22 +114,21 @@ class VfioEvents:
         """Apply QEMU's device-state rules for what ``step`` did (``error``: the step's refusal, if any)."""
         if not self.active or self.unpredicted is not None:
             return
-        if not (source.alive and destination.alive) or snap.alive != (True, True):
-            self.give_up("a VM died")
-            return
         action = step.action
-        if action in _NEUTRAL:
+        if error is None and action in ("start-postcopy", "snapshot-save", "migrate-continue"):
+            self.give_up(f"the model has no device-state rule for an accepted {action}")
+        elif action == "cancel" and snap.migration is not None:
+            self.give_up("the model has no device-state rule for a cancelled migration")
+        elif not (source.alive and destination.alive) or snap.alive != (True, True):
+            self.give_up("a VM died")
+        elif action in _NEUTRAL:
             return
-        if action == "migrate":
+        elif action == "migrate":
             self._migrate(step, error, snap, source)
         elif action == "wait":
             self._wait(snap, source, destination, timed_out)
         elif action in ("stop", "cont"):
             self._runstates(snap, source, destination)
-        elif error is None and action in ("start-postcopy", "snapshot-save", "migrate-continue"):
-            self.give_up(f"the model has no device-state rule for an accepted {action}")
-        elif action == "cancel" and snap.migration is not None:
-            self.give_up("the model has no device-state rule for a cancelled migration")
         elif action == "qmp":
             changed = snap.runstates != (source.runstate, destination.runstate) or snap.status != (
                 source.status,
