@@ -53,7 +53,10 @@ def _scenario(tmp_path: Path, text: str) -> Scenario:
         (
             "vfio-events-stop-cont",
             {
-                "vfio0": ["running-p2p", "stop", "running-p2p", "running", "pre-copy", "pre-copy-p2p", "stop-copy", "stop"],
+                "vfio0": [
+                    *("running-p2p", "stop", "running-p2p", "running"),
+                    *("pre-copy", "pre-copy-p2p", "stop-copy", "stop"),
+                ],
                 "destination:vfio0": ["resuming", "running-p2p", "running"],
             },
         ),
