@@ -90,6 +90,9 @@ def _floor(args: argparse.Namespace, scenarios: Sequence[Scenario], targets: Seq
     minimum = getattr(args, "min_compared", None)
     if minimum != AUTO:
         return require_all, minimum, {}
+    if args.backend != "both":
+        # One backend alone compares nothing: there is no floor to compute.
+        return require_all, 0, {"floor_auto": {"capable": 0, "total": 0, "host_lacks": [], "backend": args.backend}}
     from harness.runner import host_capable_items
 
     capable, lacking = host_capable_items(scenarios, targets)
