@@ -84,6 +84,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"coverage floor not met: {len(_COMPARED)} conformance cases compared, fewer than {minimum}"
         if reporter is not None:
+            reporter.ensure_newline()
             reporter.write_line(message, red=True)
 
 
