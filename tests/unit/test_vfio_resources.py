@@ -13,21 +13,27 @@ downloaded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from harness import executor
-from harness.binaries import discover_binaries
+from harness.binaries import QemuBinary, discover_binaries
 from harness.errors import HostEnvironmentError, ResourceUnavailable
 from harness.guest.image import GuestImageError
 from harness.loader import load_scenario
 from harness.results import RESOURCE_SKIP, SKIP_KIND
+from harness.runner import RunOptions, run_sync, targets_for_binaries
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio.provider import LabRunError, lab_item_error
 from harness.vfio_lab.inside import LAB_ERROR_TYPE, _error_record
 from harness.vfio_lab.mdev import MdevAllocator
+from reference_impl.host import HostFacts
+from reference_impl.outcome import Outcome
 from reference_impl.scenario import DeviceSpec, Scenario
+
+SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
 
 BINARIES = discover_binaries()
 needs_qemu = pytest.mark.skipif(not BINARIES, reason="no QEMU binary found (QEMU_BINARY, scripts/setup.sh, PATH)")
@@ -138,3 +144,38 @@ def test_lab_errors_keep_their_class_on_the_host(tmp_path: Path) -> None:
     assert type(lab_item_error(str(plain["lab_error"]), None)) is RuntimeError
     assert isinstance(LabRunError("did not boot"), ResourceUnavailable)
 
+
+
+class _LabThatLostADevice:
+    """A provider whose lab recorded, for its only scenario, the ResourceUnavailable the executor raised."""
+
+    name = "fake-lab"
+
+    def __init__(self) -> None:
+        self.item_errors: dict[tuple[str, str], Exception] = {}
+
+    async def run_batch(self, scenarios: Sequence[Scenario], binaries: Sequence[QemuBinary]) -> list[Outcome]:
+        for scenario in scenarios:
+            for binary in binaries:
+                record = _error_record(
+                    scenario, binary, "x", ResourceUnavailable("mdev type mtty-1", "no instances left")
+                )
+                key = (scenario.id, str(binary.path))
+                self.item_errors[key] = lab_item_error(str(record["lab_error"]), record[LAB_ERROR_TYPE])
+        return []
+
+    def host_facts(self) -> HostFacts:
+        return HostFacts()
+
+
+@needs_qemu
+def test_runner_reports_the_labs_own_error_for_the_item() -> None:
+    """Not "returned no outcome", not a skip: the item is an error naming the resource the lab lost."""
+    scenario = load_scenario(SUITE / "vfio-precopy-migratable.toml")
+    options = RunOptions(backend="both", jobs=1, provider=_LabThatLostADevice())
+    res = run_sync([scenario], targets_for_binaries(BINARIES[:1]), options)
+    assert not res.skips and not res.comparisons
+    (error,) = res.errors
+    assert error.backend == "qemu"
+    assert error.error == "harness.errors.ResourceUnavailable: mdev type mtty-1: no instances left"
+    assert not res.passed
