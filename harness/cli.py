@@ -1,11 +1,12 @@
 """``migconform``: the command line (also ``python -m harness``).
 
 Exit status (contract): 0 when every compared scenario agrees (skips allowed and counted), 1 when any
-diverges or errs (or an interrupted run left items unrun), 2 for bad usage, unusable binaries or
-unloadable scenarios, and output files that cannot be written (checked before anything runs).
-Extension: 3 when nothing diverged and the harness did not fail, but the host did (out of memory or disk,
-a results file that cannot be written during the run): an environment error, nothing to report to QEMU.
-Results files are written while the run goes, so Ctrl-C keeps what finished.
+diverges or errs (or an interrupted run left items unrun, or a coverage floor set with ``--require-all`` /
+``--min-compared`` does not hold), 2 for bad usage, unusable binaries or unloadable scenarios, and output
+files that cannot be written (checked before anything runs). Extension: 3 when nothing diverged and the
+harness did not fail, but the host did (out of memory or disk, a results file that cannot be written during
+the run): an environment error, nothing to report to QEMU. Results files are written while the run goes,
+so Ctrl-C keeps what finished.
 """
 
 from __future__ import annotations
@@ -76,6 +77,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+AUTO = "auto"
+
+
+def _min_compared(text: str) -> int | str:
+    if text == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _floor(args: argparse.Namespace, scenarios: Sequence[Scenario], targets: Sequence[Target]) -> tuple[
+    bool, int | None, dict[str, Any]
+]:
+    """(require_all, min_compared, what to record in meta) from --require-all and --min-compared."""
+    require_all = bool(getattr(args, "require_all", False))
+    minimum = getattr(args, "min_compared", None)
+    if minimum != AUTO:
+        return require_all, minimum, {}
+    if args.backend != "both":
+        # One backend alone compares nothing: there is no floor to compute.
+        return require_all, 0, {"floor_auto": {"capable": 0, "total": 0, "host_lacks": [], "backend": args.backend}}
+    from harness.runner import host_capable_items
+
+    capable, lacking = host_capable_items(scenarios, targets)
+    total = len(scenarios) * sum(1 for t in targets if t.binary is not None)
+    info = {"capable": capable, "total": total, "host_lacks": lacking}
+    return require_all or capable == total, capable, {"floor_auto": info}
+
+
 def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool = False) -> None:
     parser.add_argument(
         "--qemu",
@@ -131,6 +166,19 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         choices=KEEP_LOGS,
         default="failed",
         help="which items keep their logs folder (default failed: divergences, errors, known bugs)",
+    )
+    parser.add_argument(
+        "--require-all",
+        action="store_true",
+        help="coverage floor: every item must be compared; any skip fails the run (exit 1) with its reason",
+    )
+    parser.add_argument(
+        "--min-compared",
+        type=_min_compared,
+        metavar="N|auto",
+        help="coverage floor: fewer than N compared items fail the run (exit 1); auto: every item whose "
+        "declared host capabilities (requires kvm/uffd/uffd-wp, accel) this host has, and --require-all when "
+        "that is all of them",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
     parser.add_argument(
@@ -342,6 +390,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         scenarios = select_shard(scenarios, k, n)
     targets = _targets(args)
     vfio_provider, vfio_options = _vfio_source(args)
+    require_all, min_compared, floor_meta = _floor(args, scenarios, targets)
     options = RunOptions(
         backend=args.backend,
         jobs=args.jobs,
@@ -350,10 +399,12 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         vfio_provider=vfio_provider if args.backend != "reference" else None,
         vfio_options=vfio_options,
         progress=None if args.quiet else sys.stderr,
-        meta={"argv": sys.argv[1:], "shard": args.shard},
+        meta={"argv": sys.argv[1:], "shard": args.shard, **floor_meta},
         logs_dir=logs_dir,
         keep_logs=args.keep_logs,
         no_exec=args.no_exec,
+        require_all=require_all,
+        min_compared=min_compared,
     )
     res = run_sync(scenarios, targets, options)
     _write_reports(res, json_path, junit_path, html_path)
@@ -366,6 +417,13 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         name = res.meta.get("signal", str(signum))
         sys.stderr.write(f"migconform: interrupted by {name}; results written so far are kept\n")
         return 128 + signum
+    problems = res.floor_problems
+    if problems:
+        # Also with --quiet: a run that fails only because it compared too little must say so.
+        sys.stderr.write(f"migconform: coverage floor not met ({len(problems)} problems):\n")
+        sys.stderr.write("".join(f"  {p}\n" for p in problems[:50]))
+        if len(problems) > 50:
+            sys.stderr.write(f"  ... and {len(problems) - 50} more (meta.floor.problems in the JSON)\n")
     return res.exit_status
 
 

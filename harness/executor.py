@@ -41,6 +41,7 @@ from harness.errors import (
     QemuLaunchError,
     QmpCommandError,
     QmpConnectionError,
+    ResourceUnavailable,
     VmDied,
 )
 from harness.guest.console import ConsoleError, GuestConsole
@@ -61,6 +62,7 @@ from harness.probe import (
     probe_linux_boot,
     userfaultfd_for,
 )
+from harness.results import HOST_SKIP, RESOURCE_SKIP, SKIP_KIND
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
 from reference_impl.guest import GuestSpec, checked_side, effective_guest
 from reference_impl.outcome import Outcome, VmState
@@ -275,6 +277,9 @@ class _ScenarioRun:
         self.guest_hook = guest_hook
         self.consoles: dict[str, GuestConsole] = {}
         self.guest_started = False
+        # Set just before the source QEMU is launched: from then on a device the allocator cannot give is a
+        # resource the run lost (ResourceUnavailable), no longer a reason to skip.
+        self.source_launched = False
 
     # ------------------------------------------------------------------ VFIO
 
@@ -334,8 +339,13 @@ class _ScenarioRun:
             if self.guest_started and self.outcome.verdict != "skipped":
                 await self._check_guest(pair)
         except VfioUnavailable as exc:
+            why = str(exc) or "the VFIO provider cannot supply this device"
+            if self.source_launched:
+                # Known only after a QEMU started (the destination's device): the run should have had it.
+                raise ResourceUnavailable("a VFIO device for the destination", why) from exc
             self.outcome.verdict = "skipped"
-            self.outcome.skip_reason = str(exc) or "the VFIO provider cannot supply this device"
+            self.outcome.skip_reason = why
+            self.outcome.extra[SKIP_KIND] = RESOURCE_SKIP
         finally:
             for console in self.consoles.values():
                 console.close()
@@ -418,6 +428,7 @@ class _ScenarioRun:
 
     async def _run_pair(self, pair: MigrationPair) -> None:
         pair.source.append_args(self._allocate("source", self.scenario.source))
+        self.source_launched = True
         try:
             await pair.start_source()
         except QemuLaunchError as exc:
@@ -684,16 +695,20 @@ async def execute(
     (QMP commands get at most :data:`COMMAND_TIMEOUT_S`). Never leaves a QEMU running, whatever happens
     (including cancellation).
 
-    A scenario with a guest (``[guest]`` or ``requires = ["guest"]``) boots the guest image on both sides
-    (skipped, with the reason, when the image cannot be built), starts the workload on the source before the
-    steps and checks the guest's memory afterwards (``Outcome.guest``); ``guest_hook`` runs just before that
-    check.
+    A scenario with a guest (``[guest]`` or ``requires = ["guest"]``) boots the guest image on both sides,
+    starts the workload on the source before the steps and checks the guest's memory afterwards
+    (``Outcome.guest``); ``guest_hook`` runs just before that check.
 
     QEMU's own behaviour always ends in an :class:`Outcome`. Raises (a :class:`MigconformError`) only for
     what is not QEMU's answer: a QEMU that hung before offering QMP, a QMP protocol failure, a VFIO
-    allocator error other than :class:`VfioUnavailable`, and :class:`HostResourceExhausted` (a
+    allocator error other than :class:`VfioUnavailable`, :class:`HostResourceExhausted` (a
     :class:`HostEnvironmentError`) when QEMU refused or failed for want of host memory, disk or file
-    descriptors (:func:`host_errno`).
+    descriptors (:func:`host_errno`), and :class:`ResourceUnavailable` for a resource the
+    run should have had: a guest image that cannot be built, a VFIO device the allocator cannot give once
+    the source started (or that it lost: an exhausted mdev pool). Skipped (``verdict`` skipped, the reason,
+    and ``extra["skip_kind"]``) is only what is known before any QEMU starts and is about what this host
+    offers: a capability the scenario declares in ``requires`` or an accelerator it asks for (kind
+    ``host``), no VFIO provider or a personality the provider does not have (kind ``resource``).
     """
     started = time.monotonic()
     outcome = Outcome(
@@ -712,11 +727,13 @@ async def execute(
     reason = unmet_requirement(scenario, probe, host, allocator)
     guest_spec = effective_guest(scenario)
     guest: tuple[GuestSpec, GuestImage] | None = None
+    kind = RESOURCE_SKIP if reason == NO_VFIO_PROVIDER else HOST_SKIP
     if guest_spec is not None and reason is None:
         try:
             guest = (guest_spec, await asyncio.to_thread(build_image))
         except GuestImageError as exc:
-            reason = f"requires a guest image, which cannot be built here: {exc}"
+            # A guest the scenario needs and the run could not build: an error of the item, never a skip.
+            raise ResourceUnavailable("the guest image", str(exc)) from exc
     accels: list[str] = []
     cpus: list[str | None] = []
     for spec in (scenario.source, scenario.destination):
@@ -736,6 +753,7 @@ async def execute(
     if reason is not None:
         outcome.verdict = "skipped"
         outcome.skip_reason = reason
+        outcome.extra[SKIP_KIND] = kind
         outcome.duration_s = round(time.monotonic() - started, 3)
         return outcome
     workdir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,13 @@ Extensions: ``meta`` (binaries, versions, host, kernel, start and end time, the 
 (failures that are not QEMU's answer, never skips: ``kind`` ``harness`` for an exception in the executor or
 the model, ``environment`` for a host that could not give the run what it needed, e.g. out of memory or
 disk, :class:`harness.errors.HostEnvironmentError`), ``skips`` (pairs that were not compared, with the
-reason) and ``counts`` (the tally per category, for readers that do not want to recount).
+reason and its ``kind``: ``host`` when the host lacks a capability the scenario declares, ``resource`` when
+the run was not given something it needs) and ``counts`` (the tally per category, for readers that do not
+want to recount).
+
+A coverage floor (:class:`Floor`, ``--require-all`` / ``--min-compared``) makes a run that compared too
+little fail: ``meta.floor`` records the floor, how many items were compared and whether it held, so a pass
+always says how much was checked.
 
 The file is rewritten atomically after every completed item, so a reader never sees half a file and an
 interrupted run keeps everything that finished.
@@ -100,18 +106,88 @@ class HarnessError:
         )
 
 
+# Skip kinds (Outcome.extra[SKIP_KIND] on the executor's skipped outcomes, Skip.kind here).
+SKIP_KIND = "skip_kind"
+# The host lacks a capability the scenario declares in ``requires`` (kvm, uffd, uffd-wp) or an accelerator
+# it asks for: an honest skip, which differs between machines.
+HOST_SKIP = "host"
+# The run was not given a resource the scenario needs (no VFIO provider, a personality the provider lacks):
+# a run that should have had it shrank. A skip of unknown kind counts as this one.
+RESOURCE_SKIP = "resource"
+SKIP_KINDS = (HOST_SKIP, RESOURCE_SKIP)
+
+
 @dataclass
 class Skip:
     scenario: str
     column: str
     reason: str
+    kind: str = RESOURCE_SKIP
 
     def to_json(self) -> dict[str, str]:
-        return {"scenario": self.scenario, "column": self.column, "reason": self.reason}
+        return {"scenario": self.scenario, "column": self.column, "reason": self.reason, "kind": self.kind}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Skip:
-        return cls(str(data["scenario"]), str(data["column"]), str(data["reason"]))
+        kind = str(data.get("kind") or RESOURCE_SKIP)
+        return cls(str(data["scenario"]), str(data["column"]), str(data["reason"]), kind)
+
+
+def skip_kind(outcome: Outcome) -> str:
+    """The kind of a skipped outcome: what its producer recorded, else :data:`RESOURCE_SKIP`."""
+    kind = outcome.extra.get(SKIP_KIND)
+    return str(kind) if kind in SKIP_KINDS else RESOURCE_SKIP
+
+
+@dataclass(frozen=True)
+class Floor:
+    """How much a run must compare to pass.
+
+    ``require_all``: every item must be compared; a skip fails the run with its reason.
+    ``min_compared``: at least this many items must be compared (a comparison that found a known QEMU bug
+    counts: it was compared).
+    """
+
+    require_all: bool = False
+    min_compared: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.require_all or self.min_compared is not None
+
+    def problems(self, results: Results) -> list[str]:
+        """Why ``results`` fall below this floor (empty when it holds)."""
+        problems: list[str] = []
+        if self.require_all:
+            for skip in results.skips:
+                problems.append(f"{skip.scenario} [{skip.column}] was not compared ({skip.kind}): {skip.reason}")
+        compared = len(results.comparisons)
+        if self.min_compared is not None and compared < self.min_compared:
+            kinds = {kind: sum(1 for s in results.skips if s.kind == kind) for kind in SKIP_KINDS}
+            problems.append(
+                f"{compared} items compared, fewer than the floor of {self.min_compared}: "
+                f"{len(results.skips)} skipped ({kinds[HOST_SKIP]} for a host capability, "
+                f"{kinds[RESOURCE_SKIP]} for a missing resource), {len(results.errors)} errors, "
+                f"{len(results.not_run)} not run"
+            )
+        return problems
+
+    def to_json(self, results: Results) -> dict[str, Any]:
+        problems = self.problems(results)
+        return {
+            "require_all": self.require_all,
+            "min_compared": self.min_compared,
+            "compared": len(results.comparisons),
+            "held": not problems,
+            "problems": problems,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Floor | None:
+        if not isinstance(data, Mapping):
+            return None
+        minimum = data.get("min_compared")
+        return cls(bool(data.get("require_all")), None if minimum is None else int(minimum))
 
 
 @dataclass
@@ -122,6 +198,12 @@ class Results:
     skips: list[Skip] = field(default_factory=list)
     not_run: list[WorkItem] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    floor: Floor | None = None
+
+    @property
+    def floor_problems(self) -> list[str]:
+        """Why the coverage floor does not hold (empty without a floor or when it holds)."""
+        return self.floor.problems(self) if self.floor is not None else []
 
     @property
     def diverged(self) -> list[Comparison]:
@@ -141,15 +223,17 @@ class Results:
 
     @property
     def passed(self) -> bool:
-        """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun."""
-        return not self.diverged and not self.errors and not self.not_run
+        """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun, and the
+        coverage floor (if any) holds."""
+        return not self.diverged and not self.errors and not self.not_run and not self.floor_problems
 
     @property
     def exit_status(self) -> int:
-        """1 when anything diverged, the harness failed or items were left unrun (the contract's failure);
+        """1 when anything diverged, the harness failed, items were left unrun or the coverage floor does not
+        hold (the contract's failure);
         else 3 when only the host failed some items (nothing to report to QEMU or to us: fix the host and
         re-run); else 0."""
-        if self.diverged or self.harness_errors or self.not_run:
+        if self.diverged or self.harness_errors or self.not_run or self.floor_problems:
             return EXIT_FAILED
         if self.environment_errors:
             return EXIT_ENVIRONMENT
@@ -186,6 +270,9 @@ class Results:
         return found
 
     def to_json(self) -> dict[str, Any]:
+        meta = dict(self.meta)
+        if self.floor is not None and self.floor.active:
+            meta["floor"] = self.floor.to_json(self)
         return {
             "outcomes": [o.to_json() for o in self.outcomes],
             "comparisons": [c.to_json() for c in self.comparisons],
@@ -193,7 +280,7 @@ class Results:
             "skips": [s.to_json() for s in self.skips],
             "not_run": [w.to_json() for w in self.not_run],
             "counts": self.counts(),
-            "meta": self.meta,
+            "meta": meta,
         }
 
     @classmethod
@@ -207,6 +294,7 @@ class Results:
             skips=[Skip.from_json(s) for s in data.get("skips") or []],
             not_run=[WorkItem(str(w["scenario"]), str(w["column"])) for w in data.get("not_run") or []],
             meta=dict(data.get("meta") or {}),
+            floor=Floor.from_json(dict(data.get("meta") or {}).get("floor")),
         )
 
 

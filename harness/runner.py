@@ -38,7 +38,7 @@ from harness.compare import compare, skip_reason
 from harness.errors import HostEnvironmentError
 from harness.known_bugs import classify
 from harness.loader import refuse_host_commands
-from harness.results import HarnessError, Results, Skip, WorkItem, item_log_name, save
+from harness.results import Floor, HarnessError, Results, Skip, WorkItem, item_log_name, save, skip_kind
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
@@ -191,6 +191,9 @@ class RunOptions:
     # Where each item's QEMU logs go (``<logs_dir>/<item_log_name>/``); None: a temporary folder, never kept.
     logs_dir: Path | None = None
     keep_logs: str = "failed"  # one of KEEP_LOGS
+    # Coverage floor (--require-all, --min-compared): a run that compared less fails (harness.results.Floor).
+    require_all: bool = False
+    min_compared: int | None = None
 
 
 class Progress:
@@ -252,6 +255,8 @@ class _Run:
         self.targets = list(targets)
         self.options = options
         self.results = Results(meta=self._meta())
+        floor = Floor(options.require_all, options.min_compared)
+        self.results.floor = floor if floor.active else None
         self.results.not_run = [WorkItem(s.id, t.column) for t in self.targets for s in self.scenarios]
         self.progress = Progress(options.progress, len(self.results.not_run))
         self._facts: dict[tuple[str, str], HostFacts] = {}
@@ -342,7 +347,8 @@ class _Run:
         if not errors and "qemu" in good and "reference" in good:
             reason = skip_reason(good["reference"], good["qemu"])
             if reason is not None:
-                self.results.skips.append(Skip(scenario.id, target.column, reason))
+                skipped = good["qemu"] if good["qemu"].verdict == "skipped" else good["reference"]
+                self.results.skips.append(Skip(scenario.id, target.column, reason, skip_kind(skipped)))
                 status = f"skip ({reason})"
             else:
                 comparison = compare(good["reference"], good["qemu"], column=target.column)
@@ -354,7 +360,9 @@ class _Run:
         elif not errors:
             (outcome,) = good.values()
             if outcome.verdict == "skipped":
-                self.results.skips.append(Skip(scenario.id, target.column, outcome.skip_reason or "skipped"))
+                self.results.skips.append(
+                    Skip(scenario.id, target.column, outcome.skip_reason or "skipped", skip_kind(outcome))
+                )
                 status = f"skip ({outcome.skip_reason})"
             else:
                 status = outcome.verdict
@@ -508,8 +516,15 @@ class _Run:
                         outcomes["qemu"] = got
                         provider_logs = _provider_logs(got)
                     else:
-                        outcomes["qemu"] = batch_error or RuntimeError(
-                            f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
+                        # The provider's own error for this item (e.g. ResourceUnavailable raised in the lab).
+                        item_errors = getattr(provider, "item_errors", None) or {}
+                        binary_path = str(target.binary.path)
+                        outcomes["qemu"] = (
+                            batch_error
+                            or item_errors.get((scenario.id, binary_path))
+                            or RuntimeError(
+                                f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
+                            )
                         )
                 if self.options.backend in ("both", "reference") or target.binary is None:
                     try:
@@ -585,6 +600,43 @@ def _target_of(outcome: Outcome, targets: Sequence[Target]) -> Target | None:
         if str(target.version) == outcome.qemu_version:
             return target
     return None
+
+
+class _AnyDevice:
+    """Stands in for a VFIO allocator when asking what the HOST lacks: VFIO is a resource, not a host
+    capability, so a missing provider must not lower the floor."""
+
+    name = "any"
+
+
+def host_capable_items(scenarios: Sequence[Scenario], targets: Sequence[Target]) -> tuple[int, list[str]]:
+    """For ``--min-compared auto``: how many items this host can compare (every item but those whose
+    declared ``requires`` capabilities (kvm, uffd, uffd-wp) or explicit accelerator it lacks, by the same
+    checks the executor skips with), and why each other item cannot. Resources (a VFIO provider, a guest
+    image) never lower the count: a run without them shrank. VFIO scenarios are judged against this host's
+    probe too (the suite's declare no capability but ``vfio``)."""
+    from harness.executor import unmet_requirement
+    from harness.probe import choose_accel, probe_binary, probe_host
+
+    host = probe_host()
+    capable = 0
+    lacking: list[str] = []
+    for target in targets:
+        if target.binary is None:
+            continue  # a model profile alone compares nothing
+        probe = probe_binary(target.binary)
+        for scenario in scenarios:
+            why = unmet_requirement(scenario, probe, host, _AnyDevice())  # type: ignore[arg-type]
+            for spec in (scenario.source, scenario.destination):
+                requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
+                if why is None and requested == "kvm":
+                    accel, reason = choose_accel(requested, probe, host)
+                    why = None if accel is not None else reason
+            if why is None:
+                capable += 1
+            else:
+                lacking.append(f"{scenario.id} [{target.column}]: {why}")
+    return capable, lacking
 
 
 def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:

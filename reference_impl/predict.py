@@ -7,6 +7,8 @@ command ends the scenario. A VM that died is ``null`` and makes the verdict ``fa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from reference_impl import migration as mig
 from reference_impl.host import HostFacts
 from reference_impl.machine import Machine, realize
@@ -15,7 +17,12 @@ from reference_impl.qmp_commands import run_qmp
 from reference_impl.scenario import Scenario, Step, expand_steps, migrate_transport
 from reference_impl.versions import Version, profile_for
 
+if TYPE_CHECKING:
+    from reference_impl.vfio.events import VfioEvents
+
 BACKEND = "reference"
+# Outcome.extra key: why a VFIO scenario's vfio_states is not predicted (harness.compare leaves it out).
+VFIO_UNPREDICTED = "vfio_states_unpredicted"
 
 # Stage of a refused step, as the executor names it (harness/executor.py STAGE_OF_ACTION): the contract's
 # stages for the actions that have one, "migration" for wait, else the action's own name (qmp steps: "qmp").
@@ -170,7 +177,12 @@ def _outcome(
 
 
 def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
-    """The model's Outcome for ``scenario`` on QEMU ``version`` (mapped to its profile) and ``host``."""
+    """The model's Outcome for ``scenario`` on QEMU ``version`` (mapped to its profile) and ``host``.
+
+    A scenario with vfio-pci devices also gets ``vfio_states`` (reference_impl.vfio.events): ``{}`` when no
+    device sends VFIO_MIGRATION events, the sequences when the model follows every step, else null with
+    ``extra["vfio_states_unpredicted"]`` saying why (the comparison then leaves the field out).
+    """
     outcome = _predict(scenario, version, host)
     if getattr(scenario, "guest", None) is not None or "guest" in scenario.requires:
         # reference_impl.guest (the guest workload's prediction) is imported only for scenarios with a guest.
@@ -182,27 +194,68 @@ def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outc
 
 def _predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
     profile, short = _profile(version)
+    vfio_scenario = bool(scenario.source.vfio_devices or scenario.destination.vfio_devices)
     source = realize(scenario.source, profile, host, "source")
     if isinstance(source, str):
-        return _outcome(scenario, short, "refused", "startup", source, None, None)
+        # No QEMU ran long enough to send anything: a VFIO scenario's prediction is "no events".
+        outcome = _outcome(scenario, short, "refused", "startup", source, None, None)
+        outcome.vfio_states = {} if vfio_scenario else None
+        return outcome
     destination = realize(scenario.destination, profile, host, "destination")
     if isinstance(destination, str):
-        return _outcome(scenario, short, "refused", "startup", destination, source, None)
+        # The source ran, but its start (the only thing it did) happened before QMP was negotiated.
+        outcome = _outcome(scenario, short, "refused", "startup", destination, source, None)
+        outcome.vfio_states = {} if vfio_scenario else None
+        return outcome
     scene = mig.Scene(source, destination)
+    vfio = _vfio_events(scenario, source, destination)
     refused: tuple[str, str] | None = None
     for step in _steps(scenario):
         if "ended" in scene.extra:
             break
+        snap = vfio.before(source, destination) if vfio is not None else None
         error = _run_step(scene, scenario, step)
+        if vfio is not None and snap is not None:
+            vfio.after(step, error, snap, source, destination, "timeout" in scene.extra or "ended" in scene.extra)
         if error is not None:
             refused = (_stage(step), error)
             break
         if "timeout" in scene.extra:
             break
+    if vfio is not None:
+        vfio.finished(source)
     if source.migration is not None and "timeout" not in scene.extra:
         mig.leave_pending(scene, source)
     # Like the executor's record: both sides once both VMs started, empty lists included.
     events = {"source": source.events, "destination": destination.events}
+    outcome = _ended(scenario, short, scene, refused, source, destination, events)
+    if vfio is not None:
+        outcome.vfio_states = vfio.states()
+        if vfio.unpredicted is not None:
+            outcome.extra[VFIO_UNPREDICTED] = vfio.unpredicted
+    return outcome
+
+
+def _vfio_events(scenario: Scenario, source: Machine, destination: Machine) -> VfioEvents | None:
+    """The VFIO_MIGRATION follower for a scenario with vfio-pci devices (None for the others)."""
+    if not (scenario.source.vfio_devices or scenario.destination.vfio_devices):
+        return None
+    from reference_impl.vfio.events import track
+
+    events = track(scenario, source, destination)
+    events.started(source)
+    return events
+
+
+def _ended(
+    scenario: Scenario,
+    short: str,
+    scene: mig.Scene,
+    refused: tuple[str, str] | None,
+    source: Machine,
+    destination: Machine,
+    events: dict[str, list[str]],
+) -> Outcome:
     if refused is not None:
         return _outcome(scenario, short, "refused", refused[0], refused[1], source, destination, events)
     if "timeout" in scene.extra:

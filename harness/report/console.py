@@ -75,4 +75,21 @@ def render(results: Results, matrix: Matrix | None = None) -> str:
         root = results.meta.get("logs_dir")
         where = f" under {root}" if root else ""
         out.append(f"QEMU logs kept for {len(kept)} item{'s' if len(kept) != 1 else ''}{where}")
+    if results.floor is not None and results.floor.active:
+        out.append(_floor_line(results))
     return "\n".join(out) + "\n"
+
+
+def _floor_line(results: Results) -> str:
+    """The coverage floor (--require-all / --min-compared): what it was, and whether it held."""
+    assert results.floor is not None
+    parts = []
+    if results.floor.require_all:
+        parts.append("every item")
+    if results.floor.min_compared is not None:
+        parts.append(f"at least {results.floor.min_compared}")
+    problems = results.floor_problems
+    state = "held" if not problems else f"NOT MET ({len(problems)} problems)"
+    lines = [f"coverage floor ({' and '.join(parts)} compared; {len(results.comparisons)} were): {state}"]
+    lines.extend(f"  NOT COMPARED {p}" if " was not compared " in p else f"  {p}" for p in problems)
+    return "\n".join(lines)

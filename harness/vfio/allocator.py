@@ -16,7 +16,10 @@ from reference_impl.scenario import DeviceSpec
 
 
 class VfioUnavailable(Exception):
-    """The allocator cannot supply this device (e.g. the personality is missing): skip the scenario."""
+    """The allocator does not offer this device at all (e.g. no device of that personality): known before
+    anything started, the scenario is skipped (kind ``resource``). Raised once the source QEMU has started,
+    the executor turns it into :class:`harness.errors.ResourceUnavailable`, an error of the item; an
+    allocator that ran out of something it does offer (an exhausted mdev pool) raises that directly."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class VfioDeviceAllocator(Protocol):
     name: str
 
     def allocate(self, device: DeviceSpec) -> AllocatedDevice:
-        """Supply the host side for one device of one QEMU launch; raises VfioUnavailable."""
+        """Supply the host side for one device of one QEMU launch; raises VfioUnavailable or
+        ResourceUnavailable (see :class:`VfioUnavailable`)."""
         ...
 
     def release(self, device: AllocatedDevice) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.results import RESOURCE_SKIP, SKIP_KIND
 from harness.vfio.host import (
     ROOTS,
     DriverRebinder,
@@ -192,6 +193,8 @@ class HostProvider:
                         verdict="skipped",
                         skip_reason=reason,
                         binary=str(binary.path),
+                        # Known before any QEMU starts: the configured devices cannot cover it.
+                        extra={SKIP_KIND: RESOURCE_SKIP},
                     )
                 else:
                     started = time.monotonic()

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from harness.errors import HostEnvironmentError, ResourceUnavailable
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
@@ -61,8 +62,24 @@ class VfioProvider(Protocol):
     def host_facts(self) -> HostFacts: ...
 
 
-class LabRunError(RuntimeError):
-    """The lab guest returned no outcomes; the message says why and where its logs are."""
+class LabRunError(ResourceUnavailable, RuntimeError):
+    """The lab guest returned no outcomes (it did not boot, or ran out of time); the message says why and
+    where its logs are. A VFIO lab the run was promised and did not get: an environment error of every VFIO
+    item, never a skip. (Still a RuntimeError for callers that catch that, e.g. ``migconform certify``.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("the VFIO lab", message)
+
+
+def lab_item_error(reason: str, typed: Mapping[str, Any] | None) -> Exception:
+    """The exception the lab's executor raised for one item, rebuilt on the host: a host-environment error
+    (e.g. ResourceUnavailable: the mdev pool ran out) keeps its class; anything else is a RuntimeError."""
+    if isinstance(typed, Mapping):
+        what, detail = str(typed.get("what", "")), str(typed.get("detail", ""))
+        if typed.get("class") == "ResourceUnavailable":
+            return ResourceUnavailable(what, detail)
+        return HostEnvironmentError(what, detail)
+    return RuntimeError(f"the executor in the VFIO lab raised {reason}")
 
 
 class MttyLabProvider:
@@ -89,6 +106,8 @@ class MttyLabProvider:
         self.last_run_dir: Path | None = None
         # (scenario id, binary path) -> why the executor raised instead of returning an outcome
         self.last_errors: dict[tuple[str, str], str] = {}
+        # The same, as the exception the runner records for the item (harness.runner.run_vfio_batch).
+        self.item_errors: dict[tuple[str, str], Exception] = {}
 
     @property
     def image(self) -> LabImage:
@@ -119,7 +138,7 @@ class MttyLabProvider:
             return []
         from harness.vfio_lab.boot import DEFAULT_QEMU, boot
         from harness.vfio_lab.build import REPO, cache_root
-        from harness.vfio_lab.inside import LAB_ERROR, OUTCOMES, REQUEST, RUNNER, Request
+        from harness.vfio_lab.inside import LAB_ERROR, LAB_ERROR_TYPE, OUTCOMES, REQUEST, RUNNER, Request
 
         # The runner runs plain scenarios on the same event loop: a (cold) build must not block it.
         image = await asyncio.to_thread(lambda: self.image)
@@ -148,6 +167,7 @@ class MttyLabProvider:
         self.last_boot = result
         outcomes = []
         self.last_errors = {}
+        self.item_errors = {}
         path = share / OUTCOMES
         if path.exists():
             for line in path.read_text().splitlines():
@@ -158,6 +178,7 @@ class MttyLabProvider:
                     # No outcome for this one: the runner reports it as an error, and the reason is here.
                     key = (str(record["scenario"]), str(record["binary"]))
                     self.last_errors[key] = str(record[LAB_ERROR])
+                    self.item_errors[key] = lab_item_error(str(record[LAB_ERROR]), record.get(LAB_ERROR_TYPE))
                     print(
                         f"mtty lab: {key[0]} on {key[1]}: the executor raised {record[LAB_ERROR]} "
                         f"(runner.stderr in {share})",

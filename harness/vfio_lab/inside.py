@@ -40,6 +40,9 @@ RUNNER = "runner.json"
 PROVIDER_NAME = "mtty"
 LAB_ERROR = "lab_error"  # key of an outcomes.jsonl line that records an error instead of an outcome
 LOGS = "logs"  # share subfolder with each item's QEMU logs (outcome.extra["lab_logs"]: the host keeps them)
+# With LAB_ERROR, for an error that is the host's (harness.errors.HostEnvironmentError and subclasses): its
+# class name, ``what`` and ``detail``, so that the host side raises the same error (not a skip, not a bug).
+LAB_ERROR_TYPE = "lab_error_type"
 
 
 @dataclass
@@ -129,9 +132,18 @@ def _device_labels(outcome: Outcome) -> dict[str, str]:
     return labels
 
 
-def _error_record(scenario: Scenario, binary: Any, reason: str) -> dict[str, Any]:
-    """The executor raised (a harness bug, not a QEMU result): the host reports it as an error."""
-    return {LAB_ERROR: reason, "scenario": scenario.id, "binary": str(getattr(binary, "path", binary))}
+def _error_record(
+    scenario: Scenario, binary: Any, reason: str, exc: BaseException | None = None
+) -> dict[str, Any]:
+    """The executor raised (a harness bug, or a resource the lab could not give): the host reports it as an
+    error of the item, never as a skip."""
+    from harness.errors import HostEnvironmentError
+
+    binary_path = str(getattr(binary, "path", binary))
+    record: dict[str, Any] = {LAB_ERROR: reason, "scenario": scenario.id, "binary": binary_path}
+    if isinstance(exc, HostEnvironmentError):
+        record[LAB_ERROR_TYPE] = {"class": type(exc).__name__, "what": exc.what, "detail": exc.detail}
+    return record
 
 
 async def run_request(request: Request, share: Path) -> int:
@@ -161,7 +173,7 @@ async def run_request(request: Request, share: Path) -> int:
             except Exception as exc:  # the executor's own bugs: keep going, say what happened
                 failures += 1
                 traceback.print_exc()
-                _append(share, _error_record(scenario, binary, f"{type(exc).__name__}: {exc}"))
+                _append(share, _error_record(scenario, binary, f"{type(exc).__name__}: {exc}", exc))
                 continue
             finally:
                 allocator.release_all()

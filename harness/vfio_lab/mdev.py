@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import ResourceUnavailable
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from reference_impl.scenario import DeviceSpec
 
@@ -65,6 +66,9 @@ class MdevAllocator:
         self._live: set[str] = set()
 
     def type_dir(self, personality: str) -> Path:
+        """The mdev type of ``personality``. A personality this lab build does not offer is
+        :class:`VfioUnavailable` (known before anything runs: a skip); one it offers whose type is missing
+        from sysfs (its module did not load) is a lab that lost a resource: :class:`ResourceUnavailable`."""
         if personality not in self._offered or personality not in PERSONALITIES:
             why = f": {self._note}" if self._note else ""
             raise VfioUnavailable(
@@ -74,19 +78,27 @@ class MdevAllocator:
         spec = PERSONALITIES[personality]
         path = self._bus / spec.parent / "mdev_supported_types" / spec.mdev_type
         if not path.is_dir():
-            raise VfioUnavailable(
-                f"personality {personality!r} needs mdev type {spec.mdev_type} ({spec.module}), which this "
-                "lab guest does not offer"
+            raise ResourceUnavailable(
+                f"mdev type {spec.mdev_type}",
+                f"personality {personality!r} needs it ({spec.module}), which the lab build offers but this "
+                "lab guest does not have",
             )
         return path
 
     def allocate(self, device: DeviceSpec) -> AllocatedDevice:
+        """A fresh instance; an exhausted pool (no instance left, or create refused) is a resource the run
+        should have had: :class:`ResourceUnavailable`, never a skip."""
         type_dir = self.type_dir(device.personality or DEFAULT_PERSONALITY)
         available = type_dir / "available_instances"
         if available.exists() and int(available.read_text().strip() or 0) <= 0:
-            raise VfioUnavailable(f"mdev type {type_dir.name} has no instances left")
+            raise ResourceUnavailable(
+                f"mdev type {type_dir.name}", f"no instances left ({len(self._live)} held by this run)"
+            )
         name = str(uuid.uuid4())
-        (type_dir / "create").write_text(name)
+        try:
+            (type_dir / "create").write_text(name)
+        except OSError as exc:
+            raise ResourceUnavailable(f"mdev type {type_dir.name}", f"creating an instance failed: {exc}") from exc
         self._live.add(name)
         return AllocatedDevice(properties={"sysfsdev": str(self._devices / name)}, host_name=name)
 

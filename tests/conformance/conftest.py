@@ -1,10 +1,18 @@
 """The bundled suite, crossed with the QEMU binaries migconform finds (``QEMU_BINARY``, the set-up
-script's versions, PATH): one test per scenario x binary, real QEMU against the model."""
+script's versions, PATH): one test per scenario x binary, real QEMU against the model.
+
+Coverage floor (scripts/run-tests sets both): with ``MIGCONFORM_REQUIRE_RESOURCES=1`` a case skipped for a
+missing resource (kind ``resource``: no VFIO provider, a personality the provider lacks) fails instead of
+skipping; a skip because the host lacks a capability the scenario declares (kind ``host``: kvm, uffd,
+uffd-wp) stays a skip. With ``MIGCONFORM_COMPARED_DIR`` every pytest process writes how many cases it
+compared there at the end of its session; ``MIGCONFORM_MIN_COMPARED=N`` makes a session without xdist fail
+below N itself (under xdist each worker sees only its share: scripts/run-tests adds the files up).
+"""
 
 from __future__ import annotations
 
 import fcntl
-import importlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +22,7 @@ import pytest
 from harness import results as results_io
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
-from harness.results import Results
+from harness.results import RESOURCE_SKIP, Results, Skip
 from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
 from reference_impl.scenario import Scenario
 
@@ -29,31 +37,55 @@ def binaries() -> list[QemuBinary]:
     return discover_binaries()
 
 
-def model_missing() -> str | None:
-    """Why the reference model cannot run (then the differential tests skip and say so), or None."""
-    try:
-        from harness.runner import default_predict
-
-        default_predict()
-    except (ImportError, AttributeError) as exc:
-        return f"the reference model (reference_impl.predict) is not importable: {exc}"
-    return None
-
-
-def executor_missing() -> str | None:
-    try:
-        importlib.import_module("harness.executor")
-    except ImportError as exc:
-        return f"the real-QEMU executor (harness.executor) is not importable: {exc}"
-    return None
-
-
 @pytest.fixture
 def differential_ready() -> None:
-    """Skip (naming what is missing) when either backend cannot run yet."""
-    missing = executor_missing() or model_missing()
-    if missing:
-        pytest.skip(missing)
+    """Both backends load. An import error of either is a broken installation: it fails the test (it used
+    to skip every conformance test, and a suite that checks nothing passed)."""
+    from harness.executor import execute
+    from harness.runner import default_predict
+
+    assert callable(execute) and callable(default_predict())
+
+
+REQUIRE_RESOURCES_ENV = "MIGCONFORM_REQUIRE_RESOURCES"  # "1": a resource-kind skip fails the case
+COMPARED_DIR_ENV = "MIGCONFORM_COMPARED_DIR"  # where each pytest process writes its compared count
+MIN_COMPARED_ENV = "MIGCONFORM_MIN_COMPARED"  # floor checked at session end without xdist
+_COMPARED: list[str] = []  # case ids compared in this process
+
+
+def require_resources() -> bool:
+    return os.environ.get(REQUIRE_RESOURCES_ENV, "") not in ("", "0")
+
+
+def not_compared(skip: Skip) -> None:
+    """End a case that was not compared: a skip, or a failure when the floor requires the resource."""
+    if require_resources() and skip.kind == RESOURCE_SKIP:
+        pytest.fail(
+            f"not compared for a missing resource ({REQUIRE_RESOURCES_ENV}=1 makes that a failure): {skip.reason}"
+        )
+    pytest.skip(skip.reason)
+
+
+def note_compared(case: str) -> None:
+    """Count a case whose two sides were compared (agreeing, or a known QEMU bug)."""
+    _COMPARED.append(case)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    out = os.environ.get(COMPARED_DIR_ENV)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{worker}-{os.getpid()}.json").write_text(json.dumps({"compared": len(_COMPARED)}))
+    minimum = os.environ.get(MIN_COMPARED_ENV)
+    if minimum and "PYTEST_XDIST_WORKER" not in os.environ and len(_COMPARED) < int(minimum):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"coverage floor not met: {len(_COMPARED)} conformance cases compared, fewer than {minimum}"
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(message, red=True)
 
 
 VFIO_PROVIDER_ENV = "MIGCONFORM_VFIO_PROVIDER"  # e.g. mtty: VFIO scenarios run in that provider

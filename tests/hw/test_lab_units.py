@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import ResourceUnavailable
 from harness.vfio import provider as provider_mod
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio_lab import build
@@ -105,7 +106,7 @@ def test_allocator_refuses_a_personality_the_kernel_lacks(tmp_path: Path) -> Non
 
 def test_allocator_refuses_a_type_the_guest_did_not_load(tmp_path: Path) -> None:
     bus, devices = _fake_sysfs(tmp_path, ["migratable"])
-    with pytest.raises(VfioUnavailable, match="mtty-nolog-1"):
+    with pytest.raises(ResourceUnavailable, match="mtty-nolog-1"):
         MdevAllocator(mdev_bus=bus, mdev_devices=devices).allocate(
             DeviceSpec("vfio-pci", personality="no-dirty-logging")
         )

@@ -58,12 +58,11 @@ def _uuid(outcome: Outcome, device_id: str = "vfio0") -> str:
 
 
 def _agrees_with_model(outcome: Outcome, provider: MttyLabProvider, binary: QemuBinary) -> None:
-    """The model, given the lab's host facts, predicts the same contract fields (after normalising)."""
-    try:
-        from harness.compare import compare
-        from reference_impl import predict
-    except ImportError as exc:  # pragma: no cover - depends on the model being present
-        pytest.skip(f"reference model not available for the comparison: {exc}")
+    """The model, given the lab's host facts, predicts the same contract fields and VFIO device states
+    (after normalising). A model that does not import is a broken installation: the test fails."""
+    from harness.compare import compare
+    from reference_impl import predict
+
     scenario = _scenarios()[outcome.scenario]
     reference = predict(scenario, binary.version, provider.host_facts())
     comparison = compare(reference, outcome)
@@ -232,3 +231,32 @@ def test_kernel_matrix_bookworm_6_1(
         assert outcome.error == (on_612.error or "").replace(_uuid(on_612), _uuid(outcome))
         _agrees_with_model(outcome, old_kernel_lab, lab_binary)
     assert ran, "no scenario of the set can run on the 6.1 lab"
+
+
+# The conformance suite's scenarios with migration-events=on (QEMU 9.1+ sends VFIO_MIGRATION events).
+EVENTS_SCENARIOS = SCENARIO_DIR.parent.parent / "conformance" / "scenarios"
+
+
+def test_vfio_states_are_compared_with_real_events(stock_lab: MttyLabProvider, lab_binary: QemuBinary) -> None:
+    """QEMU's VFIO_MIGRATION sequences, as the executor recorded them, equal the model's; and the comparison
+    really looks at them: a deliberately wrong predicted sequence diverges in vfio_states."""
+    from harness.compare import compare
+    from reference_impl import predict
+
+    scenarios = load_scenarios(sorted(EVENTS_SCENARIOS.glob("vfio-events-*.toml")))
+    assert scenarios, "no vfio-events-* scenario in the suite"
+    outcomes = _run(stock_lab, scenarios, lab_binary)
+    sent = 0
+    for scenario in scenarios:
+        outcome = _outcome(outcomes, scenario.id)
+        reference = predict(scenario, lab_binary.version, stock_lab.host_facts())
+        assert reference.vfio_states is not None, reference.extra
+        comparison = compare(reference, outcome)
+        assert comparison.agree, f"{scenario.id}: model and QEMU differ: {comparison.differences}"
+        if not outcome.vfio_states:
+            continue
+        sent += 1
+        wrong = {key: list(reversed(states)) for key, states in reference.vfio_states.items()}
+        reference.vfio_states = wrong
+        assert "vfio_states" in compare(reference, outcome).differences, scenario.id
+    assert sent >= 3, "QEMU sent VFIO_MIGRATION events in fewer scenarios than expected"
