@@ -110,6 +110,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         action="store_true",
         help="with --vfio-device: bind devices to vfio-pci for the run and restore their drivers afterwards",
     )
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run each item's QEMU side N times (the model once) and report per-item stability; "
+        "exit status 1 when an item's runs differ (default 1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
 
 
@@ -259,7 +267,8 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         vfio_provider=vfio_provider if args.backend != "reference" else None,
         vfio_options=vfio_options,
         progress=None if args.quiet else sys.stderr,
-        meta={"argv": sys.argv[1:], "shard": args.shard},
+        meta={"argv": sys.argv[1:], "shard": args.shard, **({"repeat": args.repeat} if args.repeat > 1 else {})},
+        repeat=args.repeat,
     )
     res = run_sync(scenarios, targets, options)
     _write_reports(res, json_path, junit_path, html_path)

@@ -2,8 +2,9 @@
 
 Extensions: ``meta`` (binaries, versions, host, kernel, start and end time), ``not_run`` (work items an
 interrupted run never finished, so a partial file says what is missing), ``errors`` (harness failures:
-an exception in the executor or the model, which count as failures, never as skips) and ``skips``
-(pairs that were not compared, with the reason).
+an exception in the executor or the model, which count as failures, never as skips), ``skips``
+(pairs that were not compared, with the reason) and, for ``--repeat N``, ``stability`` (per item: how many
+real runs agreed, diverged, errored, and the distinct outcomes seen; harness.stability).
 
 The file is rewritten atomically after every completed item, so a reader never sees half a file and an
 interrupted run keeps everything that finished.
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.compare import Comparison
+from harness.stability import Stability
 from reference_impl.outcome import Outcome
 
 
@@ -73,6 +75,8 @@ class Results:
     skips: list[Skip] = field(default_factory=list)
     not_run: list[WorkItem] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # --repeat N: one entry per item that ran on QEMU (empty for a single run, and then not in the JSON)
+    stability: list[Stability] = field(default_factory=list)
 
     @property
     def diverged(self) -> list[Comparison]:
@@ -83,9 +87,15 @@ class Results:
         return [c for c in self.comparisons if not c.agree and c.known_bug is not None]
 
     @property
+    def unstable(self) -> list[Stability]:
+        """Items of a repeated run whose real runs did not all give the same outcome, or errored."""
+        return [s for s in self.stability if not s.stable]
+
+    @property
     def passed(self) -> bool:
-        """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun."""
-        return not self.diverged and not self.errors and not self.not_run
+        """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun, and
+        (``--repeat``) every item stable."""
+        return not self.diverged and not self.errors and not self.not_run and not self.unstable
 
     def select(self, scenario: str, column: str) -> Results:
         """The part of these results about one scenario on one column (same meta)."""
@@ -96,6 +106,7 @@ class Results:
             skips=[s for s in self.skips if (s.scenario, s.column) == (scenario, column)],
             not_run=[w for w in self.not_run if (w.scenario, w.column) == (scenario, column)],
             meta=self.meta,
+            stability=[s for s in self.stability if (s.scenario, s.column) == (scenario, column)],
         )
 
     def counts(self) -> dict[str, int]:
@@ -109,7 +120,7 @@ class Results:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "outcomes": [o.to_json() for o in self.outcomes],
             "comparisons": [c.to_json() for c in self.comparisons],
             "errors": [e.to_json() for e in self.errors],
@@ -117,6 +128,9 @@ class Results:
             "not_run": [w.to_json() for w in self.not_run],
             "meta": self.meta,
         }
+        if self.stability:
+            out["stability"] = [s.to_json() for s in self.stability]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Results:
@@ -129,6 +143,7 @@ class Results:
             skips=[Skip.from_json(s) for s in data.get("skips") or []],
             not_run=[WorkItem(str(w["scenario"]), str(w["column"])) for w in data.get("not_run") or []],
             meta=dict(data.get("meta") or {}),
+            stability=[Stability.from_json(s) for s in data.get("stability") or []],
         )
 
 
@@ -198,6 +213,8 @@ def merge(parts: Iterable[Results]) -> Results:
         merged.errors = [e for e in merged.errors if (e.scenario, e.column) not in done]
         merged.skips = [s for s in merged.skips if (s.scenario, s.column) not in done]
         merged.not_run = [w for w in merged.not_run if (w.scenario, w.column) not in done]
+        merged.stability = [s for s in merged.stability if (s.scenario, s.column) not in done]
+        merged.stability += part.stability
         merged.outcomes += part.outcomes
         merged.comparisons += part.comparisons
         merged.errors += part.errors

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from harness.compare import compare, skip_reason
+from harness.compare import Comparison, compare, skip_reason
 from harness.known_bugs import known_divergence
 from harness.results import HarnessError, Results, Skip, WorkItem, save
+from harness.stability import Run, aggregate, representative
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
@@ -152,6 +153,9 @@ class RunOptions:
     provider: VfioProvider | None = None
     # Real host devices (--vfio-device): the executor asks this allocator for each launch's devices.
     allocator: VfioDeviceAllocator | None = None
+    # --repeat N: the real side of every item runs N times (the model once); Results.stability says how
+    # many runs agreed and which distinct outcomes were seen.
+    repeat: int = 1
 
 
 class Progress:
@@ -264,6 +268,44 @@ class _Run:
             return self._facts[key]
 
     # ---- bookkeeping ----------------------------------------------------------------------------------
+    def _compare(self, scenario: Scenario, target: Target, reference: Outcome, qemu: Outcome) -> Comparison | None:
+        """The comparison of one real run with the model, known bug applied; None when it is not compared."""
+        if skip_reason(reference, qemu) is not None:
+            return None
+        comparison = compare(reference, qemu, column=target.column)
+        known = known_divergence(scenario.id, target.version)
+        if known is not None and not comparison.agree and not known.problems(comparison):
+            comparison.known_bug = known.reason
+        return comparison
+
+    def record_repeated(
+        self,
+        scenario: Scenario,
+        target: Target,
+        reals: Sequence[Outcome | BaseException],
+        model: Outcome | BaseException | None,
+    ) -> None:
+        """``--repeat``: every real run against the one prediction, aggregated into ``stability``; the item's
+        outcome and comparison are those of :func:`harness.stability.representative` (a run that diverged
+        if any did), recorded as a single run would be."""
+        runs: list[Run] = []
+        for real in reals:
+            if isinstance(real, BaseException):
+                text = "".join(traceback.format_exception_only(type(real), real)).strip()
+                runs.append(Run(error=text or type(real).__name__))
+                continue
+            stamped = _stamp(real, target)
+            comparison = self._compare(scenario, target, model, stamped) if isinstance(model, Outcome) else None
+            runs.append(Run(outcome=stamped, comparison=comparison))
+        self.results.stability.append(aggregate(scenario.id, target.column, runs))
+        chosen = representative(runs)
+        outcomes: dict[str, Outcome | BaseException] = {
+            "qemu": chosen.outcome if chosen is not None and chosen.outcome is not None else reals[0]
+        }
+        if model is not None:  # None: --backend qemu, nothing to compare with
+            outcomes["reference"] = model
+        self.record(scenario, target, outcomes)
+
     def record(self, scenario: Scenario, target: Target, outcomes: Mapping[str, Outcome | BaseException]) -> None:
         item = WorkItem(scenario.id, target.column)
         status = "done"
@@ -281,10 +323,8 @@ class _Run:
                 self.results.skips.append(Skip(scenario.id, target.column, reason))
                 status = f"skip ({reason})"
             else:
-                comparison = compare(good["reference"], good["qemu"], column=target.column)
-                known = known_divergence(scenario.id, target.version)
-                if known is not None and not comparison.agree and not known.problems(comparison):
-                    comparison.known_bug = known.reason
+                comparison = self._compare(scenario, target, good["reference"], good["qemu"])
+                assert comparison is not None  # skip_reason was None
                 self.results.comparisons.append(comparison)
                 status = "agree" if comparison.agree else ("known QEMU bug" if comparison.known_bug else "DIVERGE")
         elif not errors:
@@ -330,53 +370,69 @@ class _Run:
             outcomes: dict[str, Outcome | BaseException] = {}
             backend = self.options.backend
             accel = scenario.source.accel
+            reals: list[Outcome | BaseException] = []
             if backend in ("both", "qemu") and target.binary is not None:
-                try:
-                    real = await self.run_real(scenario, target)
-                    outcomes["qemu"] = real
-                    if real.accel in ("kvm", "tcg"):  # the model's host is what the run really used
-                        accel = real.accel
-                except Exception as exc:
-                    outcomes["qemu"] = exc
+                for _ in range(max(1, self.options.repeat)):
+                    try:
+                        real = await self.run_real(scenario, target)
+                        reals.append(real)
+                        if real.accel in ("kvm", "tcg"):  # the model's host is what the run really used
+                            accel = real.accel
+                    except Exception as exc:
+                        reals.append(exc)
+                outcomes["qemu"] = reals[0]
             if backend in ("both", "reference") or target.binary is None:
                 try:
                     outcomes["reference"] = await self.run_model(scenario, target, accel)
                 except Exception as exc:
                     outcomes["reference"] = exc
-            self.record(scenario, target, outcomes)
+            if self.options.repeat > 1 and reals:
+                self.record_repeated(scenario, target, reals, outcomes.get("reference"))
+            else:
+                self.record(scenario, target, outcomes)
 
     async def run_vfio_batch(self, scenarios: Sequence[Scenario], provider: VfioProvider) -> None:
-        """Hand every VFIO scenario to the provider at once, then run the model with the provider's host."""
+        """Hand every VFIO scenario to the provider at once (``--repeat N``: N batches), then run the model
+        with the provider's host."""
         binary_targets = [t for t in self.targets if t.binary is not None]
         binaries = [t.binary for t in binary_targets if t.binary is not None]
-        real: dict[tuple[str, str], Outcome] = {}
-        batch_error: BaseException | None = None
+        rounds = max(1, self.options.repeat)
+        real: list[dict[tuple[str, str], Outcome]] = [{} for _ in range(rounds)]
+        batch_errors: list[BaseException | None] = [None] * rounds
         if self.options.backend in ("both", "qemu") and binaries:
-            try:
-                for outcome in await provider.run_batch(scenarios, binaries):
-                    target = _target_of(outcome, binary_targets)
-                    if target is not None:
-                        real[(outcome.scenario, target.column)] = outcome
-            except Exception as exc:
-                batch_error = exc
+            for round_ in range(rounds):
+                try:
+                    for outcome in await provider.run_batch(scenarios, binaries):
+                        target = _target_of(outcome, binary_targets)
+                        if target is not None:
+                            real[round_][(outcome.scenario, target.column)] = outcome
+                except Exception as exc:
+                    batch_errors[round_] = exc
         host = provider.host_facts()
         for target in self.targets:
             for scenario in scenarios:
                 outcomes: dict[str, Outcome | BaseException] = {}
+                reals: list[Outcome | BaseException] = []
                 if self.options.backend in ("both", "qemu") and target.binary is not None:
-                    got = real.get((scenario.id, target.column))
-                    if got is not None:
-                        outcomes["qemu"] = got
-                    else:
-                        outcomes["qemu"] = batch_error or RuntimeError(
-                            f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
+                    for round_ in range(rounds):
+                        got = real[round_].get((scenario.id, target.column))
+                        reals.append(
+                            got
+                            or batch_errors[round_]
+                            or RuntimeError(
+                                f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
+                            )
                         )
+                    outcomes["qemu"] = reals[0]
                 if self.options.backend in ("both", "reference") or target.binary is None:
                     try:
                         outcomes["reference"] = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
                     except Exception as exc:
                         outcomes["reference"] = exc
-                self.record(scenario, target, outcomes)
+                if rounds > 1 and reals:
+                    self.record_repeated(scenario, target, reals, outcomes.get("reference"))
+                else:
+                    self.record(scenario, target, outcomes)
 
     async def run(self) -> Results:
         semaphore = asyncio.Semaphore(max(1, self.options.jobs))
