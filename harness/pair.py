@@ -370,13 +370,22 @@ class MigrationPair:
         return VmState(status=status, runstate=runstate)
 
     async def final_states(self, settle_timeout: float = SETTLE_TIMEOUT_S) -> tuple[VmState | None, VmState | None]:
-        """Both sides' states at a quiescent point (:func:`unsettled`): read again, bounded by
-        ``settle_timeout``, while either side is in a state QEMU leaves on its own. After the bound, what
-        was read last (and :attr:`last_unsettled` says why it was not settled)."""
+        """Both sides' states at a quiescent point (:func:`unsettled`), read twice alike: read again,
+        bounded by ``settle_timeout``, while either side is in a state QEMU leaves on its own or the reads
+        differ. After the bound, what was read last (and :attr:`last_unsettled` says why it was not settled)."""
         deadline = time.monotonic() + settle_timeout
+        previous: tuple[VmState | None, VmState | None] | None = None
         while True:
             source, destination = await asyncio.gather(self.final_state("source"), self.final_state("destination"))
             self.last_unsettled = unsettled(source, destination, incoming=self.incoming_uri is not None)
-            if self.last_unsettled is None or time.monotonic() >= deadline:
+            # Status and runstate are two QMP commands: a transition between them tears the pair (seen: a
+            # source "active" with runstate postmigrate), so a settled read counts only when the one before
+            # it was the same.
+            if self.last_unsettled is None and previous == (source, destination):
                 return source, destination
+            if time.monotonic() >= deadline:
+                if self.last_unsettled is None and previous != (source, destination):
+                    self.last_unsettled = "the states kept changing between reads"
+                return source, destination
+            previous = (source, destination)
             await asyncio.sleep(POLL_INTERVAL_S)
