@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.compare import Comparison
+from harness.compare import Comparison, normalise
 from reference_impl.outcome import Outcome
 
 # The outcome fields a run's result is judged by: the ones the comparison looks at (informative fields such
@@ -24,12 +24,20 @@ SIGNATURE_FIELDS = ("verdict", "stage", "error", "source", "destination", "event
 
 
 def signature(outcome: Outcome) -> dict[str, Any]:
-    """What two runs must share to count as the same outcome. The guest's ``pages_checked`` and
-    ``first_bad`` are informative, so only ``alive`` and ``bad_pages`` are kept."""
+    """What two runs must share to count as the same outcome, as the comparison sees it: the error
+    normalised like harness.compare does (auto-generated node names, ports, paths, VFIO host names differ
+    from run to run); of the guest check only ``alive`` and ``bad_pages``."""
     data = outcome.to_json()
+    vfio_names = [
+        (str(device_id), str(host_name))
+        for key in ("vfio_names", "vfio_names_destination")
+        for device_id, host_name in dict(outcome.extra.get(key) or {}).items()
+    ]
     out: dict[str, Any] = {}
     for name in SIGNATURE_FIELDS:
         value = data.get(name)
+        if name == "error":
+            value = normalise(outcome.error, vfio_names)
         if name == "guest" and isinstance(value, Mapping):
             value = {"alive": value.get("alive"), "bad_pages": value.get("bad_pages")}
         if name == "events" and isinstance(value, Mapping):

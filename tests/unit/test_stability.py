@@ -93,6 +93,16 @@ def test_skipped_runs_count_as_skips() -> None:
     assert (result.skip, result.agree, result.status) == (2, 0, "skip")
 
 
+def test_errors_that_differ_only_in_run_specific_names_are_one_outcome() -> None:
+    runs = []
+    for node in ("#block291", "#block275"):
+        out = refused(LOADING)
+        out.error = f"The qcow format used by node '{node}' does not support live migration"
+        runs.append(agreeing(out))
+    result = aggregate("blocker-blockdev-add-during-migration", "10.0.2", runs)
+    assert result.stable and len(result.outcomes) == 1 and result.outcomes[0].count == 2
+
+
 def test_signature_keeps_what_is_compared_only() -> None:
     out = refused(LOADING)
     out.guest = {"alive": True, "pages_checked": 123, "bad_pages": 0, "first_bad": None}
