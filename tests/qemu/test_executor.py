@@ -7,6 +7,7 @@ contract's outcome fields: verdict, stage, QEMU's exact error, and each side's s
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -257,3 +258,34 @@ def test_migrate_step_ends_with_both_sides_past_setup(
     assert outcome.source == VmState("active", "running")
     assert outcome.destination == VmState("active", "inmigrate"), outcome.to_json()
     assert "unsettled" not in outcome.extra
+
+
+def test_repeat_reports_each_real_run(tmp_path: Path, qemu_binary: QemuBinary) -> None:
+    """``migconform run --repeat 2`` on real QEMU: the scenario runs twice, the model once, and the JSON's
+    stability entry accounts for both runs with one outcome (precheck-running is settled on every run now)."""
+    from harness import cli
+
+    json_path = tmp_path / "results.json"
+    status = cli.main(
+        [
+            "run",
+            str(SCENARIOS / "precheck-running.toml"),
+            "--qemu",
+            str(qemu_binary.path),
+            "--repeat",
+            "2",
+            "--jobs",
+            "1",
+            "--json",
+            str(json_path),
+            "--quiet",
+        ]
+    )
+    data = json.loads(json_path.read_text())
+    (item,) = data["stability"]
+    assert (item["scenario"], item["runs"], item["error"]) == ("precheck-running", 2, 0), item
+    assert item["agree"] + item["diverge"] + item["known_bug"] == 2
+    assert sum(seen["count"] for seen in item["outcomes"]) == 2
+    assert len(data["comparisons"]) == 1 and data["meta"]["repeat"] == 2
+    assert [o["backend"] for o in data["outcomes"]].count("qemu") == 1
+    assert (item["stable"], item["status"], status) == (True, "stable", 0), item

@@ -1,6 +1,5 @@
 """``--repeat N`` bookkeeping (harness.stability, the runner, results JSON, console) with fake outcomes, and the
-executor's quiescence rule (harness.pair.unsettled). Real QEMU: tests/qemu/test_executor.py and
-tests/conformance/test_repeat.py."""
+executor's quiescence rule (harness.pair.unsettled). Real QEMU: tests/qemu/test_executor.py."""
 
 from __future__ import annotations
 
