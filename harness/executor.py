@@ -17,7 +17,8 @@ CPU first (docs/scenario-format.md, "How a scenario is executed", lists these ru
 
 - ``migrate`` waits (bounded) until the source has left setup and, when that proves a connection, until the
   destination has started its incoming migration (MigrationPair.wait_incoming_started);
-- cancel and start-postcopy wait (bounded) until the source has left cancelling / active;
+- cancel, start-postcopy and migrate-continue wait (bounded) until the source has left cancelling / active /
+  pre-switchover;
 - wait: after a source that did not complete, a destination that is loading (active) gets the full bound;
 - final states are read at a quiescent point (harness.pair.unsettled), bounded; else ``extra.unsettled``;
 - wait = until the source ends, then until the destination ends or dies, then one more second, so a QEMU
@@ -500,6 +501,8 @@ class _ScenarioRun:
             await self._wait_left(pair, "cancelling")
         elif action == "migrate-continue":
             await self._command(stage, pair.migrate_continue())
+            # qmp_migrate_continue only posts a semaphore; the migration thread leaves pre-switchover.
+            await self._wait_left(pair, "pre-switchover")
         elif action == "wait":
             await self._wait(pair)
         elif action in ("cont", "stop"):

@@ -84,6 +84,10 @@ def unsettled(source: VmState | None, destination: VmState | None, *, incoming: 
             return f"the destination has not started its incoming migration (source {source.status})"
         if source.status == "completed" and destination.status not in END_STATUSES:
             return f"the destination is in {destination.status} after the source completed"
+        # A precopy load whose stream the source closed (migration_cleanup) fails at its end; with
+        # exit-on-error (7.2: always) the destination then exits.
+        if source.status in ("failed", "cancelled") and destination.status == "active":
+            return f"the destination is still loading after the source {source.status}"
     return None
 
 

@@ -255,6 +255,7 @@ def test_cli_repeat_flag_reaches_the_runner(monkeypatch: pytest.MonkeyPatch, tmp
         (VmState("completed", "finish-migrate"), LOADING, True, "the source is in runstate finish-migrate"),
         (VmState("completed", "postmigrate"), LOADING, True, "the destination is in active after the source"),
         (VmState("setup", "running"), SETUP, True, "the source is in setup"),
+        (VmState("cancelled", "running"), LOADING, True, "the destination is still loading after the source"),
     ],
 )
 def test_transient_states_are_not_quiescent(source: VmState, destination: VmState, incoming: bool, why: str) -> None:
