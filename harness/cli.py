@@ -180,6 +180,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         "declared host capabilities (requires kvm/uffd/uffd-wp, accel) this host has, and --require-all when "
         "that is all of them",
     )
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run each item's QEMU side N times (the model once) and report per-item stability; "
+        "exit status 1 when an item's runs differ (default 1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line, no table")
     parser.add_argument(
         "--no-exec",
@@ -399,12 +407,18 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         vfio_provider=vfio_provider if args.backend != "reference" else None,
         vfio_options=vfio_options,
         progress=None if args.quiet else sys.stderr,
-        meta={"argv": sys.argv[1:], "shard": args.shard, **floor_meta},
+        meta={
+            "argv": sys.argv[1:],
+            "shard": args.shard,
+            **floor_meta,
+            **({"repeat": args.repeat} if args.repeat > 1 else {}),
+        },
         logs_dir=logs_dir,
         keep_logs=args.keep_logs,
         no_exec=args.no_exec,
         require_all=require_all,
         min_compared=min_compared,
+        repeat=args.repeat,
     )
     res = run_sync(scenarios, targets, options)
     _write_reports(res, json_path, junit_path, html_path)

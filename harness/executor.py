@@ -11,6 +11,16 @@ so that a result means the same on every machine:
   port read back), once; over file/exec the source writes into a private folder and ``wait`` loads the
   stream into the destination after the source completed;
 - start-postcopy and cancel first wait (bounded) until the migration has left setup;
+
+Beyond the contract's list, so that a state the executor reads never depends on which QEMU thread got the
+CPU first (docs/scenario-format.md, "How a scenario is executed", lists these rules):
+
+- ``migrate`` waits (bounded) until the source has left setup and, when that proves a connection, until the
+  destination has started its incoming migration (MigrationPair.wait_incoming_started);
+- cancel, start-postcopy and migrate-continue wait (bounded) until the source has left cancelling / active /
+  pre-switchover;
+- wait: after a source that did not complete, a destination that is loading (active) gets the full bound;
+- final states are read at a quiescent point (harness.pair.unsettled), bounded; else ``extra.unsettled``;
 - wait = until the source ends, then until the destination ends or dies, then one more second, so a QEMU
   that crashes while cleaning up is seen as gone;
 - the first refused command ends the scenario; a VM that died is null and makes the verdict failed.
@@ -511,6 +521,9 @@ class _ScenarioRun:
         self.outcome.error = error
         self.outcome.source = source
         self.outcome.destination = destination
+        if self.pair is not None and self.pair.last_unsettled is not None and (source or destination):
+            # Informative: the states were read at the settle bound, not at a quiescent point.
+            self.outcome.extra["unsettled"] = self.pair.last_unsettled
 
     async def _record_events(self, pair: MigrationPair) -> None:
         if self.outcome.verdict == "skipped":
@@ -556,17 +569,28 @@ class _ScenarioRun:
                 await self._pace_for_postcopy(pair)
                 await self._command(stage, pair.migrate(transport))
                 self.migration_started = True
-                # Leave setup before the next step, so that a scenario that ends while the migration is
-                # still running sees one status (active), not setup or active depending on timing.
-                await self._wait_left_setup(pair)
+                # Both sides leave setup before the next step, so that a scenario that ends while the
+                # migration is still running sees one status on each side (active), not setup or active
+                # depending on which QEMU got the CPU first.
+                status = await self._wait_left_setup(pair)
+                if status is not None:
+                    with contextlib.suppress(MigrationTimeout):
+                        await pair.wait_incoming_started(status, self._settle_bound())
         elif action == "start-postcopy":
             await self._wait_left_setup(pair)
             await self._command(stage, pair.start_postcopy())
+            # migrate-start-postcopy only raises a flag (qmp_migrate_start_postcopy); the migration thread
+            # switches (postcopy_start) or completes on its next iteration.
+            await self._wait_left(pair, "active")
         elif action == "cancel":
             await self._wait_left_setup(pair)
             await self._command(stage, pair.cancel())
+            # migrate_fd_cancel sets cancelling; migration_cleanup (a bottom half) sets cancelled.
+            await self._wait_left(pair, "cancelling")
         elif action == "migrate-continue":
             await self._command(stage, pair.migrate_continue())
+            # qmp_migrate_continue only posts a semaphore; the migration thread leaves pre-switchover.
+            await self._wait_left(pair, "pre-switchover")
         elif action == "wait":
             await self._wait(pair)
         elif action in ("cont", "stop"):
@@ -602,18 +626,32 @@ class _ScenarioRun:
         with contextlib.suppress(QmpCommandError):
             await pair.set_parameters("source", {"max-bandwidth": POSTCOPY_PACING_BYTES_PER_S})
 
-    async def _wait_left_setup(self, pair: MigrationPair) -> None:
-        """Bounded; a migration that ends (or never started) meanwhile is left to the command to judge."""
+    def _settle_bound(self) -> float:
+        return min(self.timeout, LEAVE_SETUP_TIMEOUT_S)
+
+    async def _wait_left_setup(self, pair: MigrationPair) -> str | None:
+        """Bounded; a migration that ends (or never started) meanwhile is left to the command to judge.
+        The source's status once past setup, or None (no migration, or still in setup at the bound)."""
+        if not self.migration_started:
+            return None
+        with contextlib.suppress(MigrationTimeout):
+            return await pair.wait_left_setup(self._settle_bound())
+        return None
+
+    async def _wait_left(self, pair: MigrationPair, status: str) -> None:
+        """After a command QEMU carries out asynchronously: until the source has left ``status`` (bounded;
+        a source still there at the bound is what the next step, or the final states, see)."""
         if not self.migration_started:
             return
         with contextlib.suppress(MigrationTimeout):
-            await pair.wait_left_setup(min(self.timeout, LEAVE_SETUP_TIMEOUT_S))
+            await pair.wait_status_left("source", status, self._settle_bound())
 
     async def _wait(self, pair: MigrationPair) -> None:
         """Source end, then destination end (or death), then :data:`SETTLE_AFTER_WAIT_S` more.
 
-        After a source that did not complete, the destination may never hear of it (a connect that
-        failed): it gets only a short, silent bound. A wait with no migration started waits only the
+        After a source that failed or was cancelled, a destination that is loading (active) gets the whole
+        bound (its end is certain); one that never started may never hear of it (a connect that failed): it
+        gets only a short, silent bound. A wait with no migration started waits only the
         settle time."""
         deadline = time.monotonic() + self.timeout
         if self.migration_started:
@@ -625,6 +663,12 @@ class _ScenarioRun:
                 remaining = max(1.0, deadline - time.monotonic())
                 if status == "completed":
                     await pair.wait_destination_end(remaining)
+                elif status in ("failed", "cancelled") and await self._destination_connected(pair):
+                    # A destination loading a precopy stream ends for sure once the source ended: its load
+                    # fails at the end of the stream the source closed (migration_cleanup) and, with
+                    # exit-on-error, it exits. The short bound would make that a matter of scheduling.
+                    with contextlib.suppress(MigrationTimeout):
+                        await pair.wait_destination_end(remaining)
                 else:
                     with contextlib.suppress(MigrationTimeout):
                         await pair.wait_destination_end(min(remaining, DESTINATION_AFTER_FAILURE_S))
@@ -632,6 +676,15 @@ class _ScenarioRun:
         # A VM that exited meanwhile is reaped now, so that final states see it gone.
         for vm in (pair.source, pair.destination):
             await vm.wait_exit(0)
+
+    @staticmethod
+    async def _destination_connected(pair: MigrationPair) -> bool:
+        """Whether the destination is loading a precopy stream (status active), so that its end is certain."""
+        if not pair.destination.is_alive:
+            return False
+        with contextlib.suppress(QmpCommandError, QmpConnectionError, VmDied):
+            return await pair.destination.query_migrate_status() == "active"
+        return False
 
     async def _record_passes(self, pair: MigrationPair) -> None:
         """How many times precopy synced the dirty log, and how many pages postcopy faulted in: evidence that

@@ -33,6 +33,63 @@ TRANSPORTS = ("tcp", "unix", "file", "exec")
 POLL_INTERVAL_S = 0.02
 SIDES = ("source", "destination")
 FINAL_STATE_TIMEOUT_S = 5.0
+# Bound for the pair to reach a quiescent point before its final states are read (see :func:`unsettled`).
+SETTLE_TIMEOUT_S = 10.0
+# Statuses QEMU leaves on its own, without another command or more data, so that a read there depends only
+# on when a thread or bottom half of QEMU got the CPU: cancelling -> cancelled (migration_cleanup),
+# device -> completed/failed (migration_completion), wait-unplug -> active (qemu_savevm_wait_unplug).
+# A source's setup is one too (migration_thread moves it on), handled apart because a destination's is not.
+TRANSIENT_STATUSES = frozenset({"cancelling", "device", "wait-unplug"})
+# A destination whose incoming migration has not started: 10.0's setup (migration_incoming_state_setup at
+# migrate-incoming), 7.2's none (its state stays none until process_incoming_migration_co).
+INCOMING_NOT_STARTED = frozenset({"setup", "none"})
+# Source statuses that exist only once the source's channel is connected: migrate_fd_connect starts
+# migration_thread (which leaves setup) only on a connected channel. A destination that has the other end of
+# that connection will start its incoming migration (socket_accept_incoming_migration ->
+# migration_ioc_process_incoming -> process_incoming_migration_co, which sets active) as soon as its main
+# loop runs; failed and cancelled are absent because a connect can fail.
+CONNECTED_SOURCE_STATUSES = frozenset(
+    {
+        "active",
+        "wait-unplug",
+        "pre-switchover",
+        "device",
+        "postcopy-active",
+        "postcopy-paused",
+        "postcopy-recover",
+        "completed",
+    }
+)
+
+
+def unsettled(source: VmState | None, destination: VmState | None, *, incoming: bool) -> str | None:
+    """Why the pair is not at a quiescent point (a state read now would depend on scheduling), or None.
+
+    ``incoming``: the destination has a socket incoming migration the source connects to. A quiescent point
+    is one where each side stays as it is until a command, more data, or time (a throttled migration)
+    moves it: the states the model predicts. A VM that is gone (None) is settled.
+    """
+    for side, state in (("source", source), ("destination", destination)):
+        if state is None:
+            continue
+        if state.status in TRANSIENT_STATUSES:
+            return f"the {side} is in {state.status}"
+        # migration_iteration_finish sets the runstate (postmigrate, running, the old state) after the
+        # status ended; only pre-switchover parks with the VM in finish-migrate.
+        if state.runstate == "finish-migrate" and state.status != "pre-switchover":
+            return f"the {side} is in runstate finish-migrate (status {state.status})"
+    if source is not None and source.status == "setup":
+        return "the source is in setup"
+    if incoming and source is not None and destination is not None:
+        if source.status in CONNECTED_SOURCE_STATUSES and destination.status in INCOMING_NOT_STARTED:
+            return f"the destination has not started its incoming migration (source {source.status})"
+        if source.status == "completed" and destination.status not in END_STATUSES:
+            return f"the destination is in {destination.status} after the source completed"
+        # A precopy load whose stream the source closed (migration_cleanup) fails at its end; with
+        # exit-on-error (7.2: always) the destination then exits.
+        if source.status in ("failed", "cancelled") and destination.status == "active":
+            return f"the destination is still loading after the source {source.status}"
+    return None
 
 
 def capability_list(capabilities: Mapping[str, bool]) -> list[dict[str, Any]]:
@@ -79,6 +136,7 @@ class MigrationPair:
         self.stream_file: Path | None = None  # file/exec: where the source wrote the stream
         self.stream_transport: str | None = None
         self.stream_loaded = False
+        self.last_unsettled: str | None = None  # why the last final_states() read was not quiescent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,6 +296,34 @@ class MigrationPair:
             "source", frozenset({"setup", "none"}), timeout, negate=True, what="the migration to leave setup"
         )
 
+    async def wait_incoming_started(self, source_status: str, timeout: float) -> str | None:
+        """Until a connected destination has started its incoming migration (left 10.0's setup, 7.2's none).
+
+        The source leaves setup in its own migration thread; the destination leaves it only when its main
+        loop accepts the connection (socket_accept_incoming_migration -> process_incoming_migration_co),
+        which can be later, so "source active, destination setup" is a moment, not a state. Nothing to wait
+        for without a socket incoming migration, or when ``source_status`` does not prove a connection.
+        The destination's status, or None when it died meanwhile (the next step or the final states see that).
+        """
+        if self.incoming_uri is None or source_status not in CONNECTED_SOURCE_STATUSES:
+            return None
+        try:
+            return await self.wait_status(
+                "destination",
+                INCOMING_NOT_STARTED,
+                timeout,
+                negate=True,
+                what="the destination to start its incoming migration",
+            )
+        except VmDied:
+            return None
+
+    async def wait_status_left(self, side: str, status: str, timeout: float) -> str:
+        """Until ``side`` is no longer in ``status`` (cancel: cancelling; start-postcopy: active)."""
+        return await self.wait_status(
+            side, frozenset({status}), timeout, negate=True, what=f"the {side} to leave {status}"
+        )
+
     async def wait_source_end(self, timeout: float) -> str:
         """Until the source ends, or parks in ``pre-switchover`` (pause-before-switchover: only
         migrate-continue moves it on, so waiting longer would only time out)."""
@@ -303,6 +389,23 @@ class MigrationPair:
                 raise vm.died() from None
             raise QmpTimeout(vm.name, command, timeout, process_state(vm.pid), str(vm.log_path)) from None
 
-    async def final_states(self) -> tuple[VmState | None, VmState | None]:
-        source, destination = await asyncio.gather(self.final_state("source"), self.final_state("destination"))
-        return source, destination
+    async def final_states(self, settle_timeout: float = SETTLE_TIMEOUT_S) -> tuple[VmState | None, VmState | None]:
+        """Both sides' states at a quiescent point (:func:`unsettled`), read twice alike: read again,
+        bounded by ``settle_timeout``, while either side is in a state QEMU leaves on its own or the reads
+        differ. After the bound, what was read last (and :attr:`last_unsettled` says why it was not settled)."""
+        deadline = time.monotonic() + settle_timeout
+        previous: tuple[VmState | None, VmState | None] | None = None
+        while True:
+            source, destination = await asyncio.gather(self.final_state("source"), self.final_state("destination"))
+            self.last_unsettled = unsettled(source, destination, incoming=self.incoming_uri is not None)
+            # Status and runstate are two QMP commands: a transition between them tears the pair (seen: a
+            # source "active" with runstate postmigrate), so a settled read counts only when the one before
+            # it was the same.
+            if self.last_unsettled is None and previous == (source, destination):
+                return source, destination
+            if time.monotonic() >= deadline:
+                if self.last_unsettled is None and previous != (source, destination):
+                    self.last_unsettled = "the states kept changing between reads"
+                return source, destination
+            previous = (source, destination)
+            await asyncio.sleep(POLL_INTERVAL_S)

@@ -6,8 +6,9 @@ Extensions: ``meta`` (binaries, versions, host, kernel, start and end time, the 
 the model, ``environment`` for a host that could not give the run what it needed, e.g. out of memory or
 disk, :class:`harness.errors.HostEnvironmentError`), ``skips`` (pairs that were not compared, with the
 reason and its ``kind``: ``host`` when the host lacks a capability the scenario declares, ``resource`` when
-the run was not given something it needs) and ``counts`` (the tally per category, for readers that do not
-want to recount).
+the run was not given something it needs), ``counts`` (the tally per category, for readers that do not
+want to recount) and, for ``--repeat N``, ``stability`` (per item: how many real runs agreed, diverged,
+errored, and the distinct outcomes seen; harness.stability).
 
 A coverage floor (:class:`Floor`, ``--require-all`` / ``--min-compared``) makes a run that compared too
 little fail: ``meta.floor`` records the floor, how many items were compared and whether it held, so a pass
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.compare import Comparison
+from harness.stability import Stability
 from reference_impl.outcome import Outcome
 
 
@@ -199,6 +201,8 @@ class Results:
     not_run: list[WorkItem] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     floor: Floor | None = None
+    # --repeat N: one entry per item that ran on QEMU (empty for a single run, and then not in the JSON)
+    stability: list[Stability] = field(default_factory=list)
 
     @property
     def floor_problems(self) -> list[str]:
@@ -222,18 +226,24 @@ class Results:
         return [e for e in self.errors if e.kind == "environment"]
 
     @property
+    def unstable(self) -> list[Stability]:
+        """Items of a repeated run whose real runs did not all give the same outcome, or errored."""
+        return [s for s in self.stability if not s.stable]
+
+    @property
     def passed(self) -> bool:
-        """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun, and the
-        coverage floor (if any) holds."""
-        return not self.diverged and not self.errors and not self.not_run and not self.floor_problems
+        """Exit status 0 of ``migconform run``: nothing diverged, nothing errored, nothing left unrun, the
+        coverage floor (if any) holds and (``--repeat``) every item was stable."""
+        return (
+            not self.diverged and not self.errors and not self.not_run and not self.floor_problems and not self.unstable
+        )
 
     @property
     def exit_status(self) -> int:
-        """1 when anything diverged, the harness failed, items were left unrun or the coverage floor does not
-        hold (the contract's failure);
-        else 3 when only the host failed some items (nothing to report to QEMU or to us: fix the host and
-        re-run); else 0."""
-        if self.diverged or self.harness_errors or self.not_run or self.floor_problems:
+        """1 when anything diverged, the harness failed, items were left unrun, the coverage floor does not
+        hold or (``--repeat``) an item was unstable (the contract's failure); else 3 when only the host failed
+        some items (nothing to report to QEMU or to us: fix the host and re-run); else 0."""
+        if self.diverged or self.harness_errors or self.not_run or self.floor_problems or self.unstable:
             return EXIT_FAILED
         if self.environment_errors:
             return EXIT_ENVIRONMENT
@@ -248,6 +258,7 @@ class Results:
             skips=[s for s in self.skips if (s.scenario, s.column) == (scenario, column)],
             not_run=[w for w in self.not_run if (w.scenario, w.column) == (scenario, column)],
             meta=self.meta,
+            stability=[s for s in self.stability if (s.scenario, s.column) == (scenario, column)],
         )
 
     def counts(self) -> dict[str, int]:
@@ -273,7 +284,7 @@ class Results:
         meta = dict(self.meta)
         if self.floor is not None and self.floor.active:
             meta["floor"] = self.floor.to_json(self)
-        return {
+        out: dict[str, Any] = {
             "outcomes": [o.to_json() for o in self.outcomes],
             "comparisons": [c.to_json() for c in self.comparisons],
             "errors": [e.to_json() for e in self.errors],
@@ -282,6 +293,9 @@ class Results:
             "counts": self.counts(),
             "meta": meta,
         }
+        if self.stability:
+            out["stability"] = [s.to_json() for s in self.stability]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Results:
@@ -295,6 +309,7 @@ class Results:
             not_run=[WorkItem(str(w["scenario"]), str(w["column"])) for w in data.get("not_run") or []],
             meta=dict(data.get("meta") or {}),
             floor=Floor.from_json(dict(data.get("meta") or {}).get("floor")),
+            stability=[Stability.from_json(s) for s in data.get("stability") or []],
         )
 
 
@@ -364,6 +379,8 @@ def merge(parts: Iterable[Results]) -> Results:
         merged.errors = [e for e in merged.errors if (e.scenario, e.column) not in done]
         merged.skips = [s for s in merged.skips if (s.scenario, s.column) not in done]
         merged.not_run = [w for w in merged.not_run if (w.scenario, w.column) not in done]
+        merged.stability = [s for s in merged.stability if (s.scenario, s.column) not in done]
+        merged.stability += part.stability
         merged.outcomes += part.outcomes
         merged.comparisons += part.comparisons
         merged.errors += part.errors

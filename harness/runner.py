@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from harness import procutil
-from harness.compare import compare, skip_reason
+from harness.compare import Comparison, compare, skip_reason
 from harness.errors import HostEnvironmentError
 from harness.known_bugs import classify
 from harness.loader import refuse_host_commands
 from harness.results import Floor, HarnessError, Results, Skip, WorkItem, item_log_name, save, skip_kind
+from harness.stability import Run, aggregate, representative
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
@@ -194,6 +195,9 @@ class RunOptions:
     # Coverage floor (--require-all, --min-compared): a run that compared less fails (harness.results.Floor).
     require_all: bool = False
     min_compared: int | None = None
+    # --repeat N: the real side of every item runs N times (the model once); Results.stability says how
+    # many runs agreed and which distinct outcomes were seen.
+    repeat: int = 1
 
 
 class Progress:
@@ -314,6 +318,46 @@ class _Run:
             return self._facts[key]
 
     # ---- bookkeeping ----------------------------------------------------------------------------------
+    def _compare(self, scenario: Scenario, target: Target, reference: Outcome, qemu: Outcome) -> Comparison | None:
+        """The comparison of one real run with the model, known bug applied; None when it is not compared."""
+        if skip_reason(reference, qemu) is not None:
+            return None
+        comparison = compare(reference, qemu, column=target.column)
+        classify(comparison, scenario, target.version, qemu.accel)
+        return comparison
+
+    def record_repeated(
+        self,
+        scenario: Scenario,
+        target: Target,
+        reals: Sequence[Outcome | BaseException],
+        model: Outcome | BaseException | None,
+        workdir: Path | None = None,
+    ) -> None:
+        """``--repeat``: every real run against the one prediction, aggregated into ``stability``; the item's
+        outcome and comparison are those of :func:`harness.stability.representative` (a run that diverged
+        if any did), recorded as a single run would be (``workdir``: the folder holding every run's logs)."""
+        runs: list[Run] = []
+        for real in reals:
+            if isinstance(real, BaseException):
+                text = "".join(traceback.format_exception_only(type(real), real)).strip()
+                runs.append(Run(error=text or type(real).__name__))
+                continue
+            stamped = _stamp(real, target)
+            comparison = self._compare(scenario, target, model, stamped) if isinstance(model, Outcome) else None
+            runs.append(Run(outcome=stamped, comparison=comparison))
+        if procutil.interrupted() is None:
+            self.results.stability.append(aggregate(scenario.id, target.column, runs))
+        chosen = representative(runs)
+        qemu: Outcome | BaseException = reals[0]
+        if chosen is not None and chosen.outcome is not None:
+            qemu = chosen.outcome
+        outcomes: dict[str, Outcome | BaseException] = {"qemu": qemu}
+        if model is not None:  # None: --backend qemu, nothing to compare with
+            outcomes["reference"] = model
+        provider_logs = _provider_logs(qemu) if workdir is None and isinstance(qemu, Outcome) else None
+        self.record(scenario, target, outcomes, workdir, provider_logs=provider_logs)
+
     def record(
         self,
         scenario: Scenario,
@@ -351,8 +395,8 @@ class _Run:
                 self.results.skips.append(Skip(scenario.id, target.column, reason, skip_kind(skipped)))
                 status = f"skip ({reason})"
             else:
-                comparison = compare(good["reference"], good["qemu"], column=target.column)
-                classify(comparison, scenario, target.version, good["qemu"].accel)
+                comparison = self._compare(scenario, target, good["reference"], good["qemu"])
+                assert comparison is not None  # skip_reason was None
                 self.results.comparisons.append(comparison)
                 status = "agree" if comparison.agree else ("known QEMU bug" if comparison.known_bug else "DIVERGE")
                 if comparison.known_bug_gone:
@@ -446,6 +490,16 @@ class _Run:
             raise HostEnvironmentError("the item's log folder", f"{workdir}: {exc.strerror or exc}") from exc
         return workdir
 
+    @staticmethod
+    def round_workdir(workdir: Path, round_: int) -> Path:
+        """``--repeat``: the log folder of run ``round_`` (from 0) inside the item's folder."""
+        run_dir = workdir / f"run-{round_ + 1}"
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HostEnvironmentError("the item's log folder", f"{run_dir}: {exc.strerror or exc}") from exc
+        return run_dir
+
     # ---- one item -------------------------------------------------------------------------------------
     async def run_real(self, scenario: Scenario, target: Target, workdir: Path) -> Outcome:
         assert target.binary is not None
@@ -471,67 +525,84 @@ class _Run:
             accel = scenario.source.accel
             workdir: Path | None = None
             try:
+                reals: list[Outcome | BaseException] = []
+                rounds = max(1, self.options.repeat)
                 if backend in ("both", "qemu") and target.binary is not None:
-                    try:
-                        workdir = self.item_workdir(scenario, target)
-                        real = await self.run_real(scenario, target, workdir)
-                        outcomes["qemu"] = real
-                        if real.accel in ("kvm", "tcg"):  # the model's host is what the run really used
-                            accel = real.accel
-                    except Exception as exc:
-                        outcomes["qemu"] = exc
+                    for round_ in range(rounds):
+                        try:
+                            if workdir is None:
+                                workdir = self.item_workdir(scenario, target)
+                            # --repeat: every run's logs in a folder of its own inside the item's.
+                            run_dir = workdir if rounds == 1 else self.round_workdir(workdir, round_)
+                            real = await self.run_real(scenario, target, run_dir)
+                            reals.append(real)
+                            if real.accel in ("kvm", "tcg"):  # the model's host is what the run really used
+                                accel = real.accel
+                        except Exception as exc:
+                            reals.append(exc)
+                    outcomes["qemu"] = reals[0]
                 if backend in ("both", "reference") or target.binary is None:
                     try:
                         outcomes["reference"] = await self.run_model(scenario, target, accel)
                     except Exception as exc:
                         outcomes["reference"] = exc
-                self.record(scenario, target, outcomes, workdir)
+                if rounds > 1 and reals:
+                    self.record_repeated(scenario, target, reals, outcomes.get("reference"), workdir)
+                else:
+                    self.record(scenario, target, outcomes, workdir)
                 workdir = None
             finally:
                 if workdir is not None:  # interrupted before the item was recorded: only "all" keeps it
                     self.settle_logs(workdir, "not run")
 
     async def run_vfio_batch(self, scenarios: Sequence[Scenario], provider: VfioProvider) -> None:
-        """Hand every VFIO scenario to the provider at once, then run the model with the provider's host."""
+        """Hand every VFIO scenario to the provider at once (``--repeat N``: N batches), then run the model
+        with the provider's host."""
         binary_targets = [t for t in self.targets if t.binary is not None]
         binaries = [t.binary for t in binary_targets if t.binary is not None]
-        real: dict[tuple[str, str], Outcome] = {}
-        batch_error: BaseException | None = None
+        rounds = max(1, self.options.repeat)
+        real: list[dict[tuple[str, str], Outcome]] = [{} for _ in range(rounds)]
+        batch_errors: list[BaseException | None] = [None] * rounds
         if self.options.backend in ("both", "qemu") and binaries:
-            try:
-                for outcome in await provider.run_batch(scenarios, binaries):
-                    target = _target_of(outcome, binary_targets)
-                    if target is not None:
-                        real[(outcome.scenario, target.column)] = outcome
-            except Exception as exc:
-                batch_error = exc
+            for round_ in range(rounds):
+                try:
+                    for outcome in await provider.run_batch(scenarios, binaries):
+                        target = _target_of(outcome, binary_targets)
+                        if target is not None:
+                            real[round_][(outcome.scenario, target.column)] = outcome
+                except Exception as exc:
+                    batch_errors[round_] = exc
         host = provider.host_facts()
         for target in self.targets:
             for scenario in scenarios:
                 outcomes: dict[str, Outcome | BaseException] = {}
-                provider_logs: Path | None = None
+                reals: list[Outcome | BaseException] = []
                 if self.options.backend in ("both", "qemu") and target.binary is not None:
-                    got = real.get((scenario.id, target.column))
-                    if got is not None:
-                        outcomes["qemu"] = got
-                        provider_logs = _provider_logs(got)
-                    else:
-                        # The provider's own error for this item (e.g. ResourceUnavailable raised in the lab).
-                        item_errors = getattr(provider, "item_errors", None) or {}
-                        binary_path = str(target.binary.path)
-                        outcomes["qemu"] = (
-                            batch_error
+                    # The provider's own error for an item (e.g. ResourceUnavailable raised in the lab).
+                    item_errors = getattr(provider, "item_errors", None) or {}
+                    binary_path = str(target.binary.path)
+                    for round_ in range(rounds):
+                        got = real[round_].get((scenario.id, target.column))
+                        reals.append(
+                            got
+                            or batch_errors[round_]
                             or item_errors.get((scenario.id, binary_path))
                             or RuntimeError(
                                 f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
                             )
                         )
+                    outcomes["qemu"] = reals[0]
                 if self.options.backend in ("both", "reference") or target.binary is None:
                     try:
                         outcomes["reference"] = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
                     except Exception as exc:
                         outcomes["reference"] = exc
-                self.record(scenario, target, outcomes, provider_logs=provider_logs)
+                if rounds > 1 and reals:
+                    self.record_repeated(scenario, target, reals, outcomes.get("reference"))
+                else:
+                    qemu = outcomes.get("qemu")
+                    logs = _provider_logs(qemu) if isinstance(qemu, Outcome) else None
+                    self.record(scenario, target, outcomes, provider_logs=logs)
 
     async def run(self) -> Results:
         semaphore = asyncio.Semaphore(max(1, self.options.jobs))

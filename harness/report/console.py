@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from harness.report import Cell, Matrix, build_matrix, summary_line
 from harness.results import Results
+from harness.stability import Stability
 
 
 def _fmt(value: object) -> str:
@@ -48,9 +49,7 @@ def render(results: Results, matrix: Matrix | None = None) -> str:
         return "no results\n"
     labels = {key: cell.label for key, cell in matrix.cells.items()}
     first = max(len("scenario"), *(len(s) for s in matrix.scenarios))
-    widths = [
-        min(60, max(len(c), *(len(labels.get((s, c), "-")) for s in matrix.scenarios))) for c in matrix.columns
-    ]
+    widths = [min(60, max(len(c), *(len(labels.get((s, c), "-")) for s in matrix.scenarios))) for c in matrix.columns]
     out = ["  ".join(["scenario".ljust(first), *(c.ljust(w) for c, w in zip(matrix.columns, widths, strict=True))])]
     out.append("  ".join(["-" * first, *("-" * w for w in widths)]))
     for s in matrix.scenarios:
@@ -68,6 +67,9 @@ def render(results: Results, matrix: Matrix | None = None) -> str:
     if details:
         out.append("")
         out.extend(details)
+    if results.stability:
+        out.append("")
+        out.extend(render_stability(results.stability))
     out.append("")
     out.append(summary_line(matrix))
     kept = results.kept_logs()
@@ -93,3 +95,51 @@ def _floor_line(results: Results) -> str:
     lines = [f"coverage floor ({' and '.join(parts)} compared; {len(results.comparisons)} were): {state}"]
     lines.extend(f"  NOT COMPARED {p}" if " was not compared " in p else f"  {p}" for p in problems)
     return "\n".join(lines)
+
+
+def render_stability(items: list[Stability]) -> list[str]:
+    """``--repeat``: one line per scenario x column (runs, agree, diverge, known bug, error, skip, distinct
+    outcomes, status), then each unstable item's distinct outcomes in full."""
+    header = ["scenario", "column", "runs", "agree", "diverge", "known", "error", "skip", "outcomes", "status"]
+    rows = [
+        [
+            s.scenario,
+            s.column,
+            str(s.runs),
+            str(s.agree),
+            str(s.diverge),
+            str(s.known_bug),
+            str(s.error),
+            str(s.skip),
+            str(len(s.outcomes)),
+            s.status.upper() if not s.stable else s.status,
+        ]
+        for s in sorted(items, key=lambda s: (s.scenario, s.column))
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = [f"stability over {max(s.runs for s in items)} runs per item"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    for s in sorted(items, key=lambda s: (s.scenario, s.column)):
+        if s.stable:
+            continue
+        lines.append("")
+        lines.append(f"UNSTABLE {s.scenario} [{s.column}]: {len(s.outcomes)} distinct outcomes, {s.error} errors")
+        for seen in s.outcomes:
+            verdict = "agrees" if seen.agree else ("known QEMU bug" if seen.known_bug else "diverges")
+            lines.append(f"  {seen.count}x ({verdict}): {_compact(seen.outcome)}")
+        lines.extend(f"  error: {e.splitlines()[-1] if e else e}" for e in s.errors)
+    unstable = sum(1 for s in items if not s.stable)
+    lines.append("")
+    lines.append(f"stability: {len(items) - unstable} stable, {unstable} unstable of {len(items)} items")
+    return lines
+
+
+def _compact(outcome: dict[str, object]) -> str:
+    parts = []
+    for name, value in outcome.items():
+        if isinstance(value, dict) and set(value) == {"status", "runstate"}:
+            value = f"{value['status']}/{value['runstate']}"
+        parts.append(f"{name}={value}")
+    return ", ".join(parts)

@@ -6,10 +6,15 @@ contract's outcome fields: verdict, stage, QEMU's exact error, and each side's s
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +23,7 @@ import pytest
 from harness.binaries import QemuBinary
 from harness.executor import NO_VFIO_PROVIDER, run_scenario
 from harness.loader import load_scenario
+from harness.pair import MigrationPair
 from harness.vfio.allocator import AllocatedDevice
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import DeviceSpec
@@ -291,3 +297,125 @@ def test_the_runner_keeps_the_logs_of_an_item_that_erred_and_only_those(
     assert res.errors[0].logs == str(kept.resolve())
     assert "Cannot allocate memory" in (kept / "source.log").read_text()
     assert [p.name for p in logs.iterdir()] == [kept.name]  # the plain item's folder went with it
+
+
+# ---------------------------------------------------------------------------------------------- races
+# A state read right after a step must not depend on which QEMU got the CPU first. These tests make the
+# slow side deterministic instead of hoping a loaded host shows it.
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+# How long the proxy holds the source's connection back from the destination: far longer than the executor
+# needs to issue the next step and read the states, far shorter than the executor's leave-setup bound.
+ACCEPT_DELAY_S = 3.0
+
+
+class DelayedAcceptProxy:
+    """Between the source and the destination's migration socket: accepts the source's connection at once
+    (so the source leaves setup and goes active) but connects it to the destination only after
+    :data:`ACCEPT_DELAY_S`, as a destination whose main loop has not run yet would. Loopback only."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.sockets: list[socket.socket] = [self.listener]
+        self.accepted = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            source, _ = self.listener.accept()
+        except OSError:
+            return
+        self.sockets.append(source)
+        self.accepted.set()
+        time.sleep(ACCEPT_DELAY_S)
+        try:
+            destination = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            return
+        self.sockets.append(destination)
+        threading.Thread(target=self._pump, args=(destination, source), daemon=True).start()
+        self._pump(source, destination)
+
+    @staticmethod
+    def _pump(reader: socket.socket, writer: socket.socket) -> None:
+        try:
+            while data := reader.recv(65536):
+                writer.sendall(data)
+            writer.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def delayed_accept(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[DelayedAcceptProxy]]:
+    """Every tcp migrate-incoming of the executor's pairs gets a :class:`DelayedAcceptProxy` in front."""
+    proxies: list[DelayedAcceptProxy] = []
+    original = MigrationPair.start_incoming
+
+    async def start_incoming(self: MigrationPair, transport: str) -> str:
+        uri = await original(self, transport)
+        assert transport == "tcp", "the proxy speaks tcp only"
+        proxy = DelayedAcceptProxy(int(uri.rsplit(":", 1)[1]))
+        proxies.append(proxy)
+        self.incoming_uri = f"tcp:127.0.0.1:{proxy.port}"
+        return self.incoming_uri
+
+    monkeypatch.setattr(MigrationPair, "start_incoming", start_incoming)
+    yield proxies
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_migrate_step_ends_with_both_sides_past_setup(
+    tmp_path: Path, qemu_binary: QemuBinary, delayed_accept: list[DelayedAcceptProxy]
+) -> None:
+    """precheck-running (the main job's false divergence): the second migrate is refused while the first
+    runs. The source goes active as soon as its connection exists, the destination only once its main loop
+    accepted it (process_incoming_migration_co); here that accept comes seconds later, so a final read that
+    does not wait for it sees the destination in setup (10.0) or none (7.2). The settled state is active."""
+    scenario = load_scenario(SCENARIOS / "precheck-running.toml")
+    outcome = run_scenario(scenario, qemu_binary, workdir=tmp_path / "work", timeout=30.0)
+    assert len(delayed_accept) == 1 and delayed_accept[0].accepted.is_set()  # the proxy was in the path
+    assert (outcome.verdict, outcome.stage) == ("refused", "migrate"), outcome.to_json()
+    assert outcome.error == "There's a migration process in progress"
+    assert outcome.source == VmState("active", "running")
+    assert outcome.destination == VmState("active", "inmigrate"), outcome.to_json()
+    assert "unsettled" not in outcome.extra
+
+
+def test_repeat_reports_each_real_run(tmp_path: Path, qemu_binary: QemuBinary) -> None:
+    """``migconform run --repeat 2`` on real QEMU: the scenario runs twice, the model once, and the JSON's
+    stability entry accounts for both runs with one outcome (precheck-running is settled on every run now)."""
+    from harness import cli
+
+    json_path = tmp_path / "results.json"
+    status = cli.main(
+        [
+            "run",
+            str(SCENARIOS / "precheck-running.toml"),
+            "--qemu",
+            str(qemu_binary.path),
+            "--repeat",
+            "2",
+            "--jobs",
+            "1",
+            "--json",
+            str(json_path),
+            "--quiet",
+        ]
+    )
+    data = json.loads(json_path.read_text())
+    (item,) = data["stability"]
+    assert (item["scenario"], item["runs"], item["error"]) == ("precheck-running", 2, 0), item
+    assert item["agree"] + item["diverge"] + item["known_bug"] == 2
+    assert sum(seen["count"] for seen in item["outcomes"]) == 2
+    assert len(data["comparisons"]) == 1 and data["meta"]["repeat"] == 2
+    assert [o["backend"] for o in data["outcomes"]].count("qemu") == 1
+    assert (item["stable"], item["status"], status) == (True, "stable", 0), item
