@@ -67,29 +67,25 @@ def suite_path() -> Path:
     raise UsageError(f"cannot find the bundled suite (tests/conformance/scenarios); set {SUITE_ENV}")
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int, what: str = "a whole number") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError("must not be negative" if minimum == 0 else f"must be at least {minimum}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 AUTO = "auto"
 
 
 def _min_compared(text: str) -> int | str:
-    if text == AUTO:
-        return AUTO
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or auto, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
+    return AUTO if text == AUTO else _whole_number(text, 0, "a whole number or auto")
 
 
 def _floor(args: argparse.Namespace, scenarios: Sequence[Scenario], targets: Sequence[Target]) -> tuple[
