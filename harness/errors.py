@@ -18,6 +18,7 @@ Hierarchy::
     ├── QmpTimeout           a live QEMU did not answer a QMP command in time (hung or stopped): the harness's
     │                        error of the item, never a state or a verdict
     ├── VmDied               a QEMU process exited while the scenario still needed it
+    ├── GuestCheckError      a live guest's memory check examined nothing (its output could not be read)
     └── HostEnvironmentError the host could not give the run what it needed (memory, disk, a probe that
         │                    works, a resource the run was promised): never QEMU's answer
         └── ResourceUnavailable  a resource the run should have had (VFIO device, mdev, guest image)
@@ -166,3 +167,16 @@ class ResourceUnavailable(HostEnvironmentError):
     """A resource the run should have had and did not get: a VFIO device that became unavailable after the
     source started, an exhausted mdev pool, a guest image that failed to build. Silently turning these into
     skips would shrink a run without anyone noticing; they are errors (see ``--require-all``)."""
+
+
+class GuestCheckError(MigconformError):
+    """A live guest answered the memory check, but the answer says nothing about its memory: the workload's
+    ``verify`` output could not be parsed, or it checked no page. Recording that as "alive, 0 bad pages" would
+    turn a check that examined nothing into an agreement; it is the harness's failure, never QEMU's answer.
+    ``output`` is what the guest printed, so the user sees why."""
+
+    def __init__(self, side: str, problem: str, output: str) -> None:
+        self.side = side
+        self.problem = problem
+        self.output = output
+        super().__init__(f"guest check on the {side}: {problem}; the guest printed: {output!r}")

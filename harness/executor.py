@@ -46,6 +46,7 @@ from typing import Any
 
 from harness.binaries import QemuBinary
 from harness.errors import (
+    GuestCheckError,
     HostEnvironmentError,
     MigrationTimeout,
     QemuLaunchError,
@@ -382,9 +383,9 @@ class _ScenarioRun:
     async def _start_guest(self, pair: MigrationPair) -> None:
         """Boot to the prompt and start the workload on the source, every page filled, before the steps.
 
-        A source guest that does not come up is not QEMU's migration behaviour but is not hidden either:
-        the outcome says ``alive: False`` with the reason in ``extra.guest_check``, and the model (which
-        predicts a live guest) diverges."""
+        A source guest that does not come up before any migration step is not QEMU's migration behaviour:
+        the item ends with a :class:`GuestCheckError` (a harness error naming why), never a divergence and
+        never an outcome whose guest check examined nothing."""
         assert self.guest is not None
         spec = self.guest[0]
         try:
@@ -392,9 +393,7 @@ class _ScenarioRun:
             await self._connect_console(pair, "source")
             await start_guest(self.consoles["source"], spec)
         except ConsoleError as exc:
-            self.outcome.guest = {"alive": False, "pages_checked": 0, "bad_pages": 0}
-            self.outcome.extra["guest_check"] = {"side": "source", "detail": f"the guest did not start: {exc}"}
-            return
+            raise GuestCheckError("source", "the guest did not start before the steps", str(exc)) from exc
         self.guest_started = True
 
     async def _check_guest(self, pair: MigrationPair) -> None:
@@ -417,7 +416,7 @@ class _ScenarioRun:
             console = self.consoles[side]
             if self.guest_hook is not None:
                 await self.guest_hook(GuestCheck(side, vm, console, self.workdir))
-            report = await asyncio.to_thread(verify_guest_blocking, console, GUEST_PROMPT_TIMEOUT_S)
+            report = await asyncio.to_thread(verify_guest_blocking, console, GUEST_PROMPT_TIMEOUT_S, side)
         self.outcome.guest = guest_dict(report)
         self.outcome.extra["guest_check"] = {
             "side": side,

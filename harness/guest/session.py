@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import GuestCheckError
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 
@@ -142,8 +143,11 @@ def page_gpa_blocking(console: GuestConsole, page: int | str) -> int:
     return int(m.group(2), 16)
 
 
-def verify_blocking(console: GuestConsole, prompt_timeout: float = 20.0) -> GuestReport:
-    """Ask the workload to check every page; a guest that does not answer is reported, not raised."""
+def verify_blocking(console: GuestConsole, prompt_timeout: float = 20.0, side: str = "destination") -> GuestReport:
+    """Ask the workload to check every page. A guest that does not answer is reported (``alive`` False: that
+    may well be QEMU's doing), not raised. A guest that answers with something that is not a check of its
+    memory (unparsable output, or no page checked) raises :class:`GuestCheckError`: the check examined
+    nothing, and "alive, 0 bad pages" would then agree with the model having tested nothing."""
     try:
         console.wait_for_prompt(timeout=prompt_timeout)
         # Checking runs at about the fill speed; the slowest case is a 1 GiB guest on a loaded host.
@@ -152,7 +156,9 @@ def verify_blocking(console: GuestConsole, prompt_timeout: float = 20.0) -> Gues
         return GuestReport(alive=False, detail=str(exc))
     m = _VERIFY.search(output)
     if not m:
-        return GuestReport(alive=True, detail=f"memload verify (status {status}) gave: {output}")
+        raise GuestCheckError(side, f"memload verify (exit status {status}) gave no result line", output)
+    if int(m.group(1)) == 0:
+        raise GuestCheckError(side, "memload verify checked no page", output)
     first_bad = None if m.group(3) == "none" else int(m.group(3))
     return GuestReport(
         alive=True,

@@ -19,6 +19,7 @@ import pytest
 
 from harness.binaries import QemuBinary, discover_binaries
 from harness.compare import compare
+from harness.errors import GuestCheckError
 from harness.executor import GuestCheck, run_scenario
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.guest.poke import poke_guest_memory
@@ -126,3 +127,26 @@ def test_precopy_scenario_iterates_over_ram(qemu: QemuBinary, workdir: Path) -> 
     assert outcome.verdict in ("completed", "failed"), outcome.to_json()
     passes = outcome.extra.get("ram_passes")
     assert passes and passes[-1].get("dirty-sync-count", 0) >= 3, passes
+
+
+@pytest.mark.qemu
+@pytest.mark.usefixtures("guest_image")
+def test_a_check_that_examined_nothing_is_a_harness_error(qemu: QemuBinary, workdir: Path) -> None:
+    """A live guest whose verify output says nothing about its memory must not be recorded as "alive, 0 bad
+    pages" (which would agree with the model having checked nothing): the hook takes the workload's binary away
+    on the destination just before the check, so `memload verify` answers "not found"."""
+    scenario = load_scenario(SCENARIOS / "guest-precopy-tcp.toml")
+    assert scenario.migration is not None
+    if (qemu.version.major, qemu.version.minor) == (7, 2):
+        scenario = replace(scenario, migration=replace(scenario.migration, parameters=SINGLE_PASS_72))
+    broken: list[str] = []
+
+    async def break_verify(check: GuestCheck) -> None:
+        await asyncio.to_thread(check.console.check, 'mv "$(command -v memload)" /memload.gone')
+        broken.append(check.side)
+
+    with pytest.raises(GuestCheckError) as info:
+        run_scenario(scenario, qemu, workdir=workdir, timeout=60.0, guest_hook=break_verify)
+    assert broken == ["destination"]
+    assert info.value.side == "destination"
+    assert "no result line" in str(info.value) and "not found" in info.value.output, str(info.value)
