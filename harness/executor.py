@@ -1,6 +1,6 @@
 """A scenario against a real QEMU binary: :func:`execute` returns the contract's :class:`Outcome`.
 
-This is the contract's section "How a scenario is executed", step for step (shared/spec/scenario-contract.md),
+This is the section "How a scenario is executed" of docs/scenario-format.md, step for step,
 so that a result means the same on every machine:
 
 - the source starts first; if QEMU refuses to start it, no destination is started (both sides null,
@@ -296,7 +296,7 @@ class _ScenarioRun:
 
     def _allocate(self, side: str, spec: VmSpec) -> list[str]:
         """The ``-device`` arguments of ``spec``'s structured devices, VFIO host sides allocated now
-        (once per launch: the mtty lab needs a fresh mdev for every QEMU, vfio-mtty-lab.md P4)."""
+        (once per launch: the mtty lab needs a fresh mdev for every QEMU, docs/vfio-lab.md P4)."""
         launch = self.launches[side]
         args: list[str] = []
         unnamed = 0

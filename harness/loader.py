@@ -38,7 +38,7 @@ from reference_impl.scenario import (
 ID_PATTERN = re.compile(r"[a-z0-9._-]+")
 
 # Fallback when the model's capability table is not importable: the union of every MigrationCapability
-# of QEMU 7.2 ... 10.2 (fact sheet §1.1).
+# of QEMU 7.2 ... 10.2 (qapi/migration.json MigrationCapability).
 _FALLBACK_CAPABILITIES = (
     "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram", "x-colo",
     "release-ram", "block", "return-path", "pause-before-switchover", "multifd", "dirty-bitmaps",
@@ -146,8 +146,8 @@ def known_capabilities() -> tuple[str, ...]:
     """Every capability name of every modelled QEMU version (a name valid for any of them is accepted).
 
     A capability the chosen binary lacks is not a file error: QEMU refuses it, and that refusal is
-    behaviour worth comparing. The model's per-version table is the source; the fact sheet's list is the
-    fallback when the model is not installed.
+    behaviour worth comparing. The model's per-version table is the source; the list above (from qapi/migration.json) is
+    the fallback when the model is not installed.
     """
     names: set[str] = set(_FALLBACK_CAPABILITIES)
     try:

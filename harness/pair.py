@@ -23,7 +23,7 @@ from harness.machine import DEFAULT_LAUNCH_TIMEOUT_S, QemuMachine, private_dir
 from harness.procutil import process_state
 from reference_impl.outcome import VmState
 
-# query-migrate statuses in which the migration is over (fact sheet §2.2: the idle states minus none).
+# query-migrate statuses in which the migration is over (migration_is_idle's states minus none).
 END_STATUSES = frozenset({"completed", "failed", "cancelled"})
 # Where a source migration waits for a command, not for time: a wait ends there too.
 PARKED_STATUSES = frozenset({"pre-switchover"})
@@ -93,7 +93,8 @@ def unsettled(source: VmState | None, destination: VmState | None, *, incoming: 
 
 
 def capability_list(capabilities: Mapping[str, bool]) -> list[dict[str, Any]]:
-    """migrate-set-capabilities' argument form, in the scenario's order (order matters: fact sheet §1.2)."""
+    """migrate-set-capabilities' argument form, in the scenario's order (order matters: qmp_migrate_set_capabilities,
+    docs/real-qemu-facts.md caps-rules)."""
     return [{"capability": name, "state": bool(state)} for name, state in capabilities.items()]
 
 

@@ -1,7 +1,7 @@
 """Capability sweep: every capability set of a given size, on every transport and mode, model against QEMU.
 
 The hand-written suite tests the combinations someone thought of; the sweep tests all of them, so that a
-check-order or version difference the fact sheet missed shows up as a divergence. The sets come from the
+check-order or version difference a reading of QEMU's source missed shows up as a divergence. The sets come from the
 binary's own ``query-migrate-capabilities`` (a capability the binary lacks is not worth sweeping there),
 and the scenarios exist only in memory.
 """

@@ -1,7 +1,7 @@
 """Migration blockers: ``migrate_add_blocker`` and friends (migration/migration.c).
 
 One instance per modelled VM. The list is kept newest-first because ``migration_is_blocked`` reports the
-head of the list, i.e. the most recently added blocker (fact sheet §3.2).
+head of the list, i.e. the most recently added blocker (migration_is_blocked).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Migration capabilities per QEMU version and ``migrate-set-capabilities`` (``qmp_migrate_set_capabilities``).
 
 The check runs over the whole resulting set (current caps with the request applied), top to bottom in QEMU's
-order, and the first failing rule wins; a refused request changes nothing (fact sheet §1.2; measured on
-10.0.2 and 7.2.22, docs/real-qemu-facts.md#caps-check). Each rule names the QEMU function it mirrors and the
-versions it exists in.
+order, and the first failing rule wins; a refused request changes nothing (qmp_migrate_set_capabilities,
+migrate_caps_check; docs/real-qemu-facts.md caps-rules; measured on 10.0.2 and 7.2.22,
+docs/real-qemu-facts.md#caps-check). Each rule names the QEMU function it mirrors and the versions it exists in.
 """
 
 from __future__ import annotations

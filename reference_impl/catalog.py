@@ -1,4 +1,5 @@
-"""Emulated devices and block formats that stop migration, per QEMU version (fact sheet §3.3).
+"""Emulated devices and block formats that stop migration, per QEMU version (migrate_add_blocker callers and
+`.unmigratable` vmsds; docs/real-qemu-facts.md blockers).
 
 Two mechanisms: a device whose class vmsd is ``.unmigratable = 1`` (``migrate`` then says "State blocked by
 non-migratable device '<qdev path>/<vmsd name>'", and ``-only-migratable`` refuses the device at realize,
@@ -41,7 +42,8 @@ _MODELS = (
     DeviceModel("rocker", "pci", "rocker"),
     DeviceModel("amd-iommu", "sysbus", "amd-iommu", idstr_without_path=True, occupies_pci_slot=True, viommu=True),
     DeviceModel("virtio-crypto-pci", "pci", "virtio-crypto", qom_type="virtio-crypto-device"),
-    # The fact sheet says vmsd "virtio-sound"; real 10.0.2 reports "virtio-sound-device" (measured). Added in 8.2.
+    # A reading of the source suggests vmsd "virtio-sound"; real 10.0.2 reports "virtio-sound-device" (measured). Added
+    # in 8.2.
     DeviceModel("virtio-sound-pci", "pci", "virtio-sound-device", qom_type="virtio-sound-device", since=V8_2),
     DeviceModel("usb-wacom-tablet", "usb", "usb-wacom"),
     DeviceModel("usb-serial", "usb", "usb-serial"),
@@ -98,7 +100,7 @@ AUTO_NODE_NAME = "#block<N>"
 
 # Chardev backends whose open adds a migration blocker: backend -> (reason, first version without it).
 # ui/vdagent.c vdagent_chr_open: migrate_add_blocker(&vd->migration_blocker, ...). Measured on 10.0.2 and
-# 7.2.22 (the fact sheet lists it for 10.0 only; 7.2.22 has it too); 10.1 made vdagent migratable.
+# 7.2.22 (measured: 7.2.22 has it too, docs/real-qemu-facts.md qmp-steps); 10.1 made vdagent migratable.
 CHARDEV_BLOCKERS: dict[str, tuple[str, Version]] = {
     "qemu-vdagent": ("The vdagent chardev doesn't yet support migration", V10_1),
 }

@@ -18,7 +18,7 @@ class HostFacts:
     dirty_ring: bool = False  # KVM with dirty-ring-size set (rule r)
     # VFIO: whether the kernel's DMA-logging report works for devices that advertise DMA logging.
     # False on Debian's stock 6.12 vfio.ko (IOMMUFD_DRIVER unset: iova_bitmap stubs return -EOPNOTSUPP),
-    # True with the lab's rebuilt vfio.ko or a kernel with IOMMUFD (vfio-mtty-lab.md P3).
+    # True with the lab's rebuilt vfio.ko or a kernel with IOMMUFD (docs/vfio-lab.md P3).
     vfio_dirty_report_works: bool = True
     # VFIO: whether the kernel speaks the v1 migration region (pre-5.18). Never on the kernels we use.
     vfio_v1_region: bool = False

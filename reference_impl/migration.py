@@ -1,9 +1,10 @@
 """The migration core: QMP commands on a modelled VM and the migration state machine.
 
 Each function mirrors one QMP command handler and returns QEMU's error text or None. Pre-checks run in
-QEMU's order (fact sheet §1.7, §7.2; measured order in docs/real-qemu-facts.md#checks). A migration that
-``migrate`` accepted is resolved by :func:`finish` (the contract's ``wait``), which applies the state machine
-of the version: statuses, MIGRATION events (cap ``events``), and the runstates both sides end in.
+QEMU's order (qmp_migrate, migrate_prepare: docs/real-qemu-facts.md migrate-order; measured in
+docs/real-qemu-facts.md#checks). A migration that ``migrate`` accepted is resolved by :func:`finish` (the contract's
+``wait``), which applies the state machine of the version: statuses, MIGRATION events (cap ``events``), and the
+runstates both sides end in.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
             return "Cannot use TLS with mapped-ram"
         if vm.params.get("multifd-compression", "none") != "none":
             return "Cannot use compression with mapped-ram"
-    # migrate_mode_is_cpr (9.0+): the CPR modes refuse postcopy, background snapshot and COLO (fact sheet §1.7;
+    # migrate_mode_is_cpr (9.0+): the CPR modes refuse postcopy, background snapshot and COLO (migrate_prepare;
     # not run here).
     if v >= N9_0 and vm.params.get("mode", "normal") != "normal":
         for cap, what in (("postcopy-ram", "postcopy"), ("background-snapshot", "background snapshot"),
@@ -206,7 +207,7 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
     if v < N8_2 and transport not in _PRE_8_2_SCHEMES:
         # No file: transport before 8.2 (and no other unknown scheme): "Parameter 'uri' expects a valid
         # migration protocol" comes after migrate_init and moves setup -> failed (measured on 7.2.22 with
-        # file: and bogus:; fact sheet §1.7 says 7.2-8.1).
+        # file: and bogus:; docs/real-qemu-facts.md migrate-order says 7.2-8.1).
         emit(vm, "failed")
         return "Parameter 'uri' expects a valid migration protocol"
     if path_error is not None and transport == "file":
@@ -340,7 +341,8 @@ def incoming_runstate(source_runstate: str, autostart: bool) -> str:
 
 
 def _source_path(v: int, m: Migration) -> tuple[str, ...]:
-    """The statuses after setup on a successful run (fact sheet §2.2, measured 10.0.2 / 7.2.22)."""
+    """The statuses after setup on a successful run (migration_completion; measured 10.0.2 / 7.2.22 in
+    docs/real-qemu-facts.md flow-precopy)."""
     if m.background:
         return ("active", "completed")
     if m.postcopy:

@@ -1,6 +1,6 @@
 """``predict``: the Outcome real QEMU gives for a scenario, following the contract's execution rules.
 
-(/work/shared/spec/scenario-contract.md, "How a scenario is executed".) The source starts first; if it
+(docs/scenario-format.md, "How a scenario is executed".) The source starts first; if it
 refuses, the destination is never started. Steps run in order (``expand_steps``) and the first refused
 command ends the scenario. A VM that died is ``null`` and makes the verdict ``failed``.
 """

@@ -8,7 +8,7 @@
 #  - zstd, xz-utils: unpacking the kernel ELF for the PVH boot, and the source tarball;
 #  - busybox-static: the host side of the initramfs (its cpio); the guest's copy is downloaded.
 # Not needed: bc, flex, bison (the kbuild package ships built tools), dwarves/pahole (the build turns
-# off module BTF, vfio-mtty-lab.md P2), kmod (module dependencies are read from modinfo).
+# off module BTF, docs/vfio-lab.md P2), kmod (module dependencies are read from modinfo).
 set -euo pipefail
 log() { printf 'setup-lab: %s\n' "$*" >&2; }
 

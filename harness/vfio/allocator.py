@@ -2,7 +2,7 @@
 
 A scenario never names a host device. When the executor launches a VM with ``vfio-pci`` devices it asks
 an allocator for each device's host side, once per QEMU launch (the mtty lab must give every launch a
-fresh mdev because mtty keeps migration state across opens, vfio-mtty-lab.md P4), and releases them when
+fresh mdev because mtty keeps migration state across opens, docs/vfio-lab.md P4), and releases them when
 the VM is gone.
 """
 

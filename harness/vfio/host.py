@@ -351,7 +351,7 @@ def kernel_dirty_report_works(kernel: str | None = None, *, boot: Path = Path("/
     """Whether the kernel's vfio.ko can report device dirty pages, from the kernel's configuration.
 
     vfio.ko's DMA-logging report uses iova_bitmap, which is only built with CONFIG_IOMMUFD_DRIVER; without
-    it the stubs return -EOPNOTSUPP and precopy fails in ram_save_setup (vfio-mtty-lab.md P3). None when
+    it the stubs return -EOPNOTSUPP and precopy fails in ram_save_setup (docs/vfio-lab.md P3). None when
     the configuration cannot be read (then pass dirty-report=works|fails).
     """
     release = kernel or platform.release()

@@ -3,7 +3,7 @@
 ``mtty`` is the hardware-free lab (docs/vfio-lab.md): one nested L1 guest per batch, running Debian's
 kernel with the mtty mdev sample, in which every scenario runs through harness.executor with a fresh
 mdev per QEMU launch. The guest's kernel decides one host fact the model needs, whether device dirty
-reports work (vfio-mtty-lab.md P3), so the provider is built for one initramfs variant:
+reports work (docs/vfio-lab.md P3), so the provider is built for one initramfs variant:
 
 - ``variant="stock"`` (default; also ``dirty-report="fails"``): Debian's vfio.ko, whose iova_bitmap
   stubs make every DMA-logging report fail. This is what a user of Debian's kernel gets.

@@ -7,7 +7,7 @@ provider, and runs harness.certify.certify on them; the bundle lands in the lab'
 copies it to ``-o DIR``.
 
 One lab-specific wrinkle: mtty keeps its migration state across close/open and QEMU never resets it
-(vfio-mtty-lab.md P4), where a real device is reset when QEMU opens it. So after every QEMU launch the
+(docs/vfio-lab.md P4), where a real device is reset when QEMU opens it. So after every QEMU launch the
 instance is removed and created again under the same UUID: the host provider sees the same device,
 always in its initial state.
 

@@ -1,6 +1,6 @@
 """The lab's VFIO allocator: a fresh mtty/mdpy mdev instance for every device of every QEMU launch.
 
-mtty keeps its migration state across close/open and QEMU never resets it (vfio-mtty-lab.md P4), so an
+mtty keeps its migration state across close/open and QEMU never resets it (docs/vfio-lab.md P4), so an
 instance is never reused: allocate() creates one of the type that matches the device's personality and
 release() removes it. This runs inside the L1 guest (harness.vfio_lab.inside), where the lab's modules
 are loaded.

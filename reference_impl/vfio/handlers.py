@@ -1,8 +1,8 @@
 """The savevm entry a migratable VFIO device registers (``savevm_vfio_handlers``, hw/vfio/migration.c).
 
 Two things matter to the core model: ``save_prepare`` (8.2+), which refuses ``migrate`` with postcopy-ram
-or background-snapshot (fact sheet §4.7), and whether a migration that is accepted will fail anyway because
-the device's advertised DMA-logging report does not work (vfio-mtty-lab.md §4a/P3).
+or background-snapshot (vfio_save_prepare), and whether a migration that is accepted will fail anyway because
+the device's advertised DMA-logging report does not work (docs/vfio-lab.md, measured gating results and P3).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from reference_impl.versions import V8_0, V8_2, V9_1, Version
 from reference_impl.vfio.personality import DmaLogging, OnOffAuto, VfioPersonality, VfioProperties
 from reference_impl.vfio.uapi import MigrationFlag
 
-# Measured on 10.0.2 (vfio-mtty-lab.md §4a, case a0/a4): the first dirty sync in ram_save_setup asks the
+# Measured on 10.0.2 (docs/vfio-lab.md, measured gating results: default precopy): the first dirty sync in
+# ram_save_setup asks the
 # device for its DMA-logging report, the stub iova_bitmap returns -EOPNOTSUPP, and the migration fails.
 DIRTY_REPORT_FAILURE = "ram_save_setup failed: Operation not supported"
 # With x-pre-copy-dirty-page-tracking=off QEMU skips the syncs while the device runs, so the first report
@@ -53,7 +54,8 @@ class VfioSaveHandlers:
         if ctx.runstate == "save-vm":
             # Snapshots use neither postcopy nor background snapshot (comment in vfio_save_prepare).
             return None
-        # migrate_postcopy_ram(): postcopy-ram only; dirty-bitmaps alone does not trigger (lab §8).
+        # migrate_postcopy_ram(): postcopy-ram only; dirty-bitmaps alone does not trigger (docs/vfio-lab.md, measured
+        # gating results: later findings).
         if ctx.capabilities.get("postcopy-ram", False):
             return f"{self.name}: VFIO migration is not supported with postcopy migration"
         if ctx.capabilities.get("background-snapshot", False):

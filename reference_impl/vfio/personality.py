@@ -3,11 +3,11 @@
 QEMU's gating depends on two things outside QEMU: the migration flags the kernel driver reports
 (``VFIO_DEVICE_FEATURE_MIGRATION``; a driver without migration ops answers ENOTTY) and whether device DMA
 logging is offered and actually works. The scenario names a personality; the host facts decide whether an
-advertised DMA-logging report really works (stock Debian 6.12 vfio.ko: it does not, vfio-mtty-lab.md P3).
+advertised DMA-logging report really works (stock Debian 6.12 vfio.ko: it does not, docs/vfio-lab.md P3).
 
 The second half of this module parses the migration-relevant ``-device vfio-pci`` properties the way QEMU
 does before realize, so a property a version lacks fails exactly as QEMU's property code says
-(vfio-mtty-lab.md §4e; messages checked against real 7.2.22 and 10.0.2 binaries).
+(docs/vfio-lab.md, measured gating results: 7.2.22; messages checked against real 7.2.22 and 10.0.2 binaries).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class VfioPersonality:
     migration_flags: MigrationFlag | None
     dma_logging: DmaLogging
     # IOMMUFD HWPT dirty tracking. Only iommufd= backends have it; the model's legacy type1 container never
-    # does (type1's own bitmap marks every pinned page dirty and does not count, fact sheet §4.3).
+    # does (type1's own bitmap marks every pinned page dirty and does not count,
+    # vfio_devices_all_device_dirty_tracking).
     iommu_dirty_tracking: bool = False
 
     @property
@@ -48,13 +49,14 @@ class VfioPersonality:
 
 _ADVERTISED = DmaLogging.WORKS  # replaced by REPORT_FAILS when the host's report is broken
 _F = MigrationFlag
-# The contract's named personalities (scenario-contract.md "personality").
+# The contract's named personalities (docs/scenario-format.md, `[[vm.device]]` personality).
 PERSONALITIES: dict[str, VfioPersonality] = {
     "migratable": VfioPersonality("migratable", _F.STOP_COPY | _F.P2P | _F.PRE_COPY, _ADVERTISED),
     "no-p2p": VfioPersonality("no-p2p", _F.STOP_COPY | _F.PRE_COPY, _ADVERTISED),
     "no-precopy": VfioPersonality("no-precopy", _F.STOP_COPY | _F.P2P, _ADVERTISED),
     "no-dirty-logging": VfioPersonality("no-dirty-logging", _F.STOP_COPY | _F.P2P | _F.PRE_COPY, DmaLogging.MISSING),
-    # mdpy: a sample mdev without migration support (vfio-mtty-lab.md §4d).
+    # mdpy: a sample mdev without migration support (docs/vfio-lab.md, measured gating results: enable-migration
+    # against blockers).
     "no-migration": VfioPersonality("no-migration", None, DmaLogging.MISSING),
 }
 DEFAULT_PERSONALITY = "migratable"
@@ -95,7 +97,7 @@ class _PropDef:
     until: Version | None = None  # first version without it
 
 
-# Migration-relevant vfio-pci properties and the versions that have them (fact sheet §4.6).
+# Migration-relevant vfio-pci properties and the versions that have them (hw/vfio/pci.c vfio_pci_dev_properties).
 PROPERTY_DEFS: dict[str, _PropDef] = {
     "x-enable-migration": _PropDef("bool", V7_2, until=V8_1),
     "enable-migration": _PropDef("OnOffAuto", V8_1),
@@ -129,7 +131,7 @@ def qdict_bucket(key: str) -> int:
 
     -device options become a QDict and are applied in bucket order, so when several properties are wrong
     the first bucket decides the message (7.2 with x-device-dirty-page-tracking and enable-migration
-    always names enable-migration, whatever their order, vfio-mtty-lab.md §8).
+    always names enable-migration, whatever their order, docs/vfio-lab.md, measured gating results: 7.2.22).
     """
     data = key.encode()
     value = (0x238F13AF * len(data)) & 0xFFFFFFFF

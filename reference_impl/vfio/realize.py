@@ -1,9 +1,10 @@
 """Realize of one vfio-pci device, as far as migration is concerned, per QEMU version.
 
 Mirrors ``vfio_migration_realize()`` with ``vfio_block_migration()`` and the global multiple-devices
-blocker (hw/vfio/migration.c, hw/vfio/common.c; fact sheet §4.3/§4.4), checked against real QEMU 10.0.2 and
-7.2.22 runs with an mtty device (vfio-mtty-lab.md §4d, §4e, §8). The check order from 8.1 on is: OFF, init
-(FEATURE_MIGRATION), dirty tracking, multiple devices, vIOMMU; the first problem decides.
+blocker (hw/vfio/migration.c, hw/vfio/common.c: vfio_migration_realize, vfio_block_multiple_devices_migration), checked
+against real QEMU 10.0.2 and 7.2.22 runs with an mtty device (docs/vfio-lab.md, measured gating results). The check
+order from 8.1 on is: OFF, init (FEATURE_MIGRATION), dirty tracking, multiple devices, vIOMMU; the first problem
+decides.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def vfio_mig_active(state: VfioMachineState) -> bool:
 
     For blocked devices query-migrate shows, even in status none, ``blocked-reasons`` with every blocker
     newest first (``MigrationBlockers.blocked_reasons``), and ``migrate`` fails with the newest one
-    (lab §4d: "query-migrate then shows {"blocked-reasons":[...]} with the same text").
+    (docs/vfio-lab.md, measured gating results: "query-migrate's `blocked-reasons` carry the same texts").
     """
     records = state.extra.get(_DEVICES_KEY, [])
     assert isinstance(records, list)
@@ -109,7 +110,7 @@ def vfio_mig_active(state: VfioMachineState) -> bool:
 
 def _add_blocker_7x(r: _Realize, reason: str) -> VfioRealized | None:
     """7.2/8.0: ``migrate_add_blocker``; failure fails realize with errp unprefixed, after the
-    ``error_report("%s: Migration disabled")`` of vfio_realize (lab §4e)."""
+    ``error_report("%s: Migration disabled")`` of vfio_realize (docs/vfio-lab.md, measured gating results: 7.2.22)."""
     errp = r.state.blockers.add(reason)
     if errp is not None:
         r.warnings.append(f"{r.name}: Migration disabled")
@@ -119,8 +120,8 @@ def _add_blocker_7x(r: _Realize, reason: str) -> VfioRealized | None:
 
 def _realize_v1(r: _Realize) -> VfioRealized:
     """7.2: only the v1 migration region exists in QEMU, and kernels since 5.18 no longer offer it, so every
-    device is blocked even with x-enable-migration=on (lab §4e). A v1-capable host is modelled as migratable
-    without any further check (the model's hosts never have one)."""
+    device is blocked even with x-enable-migration=on (docs/vfio-lab.md, measured gating results: 7.2.22). A v1-capable
+    host is modelled as migratable without any further check (the model's hosts never have one)."""
     if r.state.host.vfio_v1_region and r.props.x_enable_migration and r.personality.migration_flags is not None:
         r.register_handlers()
         return r.done()

@@ -3,7 +3,8 @@
 QEMU never walks combination arcs itself: it asks for a final ``device_state`` and the kernel steps through
 ``vfio_from_fsm_table`` (Linux drivers/vfio/vfio_main.c ``vfio_mig_get_next_state``), skipping states the
 device's migration flags do not provide. Modelling the kernel exactly is what lets the model say which
-intermediate states a real device passes through, and which requests fail with -EINVAL (fact sheet §4.1).
+intermediate states a real device passes through, and which requests fail with -EINVAL (include/uapi/linux/vfio.h,
+vfio_mig_get_next_state in drivers/vfio/vfio_main.c).
 """
 
 from __future__ import annotations

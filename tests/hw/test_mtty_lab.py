@@ -2,8 +2,8 @@
 
 One boot of the lab runs every scenario of tests/hw/scenarios/ through harness.executor (loaded by
 harness.loader, exactly as user files are). Each test asserts QEMU 10's exact messages and VM
-states as measured in vfio-mtty-lab.md, then compares the outcome with the reference model under the
-provider's host facts.
+states as measured in docs/vfio-lab.md (measured gating results), then compares the outcome with the reference model
+under the provider's host facts.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The real-QEMU driver (harness.machine, harness.pair) against every discovered QEMU binary.
 
 Each test runs real QEMU processes (no guest OS: firmware only, TCG) and asserts QEMU's statuses, runstates
-and exact messages. Expected values that differ per version cite the fact sheet
-(shared/reference/qemu-migration-facts.md).
+and exact messages. Expected values that differ per version cite the QEMU function or
+docs/real-qemu-facts.md.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def completed_source_events(binary: QemuBinary) -> list[str]:
-    # 10.0+ always passes through "device" on the way to completed (fact sheet §2.2, commit 4881411136).
+    # 10.0+ always passes through "device" on the way to completed (migration_completion, commit 4881411136).
     if binary.version >= Version(10, 0):
         return ["setup", "active", "device", "completed"]
     return ["setup", "active", "completed"]
@@ -98,7 +98,8 @@ def test_precopy(qemu_binary: QemuBinary, transport: str) -> None:
                 return info.value.desc, await pair.final_state("source")
 
         desc, source = run(refused())
-        # 7.2-8.1: unknown protocol after migrate_init, which moves setup -> failed (fact sheet §1.7 step 1)
+        # 7.2-8.1: unknown protocol after migrate_init, which moves setup -> failed (docs/real-qemu-facts.md
+        # migrate-order, step 1)
         assert desc == "Parameter 'uri' expects a valid migration protocol"
         assert source == VmState("failed", "running")
         return
@@ -190,7 +191,7 @@ def test_background_snapshot_restored_into_destination(qemu_binary: QemuBinary) 
             return source, destination, pair.source.migration_events()
 
     source, destination, source_events = run(scenario())
-    # bg_migration_thread: setup -> active -> completed, never device (fact sheet §2.2); the VM runs on.
+    # bg_migration_thread: setup -> active -> completed, never device; the VM runs on.
     assert source_events == ["setup", "active", "completed"]
     assert source == VmState("completed", "running")
     assert destination == VmState("completed", "running")
@@ -212,7 +213,7 @@ def test_capability_conflict_refused_at_set_capabilities(qemu_binary: QemuBinary
     assert error.desc == "Postcopy is not compatible with ignore-shared"  # rule d, all versions
     assert error.error_class == "GenericError"
     assert error.command == "migrate-set-capabilities"
-    # All-or-nothing: neither capability was committed (fact sheet §1.2).
+    # All-or-nothing: neither capability was committed (qmp_migrate_set_capabilities).
     assert caps["postcopy-ram"] is False and caps["x-ignore-shared"] is False
     assert state == VmState("none", "running")
 
@@ -228,7 +229,7 @@ def test_migrate_refused_by_unmigratable_device(qemu_binary: QemuBinary) -> None
             return info.value.desc, await pair.final_state("source"), pair.source.migration_events()
 
     desc, source, events = run(scenario())
-    # -nodefaults q35: the first free PCI slot is 00:01.0 (fact sheet §3.2: "<qdev path>/<vmsd name>").
+    # -nodefaults q35: the first free PCI slot is 00:01.0 (migration_is_blocked: "<qdev path>/<vmsd name>").
     assert desc == "State blocked by non-migratable device '0000:00:01.0/nvme'"
     assert source == VmState("none", "running")  # refused before migrate_init: no state change, no event
     assert events == []
@@ -265,7 +266,7 @@ def test_destination_killed_mid_migration_leaves_source_running(qemu_binary: Qem
     # Which errno the source's next write sees depends on the kernel: EPIPE if the killed peer had read
     # everything, ECONNRESET if unread data was still queued at its socket (then it answers with RST).
     assert desc in ("Unable to write to socket: Broken pipe", "Unable to write to socket: Connection reset by peer")
-    # A failure before the switchover stop leaves the source running (fact sheet §2.5).
+    # A failure before the switchover stop leaves the source running (migration_iteration_finish).
     assert source == VmState("failed", "running")
     assert destination is None
     assert exit_status == -9
@@ -330,7 +331,7 @@ def test_probe_reads_what_the_binary_has(qemu_binary: QemuBinary) -> None:
     probe = probe_binary(qemu_binary)
     assert probe.error is None
     assert {"postcopy-ram", "background-snapshot", "events"} <= set(probe.capabilities)
-    # switchover-ack and mapped-ram arrived in 8.1 and 9.0 (fact sheet §1.1)
+    # switchover-ack and mapped-ram arrived in 8.1 and 9.0 (qapi/migration.json MigrationCapability)
     assert ("switchover-ack" in probe.capabilities) == (qemu_binary.version >= Version(8, 1))
     assert ("mapped-ram" in probe.capabilities) == (qemu_binary.version >= Version(9, 0))
     assert probe.has_device("nvme") and probe.has_device("vfio-pci")

@@ -1,8 +1,8 @@
 """migrate-set-capabilities in the model (reference_impl.capabilities).
 
 Expected texts and verdicts come from real QEMU runs recorded in docs/real-qemu-facts.md#caps-check
-("real 10.0.2" / "real 7.2.22" below) or, for versions not run here, from the fact sheet
-(/work/shared/reference/qemu-migration-facts.md §1.3, "fact sheet §1.3 rule X").
+("real 10.0.2" / "real 7.2.22" below) or, for versions not run here, from QEMU's
+migrate_caps_check (docs/real-qemu-facts.md caps-rules, "rule X").
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def test_capability_lists_match_real_qemu() -> None:
     )  # fmt: skip
     assert len(capability_names(V7_2)) == 21  # real 7.2.22: 21 names
     assert "compress" in capability_names(V7_2) and "block" in capability_names(V7_2)
-    # fact sheet §1.1: 8.1 +switchover-ack/dirty-limit, 9.0 +mapped-ram, 9.1 drops compress/block.
+    # qapi/migration.json MigrationCapability: 8.1 +switchover-ack/dirty-limit, 9.0 +mapped-ram, 9.1 drops
+    # compress/block.
     assert "switchover-ack" not in capability_names(V8_0) and "switchover-ack" in capability_names(V8_1)
     assert "mapped-ram" in capability_names(V9_0) and "compress" not in capability_names(V9_1)
 
@@ -67,7 +68,7 @@ def test_newer_capability_on_old_version_is_unknown() -> None:
         (V7_2, ("postcopy-ram", "x-ignore-shared"), IGNORE_SHARED),
         (V10_0, ("postcopy-ram", "multifd"), PC_MULTIFD),
         (V7_2, ("postcopy-ram", "multifd"), None),
-        (V10_1, ("postcopy-ram", "multifd"), None),  # fact sheet §1.3 rule e: removed in 10.1
+        (V10_1, ("postcopy-ram", "multifd"), None),  # caps-rules rule e: removed in 10.1
         (V10_0, ("postcopy-ram", "x-ignore-shared", "multifd"), IGNORE_SHARED),
         (V10_0, ("background-snapshot", "xbzrle", "postcopy-ram"),
          "Background-snapshot is not compatible with postcopy-ram"),
@@ -89,12 +90,12 @@ def test_newer_capability_on_old_version_is_unknown() -> None:
         (V7_2, ("postcopy-preempt", "postcopy-ram", "compress"), "Postcopy preempt not compatible with compress"),
         (V10_0, ("postcopy-preempt", "multifd", "xbzrle"), "Postcopy preempt requires postcopy-ram"),
         (V10_0, ("multifd", "xbzrle"), "Multifd is not compatible with xbzrle"),
-        (V8_2, ("multifd", "xbzrle"), "Multifd is not compatible with xbzrle"),  # fact sheet rule s: 8.2+
+        (V8_2, ("multifd", "xbzrle"), "Multifd is not compatible with xbzrle"),  # caps-rules rule s: 8.2+
         (V8_1, ("multifd", "xbzrle"), None),
         (V7_2, ("multifd", "xbzrle"), None),
         (V7_2, ("multifd", "compress"), "Multifd is not compatible with compress"),
         (V7_2, ("compress", "xbzrle"), None),
-        (V8_2, ("compress", "xbzrle"), "Compression is not compatible with xbzrle"),  # fact sheet rule t
+        (V8_2, ("compress", "xbzrle"), "Compression is not compatible with xbzrle"),  # caps-rules rule t
         (V10_0, ("zero-copy-send",), ZERO_COPY),
         (V10_0, ("zero-copy-send", "multifd"), None),
         (V10_0, ("zero-copy-send", "multifd", "xbzrle"), ZERO_COPY),
@@ -127,7 +128,7 @@ def test_background_snapshot_conflicts(cap: str) -> None:
 
 
 def test_host_dependent_rules() -> None:
-    # fact sheet §1.3 rule f: UFFD-WP missing wins over rule h.
+    # caps-rules rule f: UFFD-WP missing wins over rule h.
     no_wp = CapsCheckContext(uffd_wp=False)
     assert check(V10_0, "background-snapshot", "postcopy-ram", ctx=no_wp) == (
         "Background-snapshot is not supported by host kernel"
@@ -151,7 +152,7 @@ def test_incoming_started_rules() -> None:
     )
     assert check(V10_0, "return-path", ctx=started) is None
     assert check(V7_2, "multifd", ctx=started) is None
-    # fact sheet rules m/o: 10.1+ only when newly enabled.
+    # caps-rules rules m/o: 10.1+ only when newly enabled.
     assert check(V10_1, "multifd", ctx=started, old=frozenset({"multifd"})) is None
     assert check(V10_0, "multifd", ctx=started, old=frozenset({"multifd"})) == (
         "Multifd must be set before incoming starts"
@@ -182,7 +183,7 @@ def test_in_progress_refusal() -> None:
 
 
 def test_every_profile_accepts_turning_everything_off() -> None:
-    # fact sheet §1.3: no rule fires on an empty set.
+    # migrate_caps_check: no rule fires on an empty set.
     for version in PROFILES:
         request = dict.fromkeys(capability_names(version), False)
         _, error = apply_capability_request(version, frozenset(), request, CTX, migration_running=False)

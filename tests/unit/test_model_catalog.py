@@ -1,7 +1,7 @@
 """Blockers, unmigratable devices, -only-migratable and PCI/USB naming, through predict().
 
 Every expected string is a real QEMU answer from docs/real-qemu-facts.md#blockers, #only-migratable and
-#slots-and-buses (10.0.2, and 7.2.22 where the device exists) unless a comment names the fact sheet.
+#slots-and-buses (10.0.2, and 7.2.22 where the device exists) unless a comment names a QEMU function.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def blocked(idstr: str) -> str:
 def test_migrate_is_blocked(args: tuple[str, ...], expected: str) -> None:
     outcome = run(args)
     assert (outcome.verdict, outcome.stage, outcome.error) == ("refused", "migrate", expected)
-    # a refused migrate changes nothing on the source (fact sheet §1.7; real: status none, runstate running)
+    # a refused migrate changes nothing on the source (migrate_prepare; real: status none, runstate running)
     assert outcome.source is not None and (outcome.source.status, outcome.source.runstate) == ("none", "running")
     # the destination already ran migrate-incoming: setup / inmigrate (real 10.0.2, #flow-precopy)
     assert outcome.destination is not None and outcome.destination.status == "setup"

@@ -1,7 +1,7 @@
 """The migration state machine and the migrate pre-checks, through predict().
 
 Expected values are real QEMU answers from docs/real-qemu-facts.md (sections named in each test; "real
-10.0.2" / "real 7.2.22"), or the fact sheet (/work/shared/reference/qemu-migration-facts.md) where noted.
+10.0.2" / "real 7.2.22"), or the QEMU function named where noted.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def test_destination_started_paused() -> None:
     [
         ("10.0", ["setup", "active", "device", "postcopy-active", "completed"]),  # real 10.0.2
         ("7.2", ["setup", "active", "postcopy-active", "completed"]),  # real 7.2.22
-        ("10.2", ["setup", "active", "device", "postcopy-device", "postcopy-active", "completed"]),  # fact sheet §2.2
+        # 10.2 adds postcopy-device (qapi MigrationStatus)
+        ("10.2", ["setup", "active", "device", "postcopy-device", "postcopy-active", "completed"]),
     ],
 )
 def test_postcopy(version: str, source_events: list[str]) -> None:
@@ -113,7 +114,7 @@ def test_start_postcopy_preconditions() -> None:
     outcome = steps(Step("set-capabilities", capabilities={"postcopy-ram": True}), Step("start-postcopy"))
     assert (outcome.stage, outcome.error) == (
         "start-postcopy", "Postcopy must be started after migration has been started")
-    # fact sheet §4.7 / migrate_postcopy(): dirty-bitmaps alone also enables start-postcopy
+    # qmp_migrate_start_postcopy / migrate_postcopy(): dirty-bitmaps alone also enables start-postcopy
     outcome = steps(Step("set-capabilities", capabilities={"dirty-bitmaps": True}), Step("migrate"),
                     Step("start-postcopy"), Step("wait"))
     assert outcome.verdict == "completed"
@@ -125,7 +126,7 @@ def test_background_snapshot() -> None:
     assert outcome.verdict == "completed"
     assert states(outcome) == (("completed", "running"), ("completed", "running"))
     assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "completed"]
-    # fact sheet rule f: no UFFD-WP
+    # caps-rules rule f (docs/real-qemu-facts.md): no UFFD-WP
     outcome = mig("10.0", HostFacts(uffd_wp=False), mode="background-snapshot")
     assert (outcome.stage, outcome.error) == ("set-capabilities", "Background-snapshot is not supported by host kernel")
 
@@ -136,7 +137,8 @@ def test_file_transport_before_8_2() -> None:
     assert (outcome.verdict, outcome.stage, outcome.error) == (
         "refused", "migrate", "Parameter 'uri' expects a valid migration protocol")
     assert states(outcome) == (("failed", "running"), ("none", "inmigrate"))
-    assert mig("8.2", transport="file").verdict == "completed"  # fact sheet: file: exists from 8.2
+    # migration_channels_and_transport_compatible: file: exists from 8.2
+    assert mig("8.2", transport="file").verdict == "completed"
 
 
 @pytest.mark.parametrize("transport", ["file", "exec"])
@@ -230,7 +232,8 @@ def test_transport_checks(version: str, caps: dict[str, bool], transport: str, e
 
 
 def test_mapped_ram_file() -> None:
-    # fact sheet §1.7: mapped-ram (+multifd) to file: is fine; real 10.0.2: with compression it is refused.
+    # migration_channels_and_transport_compatible: mapped-ram (+multifd) to file: is fine; real 10.0.2: with
+    # compression it is refused.
     assert mig("10.0", capabilities={"mapped-ram": True, "multifd": True}, transport="file").verdict == "completed"
     outcome = steps(Step("set-capabilities", capabilities={"mapped-ram": True}),
                     Step("set-parameters", parameters={"multifd-compression": "zlib"}),
@@ -258,7 +261,7 @@ def test_snapshot_save() -> None:
     # real #snapshot-save: no block device -> the job's error.
     outcome = steps(Step("snapshot-save"))
     assert (outcome.stage, outcome.error) == ("snapshot-save", "At least one device is required for snapshot")
-    # fact sheet §3.2: snapshot-save is blocked like migrate
+    # migration_is_blocked (save_snapshot): snapshot-save is blocked like migrate
     outcome = steps(Step("snapshot-save"), source=VmSpec(args=("-device", "nvme,serial=x")))
     assert outcome.error == "State blocked by non-migratable device '0000:00:01.0/nvme'"
     # real 10.0.2 (#harness-runs): with a qcow2 drive the job succeeds and query-migrate reads completed

@@ -1,7 +1,7 @@
 """migrate-set-parameters in the model (reference_impl.parameters).
 
-Expected texts: real QEMU runs in docs/real-qemu-facts.md#params ("real 10.0.2" / "real 7.2.22"), or the fact
-sheet §1.6 where a rule was not run here.
+Expected texts: real QEMU runs in docs/real-qemu-facts.md#params ("real 10.0.2" / "real 7.2.22"), or QEMU's
+migrate_params_check where a rule was not run here.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_parameter_checks(version: Version, request_: dict[str, Any], expected: 
 
 
 def test_refused_request_keeps_old_values() -> None:
-    # fact sheet §1.6: migrate_params_check runs on a copy; nothing is applied when it fails.
+    # migrate_params_check runs on a copy; nothing is applied when it fails.
     params, error = apply_parameter_request(V10_0, {"max-bandwidth": 5}, {"max-bandwidth": 7, "multifd-channels": 0},
                                             frozenset())
     assert error is not None
@@ -75,7 +75,7 @@ def test_refused_request_keeps_old_values() -> None:
 
 
 def test_zero_copy_refuses_compression() -> None:
-    # fact sheet §1.6: with zero-copy-send on, multifd-compression other than none gives the rule-i message.
+    # migrate_params_check: with zero-copy-send on, multifd-compression other than none gives the rule-i message.
     assert answer(V10_0, {"multifd-compression": "zlib"}, frozenset({"zero-copy-send", "multifd"})) == (
         "Zero copy only available for non-compressed non-TLS multifd migration"
     )

@@ -1,6 +1,6 @@
 """Property tests of the model: refusals change nothing, accepted sets hold no forbidden pair, predict is
-a pure function. The forbidden pairs are the fact sheet's §1.3 rules as confirmed on real QEMU
-(docs/real-qemu-facts.md#caps-check)."""
+a pure function. The forbidden pairs are migrate_caps_check's rules (docs/real-qemu-facts.md caps-rules) as confirmed on
+real QEMU (docs/real-qemu-facts.md#caps-check)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ hosts = st.builds(HostFacts, userfaultfd=st.booleans(), uffd_wp=st.booleans(), k
 
 
 def forbidden(version: Version, caps: frozenset[str]) -> list[str]:
-    """Pairs QEMU never lets coexist (fact sheet §1.3 rules d, e, h, k, n, p, s, u)."""
+    """Pairs QEMU never lets coexist (caps-rules d, e, h, k, n, p, s, u)."""
     found = []
     if {"postcopy-ram", "x-ignore-shared"} <= caps:
         found.append("d")

@@ -42,7 +42,8 @@ def states(outcome: Outcome) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("version", ["10.0", "7.2"])
 def test_vdagent_chardev_blocks(version: str) -> None:
-    # blocker-vdagent (both versions): refused@migrate with the vdagent blocker (the fact sheet says 10.0 only).
+    # blocker-vdagent (both versions): refused@migrate with the vdagent blocker (measured on both,
+    # docs/real-qemu-facts.md qmp-steps).
     vm = VmSpec(args=("-chardev", "qemu-vdagent,id=vd0,name=vdagent"))
     outcome = run(migration=MigrationSpec(), vm=vm, version=version)
     assert (outcome.verdict, outcome.stage, outcome.error) == ("refused", "migrate", VDAGENT_BLOCKER)
@@ -53,7 +54,7 @@ def test_vdagent_chardev_blocks(version: str) -> None:
 
 
 def test_vdagent_blocker_gone_in_10_1() -> None:
-    # fact sheet: vdagent migration support in 10.1 removes the blocker.
+    # vdagent migration support in 10.1 removes the blocker.
     vm = VmSpec(args=("-chardev", "qemu-vdagent,id=vd0,name=vdagent"))
     assert run(migration=MigrationSpec(), vm=vm, version="10.1").verdict == "completed"
 

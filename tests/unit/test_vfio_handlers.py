@@ -1,4 +1,5 @@
-"""VFIO's save_prepare gate and the predicted migration failure (facts §4.7; lab §4a-c, §8, P3)."""
+"""VFIO's save_prepare gate and the predicted migration failure (vfio_save_prepare; docs/vfio-lab.md, measured gating
+results and P3)."""
 
 from __future__ import annotations
 
@@ -43,18 +44,18 @@ def one(
 @pytest.mark.parametrize(
     ("caps", "runstate", "expected"),
     [
-        # lab §4b: postcopy-ram accepted by set-capabilities, refused by migrate
+        # lab, postcopy-ram: postcopy-ram accepted by set-capabilities, refused by migrate
         ({"postcopy-ram": True}, "running", POSTCOPY),
-        # lab §4c: background-snapshot refused by migrate
+        # lab, background-snapshot: background-snapshot refused by migrate
         ({"background-snapshot": True}, "running", BG_SNAPSHOT),
-        # facts §4.7: postcopy is checked first
+        # vfio_save_prepare: postcopy is checked first
         ({"postcopy-ram": True, "background-snapshot": True}, "running", POSTCOPY),
-        # lab §8: dirty-bitmaps alone (migrate_postcopy() true) does not trigger; it migrated
+        # lab, later findings: dirty-bitmaps alone (migrate_postcopy() true) does not trigger; it migrated
         ({"dirty-bitmaps": True}, "running", None),
         ({"postcopy-ram": False}, "paused", None),
-        # facts §4.7: snapshot path (runstate save-vm) is allowed even with postcopy-ram on
+        # vfio_save_prepare: snapshot path (runstate save-vm) is allowed even with postcopy-ram on
         ({"postcopy-ram": True}, "save-vm", None),
-        # a paused VM is not relabelled by savevm: the postcopy message (facts §4.7 subtlety)
+        # a paused VM is not relabelled by savevm: the postcopy message (a vfio_save_prepare subtlety)
         ({"postcopy-ram": True}, "paused", POSTCOPY),
     ],
 )
@@ -93,14 +94,14 @@ CTX = PrepareContext({}, "running")
 
 
 def test_migration_failure_stock_kernel_default_props() -> None:
-    # lab §4a a0/a4: accepted, then failed with "ram_save_setup failed: Operation not supported"
+    # lab, default precopy: accepted, then failed with "ram_save_setup failed: Operation not supported"
     handler = one()
     assert handler.migration_failure(CTX) == DIRTY_REPORT_FAILURE == "ram_save_setup failed: Operation not supported"
     assert vfio_migration_failure([handler], CTX) == DIRTY_REPORT_FAILURE
 
 
 def test_migration_failure_workaround_props_complete() -> None:
-    # lab §4a a1/a2 and §4d: x-device-dirty-page-tracking=off + on completes (type1 bitmap instead)
+    # lab, default precopy: x-device-dirty-page-tracking=off + on completes (type1 bitmap instead)
     handler = one({"x-device-dirty-page-tracking": "off", "enable-migration": "on"})
     assert not handler.uses_device_dirty_tracking()
     assert vfio_migration_failure([handler], CTX) is None
@@ -112,7 +113,8 @@ def test_migration_failure_rebuilt_kernel_completes() -> None:
 
 
 def test_migration_failure_needs_every_device_on_device_tracking() -> None:
-    # facts §4.5: device DMA logging only when all devices in the container support it; a device without
+    # vfio_devices_all_device_dirty_tracking: device DMA logging only when all devices in the container support it; a
+    # device without
     # DMA logging sends the container to the type1 bitmap, so the broken report is never requested.
     handlers = handlers_for(
         DeviceSpec("vfio-pci", "a", {"enable-migration": "on"}, "migratable"),

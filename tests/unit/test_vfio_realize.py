@@ -1,7 +1,7 @@
-"""vfio-pci realize gating per version, row by row against the lab and fact sheets.
+"""vfio-pci realize gating per version, row by row against the lab measurements and QEMU's source.
 
-"lab" = /work/shared/reference/vfio-mtty-lab.md (real QEMU 10.0.2 and 7.2.22 with an mtty device, stock
-Debian 6.12 modules unless noted); "facts" = /work/shared/reference/qemu-migration-facts.md. Device names
+"lab" = docs/vfio-lab.md, measured gating results (real QEMU 10.0.2 and 7.2.22 with an mtty device, stock
+Debian 6.12 modules unless noted); "source" = hw/vfio/migration.c and hw/vfio/common.c. Device names
 are the model's placeholders; the lab's "<uuid>" is the same name.
 """
 
@@ -22,7 +22,7 @@ from reference_impl.vfio.realize import vfio_mig_active, vfio_realize
 
 STOCK = HostFacts(vfio_dirty_report_works=False)  # Debian 6.12 vfio.ko (lab P3)
 REBUILT = HostFacts(vfio_dirty_report_works=True)  # the lab's rebuilt vfio.ko
-WORKAROUND = {"x-device-dirty-page-tracking": "off", "enable-migration": "on"}  # lab §4 "workaround props"
+WORKAROUND = {"x-device-dirty-page-tracking": "off", "enable-migration": "on"}  # docs/vfio-lab.md P3, fix A
 
 DIRTY_10 = "VFIO device doesn't support device and IOMMU dirty tracking"
 VIOMMU = "Migration is currently not supported with vIOMMU enabled"
@@ -49,7 +49,7 @@ def realize(state: VfioMachineState, *devices: DeviceSpec) -> list[VfioRealized]
     return [vfio_realize(d, placeholder_name(d.id, i), state) for i, d in enumerate(devices)]
 
 
-# --- lab §4d (QEMU 10.0.2) -------------------------------------------------------------------------------
+# --- lab, enable-migration against blockers (QEMU 10.0.2) ---------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_lab_4d_on_device_next_to_a_blocked_device(mtty_first: bool) -> None:
     assert not vfio_mig_active(state)
 
 
-# --- lab §4e (QEMU 7.2.22) --------------------------------------------------------------------------------
+# --- lab, 7.2.22 (QEMU 7.2.22) ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("props", [{}, {"x-enable-migration": "on"}, {"x-enable-migration": "off"}])
@@ -192,7 +192,7 @@ def test_lab_4e_7_2_only_migratable() -> None:
     assert result.warnings == ["<vfio0>: Migration disabled"]
 
 
-# --- lab §8 -----------------------------------------------------------------------------------------------
+# --- lab, later findings ------------------------------------------------------------------------------------
 
 
 def test_lab_8_viommu_after_the_device_adds_no_blocker() -> None:
@@ -269,7 +269,7 @@ def test_lab_8_per_device_dirty_blockers_come_before_the_multiple_devices_check(
     assert state72.blockers.reasons == ["VFIO device doesn't support migration"] * 2
 
 
-# --- facts §4.3/§4.4: versions the lab did not run --------------------------------------------------------
+# --- source (vfio_migration_realize, vfio_block_multiple_devices_migration): versions the lab did not run ---
 
 
 def test_8_0_default_is_blocked_and_enable_migration_does_not_exist() -> None:
@@ -367,7 +367,7 @@ def test_failover_primary_does_nothing() -> None:
 
 
 def test_handlers_stay_registered_on_blocker_paths() -> None:
-    # facts §4.3: on the dirty-tracking and vIOMMU blocker paths the handlers stay, so the device counts
+    # vfio_migration_realize: on the dirty-tracking and vIOMMU blocker paths the handlers stay, so the device counts
     # for the multiple-devices rule; OFF and init failures register none.
     state = machine(V10_0, viommu=True)
     results = realize(

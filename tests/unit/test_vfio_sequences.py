@@ -1,4 +1,5 @@
-"""Device-state sequences QEMU drives (facts §4.2; lab §4a trace and VFIO_MIGRATION events on 10.0.2)."""
+"""Device-state sequences QEMU drives (vfio_save_setup, vfio_vmstate_change; lab (docs/vfio-lab.md) trace and
+VFIO_MIGRATION events on 10.0.2)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ FLAG_SETS = [f for f in (p.migration_flags for p in PERSONALITIES.values()) if f
 
 
 def test_lab_a2_running_source_events() -> None:
-    # lab §4a a2 (10.0.2, -S then cont, migration-events=on): running-p2p, running, pre-copy, pre-copy-p2p,
+    # lab, default precopy (10.0.2, -S then cont, migration-events=on): running-p2p, running, pre-copy, pre-copy-p2p,
     # stop-copy, stop
     assert source_sequence(ALL_FLAGS, V10_0, vm_running=True) == [
         "running-p2p", "running", "pre-copy", "pre-copy-p2p", "stop-copy", "stop",
@@ -46,12 +47,13 @@ def test_lab_a2_kernel_steps() -> None:
 
 
 def test_lab_a2_destination_stays_resuming_when_not_started() -> None:
-    # lab §4a: destination events: resuming (the -S destination ends paused)
+    # lab, default precopy: destination events: resuming (the -S destination ends paused)
     assert destination_sequence(ALL_FLAGS, V10_0) == ["resuming"]
 
 
 def test_destination_started_runs_the_vm_start_callbacks() -> None:
-    # facts §4.2: at VM start prepare -> RUNNING_P2P (kernel path RESUMING -> STOP -> RUNNING_P2P), then RUNNING
+    # vfio_vmstate_change: at VM start prepare -> RUNNING_P2P (kernel path RESUMING -> STOP -> RUNNING_P2P), then
+    # RUNNING
     assert destination_sequence(ALL_FLAGS, V10_0, start_vm=True) == ["resuming", "running-p2p", "running"]
     assert destination_sequence(NO_P2P, V10_0, start_vm=True) == ["resuming", "running"]
     drv = VfioStateDriver(ALL_FLAGS, V10_0)

@@ -1,4 +1,4 @@
-"""The kernel FSM model against the uAPI's own path rules (include/uapi/linux/vfio.h, fact sheet §4.1).
+"""The kernel FSM model against the uAPI's own path rules (include/uapi/linux/vfio.h, vfio_mig_get_next_state).
 
 The table in uapi.py is copied from vfio_main.c; these tests check it against an independent statement of the
 rules: the FSM arcs drivers implement for each flag set, shortest paths, no data fd opened on an interior
