@@ -34,7 +34,7 @@ from harness.binaries import load_binary
 from harness.loader import load_scenarios
 from harness.vfio.provider import MttyLabProvider
 from harness.vfio_lab.boot import boot
-from harness.vfio_lab.build import build, cache_root
+from harness.vfio_lab.build import build, lab_cache
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "hw" / "scenarios"
 HOST_QEMU = "/usr/bin/qemu-system-x86_64"
@@ -58,7 +58,7 @@ def timed_build(cache: str | None) -> tuple[float, str]:
 
 async def smoke_boot(variant: str) -> dict[str, Any]:
     image = build()
-    runs = cache_root() / "runs"
+    runs = lab_cache() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     share = Path(tempfile.mkdtemp(prefix="bench-", dir=runs))
     result = await boot(image, variant, share, timeout=180)
@@ -99,7 +99,7 @@ def main() -> int:
     args = parser.parse_args()
     results: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
     if args.cold:
-        with tempfile.TemporaryDirectory(prefix="lab-cold-", dir=cache_root().parent) as cold:
+        with tempfile.TemporaryDirectory(prefix="lab-cold-", dir=lab_cache().parent) as cold:
             seconds, _ = timed_build(cold)
             results["build_cold_s"] = round(seconds, 2)
     timed_build(None)  # make sure the image exists before timing the cached path

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from harness import settings
 from harness.errors import BinaryError, HostEnvironmentError
 from reference_impl.versions import Version
 
@@ -69,12 +70,6 @@ class QemuBinary:
 
     def __str__(self) -> str:
         return self.label or f"QEMU {self.version} ({self.path})"
-
-
-def cache_dir() -> Path:
-    """The set-up script's cache folder: ``$MIGCONFORM_CACHE``, else ``<repo>/.cache`` (as setup.sh does)."""
-    override = os.environ.get("MIGCONFORM_CACHE")
-    return Path(override) if override else REPO_ROOT / ".cache"
 
 
 def unpacked_layout(root: Path) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -173,10 +168,8 @@ def load_binary(
 def _candidates() -> list[tuple[str, str]]:
     """(path, origin) in discovery order: $QEMU_BINARY, the set-up script's versions, then PATH."""
     out: list[tuple[str, str]] = []
-    for item in os.environ.get("QEMU_BINARY", "").split(os.pathsep):
-        if item.strip():
-            out.append((item.strip(), "QEMU_BINARY"))
-    qemu_cache = cache_dir() / "qemu"
+    out.extend((item, settings.QEMU_BINARY) for item in settings.qemu_binaries())
+    qemu_cache = settings.cache_root() / "qemu"
     if qemu_cache.is_dir():
         for version_dir in sorted(qemu_cache.iterdir()):
             candidate = version_dir / "usr/bin" / QEMU_PROGRAM

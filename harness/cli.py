@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from harness import procutil
+from harness import procutil, settings
 from harness import results as results_io
 from harness.errors import HostEnvironmentError
 from harness.loader import ScenarioError, load_scenarios
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from harness.binaries import QemuBinary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUITE_ENV = "MIGCONFORM_SUITE"
+SUITE_ENV = settings.SUITE
 
 
 class UsageError(Exception):
@@ -57,9 +57,9 @@ class UsageError(Exception):
 
 def suite_path() -> Path:
     """The bundled scenario suite: ``$MIGCONFORM_SUITE``, else the repository's, else the current folder's."""
-    override = os.environ.get(SUITE_ENV)
-    if override:
-        return Path(override)
+    override = settings.suite_override()
+    if override is not None:
+        return override
     for base in (REPO_ROOT, Path.cwd()):
         candidate = base / "tests" / "conformance" / "scenarios"
         if candidate.is_dir():

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.binaries import QemuBinary, cache_dir
+from harness.binaries import QemuBinary
 from harness.errors import HostEnvironmentError, MigconformError, QemuLaunchError
 from harness.machine import QemuMachine, private_dir
+from harness.settings import cache_root
 from reference_impl.host import HostFacts
 
 T = TypeVar("T")
@@ -437,7 +438,7 @@ def _disk_key(binary: QemuBinary, cpu: str, image_digest: str) -> str:
 
 def linux_boot_record() -> Path:
     """Where Linux-boot answers are kept: delete it to probe again."""
-    return cache_dir() / "probes" / "linux-boot.json"
+    return cache_root() / "probes" / "linux-boot.json"
 
 
 def _read_record(path: Path) -> dict[str, Any]:

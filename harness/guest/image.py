@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.settings import cache_root
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCES = REPO_ROOT / "images" / "guest"
 
@@ -92,12 +94,6 @@ class _Package:
     def deb_name(self) -> str:
         # apt-get download names files NAME_VERSION_ARCH.deb with ':' in the version escaped as %3a.
         return f"{self.name}_{self.version.replace(':', '%3a')}_amd64.deb"
-
-
-def cache_root() -> Path:
-    """``$MIGCONFORM_CACHE`` or ``<repo>/.cache``, the same rule as scripts/setup.sh."""
-    env = os.environ.get("MIGCONFORM_CACHE")
-    return Path(env) if env else REPO_ROOT / ".cache"
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:

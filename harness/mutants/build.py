@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.settings import cache_root
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MUTANTS_DIR = REPO_ROOT / "mutants"
 UNMODIFIED = "unmodified"
@@ -93,12 +95,8 @@ class BuiltBinary:
     rebuilt: bool
 
 
-def cache_root() -> Path:
-    env = os.environ.get("MIGCONFORM_CACHE")
-    return Path(env) if env else REPO_ROOT / ".cache"
-
-
 def mutants_cache() -> Path:
+    """The mutants' folder in the set-up script's cache (harness.settings.cache_root)."""
     return cache_root() / "mutants"
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from harness import settings
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from reference_impl.scenario import DeviceSpec
 from reference_impl.vfio.uapi import MigrationFlag
@@ -487,8 +488,7 @@ class HostDeviceAllocator:
 def configured_devices(cli: Iterable[str] = ()) -> list[str]:
     """Devices from --vfio-device (repeatable) and MIGCONFORM_VFIO_DEVICES (comma or space separated)."""
     names = list(cli)
-    env = os.environ.get("MIGCONFORM_VFIO_DEVICES", "")
-    names.extend(n for n in re.split(r"[,\s]+", env) if n)
+    names.extend(settings.vfio_devices())
     seen: list[str] = []
     for n in names:
         if n not in seen:

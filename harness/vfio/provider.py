@@ -137,13 +137,13 @@ class MttyLabProvider:
         if not scenarios or not binaries:
             return []
         from harness.vfio_lab.boot import DEFAULT_QEMU, boot
-        from harness.vfio_lab.build import REPO, cache_root
+        from harness.vfio_lab.build import REPO, lab_cache
         from harness.vfio_lab.inside import LAB_ERROR, LAB_ERROR_TYPE, OUTCOMES, REQUEST, RUNNER, Request
 
         # The runner runs plain scenarios on the same event loop: a (cold) build must not block it.
         image = await asyncio.to_thread(lambda: self.image)
         await asyncio.to_thread(_precompile, REPO)
-        runs = cache_root() / "runs"
+        runs = lab_cache() / "runs"
         runs.mkdir(parents=True, exist_ok=True)
         _prune_runs(runs)
         share = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))

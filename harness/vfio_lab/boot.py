@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import procutil
-from harness.vfio_lab.build import REPO, LabImage, cache_root
+from harness import procutil, settings
+from harness.vfio_lab.build import REPO, LabImage, lab_cache
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 L1_MEMORY_MB = 2048
@@ -54,9 +54,7 @@ class BootResult:
 
 
 def _kept_folders() -> list[str]:
-    from harness.binaries import cache_dir
-
-    folders = [REPO, cache_dir(), Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
+    folders = [REPO, settings.cache_root(), Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
     unique: list[str] = []
     for folder in folders:
         text = str(folder)
@@ -82,7 +80,7 @@ def kernel_cmdline(share: Path, *, extra: str = "") -> str:
         "no_timer_check",
         "lpj=10000000",
         "cryptomgr.notests",
-        "quiet" if not os.environ.get("MIGCONFORM_LAB_VERBOSE") else "initcall_debug ignore_loglevel log_buf_len=4M",
+        "quiet" if not settings.lab_verbose() else "initcall_debug ignore_loglevel log_buf_len=4M",
         f"labshare={share}",
         f"labrepo={REPO}",
         f"labpython={python}",
@@ -95,8 +93,9 @@ def kernel_cmdline(share: Path, *, extra: str = "") -> str:
     for name, value in (("share", share), ("repository", REPO), ("python", python), ("path", ":".join(pypath))):
         if re.search(r"\s", str(value)):
             raise LabBootError(f"the lab passes the {name} path on the kernel command line; {value!r} has blanks")
-    if os.environ.get("MIGCONFORM_LAB_PYOPTS"):
-        parts.append(f"labpyopts={os.environ['MIGCONFORM_LAB_PYOPTS']}")
+    pyopts = settings.lab_pyopts()
+    if pyopts:
+        parts.append(f"labpyopts={pyopts}")
     if extra:
         parts.append(extra)
     return " ".join(parts)
@@ -197,20 +196,20 @@ def choose_accel(image: LabImage, qemu: str = DEFAULT_QEMU) -> AccelChoice:
     from harness.binaries import load_binary
     from harness.probe import probe_binary, probe_linux_boot
 
-    forced = os.environ.get("MIGCONFORM_LAB_ACCEL")
+    forced = settings.lab_accel()
     if forced == "tcg":
-        return AccelChoice("tcg", "MIGCONFORM_LAB_ACCEL")
+        return AccelChoice("tcg", settings.LAB_ACCEL)
     binary = load_binary(qemu)
     kvm = probe_binary(binary).kvm
     if forced == "kvm":
-        return AccelChoice("kvm", "MIGCONFORM_LAB_ACCEL", kvm.cpu)
+        return AccelChoice("kvm", settings.LAB_ACCEL, kvm.cpu)
     if not kvm.usable or kvm.cpu is None:
         return AccelChoice("tcg", f"harness.probe: {kvm.reason}")
     linux = probe_linux_boot(binary)
     if linux.boots is False:
         return AccelChoice("tcg", f"harness.probe: KVM boots Linux? {linux.detail}")
     key = f"{os.uname().release}|{qemu}|{os.stat(qemu).st_mtime_ns}|{image.kernel_release}|{kvm.cpu}"
-    record = cache_root() / "accel-probe.json"
+    record = lab_cache() / "accel-probe.json"
     with contextlib.suppress(OSError, ValueError):
         cached = json.loads(record.read_text())
         if cached.get("key") == key:
@@ -222,7 +221,7 @@ def choose_accel(image: LabImage, qemu: str = DEFAULT_QEMU) -> AccelChoice:
 
 
 def _probe_kvm_boot(image: LabImage, qemu: str, cpu: str) -> AccelChoice:
-    probe_dir = cache_root() / "accel-probe"
+    probe_dir = lab_cache() / "accel-probe"
     probe_dir.mkdir(parents=True, exist_ok=True)
     log = probe_dir / "serial.log"
     argv = l1_argv(

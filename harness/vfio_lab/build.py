@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import json
 import lzma
-import os
 import re
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from harness import settings
 
 # The one pin of the lab's kernel: the Debian kernel series. Which 6.12 release is used is decided at
 # build time by resolve_kernel() (the newest one with every package we need), and recorded in results.
@@ -152,9 +153,9 @@ class LabImage:
         return cls(**json.loads(path.read_text()))
 
 
-def cache_root() -> Path:
-    base = os.environ.get("MIGCONFORM_CACHE")
-    return (Path(base) if base else REPO / ".cache") / "lab"
+def lab_cache() -> Path:
+    """The lab's folder in the set-up script's cache (harness.settings.cache_root)."""
+    return settings.cache_root() / "lab"
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None, log: Path | None = None) -> str:
@@ -233,7 +234,7 @@ def _resolve_cached(series: str, *, force: bool = False) -> tuple[KernelPackages
 
     The apt-cache calls cost seconds on a loaded host; their answers only change with apt-get update.
     """
-    record = cache_root() / f"resolved-{series}.json"
+    record = lab_cache() / f"resolved-{series}.json"
     state = _apt_lists_state()
     if not force:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -270,7 +271,7 @@ def _download(debs: Path, package: str, version: str) -> Path:
 
 def _unpack_kernel(pkgs: KernelPackages, recipe: Recipe, debs: Path) -> Path:
     """Unpacks image, headers, kbuild and the needed source files of one release (once per version)."""
-    root = cache_root() / "kernel" / pkgs.version
+    root = lab_cache() / "kernel" / pkgs.version
     stamp = root / ".complete"
     if stamp.exists():
         return root
@@ -474,21 +475,21 @@ def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
     recipe = RECIPES[series]
     pkgs, busybox_version = _resolve_cached(series, force=force)
     key = _inputs_hash(pkgs, busybox_version, _compiler())
-    out = cache_root() / key
+    out = lab_cache() / key
     manifest = out / "manifest.json"
     if manifest.exists() and not force:
         with contextlib.suppress(TypeError, ValueError, KeyError):  # a manifest from an older builder: rebuild
             return LabImage.load(manifest)
-    debs = cache_root() / "debs"
+    debs = lab_cache() / "debs"
     kernel = _unpack_kernel(pkgs, recipe, debs)
-    bb_tree = cache_root() / "busybox" / busybox_version
+    bb_tree = lab_cache() / "busybox" / busybox_version
     if not (bb_tree / "bin/busybox").exists():
         bb_tree.mkdir(parents=True, exist_ok=True)
         _run(["dpkg", "-x", str(_download(debs, "busybox-static", busybox_version)), str(bb_tree)])
     busybox = bb_tree / "bin/busybox"
 
-    cache_root().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root()))
+    lab_cache().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=lab_cache()))
     log = work / "build.log"
     try:
         headers = kernel / "x/usr/src" / f"linux-headers-{pkgs.release}"
@@ -543,7 +544,7 @@ def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
 def _prune(current: LabImage) -> None:
     """Removes older builds of the same kernel series (about 75 MB each); the newest other one stays."""
     others = []
-    for manifest in cache_root().glob("*/manifest.json"):
+    for manifest in lab_cache().glob("*/manifest.json"):
         if manifest.parent.name == current.key:
             continue
         try:

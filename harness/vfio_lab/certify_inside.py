@@ -189,7 +189,7 @@ async def certify_in_lab(
     """Boots the lab once, certifies ``personality`` mdevs inside, copies the bundle to ``output``."""
     from harness.vfio.provider import MttyLabProvider
     from harness.vfio_lab.boot import DEFAULT_QEMU, _run_l1, choose_accel, l1_argv
-    from harness.vfio_lab.build import REPO, cache_root
+    from harness.vfio_lab.build import REPO, lab_cache
 
     lab = MttyLabProvider(variant, qemu=qemu)
     image = lab.image
@@ -199,7 +199,7 @@ async def certify_in_lab(
         )
     for package in ("harness", "reference_impl"):
         compileall.compile_dir(REPO / package, quiet=1)
-    runs = cache_root() / "runs"
+    runs = lab_cache() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     share = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-certify-"), dir=runs))
     request = CertifyRequest(personality, list(binaries), list(only), lab.variant, timeout)

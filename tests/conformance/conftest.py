@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from harness import results as results_io
+from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
 from harness.results import RESOURCE_SKIP, Results, Skip
@@ -47,14 +48,14 @@ def differential_ready() -> None:
     assert callable(execute) and callable(default_predict())
 
 
-REQUIRE_RESOURCES_ENV = "MIGCONFORM_REQUIRE_RESOURCES"  # "1": a resource-kind skip fails the case
-COMPARED_DIR_ENV = "MIGCONFORM_COMPARED_DIR"  # where each pytest process writes its compared count
-MIN_COMPARED_ENV = "MIGCONFORM_MIN_COMPARED"  # floor checked at session end without xdist
+REQUIRE_RESOURCES_ENV = settings.REQUIRE_RESOURCES  # "1": a resource-kind skip fails the case
+COMPARED_DIR_ENV = settings.COMPARED_DIR  # where each pytest process writes its compared count
+MIN_COMPARED_ENV = settings.MIN_COMPARED  # floor checked at session end without xdist
 _COMPARED: list[str] = []  # case ids compared in this process
 
 
 def require_resources() -> bool:
-    return os.environ.get(REQUIRE_RESOURCES_ENV, "") not in ("", "0")
+    return settings.require_resources()
 
 
 def not_compared(skip: Skip) -> None:
@@ -72,14 +73,13 @@ def note_compared(case: str) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    out = os.environ.get(COMPARED_DIR_ENV)
+    folder = settings.compared_dir()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    if out:
-        folder = Path(out)
+    if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{worker}-{os.getpid()}.json").write_text(json.dumps({"compared": len(_COMPARED)}))
-    minimum = os.environ.get(MIN_COMPARED_ENV)
-    if minimum and "PYTEST_XDIST_WORKER" not in os.environ and len(_COMPARED) < int(minimum):
+    minimum = settings.min_compared()
+    if minimum is not None and "PYTEST_XDIST_WORKER" not in os.environ and len(_COMPARED) < minimum:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = f"coverage floor not met: {len(_COMPARED)} conformance cases compared, fewer than {minimum}"
@@ -88,8 +88,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line(message, red=True)
 
 
-VFIO_PROVIDER_ENV = "MIGCONFORM_VFIO_PROVIDER"  # e.g. mtty: VFIO scenarios run in that provider
-VFIO_OPTIONS_ENV = "MIGCONFORM_VFIO_OPTIONS"  # e.g. "variant=iovabm", comma-separated KEY=VALUE
+VFIO_PROVIDER_ENV = settings.VFIO_PROVIDER  # e.g. mtty: VFIO scenarios run in that provider
+VFIO_OPTIONS_ENV = settings.VFIO_OPTIONS  # e.g. "variant=iovabm", comma-separated KEY=VALUE
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +103,8 @@ def vfio_batch(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Results
     cache: dict[str, Results] = {}
 
     def get() -> Results | None:
-        name = os.environ.get(VFIO_PROVIDER_ENV)
-        if not name:
+        name = settings.vfio_provider()
+        if name is None:
             return None
         if "results" in cache:
             return cache["results"]
@@ -115,9 +115,7 @@ def vfio_batch(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Results
             if result_file.exists():
                 cache["results"] = results_io.load(result_file)
             else:
-                options = dict(
-                    item.split("=", 1) for item in os.environ.get(VFIO_OPTIONS_ENV, "").split(",") if "=" in item
-                )
+                options = settings.vfio_options()
                 scenarios = [s for s in suite() if needs_vfio(s)]
                 run = RunOptions(backend="both", jobs=1, vfio_provider=name, vfio_options=options)
                 cache["results"] = run_sync(scenarios, targets_for_binaries(binaries()), run)

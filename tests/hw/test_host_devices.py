@@ -16,13 +16,13 @@ The mtty lab makes the same run without hardware: ``migconform certify --vfio-pr
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.compare import compare, skip_reason
 from harness.loader import load_scenarios
@@ -58,11 +58,10 @@ def provider() -> Iterator[HostProvider]:
     names = configured_devices()
     if not names:
         pytest.skip(HOW_TO)
-    dirty = os.environ.get("MIGCONFORM_VFIO_DIRTY_REPORT")
     host = HostProvider(
         names,
-        allow_rebind=os.environ.get("MIGCONFORM_VFIO_ALLOW_REBIND") == "1",
-        dirty_report_works=None if dirty is None else dirty == "works",
+        allow_rebind=settings.vfio_allow_rebind(),
+        dirty_report_works=settings.vfio_dirty_report(),
     )
     try:
         host.prepare()

@@ -191,7 +191,7 @@ def _fake_probes(
     monkeypatch.setattr(harness.probe, "probe_binary", lambda binary: SimpleNamespace(kvm=kvm))
     monkeypatch.setattr(harness.probe, "probe_linux_boot", lambda b: harness.probe.LinuxBootProbe(boots, "fake boot"))
     monkeypatch.setattr(harness.probe, "probe_host", lambda: SimpleNamespace(pvm=pvm, kvm_device=True))
-    monkeypatch.setattr(boot, "cache_root", lambda: tmp_path)
+    monkeypatch.setattr(boot, "lab_cache", lambda: tmp_path)
     (tmp_path / "qemu").write_text("")  # the lab's cache key reads the binary's mtime
     monkeypatch.delenv("MIGCONFORM_LAB_ACCEL", raising=False)
     asked: list[str] = []

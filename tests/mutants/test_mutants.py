@@ -14,12 +14,12 @@ cold); they are skipped when those are missing or stale, unless MIGCONFORM_MUTAN
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from harness import settings
 from harness.compare import Comparison
 from harness.mutants.build import (
     MUTANTS_DIR,
@@ -44,7 +44,7 @@ from harness.results import HarnessError, Results, Skip
 from reference_impl.outcome import Outcome, VmState
 
 CORE_MUTANTS = sorted(n for n in available_patches() if mutant_kind(n) == "core")
-ENABLE_ENV = "MIGCONFORM_MUTANTS"
+ENABLE_ENV = settings.MUTANTS
 
 # What the unmodified build answers to the capability set each core mutant lets through (QEMU 10.0).
 CORE_REFUSALS: dict[str, tuple[dict[str, bool], str]] = {
@@ -181,7 +181,7 @@ def _require_builds(names: list[str]) -> None:
     stale = MutantBuilder().stale(names)
     if not stale:
         return
-    if os.environ.get(ENABLE_ENV) == "1":
+    if settings.mutants_build():
         MutantBuilder().build(names)
         return
     pytest.skip(f"mutant builds missing or stale ({', '.join(stale)}); build them with "

@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.vfio_lab.build import lab_cache
 from reference_impl.vfio.uapi import (
     ALL_FLAGS,
     FSM_TABLE,
@@ -241,11 +241,10 @@ def test_blocked_arcs_are_the_ones_that_hang_unfixed_kernels() -> None:
     }
 
 
-REPO = Path(__file__).resolve().parents[2]
-KERNEL_SOURCES = sorted(REPO.glob(".cache/lab/kernel/*/src/linux-source-*/drivers/vfio/vfio_main.c"))
+KERNEL_SOURCES = sorted(lab_cache().glob("kernel/*/src/linux-source-*/drivers/vfio/vfio_main.c"))
 
 
-@pytest.mark.skipif(not KERNEL_SOURCES, reason="no unpacked kernel source under .cache/lab (the VFIO lab builds it)")
+@pytest.mark.skipif(not KERNEL_SOURCES, reason="no unpacked kernel source under <cache>/lab (the VFIO lab builds it)")
 def test_table_is_the_lab_kernels_table() -> None:
     for source in KERNEL_SOURCES:
         text = source.read_text()
