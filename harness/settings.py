@@ -53,12 +53,16 @@ def _value(name: str) -> str | None:
 
 # --- the harness -------------------------------------------------------------------------------------------
 
+# The cache folder inside the repository when $MIGCONFORM_CACHE is not set (scripts/setup.sh, .gitignore).
+DEFAULT_CACHE_DIRNAME = ".cache"
+
+
 def cache_root() -> Path:
     """The set-up script's cache folder: ``$MIGCONFORM_CACHE``, else ``<repo>/.cache``, the rule of
     scripts/setup.sh, so the harness finds what the script unpacked and built (QEMU versions, the guest image,
     the lab, the mutants, probe records)."""
     value = _value(CACHE)
-    return Path(value) if value else REPO_ROOT / ".cache"
+    return Path(value) if value else REPO_ROOT / DEFAULT_CACHE_DIRNAME
 
 
 def qemu_binaries() -> list[str]:

@@ -12,6 +12,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from harness.settings import DEFAULT_CACHE_DIRNAME
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["harness", "reference_impl"]
 
@@ -60,7 +62,7 @@ def _project_files() -> list[str]:
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         # Not a git checkout (an unpacked source tree): every file outside the usual generated folders.
-        skip = {".git", ".venv", ".cache", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+        skip = {".git", ".venv", DEFAULT_CACHE_DIRNAME, "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
         return [
             str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
             if p.is_file() and not skip.intersection(p.relative_to(ROOT).parts)
