@@ -364,6 +364,7 @@ class _ScenarioRun:
             await pair.close()
             self._release()
             self._record_shutdown(pair)
+            self._record_crashes(pair)
 
     def _record_shutdown(self, pair: MigrationPair) -> None:
         """A QEMU that ``quit`` did not end (stuck in migration_shutdown, a blocked monitor) is not part of
@@ -371,6 +372,16 @@ class _ScenarioRun:
         notes = {vm.name: vm.shutdown_note for vm in (pair.source, pair.destination) if vm.shutdown_note}
         if notes:
             self.outcome.extra["shutdown"] = notes
+
+    def _record_crashes(self, pair: MigrationPair) -> None:
+        """A QEMU that died by a fault signal: ``extra.crash`` = {side: signal, the kernel's fault lines naming
+        the thread}, so a crash is actionable without a core file. ``extra.query_guard``: waits of the
+        destination's query guard that hit their bound (MigrationPair._listen_thread_guard)."""
+        crashes = {vm.name: record.as_extra() for vm in (pair.source, pair.destination) if (record := vm.crash())}
+        if crashes:
+            self.outcome.extra["crash"] = crashes
+        if pair.guard_notes:
+            self.outcome.extra["query_guard"] = list(pair.guard_notes)
 
     # ------------------------------------------------------------------ guest
 

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -30,6 +30,7 @@ from qemu.qmp.message import Message
 
 from harness import procutil
 from harness.binaries import QemuBinary
+from harness.crash import CrashRecord, crash_record
 from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, QmpTimeout, VmDied
 
 # Events worth keeping for the outcome and for waits.
@@ -169,6 +170,10 @@ class QemuMachine:
             f"socket,id={QMP_CHARDEV_ID},path={self.qmp_path}",
             "-mon",
             f"chardev={QMP_CHARDEV_ID},mode=control",
+            # Named threads: the kernel's fault report of a crash names the QEMU thread (harness.crash), and
+            # the pair can see a destination's postcopy/listen thread (MigrationPair's query guard).
+            "-name",
+            "debug-threads=on",
             *args,
         )
         self._client: QMPClient | None = None
@@ -178,6 +183,8 @@ class QemuMachine:
         self.launch_started: float | None = None
         # How shutdown() had to end this QEMU when ``quit`` did not (None: quit did, or QEMU was gone).
         self.shutdown_note: str | None = None
+        # Awaited before every query-migrate (MigrationPair installs one on a destination that needs it).
+        self.query_migrate_guard: Callable[[], Awaitable[None]] | None = None
 
     def append_args(self, args: Sequence[str]) -> None:
         """Add arguments before launch (the executor adds VFIO devices only once it launches that side,
@@ -396,6 +403,16 @@ class QemuMachine:
         lines = [line for line in self.stderr_text().splitlines() if line.strip()]
         return strip_qemu_prefixes(lines[-1], self.argv) if lines else ""
 
+    def thread_names(self) -> list[str]:
+        """The names of QEMU's threads now (``-name debug-threads=on``); [] when it is gone."""
+        if self._proc is None or self._proc.returncode is not None:
+            return []
+        return procutil.thread_names(self._proc.pid)
+
+    def crash(self) -> CrashRecord | None:
+        """What the kernel logged when this QEMU died by a fault signal, or None (alive, exited, ended by us)."""
+        return crash_record(self.exit_status, self.pid, self.launch_started)
+
     def died(self) -> VmDied:
         """The error that says this VM is gone (use once :attr:`is_alive` is false)."""
         return VmDied(self.name, self.exit_status, self.last_stderr_line())
@@ -438,6 +455,8 @@ class QemuMachine:
             await self._reap()
 
     async def query_migrate(self) -> dict[str, Any]:
+        if self.query_migrate_guard is not None:
+            await self.query_migrate_guard()
         result = await self.qmp("query-migrate")
         return dict(result) if isinstance(result, dict) else {}
 

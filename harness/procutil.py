@@ -30,6 +30,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -158,6 +159,20 @@ def _start_time(pid: int) -> int | None:
     fields = _stat_fields(pid)
     # field 22 (starttime) of proc(5) is index 19 after the command name (fields 3.. start at index 0)
     return int(fields[19]) if fields is not None and len(fields) > 19 else None
+
+
+def thread_names(pid: int) -> list[str]:
+    """The ``comm`` of every thread of ``pid`` ([] when it is gone): QEMU's thread names with
+    ``-name debug-threads=on`` (cut to 15 characters by the kernel)."""
+    names: list[str] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return names
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            names.append(Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip())
+    return names
 
 
 def pid_alive(pid: int) -> bool:

@@ -34,6 +34,12 @@ class Cell:
         return {str(k): str(v) for k, v in note.items()} if isinstance(note, dict) else {}
 
     @property
+    def crash(self) -> dict[str, dict[str, object]]:
+        """side -> how its QEMU crashed (signal, the kernel's fault lines), for QEMUs that died by a fault."""
+        record = self.qemu.extra.get("crash") if self.qemu is not None else None
+        return {str(k): v for k, v in record.items() if isinstance(v, dict)} if isinstance(record, dict) else {}
+
+    @property
     def known_bug_gone(self) -> str | None:
         """The message of a known QEMU bug that this agreeing case no longer reproduces (harness.known_bugs)."""
         return self.comparison.known_bug_gone if self.comparison is not None else None

@@ -33,6 +33,14 @@ def _details(scenario: str, column: str, cell: Cell) -> list[str]:
     elif cell.kind in ("error", "environment"):
         lines.append(f"{'ERROR' if cell.kind == 'error' else 'ENVIRONMENT ERROR'} {scenario} [{column}]")
         lines.extend(f"  {line}" for line in cell.detail.splitlines())
+    for side, crash in cell.crash.items():
+        if not lines:
+            lines.append(f"CRASH {scenario} [{column}]")
+        lines.append(f"  crash ({side}): {crash.get('signal')}")
+        kernel = crash.get("kernel")
+        lines.extend(f"    kernel: {line}" for line in (kernel if isinstance(kernel, list) else []))
+        if crash.get("note"):
+            lines.append(f"    note: {crash['note']}")
     shutdown = cell.shutdown
     if shutdown:
         if not lines:
