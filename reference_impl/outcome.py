@@ -12,7 +12,18 @@ from typing import Any
 
 VERDICTS = ("completed", "refused", "failed", "skipped")
 # Optional fields beyond the contract, in the order the JSON lists them.
-_EXTENSIONS = ("binary", "accel", "kernel", "vfio_provider", "vfio_states", "events", "guest", "duration_s", "logs")
+_EXTENSIONS = (
+    "binary",
+    "accel",
+    "kernel",
+    "vfio_provider",
+    "vfio_states",
+    "events",
+    "guest",
+    "duration_s",
+    "logs",
+    "not_modelled",
+)
 STAGES = ("startup", "set-capabilities", "set-parameters", "migrate", "start-postcopy", "migration")
 
 
@@ -54,6 +65,9 @@ class Outcome:
     guest: dict[str, Any] | None = None  # {alive, pages_checked, bad_pages}
     duration_s: float | None = None
     logs: str | None = None  # the item's kept QEMU log folder (``--keep-logs``); never compared
+    # reference backend: what the model does not model in this scenario (reference_impl.limits); such an
+    # outcome is "skipped" with skip_reason "not modelled: <what>" and is never compared
+    not_modelled: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -97,5 +111,6 @@ class Outcome:
             guest=data.get("guest"),
             duration_s=data.get("duration_s"),
             logs=data.get("logs"),
+            not_modelled=data.get("not_modelled"),
             extra=dict(data.get("extra") or {}),
         )

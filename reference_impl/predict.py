@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from reference_impl import migration as mig
 from reference_impl.host import HostFacts
+from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, realize
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.qmp_commands import run_qmp
@@ -183,13 +184,29 @@ def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outc
     device sends VFIO_MIGRATION events, the sequences when the model follows every step, else null with
     ``extra["vfio_states_unpredicted"]`` saying why (the comparison then leaves the field out).
     """
-    outcome = _predict(scenario, version, host)
+    try:
+        outcome = _predict(scenario, version, host)
+    except NotModelled as limit:
+        return not_modelled(scenario, _profile(version)[1], limit.what)
     if getattr(scenario, "guest", None) is not None or "guest" in scenario.requires:
         # reference_impl.guest (the guest workload's prediction) is imported only for scenarios with a guest.
         from reference_impl.guest import predict_guest
 
         outcome.guest = predict_guest(scenario, outcome)
     return outcome
+
+
+def not_modelled(scenario: Scenario, short: str, what: str) -> Outcome:
+    """The outcome of a scenario the model cannot follow: skipped, never compared, and saying what is missing
+    (the QEMU side still runs: its outcome is the truth a model fix starts from)."""
+    return Outcome(
+        scenario=scenario.id,
+        backend=BACKEND,
+        qemu_version=short,
+        verdict="skipped",
+        skip_reason=f"not modelled: {what}",
+        not_modelled=what,
+    )
 
 
 def _predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:

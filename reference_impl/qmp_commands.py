@@ -1,9 +1,11 @@
 """Raw ``qmp`` steps: the QMP commands scenarios send directly, each mirroring its QEMU handler.
 
 A scenario's ``qmp`` step may hot-add or remove what adds migration blockers (device_add, chardev-add,
-blockdev-add), or drive the migration by hand (migrate, migrate-incoming). Commands without a migration
-effect (object-add, device_del of a device the guest never releases, ...) answer ``{}``: None here.
-Texts measured on QEMU 10.0.2 and 7.2.22 (docs/real-qemu-facts.md#qmp-steps).
+blockdev-add), or drive the migration by hand (migrate, migrate-incoming). A command the model has no
+handler for, an argument it does not read, or a URI scheme it cannot follow raises
+:class:`~reference_impl.limits.NotModelled`: the model says what it does not know rather than answer ``{}``
+for it. Only commands read in QEMU's source to have no effect on migration answer ``{}`` without a handler
+(:data:`NO_MIGRATION_EFFECT`). Texts measured on QEMU 10.0.2 and 7.2.22 (docs/real-qemu-facts.md#qmp-steps).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from reference_impl import catalog
 from reference_impl import migration as mig
 from reference_impl.capabilities import N8_2
+from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
 from reference_impl.scenario import DeviceSpec
 
@@ -90,6 +93,48 @@ def device_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
 
 # URI schemes qmp_migrate dispatches on (migration/migration.c); anything else is not a migration protocol.
 URI_SCHEMES = frozenset({"tcp", "unix", "file", "exec", "fd", "rdma", "vsock"})
+# Of those, the ones the model follows: fd needs a descriptor passed with getfd, rdma an RDMA device (and a
+# build with it), vsock a vsock transport; their failure texts come from code the model does not mirror.
+MODELLED_SCHEMES = frozenset({"tcp", "unix", "file", "exec"})
+# Arguments each migration command's handler reads. migrate's ``detach`` is documented as ignored
+# (qapi/migration.json: "this argument exists only for compatibility reasons and is ignored by QEMU");
+# ``resume`` (postcopy recovery), ``channels`` (8.2+), ``blk``/``inc`` (block migration, 7.2) are not modelled.
+MODELLED_ARGUMENTS: dict[str, frozenset[str]] = {
+    "migrate": frozenset({"uri", "detach"}),
+    "migrate-incoming": frozenset({"uri"}),
+}
+# qom-types whose object-add the model follows: a RAM backend adds no blocker and succeeds with an id and a
+# size (host_memory_backend_memory_complete); the arguments it reads are listed.
+MODELLED_OBJECTS: dict[str, frozenset[str]] = {
+    "memory-backend-ram": frozenset({"qom-type", "id", "size", "share"}),
+}
+# Commands that exist in every profiled version (7.2+) and only read state: they answer their data and never
+# refuse without arguments; the model predicts their ``{}``-equivalent (no error) and no change.
+NO_MIGRATION_EFFECT = frozenset(
+    {
+        "query-status",
+        "query-migrate",
+        "query-migrate-capabilities",
+        "query-migrate-parameters",
+        "query-version",
+        "query-name",
+        "query-block",
+        "query-jobs",
+        "query-cpus-fast",
+        "query-kvm",
+        "query-chardev",
+        "query-pci",
+    }
+)
+
+
+def _check_arguments(command: str, arguments: Mapping[str, Any]) -> None:
+    modelled = MODELLED_ARGUMENTS.get(command)
+    if modelled is None:
+        return
+    unknown = sorted(set(arguments) - modelled)
+    if unknown:
+        raise NotModelled(f"{command} argument {unknown[0]!r}")
 
 
 def migrate_uri(vm: Machine, uri: str) -> str | None:
@@ -105,6 +150,8 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
     The model asks the host filesystem whether the path exists, as QEMU's open/connect would.
     """
     scheme, _, target = uri.partition(":")
+    if scheme in URI_SCHEMES and scheme not in MODELLED_SCHEMES:
+        raise NotModelled(f"migrate URI scheme {scheme!r}")
     if scheme not in URI_SCHEMES and vm.vn >= N8_2:
         return f"unknown migration protocol: {uri}"
     transport = scheme if scheme in URI_SCHEMES else "invalid"
@@ -120,7 +167,22 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
 
 def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
     """``qmp_migrate_incoming`` with the scenario's URI (see migration.migrate_incoming)."""
+    scheme = uri.partition(":")[0]
+    if scheme in URI_SCHEMES and scheme not in MODELLED_SCHEMES:
+        raise NotModelled(f"migrate-incoming URI scheme {scheme!r}")
     return mig.migrate_incoming(vm, uri.partition(":")[0])
+
+
+def object_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_object_add`` (qom/object_interfaces.c) for the qom-types in :data:`MODELLED_OBJECTS`."""
+    qom_type = str(arguments.get("qom-type", ""))
+    modelled = MODELLED_OBJECTS.get(qom_type)
+    if modelled is None:
+        raise NotModelled(f"object-add of qom-type {qom_type!r}")
+    unknown = sorted(set(arguments) - modelled)
+    if unknown or "id" not in arguments or "size" not in arguments:
+        raise NotModelled(f"object-add {qom_type} with arguments {sorted(arguments)}")
+    return None
 
 
 _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
@@ -131,11 +193,14 @@ _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
     "device_del": device_del,
     "migrate": lambda vm, a: migrate_uri(vm, str(a.get("uri", ""))),
     "migrate-incoming": lambda vm, a: migrate_incoming_uri(vm, str(a.get("uri", ""))),
+    "object-add": object_add,
 }
 
 
 def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, Any]) -> str | None:
-    """One raw ``qmp`` step on ``vm``: QEMU's error text, or None for ``{}``."""
+    """One raw ``qmp`` step on ``vm``: QEMU's error text, or None for ``{}``; raises
+    :class:`~reference_impl.limits.NotModelled` for what the model does not follow."""
+    _check_arguments(command, arguments)
     handler = _HANDLERS.get(command)
     if handler is not None:
         return handler(vm, arguments)
@@ -146,7 +211,7 @@ def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str,
         return mig.set_parameters(vm, dict(arguments))
     if command == "migrate-start-postcopy":
         return mig.start_postcopy(vm)
-    if command in ("migrate_cancel", "migrate-cancel"):
+    if command == "migrate_cancel":
         return mig.cancel(scene, vm)
     if command == "quit":
         mig.quit_vm(scene, vm)
@@ -162,4 +227,7 @@ def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str,
             return "Dump not allowed during incoming migration."
         if arguments.get("detach"):
             return mig.start_detached_dump(vm)
-    return None
+        return None
+    if command in NO_MIGRATION_EFFECT and not arguments:
+        return None
+    raise NotModelled(f"QMP command {command!r}")

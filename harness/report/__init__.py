@@ -1,6 +1,7 @@
 """Reports of a run: the scenario x version matrix that the console, JUnit and HTML reports render.
 
-Each cell is the state of one scenario on one column: agree, DIVERGE, skip (with reason), error (the
+Each cell is the state of one scenario on one column: agree, DIVERGE, skip (with reason), not modelled (the
+model does not model something the scenario uses: QEMU's outcome stands alone), error (the
 harness failed), environment error (the host failed: out of memory or disk), not run (an interrupted
 run), or, when only one backend ran, that backend's verdict. A cell also carries the item's kept log
 folder and how its QEMUs had to be ended, when that was more than ``quit``.
@@ -11,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness.compare import Comparison
-from harness.results import Results, comparison_column, outcome_column
+from harness.results import NOT_MODELLED_SKIP, Results, comparison_column, outcome_column
 from reference_impl.outcome import Outcome
 from reference_impl.versions import Version
 
-KINDS = ("agree", "diverge", "known-bug", "skip", "error", "environment", "not-run", "outcome")
+KINDS = ("agree", "diverge", "known-bug", "not-modelled", "skip", "error", "environment", "not-run", "outcome")
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Cell:
             return "known QEMU bug"
         if self.kind == "skip":
             return f"skip({self.detail})"
+        if self.kind == "not-modelled":
+            return f"not modelled({self.detail})"
         if self.kind == "error":
             return "error"
         if self.kind == "environment":
@@ -120,7 +123,10 @@ def build_matrix(results: Results) -> Matrix:
         matrix.cells[(scenario, column)] = Cell(kind="outcome", reference=ref, qemu=qemu, logs=logs)
     for s in results.skips:
         cell = matrix.cells[(s.scenario, s.column)]
-        cell.kind, cell.detail = "skip", s.reason
+        if s.kind == NOT_MODELLED_SKIP:
+            cell.kind, cell.detail = "not-modelled", s.reason.removeprefix("reference: not modelled: ")
+        else:
+            cell.kind, cell.detail = "skip", s.reason
     for c in results.comparisons:
         cell = matrix.cells[(c.scenario, comparison_column(c))]
         cell.kind = "agree" if c.agree else ("known-bug" if c.known_bug else "diverge")
@@ -143,6 +149,8 @@ def summary_line(matrix: Matrix) -> str:
     parts = [f"{counts['agree']} agree", f"{counts['diverge']} diverge", f"{counts['skip']} skipped"]
     if counts["known-bug"]:
         parts.append(f"{counts['known-bug']} known QEMU bugs")
+    if counts["not-modelled"]:
+        parts.append(f"{counts['not-modelled']} not modelled")
     gone = sum(1 for cell in matrix.cells.values() if cell.known_bug_gone)
     if gone:
         parts.append(f"{gone} known QEMU bugs no longer reproduce")

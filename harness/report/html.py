@@ -67,6 +67,7 @@ _SUMMARY_COLOURS = {
     "diverge": ("#b3261e", "#fde7e7"),
     "known-bug": ("#8a5300", "#fff4e0"),
     "skip": ("#555", "#f1f1f1"),
+    "not-modelled": ("#5a4a00", "#f7f1d0"),
     "error": ("#9a5b00", "#fff1d6"),
     "environment": ("#4b3a8c", "#e8e4f3"),
     "not-run": ("#9a5b00", "#fff1d6"),
@@ -164,6 +165,11 @@ def _cell_body(cell: Cell) -> str:
         return (
             f'<td class="known-bug"><span class="tag">known QEMU bug</span><div class="msg">{reason}</div>'
             f"{_sides_table(cell)}</td>"
+        )
+    if kind == "not-modelled":
+        return (
+            f'<td class="skip"><span class="tag">not modelled</span><div class="msg">{escape(cell.detail)}</div>'
+            f'<div class="msg">qemu: {escape(verdict_text(cell.qemu)) if cell.qemu else "-"}</div></td>'
         )
     if kind == "skip":
         return f'<td class="skip"><span class="tag">skip</span><div class="msg">{escape(cell.detail)}</div></td>'

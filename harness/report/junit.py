@@ -46,7 +46,7 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
         tests=str(len(matrix.cells)),
         failures=str(counts["diverge"]),
         errors=str(counts["error"] + counts["environment"] + counts["not-run"]),
-        skipped=str(counts["skip"] + counts["known-bug"]),
+        skipped=str(counts["skip"] + counts["known-bug"] + counts["not-modelled"]),
     )
     if results.meta.get("start"):
         suite.set("timestamp", str(results.meta["start"]))
@@ -65,6 +65,8 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
                 failure.text = _failure_text(cell)
             elif cell.kind == "skip":
                 ET.SubElement(case, "skipped", message=cell.detail)
+            elif cell.kind == "not-modelled":
+                ET.SubElement(case, "skipped", message=f"not modelled: {cell.detail}", type="not-modelled")
             elif cell.kind == "known-bug":
                 # JUnit has no expected failure: a skip whose type says why, with both sides in the text.
                 reason = cell.comparison.known_bug if cell.comparison else "known QEMU bug"

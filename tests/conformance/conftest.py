@@ -23,7 +23,7 @@ from harness import results as results_io
 from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
-from harness.results import RESOURCE_SKIP, Results, Skip
+from harness.results import NOT_MODELLED_SKIP, RESOURCE_SKIP, Results, Skip
 from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
 from reference_impl.scenario import Scenario
 
@@ -59,7 +59,10 @@ def require_resources() -> bool:
 
 
 def not_compared(skip: Skip) -> None:
-    """End a case that was not compared: a skip, or a failure when the floor requires the resource."""
+    """End a case that was not compared: a skip, or a failure when the floor requires the resource. A bundled
+    scenario the model does not model always fails: the bundled suite must be modelled throughout."""
+    if skip.kind == NOT_MODELLED_SKIP:
+        pytest.fail(f"the model does not model a bundled scenario: {skip.reason}")
     if require_resources() and skip.kind == RESOURCE_SKIP:
         pytest.fail(
             f"not compared for a missing resource ({REQUIRE_RESOURCES_ENV}=1 makes that a failure): {skip.reason}"
