@@ -53,7 +53,8 @@ def test_unmodelled_step_gives_not_modelled_not_a_verdict(step: Step, what: str)
 
 def test_modelled_commands_still_predict() -> None:
     assert run(qmp("query-status")).verdict == "completed"
-    assert run(qmp("object-add", **{"qom-type": "memory-backend-ram", "id": "m0", "size": 1 << 20})).not_modelled is None
+    backend = {"qom-type": "memory-backend-ram", "id": "m0", "size": 1 << 20}
+    assert run(qmp("object-add", **backend)).not_modelled is None
     refused = run(qmp("migrate", uri="bogus:x"))
     assert (refused.verdict, refused.error) == ("refused", "unknown migration protocol: bogus:x")
 
