@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from contract.host import HostFacts
+from contract.scenario import MigrationSpec, Scenario, VmSpec
 from reference_impl import predict
-from reference_impl.host import HostFacts
-from reference_impl.scenario import MigrationSpec, Scenario, VmSpec
 
 
 def typical_scenario() -> Scenario:

@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from contract.scenario import Scenario  # noqa: E402
 from harness.binaries import discover_binaries, load_binary  # noqa: E402
 from harness.loader import load_scenarios  # noqa: E402
 from harness.results import Results  # noqa: E402
 from harness.runner import RunOptions, Target, run_sync, targets_for_binaries  # noqa: E402
-from reference_impl.scenario import Scenario  # noqa: E402
 
 
 def measure(

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from contract.versions import Version
 from harness import settings
 from harness.errors import BinaryError, HostEnvironmentError
-from reference_impl.versions import Version
 
 QEMU_PROGRAM = "qemu-system-x86_64"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -39,8 +39,8 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.scenario import PERSONALITIES, Scenario, VmSpec
 from harness.results import Results, write_atomic
-from reference_impl.scenario import PERSONALITIES, Scenario, VmSpec
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary

@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from contract.policy import DEFAULT_WAIT_TIMEOUT_S
+from contract.scenario import Scenario
+from contract.versions import profile_for
 from harness import procutil, settings
 from harness import results as results_io
 from harness.errors import HostEnvironmentError
@@ -41,8 +44,6 @@ from harness.runner import (
     target_for_profile,
     targets_for_binaries,
 )
-from reference_impl.scenario import Scenario
-from reference_impl.versions import profile_for
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
@@ -130,7 +131,9 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N", help="scenarios run in parallel"
     )
     parser.add_argument("--shard", metavar="K/N", help="run only the K-th of N stable slices of the scenarios")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="bound of each wait (default 60)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, metavar="S", help="bound of each wait (default 60)"
+    )
     parser.add_argument("--vfio-provider", metavar="NAME", help="where VFIO devices come from (e.g. mtty)")
     parser.add_argument(
         "--vfio-option",

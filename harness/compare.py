@@ -20,7 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reference_impl.outcome import Outcome, VmState
+from contract.messages import without_wait_bound
+from contract.outcome import Outcome, VmState
 
 CONTRACT_FIELDS = (
     "verdict",
@@ -45,8 +46,6 @@ _PORT = re.compile(r"((?:\d{1,3}\.){3}\d{1,3}|localhost|\[[0-9a-fA-F:.]*\]):\d{1
 _AUTO_NODE = re.compile(r"#block\d+")
 # An absolute path with at least two components, not glued to a word or a placeholder.
 _PATH = re.compile(r"(?<![\w<>.~/-])/[\w.+-]+(?:/[\w.+@-]*)+")
-# The executor's wait bound appears in its timeout texts; it is a run option (--timeout), not QEMU behaviour.
-_WAIT_BOUND = re.compile(r"\btimed out after \d+(?:\.\d+)? s\b")
 # A destination that drops the connection mid-stream makes the source's next write fail with EPIPE or
 # ECONNRESET depending on timing (both seen on 10.0.2 and 7.2.22 for the same scenario, docs/qemu-bugs.md):
 # one text for both.
@@ -84,7 +83,8 @@ def normalise(
     text = _UUID.sub("<uuid>", text)
     text = _PORT.sub(r"\1:<port>", text)
     text = _PATH.sub("<path>", text)
-    text = _WAIT_BOUND.sub("timed out after <N> s", text)
+    # The executor's wait bound is a run option (--timeout), not QEMU's behaviour.
+    text = without_wait_bound(text)
     text = _PEER_GONE.sub("Unable to write to socket: <peer gone>", text)
     for index, path in enumerate(kept):
         text = text.replace(f"\0{index}\0", path)

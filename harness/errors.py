@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from contract.messages import vm_exited, wait_timed_out
+
 
 class MigconformError(Exception):
     """Base class of every error the driver raises on purpose."""
@@ -105,8 +107,7 @@ class MigrationTimeout(MigconformError):
         self.what = what
         self.timeout = timeout
         self.last_seen = last_seen
-        seen = f" (last seen: {last_seen})" if last_seen is not None else ""
-        super().__init__(f"timed out after {timeout:g} s waiting for {what}{seen}")
+        super().__init__(wait_timed_out(what, timeout, last_seen))
 
 
 class QmpTimeout(MigconformError):
@@ -146,7 +147,7 @@ class VmDied(MigconformError):
         self.side = side
         self.status = status
         self.last_stderr_line = last_stderr_line
-        super().__init__(f"{side} QEMU exited with status {status}: {last_stderr_line}")
+        super().__init__(vm_exited(side, status, last_stderr_line))
 
 
 class HostEnvironmentError(MigconformError):

@@ -6,7 +6,7 @@ so that a result means the same on every machine:
 - the source starts first; if QEMU refuses to start it, no destination is started (both sides null,
   verdict refused, stage startup, error = QEMU's message without its prefixes);
 - the destination starts with ``-incoming defer``;
-- the steps are :func:`reference_impl.scenario.expand_steps` (the model executes the same list);
+- the steps are :func:`contract.scenario.expand_steps` (the model executes the same list);
 - ``migrate`` over tcp/unix runs migrate-incoming on the destination first (tcp: 127.0.0.1 port 0, the
   port read back), once; over file/exec the source writes into a private folder and ``wait`` loads the
   stream into the destination after the source completed;
@@ -44,6 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.actions import resolve_handlers, stage_of
+from contract.guest import GuestSpec, checked_side, effective_guest
+from contract.outcome import Outcome, VmState
+from contract.policy import DEFAULT_WAIT_TIMEOUT_S, POSTCOPY_PACING_BYTES_PER_S, paced_for_postcopy
+from contract.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
 from harness.binaries import QemuBinary
 from harness.errors import (
     GuestCheckError,
@@ -75,19 +80,7 @@ from harness.probe import (
 )
 from harness.results import HOST_SKIP, RESOURCE_SKIP, SKIP_KIND
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
-from reference_impl.guest import GuestSpec, checked_side, effective_guest
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
 
-# The contract's stage names for the actions that have one; other actions use their own name (an
-# extension: the contract allows new values).
-STAGE_OF_ACTION = {
-    "set-capabilities": "set-capabilities",
-    "set-parameters": "set-parameters",
-    "migrate": "migrate",
-    "start-postcopy": "start-postcopy",
-    "wait": "migration",
-}
 NO_VFIO_PROVIDER = "no VFIO provider: run with --vfio-provider mtty or --vfio-device BDF"
 # After the destination ended: how long to keep watching for a QEMU that dies while cleaning up.
 SETTLE_AFTER_WAIT_S = 1.0
@@ -102,9 +95,6 @@ DESTINATION_AFTER_FAILURE_S = 5.0
 # 7.2's destination "setup" at migrate-incoming, which it sends even with events off.
 ENABLE_EVENTS = False
 COMMAND_TIMEOUT_S = 30.0
-# Precopy bandwidth before a scenario's start-postcopy (see _ScenarioRun._pace_for_postcopy): 256 MiB of
-# zero pages take about half a second at this rate, ample time for the switch.
-POSTCOPY_PACING_BYTES_PER_S = 1_000_000
 # Bound for connecting to a freshly launched VM's serial console socket.
 CONSOLE_CONNECT_TIMEOUT_S = 10.0
 # Bound for a migrated guest's shell to answer before the check. A live guest answers within a second or two
@@ -199,6 +189,7 @@ class GuestCheck:
 
 
 GuestHook = Callable[[GuestCheck], Awaitable[None]]
+Sides = tuple[str, ...]  # the VMs a step runs on, in order
 
 
 def guest_accel(
@@ -408,7 +399,7 @@ class _ScenarioRun:
         self.guest_started = True
 
     async def _check_guest(self, pair: MigrationPair) -> None:
-        """The memory check where the guest lives now (reference_impl.guest.checked_side)."""
+        """The memory check where the guest lives now (contract.guest.checked_side)."""
         side = checked_side(self.outcome)
         vm = pair.side(side)
         report: GuestReport | None = None
@@ -559,65 +550,74 @@ class _ScenarioRun:
             raise _Refused(stage, exc.desc) from None
 
     async def _step(self, pair: MigrationPair, step: Step) -> None:
-        stage = STAGE_OF_ACTION.get(step.action, step.action)
+        """One step, by the handler contract.actions names for its action."""
+        handler = _STEP_HANDLERS.get(step.action)
+        if handler is None:
+            raise ValueError(f"unknown action {step.action!r}")
         sides = ("source", "destination") if step.side == "both" else (step.side,)
-        action = step.action
-        if action == "set-capabilities":
-            for side in sides:
-                await self._command(stage, pair.set_capabilities(side, step.capabilities))
-        elif action == "set-parameters":
-            for side in sides:
-                await self._command(stage, pair.set_parameters(side, step.parameters))
-        elif action == "migrate":
-            transport = migrate_transport(self.scenario, step)
-            for side in sides:
-                if side == "destination":
-                    # Migrating out of the destination: the pre-checks (e.g. "Guest is waiting for an
-                    # incoming migration") are what such a step tests; the stream goes nowhere useful.
-                    await self._command(stage, pair.migrate_from_destination(transport))
-                    continue
-                await self._pace_for_postcopy(pair)
-                await self._command(stage, pair.migrate(transport))
-                self.migration_started = True
-                # Both sides leave setup before the next step, so that a scenario that ends while the
-                # migration is still running sees one status on each side (active), not setup or active
-                # depending on which QEMU got the CPU first.
-                status = await self._wait_left_setup(pair)
-                if status is not None:
-                    with contextlib.suppress(MigrationTimeout):
-                        await pair.wait_incoming_started(status, self._settle_bound())
-        elif action == "start-postcopy":
-            await self._wait_left_setup(pair)
-            await self._command(stage, pair.start_postcopy())
-            # migrate-start-postcopy only raises a flag (qmp_migrate_start_postcopy); the migration thread
-            # switches (postcopy_start) or completes on its next iteration.
-            await self._wait_left(pair, "active")
-        elif action == "cancel":
-            await self._wait_left_setup(pair)
-            await self._command(stage, pair.cancel())
-            # migrate_fd_cancel sets cancelling; migration_cleanup (a bottom half) sets cancelled.
-            await self._wait_left(pair, "cancelling")
-        elif action == "migrate-continue":
-            await self._command(stage, pair.migrate_continue())
-            # qmp_migrate_continue only posts a semaphore; the migration thread leaves pre-switchover.
-            await self._wait_left(pair, "pre-switchover")
-        elif action == "wait":
-            await self._wait(pair)
-        elif action in ("cont", "stop"):
-            for side in sides:
-                await self._command(stage, pair.side(side).qmp(action))
-        elif action == "qmp":
-            assert step.command is not None
-            for side in sides:
-                result = await self._command(stage, pair.side(side).qmp(step.command, dict(step.arguments)))
-                self.outcome.extra.setdefault("qmp", []).append(
-                    {"side": side, "command": step.command, "return": result}
-                )
-        elif action == "snapshot-save":
-            for side in sides:
-                await self._snapshot_save(pair, side, step, stage)
-        else:
-            raise ValueError(f"unknown action {action!r}")
+        await handler(self, pair, step, stage_of(step.action), sides)
+
+    async def step_set_capabilities(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        for side in sides:
+            await self._command(stage, pair.set_capabilities(side, step.capabilities))
+
+    async def step_set_parameters(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        for side in sides:
+            await self._command(stage, pair.set_parameters(side, step.parameters))
+
+    async def step_migrate(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        transport = migrate_transport(self.scenario, step)
+        for side in sides:
+            if side == "destination":
+                # Migrating out of the destination: the pre-checks (e.g. "Guest is waiting for an
+                # incoming migration") are what such a step tests; the stream goes nowhere useful.
+                await self._command(stage, pair.migrate_from_destination(transport))
+                continue
+            await self._pace_for_postcopy(pair)
+            await self._command(stage, pair.migrate(transport))
+            self.migration_started = True
+            # Both sides leave setup before the next step, so that a scenario that ends while the
+            # migration is still running sees one status on each side (active), not setup or active
+            # depending on which QEMU got the CPU first.
+            status = await self._wait_left_setup(pair)
+            if status is not None:
+                with contextlib.suppress(MigrationTimeout):
+                    await pair.wait_incoming_started(status, self._settle_bound())
+
+    async def step_start_postcopy(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        await self._wait_left_setup(pair)
+        await self._command(stage, pair.start_postcopy())
+        # migrate-start-postcopy only raises a flag (qmp_migrate_start_postcopy); the migration thread
+        # switches (postcopy_start) or completes on its next iteration.
+        await self._wait_left(pair, "active")
+
+    async def step_cancel(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        await self._wait_left_setup(pair)
+        await self._command(stage, pair.cancel())
+        # migrate_fd_cancel sets cancelling; migration_cleanup (a bottom half) sets cancelled.
+        await self._wait_left(pair, "cancelling")
+
+    async def step_migrate_continue(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        await self._command(stage, pair.migrate_continue())
+        # qmp_migrate_continue only posts a semaphore; the migration thread leaves pre-switchover.
+        await self._wait_left(pair, "pre-switchover")
+
+    async def step_wait(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        await self._wait(pair)
+
+    async def step_vm_command(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        for side in sides:
+            await self._command(stage, pair.side(side).qmp(step.action))
+
+    async def step_qmp(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        assert step.command is not None
+        for side in sides:
+            result = await self._command(stage, pair.side(side).qmp(step.command, dict(step.arguments)))
+            self.outcome.extra.setdefault("qmp", []).append({"side": side, "command": step.command, "return": result})
+
+    async def step_snapshot_save(self, pair: MigrationPair, step: Step, stage: str, sides: Sides) -> None:
+        for side in sides:
+            await self._snapshot_save(pair, side, step, stage)
 
     async def _pace_for_postcopy(self, pair: MigrationPair) -> None:
         """Make a scenario's ``start-postcopy`` switch a real one.
@@ -628,10 +628,7 @@ class _ScenarioRun:
         max-postcopy-bandwidth (default unlimited), so the rest then goes at full speed. A scenario that sets
         max-bandwidth itself keeps its own value.
         """
-        steps = expand_steps(self.scenario)
-        if not any(step.action == "start-postcopy" for step in steps):
-            return
-        if any("max-bandwidth" in step.parameters for step in steps if step.action == "set-parameters"):
+        if not paced_for_postcopy(expand_steps(self.scenario)):
             return
         with contextlib.suppress(QmpCommandError):
             await pair.set_parameters("source", {"max-bandwidth": POSTCOPY_PACING_BYTES_PER_S})
@@ -745,13 +742,17 @@ class _ScenarioRun:
                 raise _Refused(stage, str(job["error"]))
 
 
+# action -> _ScenarioRun's handler (contract.actions names them); fails at import for a missing one.
+_STEP_HANDLERS: dict[str, Any] = resolve_handlers(_ScenarioRun, "executor")
+
+
 async def execute(
     scenario: Scenario,
     binary: QemuBinary,
     *,
     workdir: Path,
     allocator: VfioDeviceAllocator | None = None,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     guest_hook: GuestHook | None = None,
 ) -> Outcome:
     """Run ``scenario`` on ``binary``; logs of both QEMUs go to ``workdir``. ``timeout`` bounds each wait
@@ -848,7 +849,7 @@ def run_scenario(
     *,
     workdir: Path,
     allocator: VfioDeviceAllocator | None = None,
-    timeout: float = 60.0,
+    timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     guest_hook: GuestHook | None = None,
 ) -> Outcome:
     """Synchronous :func:`execute` (tests, scripts). Inside a running event loop it runs on a fresh

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.scenario import Scenario, expand_steps
+from contract.versions import Version
 from harness.compare import Comparison
-from reference_impl.scenario import Scenario, expand_steps
-from reference_impl.versions import Version
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Scenario files (TOML) into :class:`reference_impl.scenario.Scenario`.
+"""Scenario files (TOML) into :class:`contract.scenario.Scenario`.
 
 Strict on purpose: a typo in a scenario (``postcopy_ram`` for ``postcopy-ram``, ``sides`` for ``side``)
 would otherwise silently test something else and report agreement. Every error names the file, the key
@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reference_impl.guest import GUEST_IMAGES, GUEST_KERNEL_MIB, GuestSpec, parse_mib
-from reference_impl.scenario import (
+from contract.guest import GUEST_IMAGES, GUEST_KERNEL_MIB, GuestSpec
+from contract.scenario import (
     ACCELS,
     ACTIONS,
     MODES,
@@ -34,6 +34,7 @@ from reference_impl.scenario import (
     VmSpec,
     migrate_transport,
 )
+from contract.sizes import parse_mib, whole_mib
 
 ID_PATTERN = re.compile(r"[a-z0-9._-]+")
 
@@ -382,7 +383,7 @@ def _guest(reader: _Reader, value: Any, vm_memory: Iterable[tuple[str, str]]) ->
     defaults = GuestSpec()
     memory = reader.string(table["memory"], "guest.memory") if "memory" in table else defaults.memory
     try:
-        memory_mib = parse_mib(memory)
+        memory_mib = whole_mib(memory)
     except ValueError as exc:
         raise reader.error("guest.memory", str(exc)) from None
     if memory_mib < 1:

@@ -17,12 +17,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from contract.messages import SOURCE_MIGRATION_END
+from contract.outcome import VmState
+from contract.versions import Version
 from harness.binaries import QemuBinary
 from harness.errors import MigrationTimeout, QmpConnectionError, QmpTimeout, VmDied
 from harness.machine import DEFAULT_LAUNCH_TIMEOUT_S, QemuMachine, private_dir
 from harness.procutil import process_state
-from reference_impl.outcome import VmState
-from reference_impl.versions import Version
 
 # query-migrate statuses in which the migration is over (migration_is_idle's states minus none).
 END_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -369,7 +370,7 @@ class MigrationPair:
         """Until the source ends, or parks in ``pre-switchover`` (pause-before-switchover: only
         migrate-continue moves it on, so waiting longer would only time out)."""
         return await self.wait_status(
-            "source", END_STATUSES | PARKED_STATUSES, timeout, what="the source migration to end"
+            "source", END_STATUSES | PARKED_STATUSES, timeout, what=SOURCE_MIGRATION_END
         )
 
     async def migrate_continue(self) -> None:

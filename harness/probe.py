@@ -1,6 +1,6 @@
 """What this host and each QEMU binary can really do: probed, never assumed.
 
-The model predicts from explicit host facts (reference_impl.host.HostFacts) and the executor skips a
+The model predicts from explicit host facts (contract.host.HostFacts) and the executor skips a
 scenario whose ``requires`` the host cannot meet, so both need the truth about *this* machine, which
 differs from the next one (docs/real-qemu-facts.md, "Probes"):
 
@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from contract.host import HostFacts
 from harness.binaries import QemuBinary
 from harness.errors import HostEnvironmentError, MigconformError, QemuLaunchError
 from harness.machine import QemuMachine, private_dir
 from harness.settings import cache_root
-from reference_impl.host import HostFacts
 
 T = TypeVar("T")
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.outcome import Outcome
 from harness.compare import Comparison
 from harness.stability import Stability
-from reference_impl.outcome import Outcome
 
 
 def item_log_name(scenario: str, column: str) -> str:

@@ -33,6 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.policy import DEFAULT_WAIT_TIMEOUT_S
+from contract.scenario import Scenario
+from contract.versions import Version
 from harness import procutil
 from harness.compare import Comparison, compare, skip_reason
 from harness.errors import HostEnvironmentError
@@ -40,10 +45,6 @@ from harness.known_bugs import classify
 from harness.loader import refuse_host_commands
 from harness.results import Floor, HarnessError, Results, Skip, WorkItem, item_log_name, save, skip_kind
 from harness.stability import Run, aggregate, representative
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import Scenario
-from reference_impl.versions import Version
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
@@ -174,7 +175,7 @@ class RunOptions:
     backend: str = "both"
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     json_path: Path | None = None
-    timeout: float = 60.0
+    timeout: float = DEFAULT_WAIT_TIMEOUT_S
     vfio_provider: str | None = None
     vfio_options: dict[str, Any] = field(default_factory=dict)
     progress: TextIO | None = None

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.outcome import Outcome
 from harness.compare import Comparison, normalise
-from reference_impl.outcome import Outcome
 
 # The outcome fields a run's result is judged by: the ones the comparison looks at (informative fields such
 # as the duration or ram_passes differ from run to run without meaning anything).

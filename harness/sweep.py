@@ -15,8 +15,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from contract.scenario import MigrationSpec, Scenario, VmSpec
 from harness import procutil
-from reference_impl.scenario import MigrationSpec, Scenario, VmSpec
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from reference_impl.versions import PROFILES, V8_1, V9_0, V9_1, Version
+from contract.versions import PROFILES, V8_1, V9_0, V9_1, Version
 
 # Profiles as integers (major * 100 + minor): the hot path compares these instead of Version objects.
 N8_0, N8_1, N8_2, N9_0, N9_1, N9_2, N10_0, N10_1, N10_2 = 800, 801, 802, 900, 901, 902, 1000, 1001, 1002

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reference_impl.versions import V8_1, V8_2, V10_1, Version
+from contract.versions import V8_1, V8_2, V10_1, Version
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.host import HostFacts
+from contract.scenario import DeviceSpec, VmSpec
+from contract.versions import Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
-from reference_impl.host import HostFacts
 from reference_impl.savevm import SaveVMHandlers
-from reference_impl.scenario import DeviceSpec, VmSpec
-from reference_impl.versions import Version
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
 
 # Options that take a value (the next argv item); everything else starting with "-" is a flag.

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.messages import SOURCE_MIGRATION_END, vm_exited, wait_timed_out
+from contract.policy import DEFAULT_WAIT_TIMEOUT_S
+from contract.sizes import parse_mib
 from reference_impl.capabilities import (
     IN_PROGRESS,
     N8_0,
@@ -275,7 +278,7 @@ def start_postcopy(vm: Machine) -> str | None:
 
 def _kill(vm: Machine, status: int, line: str) -> None:
     vm.alive = False
-    vm.exit_line = f"{vm.role} QEMU exited with status {status}: {line}"
+    vm.exit_line = vm_exited(vm.role, status, line)
 
 
 def left_setup(vm: Machine) -> None:
@@ -356,10 +359,6 @@ def _source_path(v: int, m: Migration) -> tuple[str, ...]:
     return ("active", "completed")
 
 
-# The executor's default bound for one wait (harness/runner.py RunOptions.timeout).
-WAIT_TIMEOUT_S = 60
-
-
 def quit_vm(scene: Scene, vm: Machine) -> None:
     """QMP quit: the process exits 0 with no stderr line (measured on both: "destination QEMU exited with
     status 0: "). A source streaming to a destination that quit fails at its next write (measured on 10.0.2:
@@ -432,6 +431,14 @@ def migrate_continue(vm: Machine) -> str | None:
     return None
 
 
+def _mib(size: str) -> float | None:
+    """-m SIZE in MiB, None for a size the parser does not read (two such sizes are taken as equal)."""
+    try:
+        return parse_mib(size)
+    except ValueError:
+        return None
+
+
 def _config_mismatch(source: Machine, destination: Machine) -> str | None:
     """A destination configured unlike the source cannot load its stream (qemu_loadvm_state, exit 1):
     - another RAM size: ram_load_precopy "Length mismatch" for the RAM block -> EINVAL;
@@ -441,7 +448,7 @@ def _config_mismatch(source: Machine, destination: Machine) -> str | None:
     unmigratable-savevm-load-destination): "load of migration failed: Invalid argument", source completed.
     A device only on the destination that is migratable is assumed harmless (its state just is not sent).
     """
-    if parse_mib(source.memory) != parse_mib(destination.memory):
+    if _mib(source.memory) != _mib(destination.memory):
         return DESTINATION_LOAD_FAILURE
     if destination.blockers.unmigratable:
         return DESTINATION_LOAD_FAILURE
@@ -451,18 +458,6 @@ def _config_mismatch(source: Machine, destination: Machine) -> str | None:
             return DESTINATION_LOAD_FAILURE
         remaining.remove(device.driver)
     return None
-
-
-def parse_mib(size: str) -> float:
-    """-m SIZE in MiB (suffixes K, M, G, T; a bare number is MiB, as QEMU reads -m)."""
-    text = size.strip().upper().removesuffix("B")
-    scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}
-    if text and text[-1] in scale:
-        return float(text[:-1]) * scale[text[-1]]
-    try:
-        return float(text)
-    except ValueError:
-        return 0.0
 
 
 def _load_failure(source: Machine, destination: Machine, m: Migration) -> str | None:
@@ -514,9 +509,7 @@ def finish(scene: Scene, vm: Machine) -> None:
             # 23:07: timeout, last seen active, runstate running).
             if vm.status == "setup":
                 emit(vm, "active")
-            scene.extra["timeout"] = (
-                f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: active)"
-            )
+            scene.extra["timeout"] = wait_timed_out(SOURCE_MIGRATION_END, DEFAULT_WAIT_TIMEOUT_S, "active")
             return
         else:
             if vm.status == "setup":
@@ -524,9 +517,7 @@ def finish(scene: Scene, vm: Machine) -> None:
             if vm.vn >= N10_0:
                 emit(vm, "device")
             vm.runstate = "finish-migrate"
-            scene.extra["timeout"] = (
-                f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: {vm.status})"
-            )
+            scene.extra["timeout"] = wait_timed_out(SOURCE_MIGRATION_END, DEFAULT_WAIT_TIMEOUT_S, vm.status)
             return
     # 7.2.22 background-snapshot + block over tcp hung the source's monitor once (harness sweep) and completed
     # in the 23:07 sweep: a race (docs/qemu-bugs.md), the model predicts completion.
@@ -556,9 +547,7 @@ def finish(scene: Scene, vm: Machine) -> None:
             emit(peer, "active")
             emit(peer, "colo")
             peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
-        scene.extra["timeout"] = (
-            f"timed out after {WAIT_TIMEOUT_S} s waiting for the source migration to end (last seen: colo)"
-        )
+        scene.extra["timeout"] = wait_timed_out(SOURCE_MIGRATION_END, DEFAULT_WAIT_TIMEOUT_S, "colo")
         return
     vm.migration = None
     if m.failure is not None:

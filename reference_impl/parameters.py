@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from contract.versions import PROFILES, V8_1, V8_2, V9_0, V9_1, V9_2, Version
 from reference_impl.capabilities import N8_1, N9_0, N9_2, vnum
-from reference_impl.versions import PROFILES, V8_1, V8_2, V9_0, V9_1, V9_2, Version
 
 # Parameter name -> (QAPI kind, first version, first version without it). Kinds: "int" (range-checked
 # integers), "uint8", "size" (uint64), "bool", "str", "enum".

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from contract.actions import stage_of
+from contract.guest import guest_runs
+from contract.host import HostFacts
+from contract.outcome import Outcome, VmState
+from contract.scenario import Scenario
+from contract.versions import Version, profile_for
 from reference_impl import migration as mig
-from reference_impl.host import HostFacts
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, realize
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.qmp_commands import run_qmp
-from reference_impl.scenario import Scenario, Step, expand_steps, migrate_transport
-from reference_impl.versions import Version, profile_for
+from reference_impl.steps import expanded, run_step
 
 if TYPE_CHECKING:
     from reference_impl.vfio.events import VfioEvents
@@ -25,42 +27,7 @@ BACKEND = "reference"
 # Outcome.extra key: why a VFIO scenario's vfio_states is not predicted (harness.compare leaves it out).
 VFIO_UNPREDICTED = "vfio_states_unpredicted"
 
-# Stage of a refused step, as the executor names it (harness/executor.py STAGE_OF_ACTION): the contract's
-# stages for the actions that have one, "migration" for wait, else the action's own name (qmp steps: "qmp").
-_STAGES = {
-    "set-capabilities": "set-capabilities",
-    "set-parameters": "set-parameters",
-    "migrate": "migrate",
-    "start-postcopy": "start-postcopy",
-    "wait": "migration",
-}
-
-
 _PROFILES: dict[Version | str, tuple[Version, str]] = {}
-# Expanded steps per Scenario object (frozen, so the expansion never changes); the entry keeps the scenario
-# alive so that its id() is not reused while cached. Bounded: cleared when full.
-_STEPS: dict[int, tuple[Scenario, tuple[Step, ...]]] = {}
-_STEPS_MAX = 256
-
-
-# harness/executor.py _pace_for_postcopy: before the source's migrate, a scenario with a start-postcopy step
-# that sets no max-bandwidth itself gets max-bandwidth 1,000,000 B/s, so that the postcopy switch happens.
-POSTCOPY_PACING_BYTES_PER_S = 1_000_000
-_PACED: dict[int, tuple[Scenario, bool]] = {}
-
-
-def _paced_for_postcopy(scenario: Scenario) -> bool:
-    hit = _PACED.get(id(scenario))
-    if hit is not None and hit[0] is scenario:
-        return hit[1]
-    steps = _steps(scenario)
-    paced = any(s.action == "start-postcopy" for s in steps) and not any(
-        "max-bandwidth" in s.parameters for s in steps if s.action == "set-parameters"
-    )
-    if len(_PACED) >= _STEPS_MAX:
-        _PACED.clear()
-    _PACED[id(scenario)] = (scenario, paced)
-    return paced
 
 
 def _profile(version: Version | str) -> tuple[Version, str]:
@@ -72,95 +39,10 @@ def _profile(version: Version | str) -> tuple[Version, str]:
     return hit
 
 
-def _steps(scenario: Scenario) -> tuple[Step, ...]:
-    hit = _STEPS.get(id(scenario))
-    if hit is not None and hit[0] is scenario:
-        return hit[1]
-    steps = expand_steps(scenario)
-    if len(_STEPS) >= _STEPS_MAX:
-        _STEPS.clear()
-    _STEPS[id(scenario)] = (scenario, steps)
-    return steps
-
-
 def _state(vm: Machine | None) -> VmState | None:
     if vm is None or not vm.alive:
         return None
     return VmState(status=vm.status, runstate=vm.runstate)
-
-
-def _sides(scene: mig.Scene, side: str) -> tuple[Machine, ...]:
-    if side == "destination":
-        return (scene.destination,)
-    if side == "both":
-        return (scene.source, scene.destination)
-    return (scene.source,)
-
-
-def _run_step(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
-    action = step.action
-    if action == "migrate":
-        transport = migrate_transport(scenario, step)
-        if step.side == "destination":
-            # harness/pair.py migrate_from_destination: issued on the destination, to a target nobody reads
-            # (tcp port 1); its pre-checks ("Guest is waiting for an incoming migration") are the point.
-            return mig.migrate(scene.destination, transport, peer_listening=False)
-        vm = scene.source
-        if _paced_for_postcopy(scenario):
-            mig.set_parameters(vm, {"max-bandwidth": POSTCOPY_PACING_BYTES_PER_S})
-        if transport in mig.SOCKET_TRANSPORTS and not scene.socket_uri:
-            dst = scene.destination
-            error = mig.migrate_incoming(dst, transport)
-            if error is not None:
-                return error
-            scene.socket_uri = True
-        dst = scene.destination
-        listening = dst.alive and dst.runstate == "inmigrate" and dst.incoming in mig.SOCKET_TRANSPORTS
-        error = mig.migrate(vm, transport, peer_listening=listening or vm is dst)
-        if error is None and vm.migration is not None and vm.migration.failure is None:
-            # The executor waits (bounded) until the migration has left setup before the next step.
-            mig.left_setup(vm)
-        return error
-    if action == "wait":
-        for vm in (scene.source, scene.destination):
-            if vm.migration is not None:
-                mig.finish(scene, vm)
-            mig.finish_dump(vm)
-        return None
-    for vm in _sides(scene, step.side):
-        if not vm.alive:
-            # The executor's command on a gone QEMU raises VmDied: the scenario ends as failed.
-            scene.extra["ended"] = True
-            return None
-        if action == "set-capabilities":
-            error = mig.set_capabilities(vm, step.capabilities)
-        elif action == "set-parameters":
-            error = mig.set_parameters(vm, step.parameters)
-        elif action == "start-postcopy":
-            mig.left_setup(vm)
-            error = mig.start_postcopy(vm)
-        elif action == "cancel":
-            mig.left_setup(vm)
-            error = mig.cancel(scene, vm)
-        elif action == "cont":
-            error = mig.cont(vm)
-        elif action == "stop":
-            error = mig.stop(vm)
-        elif action == "migrate-continue":
-            error = mig.migrate_continue(vm)
-        elif action == "snapshot-save":
-            error = mig.snapshot_save(vm)
-        elif action == "qmp":
-            error = run_qmp(scene, vm, step.command or "", step.arguments)
-        else:
-            error = None
-        if error is not None:
-            return error
-    return None
-
-
-def _stage(step: Step) -> str:
-    return _STAGES.get(step.action, step.action)
 
 
 def _outcome(
@@ -188,7 +70,7 @@ def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outc
         outcome = _predict(scenario, version, host)
     except NotModelled as limit:
         return not_modelled(scenario, _profile(version)[1], limit.what)
-    if getattr(scenario, "guest", None) is not None or "guest" in scenario.requires:
+    if guest_runs(scenario):
         # reference_impl.guest (the guest workload's prediction) is imported only for scenarios with a guest.
         from reference_impl.guest import predict_guest
 
@@ -227,15 +109,15 @@ def _predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Out
     scene = mig.Scene(source, destination)
     vfio = _vfio_events(scenario, source, destination)
     refused: tuple[str, str] | None = None
-    for step in _steps(scenario):
+    for step in expanded(scenario):
         if "ended" in scene.extra:
             break
         snap = vfio.before(source, destination) if vfio is not None else None
-        error = _run_step(scene, scenario, step)
+        error = run_step(scene, scenario, step)
         if vfio is not None and snap is not None:
             vfio.after(step, error, snap, source, destination, "timeout" in scene.extra or "ended" in scene.extra)
         if error is not None:
-            refused = (_stage(step), error)
+            refused = (stage_of(step.action), error)
             break
         if "timeout" in scene.extra:
             break

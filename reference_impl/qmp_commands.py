@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from contract.scenario import DeviceSpec
 from reference_impl import catalog
 from reference_impl import migration as mig
 from reference_impl.capabilities import N8_2
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
-from reference_impl.scenario import DeviceSpec
 
 
 def _busy(vm: Machine) -> bool:

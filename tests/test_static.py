@@ -1,11 +1,13 @@
-"""The project's own code holds to its standards: ruff and mypy --strict pass on harness/ and reference_impl/,
-and nothing cites a document that is not in the repository.
+"""The project's own code holds to its standards: ruff and mypy --strict pass on contract/, harness/ and
+reference_impl/, the packages import each other only in the allowed directions, and nothing cites a document
+that is not in the repository.
 
 Run as tests so that CI (which runs only the README's test command) enforces them.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 from harness.settings import DEFAULT_CACHE_DIRNAME
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["harness", "reference_impl"]
+PACKAGES = ["contract", "harness", "reference_impl"]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -30,6 +32,54 @@ def test_ruff_clean() -> None:
 def test_mypy_strict_clean() -> None:
     result = _run(["mypy", "--strict", *PACKAGES])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# The harness modules that import the model: those that run it or consult its tables. Any other harness module
+# gets the shared types from contract/, so a new edge from the harness into the model fails this test.
+HARNESS_MODULES_USING_THE_MODEL = {
+    "harness/loader.py": {"reference_impl.capabilities"},  # every modelled capability name is accepted
+    "harness/runner.py": {"reference_impl", "reference_impl.predict"},  # runs the model
+    "harness/vfio/host.py": {"reference_impl.vfio.uapi"},  # the kernel's VFIO migration flags, as the model names them
+}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every absolute import of ``path``: import statements anywhere (TYPE_CHECKING and function bodies too) and
+    ``importlib.import_module("...")`` with a literal name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name == "import_module" and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return found
+
+
+def _imports_of(package: str, target: str) -> dict[str, set[str]]:
+    """File of ``package`` -> the modules of ``target`` it imports (files importing none left out)."""
+    edges: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        hits = {name for name in _imported_modules(path) if name.split(".")[0] == target}
+        if hits:
+            edges[str(path.relative_to(ROOT))] = hits
+    return edges
+
+
+def test_contract_imports_neither_backend() -> None:
+    assert _imports_of("contract", "harness") == {}
+    assert _imports_of("contract", "reference_impl") == {}
+
+
+def test_model_never_imports_the_harness() -> None:
+    assert _imports_of("reference_impl", "harness") == {}
+
+
+def test_harness_imports_the_model_only_where_pinned() -> None:
+    assert _imports_of("harness", "reference_impl") == HARNESS_MODULES_USING_THE_MODEL
 
 
 # Citations of documents that live outside this repository. A reader of the code, of a scenario, or of an
@@ -58,13 +108,17 @@ def _project_files() -> list[str]:
     try:
         listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         # Not a git checkout (an unpacked source tree): every file outside the usual generated folders.
         skip = {".git", ".venv", DEFAULT_CACHE_DIRNAME, "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
         return [
-            str(p.relative_to(ROOT)) for p in ROOT.rglob("*")
+            str(p.relative_to(ROOT))
+            for p in ROOT.rglob("*")
             if p.is_file() and not skip.intersection(p.relative_to(ROOT).parts)
         ]
     return [name for name in listed.split("\0") if name]

@@ -14,13 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# The spec is plain data of the scenario (the model carries it too); re-exported here for the guest's users.
+from contract.guest import GuestSpec as GuestSpec
+from contract.sizes import parse_mib as parse_mib
 from harness.errors import GuestCheckError
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
-
-# The spec is plain data of the scenario (the model carries it too); re-exported here for the guest's users.
-from reference_impl.guest import GuestSpec as GuestSpec
-from reference_impl.guest import parse_mib as parse_mib
 
 SIDES = ("source", "destination")
 _VERIFY = re.compile(

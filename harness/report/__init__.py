@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contract.outcome import Outcome
+from contract.versions import Version
 from harness.compare import Comparison
 from harness.results import NOT_MODELLED_SKIP, Results, comparison_column, outcome_column
-from reference_impl.outcome import Outcome
-from reference_impl.versions import Version
 
 KINDS = ("agree", "diverge", "known-bug", "not-modelled", "skip", "error", "environment", "not-run", "outcome")
 

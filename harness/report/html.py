@@ -14,9 +14,9 @@ import urllib.parse
 from html import escape
 from pathlib import Path
 
+from contract.outcome import Outcome
 from harness.report import Cell, Matrix, build_matrix, summary_line, verdict_text
 from harness.results import Results
-from reference_impl.outcome import Outcome
 
 _CSS = """
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #1d1d1f;

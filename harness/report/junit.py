@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from contract.outcome import Outcome
 from harness.report import Cell, Matrix, build_matrix, verdict_text
 from harness.results import Results
-from reference_impl.outcome import Outcome
 
 
 def _side(outcome: Outcome | None) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from reference_impl.scenario import DeviceSpec
+from contract.scenario import DeviceSpec
 
 
 class VfioUnavailable(Exception):

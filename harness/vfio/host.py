@@ -30,9 +30,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from contract.scenario import DeviceSpec
 from harness import settings
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
-from reference_impl.scenario import DeviceSpec
 from reference_impl.vfio.uapi import MigrationFlag
 
 MIGRATION_STOP_COPY = int(MigrationFlag.STOP_COPY)

@@ -23,6 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import Scenario
 from harness.results import RESOURCE_SKIP, SKIP_KIND
 from harness.vfio.host import (
     ROOTS,
@@ -33,9 +36,6 @@ from harness.vfio.host import (
     inspect,
     kernel_dirty_report_works,
 )
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import Scenario
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary

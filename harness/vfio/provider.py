@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import Scenario
 from harness.errors import HostEnvironmentError, ResourceUnavailable
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import Scenario
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
@@ -213,7 +213,7 @@ class MttyLabProvider:
 
 def _precompile(repo: Path) -> None:
     """The guest imports the harness over 9p under TCG; compiling it there would cost seconds per boot."""
-    for package in ("harness", "reference_impl"):
+    for package in ("contract", "harness", "reference_impl"):
         compileall.compile_dir(repo / package, quiet=1)
 
 

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from contract.scenario import PERSONALITIES
 from harness import settings
 
 # The one pin of the lab's kernel: the Debian kernel series. Which 6.12 release is used is decided at
@@ -65,7 +66,7 @@ VFIO_SOURCES = (
 )
 # Initramfs variants: the stock vfio.ko (device dirty reports fail) and the rebuilt one (they work).
 VARIANTS = ("stock", "iovabm")
-ALL_PERSONALITIES = ("migratable", "no-p2p", "no-precopy", "no-dirty-logging", "no-migration")
+ALL_PERSONALITIES = PERSONALITIES  # every personality a scenario may ask for
 
 
 @dataclass(frozen=True)

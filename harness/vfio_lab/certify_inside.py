@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.scenario import DeviceSpec
 from harness.vfio.allocator import AllocatedDevice
-from reference_impl.scenario import DeviceSpec
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
@@ -197,7 +197,7 @@ async def certify_in_lab(
         raise RuntimeError(
             f"the lab for kernel {image.kernel_release} cannot supply {personality!r}: {image.unavailable_note}"
         )
-    for package in ("harness", "reference_impl"):
+    for package in ("contract", "harness", "reference_impl"):
         compileall.compile_dir(REPO / package, quiet=1)
     runs = lab_cache() / "runs"
     runs.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.outcome import Outcome
+from contract.scenario import DeviceSpec, Scenario
 from harness.results import item_log_name
 from harness.vfio_lab.mdev import MdevAllocator
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import DeviceSpec, Scenario
 
 REQUEST = "request.pickle"
 OUTCOMES = "outcomes.jsonl"

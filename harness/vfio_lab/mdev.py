@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.scenario import DeviceSpec
 from harness.errors import ResourceUnavailable
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
-from reference_impl.scenario import DeviceSpec
 
 DEFAULT_PERSONALITY = "migratable"
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contract.host import HostFacts
+from contract.versions import Version
 from reference_impl.blockers import MigrationBlockers
-from reference_impl.host import HostFacts
 from reference_impl.savevm import SaveVMHandlers
-from reference_impl.versions import Version
 
 
 def placeholder_name(device_id: str | None, index: int) -> str:

@@ -32,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reference_impl.scenario import Scenario, Step, VmSpec
-from reference_impl.versions import V9_1
+from contract.scenario import Scenario, Step, VmSpec
+from contract.versions import V9_1
 from reference_impl.vfio.api import placeholder_name
 from reference_impl.vfio.handlers import VfioSaveHandlers
 from reference_impl.vfio.sequences import VfioSequenceError, VfioStateDriver

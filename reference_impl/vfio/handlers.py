@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contract.versions import V8_0, V8_2, V9_1, Version
 from reference_impl.savevm import PrepareContext, SaveVMHandlers
-from reference_impl.versions import V8_0, V8_2, V9_1, Version
 from reference_impl.vfio.personality import DmaLogging, OnOffAuto, VfioPersonality, VfioProperties
 from reference_impl.vfio.uapi import MigrationFlag
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from reference_impl.host import HostFacts
-from reference_impl.versions import V7_2, V8_1, V9_1, V10_0, V10_1, Version
+from contract.host import HostFacts
+from contract.versions import V7_2, V8_1, V9_1, V10_0, V10_1, Version
 from reference_impl.vfio.uapi import MigrationFlag
 
 

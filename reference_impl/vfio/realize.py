@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reference_impl.scenario import DeviceSpec
-from reference_impl.versions import V8_0, V8_1, V8_2, V9_1
+from contract.scenario import DeviceSpec
+from contract.versions import V8_0, V8_1, V8_2, V9_1
 from reference_impl.vfio.api import VfioMachineState, VfioRealized
 from reference_impl.vfio.handlers import VfioSaveHandlers
 from reference_impl.vfio.personality import (

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from reference_impl.versions import V8_1, V8_2, V9_1, Version
+from contract.versions import V8_1, V8_2, V9_1, Version
 from reference_impl.vfio.uapi import MigrationFlag, VfioDeviceState, walk
 
 S = VfioDeviceState

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from contract.scenario import Scenario
 from harness import results as results_io
 from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
 from harness.results import NOT_MODELLED_SKIP, RESOURCE_SKIP, Results, Skip
 from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
-from reference_impl.scenario import Scenario
 
 SUITE = Path(__file__).resolve().parent / "scenarios"
 

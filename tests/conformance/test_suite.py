@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import pytest
 
+from contract.scenario import Scenario
 from harness.known_bugs import known_divergence
 from harness.report import console
 from harness.results import Results
 from harness.runner import RunOptions, Target, needs_vfio, run_sync
-from reference_impl.scenario import Scenario
 from tests.conformance.conftest import case_id, not_compared, note_compared
 
 pytestmark = pytest.mark.qemu

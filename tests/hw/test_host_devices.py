@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import Scenario
 from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.compare import compare, skip_reason
@@ -29,9 +32,6 @@ from harness.loader import load_scenarios
 from harness.runner import default_predict
 from harness.vfio.host import configured_devices
 from harness.vfio.host_provider import HostDeviceRefused, HostProvider
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import Scenario
 
 pytestmark = [pytest.mark.qemu]
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.scenario import DeviceSpec
 from harness.errors import ResourceUnavailable
 from harness.vfio import provider as provider_mod
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio_lab import build
 from harness.vfio_lab.mdev import PERSONALITIES, MdevAllocator
-from reference_impl.scenario import DeviceSpec
 
 
 def test_resolve_kernel_takes_the_newest_release_with_every_package(monkeypatch: pytest.MonkeyPatch) -> None:

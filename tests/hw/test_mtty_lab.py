@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.outcome import Outcome, VmState
+from contract.scenario import Scenario
 from harness.binaries import QemuBinary
 from harness.loader import load_scenarios
 from harness.vfio.provider import MttyLabProvider
 from harness.vfio_lab.build import KERNEL_SERIES
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.scenario import Scenario
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

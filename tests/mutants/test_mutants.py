@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.outcome import Outcome, VmState
 from harness import settings
 from harness.compare import Comparison
 from harness.mutants.build import (
@@ -41,7 +42,6 @@ from harness.mutants.run import (
     run_mutants,
 )
 from harness.results import HarnessError, Results, Skip
-from reference_impl.outcome import Outcome, VmState
 
 CORE_MUTANTS = sorted(n for n in available_patches() if mutant_kind(n) == "core")
 ENABLE_ENV = settings.MUTANTS

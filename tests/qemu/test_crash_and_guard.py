@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
+from contract.versions import Version
 from harness.binaries import QemuBinary
 from harness.crash import crash_record
 from harness.machine import QemuMachine
 from harness.pair import LISTEN_DESTROY_LOCKED_SINCE, LISTEN_MAY_FINISH, LISTEN_THREAD, MigrationPair
 from harness.probe import host_facts
-from reference_impl.versions import Version
 
 VM = ["-machine", "q35", "-accel", "tcg", "-m", "64M"]
 # The listen thread's name: 7.2's "postcopy/listen"; 8.1 moved the names into migration/migration.h

@@ -19,14 +19,14 @@ from typing import Any, TypeVar
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import VmState
+from contract.versions import Version
 from harness import procutil
 from harness.binaries import QemuBinary
 from harness.errors import QemuLaunchError, QmpCommandError, QmpTimeout
 from harness.machine import QemuMachine, qemu_error_message, strip_qemu_prefixes
 from harness.pair import MigrationPair
-from reference_impl.host import HostFacts
-from reference_impl.outcome import VmState
-from reference_impl.versions import Version
 
 T = TypeVar("T")
 VM = ["-machine", "q35", "-accel", "tcg", "-m", "256M"]

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from contract.outcome import Outcome, VmState
+from contract.scenario import DeviceSpec
+from contract.versions import Version
 from harness.binaries import QemuBinary
 from harness.executor import NO_VFIO_PROVIDER, run_scenario
 from harness.loader import load_scenario
 from harness.pair import MigrationPair
 from harness.vfio.allocator import AllocatedDevice
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.scenario import DeviceSpec
-from reference_impl.versions import Version
 
 
 def run_toml(tmp_path: Path, binary: QemuBinary, name: str, text: str, **kwargs: object) -> Outcome:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.scenario import VmSpec
 from harness.binaries import BinaryRunError, QemuBinary, load_binary
 from harness.errors import BinaryError, HostEnvironmentError
 from harness.executor import guest_accel, run_scenario
@@ -37,7 +38,6 @@ from harness.probe import (
 )
 from harness.results import save
 from harness.runner import RunOptions, run_sync, targets_for_binaries
-from reference_impl.scenario import VmSpec
 
 # What a test allows a QEMU it starts itself before giving up (a bound, not an assertion about time).
 OWN_RUN_BOUND_S = 60.0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.outcome import Outcome, VmState
 from harness.binaries import QemuBinary
 from harness.executor import run_scenario
 from harness.loader import load_scenario
-from reference_impl.outcome import Outcome, VmState
 
 
 def run_toml(tmp_path: Path, binary: QemuBinary, name: str, text: str) -> Outcome:

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome, VmState
+from contract.scenario import MigrationSpec, Scenario
+from contract.versions import Version
 from harness import cli, runner
 from harness.binaries import QemuBinary
 from harness.loader import ScenarioError
 from harness.runner import RunOptions, run_sync, select_shard, shard_of, targets_for_binaries
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.scenario import MigrationSpec, Scenario
-from reference_impl.versions import Version
 
 BIN10 = QemuBinary(path="/fake/qemu-10", version=Version(10, 0, 2), version_text="QEMU emulator version 10.0.2")
 BIN7 = QemuBinary(path="/fake/qemu-7", version=Version(7, 2, 22), version_text="QEMU emulator version 7.2.22")
@@ -250,7 +250,7 @@ class FakeProvider:
 
 
 def test_vfio_scenarios_go_to_the_provider_in_one_batch() -> None:
-    from reference_impl.scenario import DeviceSpec, VmSpec
+    from contract.scenario import DeviceSpec, VmSpec
 
     fakes = Fakes()
     vm = VmSpec(devices=(DeviceSpec("vfio-pci", id="vfio0"),))
@@ -489,7 +489,7 @@ class LabProvider(FakeProvider):
 
 
 def test_vfio_items_logs_come_back_from_the_lab_or_the_outcome_says_why(tmp_path: Path) -> None:
-    from reference_impl.scenario import DeviceSpec, VmSpec
+    from contract.scenario import DeviceSpec, VmSpec
 
     vm = VmSpec(devices=(DeviceSpec("vfio-pci", id="vfio0"),))
     ids = ("ok-vfio", "v-div", "v-nologs")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from contract.outcome import Outcome, VmState
 from harness.compare import compare, normalise, skip_reason
-from reference_impl.outcome import Outcome, VmState
 
 UUID = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
 

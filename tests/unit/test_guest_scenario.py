@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.guest import GuestSpec, checked_side, effective_guest
+from contract.outcome import Outcome, VmState
+from contract.scenario import Scenario, VmSpec
 from harness.binaries import QemuBinary
 from harness.compare import compare
 from harness.executor import guest_accel, guest_dict
@@ -14,9 +17,7 @@ from harness.guest.session import GuestReport
 from harness.guest.session import GuestSpec as SessionGuestSpec
 from harness.loader import ScenarioError, load_scenario
 from harness.probe import BinaryProbe, HostProbe, LinuxBootProbe
-from reference_impl.guest import GuestSpec, checked_side, effective_guest, predict_guest
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.scenario import Scenario, VmSpec
+from reference_impl.guest import predict_guest
 
 
 def load(tmp_path: Path, text: str) -> Scenario:

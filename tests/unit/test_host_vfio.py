@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.outcome import Outcome
+from contract.scenario import DeviceSpec, Scenario, VmSpec
 from harness.certify import certification_set, decide, is_certifiable, retarget
 from harness.compare import Comparison
 from harness.results import Results
@@ -27,8 +29,6 @@ from harness.vfio.host import (
     locate,
 )
 from harness.vfio.host_provider import HostDeviceRefused, HostProvider, devices_needed, shortage
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import DeviceSpec, Scenario, VmSpec
 
 DEVICE = "0000:3b:00.1"
 SIBLING = "0000:3b:00.0"
@@ -282,9 +282,9 @@ def test_run_batch_records_devices_and_skips_shortages(tmp_path: Path, monkeypat
     import asyncio
 
     import harness.executor
+    from contract.versions import Version
     from harness.binaries import QemuBinary
     from harness.vfio.allocator import VfioDeviceAllocator
-    from reference_impl.versions import Version
 
     roots = _fake_host(tmp_path, {DEVICE: "vfio-pci", SIBLING: "vfio-pci"})
     calls: list[str] = []

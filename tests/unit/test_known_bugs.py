@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.scenario import MigrationSpec, Scenario, Step
+from contract.versions import Version
 from harness.compare import Comparison
 from harness.known_bugs import KNOWN_DIVERGENCES, KnownDivergence, classify, known_divergence
 from harness.report import console, html, junit
 from harness.results import Results
-from reference_impl.scenario import MigrationSpec, Scenario, Step
-from reference_impl.versions import Version
 
 ENTRY = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-tcg-precopy-loses-dirty-pages")
 SCENARIO = "guest-precopy-tcp"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.host import HostFacts
+from contract.scenario import ACTIONS, PERSONALITIES, SIDES, DeviceSpec
 from harness.loader import ScenarioError, host_commands, known_capabilities, load_scenario, load_scenarios
 from reference_impl import predict
-from reference_impl.host import HostFacts
-from reference_impl.scenario import ACTIONS, PERSONALITIES, SIDES, DeviceSpec
 
 SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from contract.versions import PROFILES, V7_2, V8_0, V8_1, V8_2, V9_0, V9_1, V10_0, V10_1, Version
 from reference_impl.capabilities import (
     CapsCheckContext,
     apply_capability_request,
     capability_names,
     migrate_caps_check,
 )
-from reference_impl.versions import PROFILES, V7_2, V8_0, V8_1, V8_2, V9_0, V9_1, V10_0, V10_1, Version
 
 CTX = CapsCheckContext()
 IGNORE_SHARED = "Postcopy is not compatible with ignore-shared"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import MigrationSpec, Scenario, VmSpec
 from reference_impl import predict
 from reference_impl.catalog import AUTO_NODE_NAME
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import MigrationSpec, Scenario, VmSpec
 
 HOST = HostFacts()
 IVSHMEM = ("-object", "memory-backend-file,id=hb,size=1M,mem-path=/dev/shm/x,share=on", "-device",

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import Scenario, Step, VmSpec
 from harness.report import build_matrix, summary_line
 from harness.report import junit as junit_report
 from harness.results import NOT_MODELLED_SKIP, Results, Skip, skip_kind
 from reference_impl import predict
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import Scenario, Step, VmSpec
 
 HOST = HostFacts()
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import MigrationSpec, Scenario, Step, VmSpec
 from reference_impl import predict
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import MigrationSpec, Scenario, Step, VmSpec
 
 HOST = HostFacts()
 
@@ -283,7 +283,7 @@ def test_dump_guest_memory_blocker() -> None:
 
 
 def test_qmp_step_runs_the_command() -> None:
-    # the executor names a refused qmp step's stage "qmp" (harness/executor.py STAGE_OF_ACTION)
+    # the executor names a refused qmp step's stage "qmp" (contract.actions)
     outcome = steps(Step("qmp", command="migrate-set-capabilities",
                          arguments={"capabilities": [{"capability": "switchover-ack", "state": True}]}))
     assert (outcome.stage, outcome.error) == ("qmp", "Capability 'switchover-ack' requires capability 'return-path'")

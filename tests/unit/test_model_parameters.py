@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from contract.versions import V7_2, V9_0, V10_0, Version
 from reference_impl.parameters import apply_parameter_request
-from reference_impl.versions import V7_2, V9_0, V10_0, Version
 
 
 def answer(version: Version, request: dict[str, Any], caps: frozenset[str] = frozenset(),

@@ -7,12 +7,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.host import HostFacts
+from contract.scenario import DeviceSpec, MigrationSpec, Scenario, Step, VmSpec
+from contract.versions import PROFILES, V8_1, V8_2, V10_1, Version
 from reference_impl import predict
-from reference_impl.host import HostFacts
 from reference_impl.machine import Machine, realize
 from reference_impl.migration import set_capabilities
-from reference_impl.scenario import DeviceSpec, MigrationSpec, Scenario, Step, VmSpec
-from reference_impl.versions import PROFILES, V8_1, V8_2, V10_1, Version
 
 CAPS = ("xbzrle", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram", "x-colo", "release-ram",
         "return-path", "multifd", "dirty-bitmaps", "x-ignore-shared", "validate-uuid", "background-snapshot",

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import MigrationSpec, Scenario, Step, VmSpec
 from reference_impl import predict
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import MigrationSpec, Scenario, Step, VmSpec
 
 HOST = HostFacts()
 VDAGENT = {"id": "vd0", "backend": {"type": "qemu-vdagent", "data": {}}}

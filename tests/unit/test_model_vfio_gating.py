@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from contract.host import HostFacts
+from contract.scenario import DeviceSpec, MigrationSpec, Scenario, VmSpec
 from reference_impl import predict
-from reference_impl.host import HostFacts
-from reference_impl.scenario import DeviceSpec, MigrationSpec, Scenario, VmSpec
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("reference_impl.vfio.realize") is None,

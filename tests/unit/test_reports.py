@@ -5,10 +5,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from contract.outcome import Outcome, VmState
 from harness.compare import compare
 from harness.report import build_matrix, console, html, junit
 from harness.results import HarnessError, Results, Skip, WorkItem
-from reference_impl.outcome import Outcome, VmState
 
 QEMU_MSG = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001: VFIO migration is not supported with postcopy migration"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from contract.outcome import Outcome, VmState
 from harness.compare import Comparison, compare
 from harness.results import HarnessError, Results, Skip, WorkItem, load, merge, save, write_atomic
-from reference_impl.outcome import Outcome, VmState
 
 
 def pair(scenario: str, version: str, agree: bool = True) -> tuple[list[Outcome], Comparison]:

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome, VmState
+from contract.scenario import MigrationSpec, Scenario
+from contract.versions import Version
 from harness.binaries import QemuBinary
 from harness.compare import Comparison
 from harness.pair import unsettled
@@ -17,10 +21,6 @@ from harness.report import console
 from harness.results import Results, load, save
 from harness.runner import RunOptions, run_sync, targets_for_binaries
 from harness.stability import Run, Stability, aggregate, representative, signature
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome, VmState
-from reference_impl.scenario import MigrationSpec, Scenario
-from reference_impl.versions import Version
 
 BIN10 = QemuBinary(path="/fake/qemu-10", version=Version(10, 0, 2), version_text="QEMU emulator version 10.0.2")
 ACTIVE = VmState("active", "running")

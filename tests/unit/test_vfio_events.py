@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import Scenario
 from harness.compare import compare
 from harness.loader import load_scenario
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
 from reference_impl.predict import VFIO_UNPREDICTED, predict
-from reference_impl.scenario import Scenario
 
 SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
 LAB = HostFacts(userfaultfd=True, uffd_wp=True, kvm=False, vfio_dirty_report_works=False, kernel="6.12")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from contract.host import HostFacts
+from contract.scenario import DeviceSpec
+from contract.versions import V8_0, V8_1, V8_2, V9_0, V10_0, Version
 from reference_impl.blockers import MigrationBlockers
-from reference_impl.host import HostFacts
 from reference_impl.savevm import PrepareContext, SaveVMHandlers, qemu_savevm_state_prepare
-from reference_impl.scenario import DeviceSpec
-from reference_impl.versions import V8_0, V8_1, V8_2, V9_0, V10_0, Version
 from reference_impl.vfio.api import VfioMachineState
 from reference_impl.vfio.handlers import (
     DIRTY_REPORT_FAILURE,

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 
 import pytest
 
+from contract.host import HostFacts
+from contract.scenario import DeviceSpec
+from contract.versions import V7_2, V8_0, V8_1, V8_2, V9_0, V9_1, V10_0, V10_2, Version
 from reference_impl.blockers import MigrationBlockers
-from reference_impl.host import HostFacts
-from reference_impl.scenario import DeviceSpec
-from reference_impl.versions import V7_2, V8_0, V8_1, V8_2, V9_0, V9_1, V10_0, V10_2, Version
 from reference_impl.vfio.api import VfioMachineState, VfioRealized, placeholder_name
 from reference_impl.vfio.handlers import VfioSaveHandlers
 from reference_impl.vfio.personality import qdict_bucket

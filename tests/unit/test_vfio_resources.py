@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.host import HostFacts
+from contract.outcome import Outcome
+from contract.scenario import DeviceSpec, Scenario
 from harness import executor
 from harness.binaries import QemuBinary, discover_binaries
 from harness.errors import HostEnvironmentError, ResourceUnavailable
@@ -29,9 +32,6 @@ from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio.provider import LabRunError, lab_item_error
 from harness.vfio_lab.inside import LAB_ERROR_TYPE, _error_record
 from harness.vfio_lab.mdev import MdevAllocator
-from reference_impl.host import HostFacts
-from reference_impl.outcome import Outcome
-from reference_impl.scenario import DeviceSpec, Scenario
 
 SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
 

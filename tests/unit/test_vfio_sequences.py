@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from reference_impl.versions import PROFILES, V8_0, V8_1, V8_2, V9_0, V10_0, Version
+from contract.versions import PROFILES, V8_0, V8_1, V8_2, V9_0, V10_0, Version
 from reference_impl.vfio.personality import PERSONALITIES
 from reference_impl.vfio.sequences import (
     SOURCE_OUTCOMES,

@@ -59,6 +59,8 @@ def profile_for(version: Version | str) -> Version:
     v = Version.parse(version) if isinstance(version, str) else version
     candidates = [p for p in PROFILES if p <= Version(v.major, v.minor)]
     if not candidates:
-        raise ValueError(f"QEMU {v} is older than the oldest profile ({PROFILES[0].short}); profiles: "
-                         + ", ".join(p.short for p in PROFILES))
+        raise ValueError(
+            f"QEMU {v} is older than the oldest profile ({PROFILES[0].short}); profiles: "
+            + ", ".join(p.short for p in PROFILES)
+        )
     return candidates[-1]

@@ -11,21 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from reference_impl.guest import GuestSpec
+from contract.actions import STEP_ACTIONS
+from contract.guest import GuestSpec
 
-ACTIONS = (
-    "set-capabilities",
-    "set-parameters",
-    "migrate",
-    "start-postcopy",
-    "cancel",
-    "wait",
-    "cont",
-    "stop",
-    "snapshot-save",
-    "qmp",
-    "migrate-continue",
-)
+# The step actions (contract.actions holds each one's stage and handlers).
+ACTIONS = tuple(action.name for action in STEP_ACTIONS)
 SIDES = ("source", "destination", "both")
 TRANSPORTS = ("tcp", "unix", "file", "exec")
 MODES = ("precopy", "postcopy", "background-snapshot")
@@ -152,7 +142,7 @@ class Scenario:
     # Extensions (compatible with the contract): where the scenario came from, and free-form tags.
     path: str | None = None
     tags: tuple[str, ...] = ()
-    # Extension: a running guest whose memory is checked after the migration (``[guest]``, reference_impl.guest).
+    # Extension: a running guest whose memory is checked after the migration (``[guest]``, contract.guest).
     guest: GuestSpec | None = None
 
     @property
