@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from harness import procutil, settings
 from harness import results as results_io
-from harness.errors import HostEnvironmentError
+from harness.errors import HostEnvironmentError, UsageError
 from harness.loader import ScenarioError, load_scenarios
 from harness.report import console, html, junit
 from harness.results import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Results
@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_ENV = settings.SUITE
-
-
-class UsageError(Exception):
-    """Bad usage the user can fix (exit status 2)."""
 
 
 def suite_path() -> Path:

@@ -48,12 +48,14 @@ from harness.binaries import QemuBinary
 from harness.errors import (
     GuestCheckError,
     HostEnvironmentError,
+    JobTimeout,
     MigrationTimeout,
     QemuLaunchError,
     QmpCommandError,
     QmpConnectionError,
     ResourceUnavailable,
     VmDied,
+    WaitTimeout,
 )
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage, GuestImageError, build_image
@@ -75,7 +77,8 @@ from harness.probe import (
 )
 from harness.results import HOST_SKIP, RESOURCE_SKIP, SKIP_KIND
 from harness.vfio.allocator import AllocatedDevice, VfioDeviceAllocator, VfioUnavailable
-from reference_impl.guest import GuestSpec, checked_side, effective_guest
+from reference_impl.guest import checked_side, effective_guest
+from reference_impl.guest_spec import GuestSpec
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
 
@@ -479,7 +482,7 @@ class _ScenarioRun:
         except VmDied as died:
             await self._finish_failed(pair, died_first=died)
             return
-        except (MigrationTimeout, QmpConnectionError) as exc:
+        except (WaitTimeout, QmpConnectionError) as exc:
             source, destination = await pair.final_states()
             self._finish("failed", "migration", str(exc), source, destination)
             return
@@ -736,7 +739,7 @@ class _ScenarioRun:
             if job is None or job.get("status") == "concluded":
                 break
             if time.monotonic() > deadline:
-                raise MigrationTimeout(f"snapshot-save job {job_id}", SNAPSHOT_JOB_TIMEOUT_S, str(job.get("status")))
+                raise JobTimeout(f"snapshot-save job {job_id}", SNAPSHOT_JOB_TIMEOUT_S, str(job.get("status")))
             await asyncio.sleep(0.02)
         if job is not None:
             with contextlib.suppress(QmpCommandError):

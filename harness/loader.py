@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reference_impl.guest import GUEST_IMAGES, GUEST_KERNEL_MIB, GuestSpec, parse_mib
+from harness.errors import MigconformError
+from reference_impl.guest_spec import GUEST_IMAGES, GUEST_KERNEL_MIB, GuestSpec, parse_mib
 from reference_impl.scenario import (
     ACCELS,
     ACTIONS,
@@ -128,7 +129,7 @@ SIZE_PATTERN = re.compile(r"([0-9]+)(\.[0-9]+)?([BKMGTPE]?)", re.IGNORECASE)
 SIZE_FORM = 'a number with an optional B, K, M, G, T, P or E suffix, e.g. "256M" (a bare number is MiB)'
 
 
-class ScenarioError(Exception):
+class ScenarioError(MigconformError):
     """A scenario file that cannot be loaded; the message is meant for the scenario's author."""
 
     def __init__(self, path: str | Path, key: str | None, problem: str, allowed: Iterable[str] | None = None):

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from harness import procutil
+from harness.errors import MigconformError
 from reference_impl.scenario import MigrationSpec, Scenario, VmSpec
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ SWEEP_MODES = ("precopy", "postcopy", "background-snapshot")
 QUERY_TIMEOUT_S = 30.0
 
 
-class SweepError(Exception):
+class SweepError(MigconformError):
     """The binary's capability list could not be read."""
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from reference_impl.guest import GuestSpec
+from reference_impl.guest_spec import GuestSpec
 
 ACTIONS = (
     "set-capabilities",

@@ -19,8 +19,8 @@ from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 
 # The spec is plain data of the scenario (the model carries it too); re-exported here for the guest's users.
-from reference_impl.guest import GuestSpec as GuestSpec
-from reference_impl.guest import parse_mib as parse_mib
+from reference_impl.guest_spec import GuestSpec as GuestSpec
+from reference_impl.guest_spec import parse_mib as parse_mib
 
 SIDES = ("source", "destination")
 _VERIFY = re.compile(

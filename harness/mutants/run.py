@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
 from harness.mutants.build import (
     MUTANTS_DIR,
     REPO_ROOT,
@@ -41,7 +42,7 @@ KINDS = ("core", "vfio")
 DEFAULT_VFIO_PROVIDER = "mtty"
 
 
-class MutantsUsageError(Exception):
+class MutantsUsageError(UsageError):
     """Bad usage or an unusable set-up the user can fix (exit status 2)."""
 
 

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from harness.errors import VfioSetupError
 from reference_impl.scenario import DeviceSpec
 
 
-class VfioUnavailable(Exception):
+class VfioUnavailable(VfioSetupError):
     """The allocator does not offer this device at all (e.g. no device of that personality): known before
     anything started, the scenario is skipped (kind ``resource``). Raised once the source QEMU has started,
     the executor turns it into :class:`harness.errors.ResourceUnavailable`, an error of the item; an

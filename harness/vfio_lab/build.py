@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import settings
+from harness import errors, settings
 
 # The one pin of the lab's kernel: the Debian kernel series. Which 6.12 release is used is decided at
 # build time by resolve_kernel() (the newest one with every package we need), and recorded in results.
@@ -92,7 +92,7 @@ RECIPES = {
 }
 
 
-class LabBuildError(RuntimeError):
+class LabBuildError(errors.BuildError):
     """A build step failed; the message says which and how to fix it."""
 
 

@@ -14,7 +14,8 @@ from harness.guest.session import GuestReport
 from harness.guest.session import GuestSpec as SessionGuestSpec
 from harness.loader import ScenarioError, load_scenario
 from harness.probe import BinaryProbe, HostProbe, LinuxBootProbe
-from reference_impl.guest import GuestSpec, checked_side, effective_guest, predict_guest
+from reference_impl.guest import checked_side, effective_guest, predict_guest
+from reference_impl.guest_spec import GuestSpec
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import Scenario, VmSpec
 
