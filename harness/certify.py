@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import BinaryError, BuildError, LabError
 from harness.results import Results, write_atomic
+from harness.suite import SUITE_DIR
 from harness.vfio_lab.certify_lab import certify_in_lab
 from reference_impl.scenario import PERSONALITIES, Scenario, VmSpec
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from harness.vfio.host import HostVfioDevice
     from harness.vfio.host_provider import HostProvider
 
-SUITE = Path(__file__).resolve().parent.parent / "tests" / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 VFIO_GLOB = "vfio-*.toml"
 BUNDLE_JSON = "certify.json"
 BUNDLE_HTML = "certify.html"

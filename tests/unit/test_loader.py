@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from harness.loader import ScenarioError, host_commands, known_capabilities, load_scenario, load_scenarios
+from harness.suite import SUITE_DIR
 from reference_impl import predict
 from reference_impl.host import HostFacts
 from reference_impl.scenario import ACTIONS, PERSONALITIES, SIDES, DeviceSpec
 
-SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
