@@ -68,7 +68,7 @@ from typing import Any
 
 
 class MigconformError(Exception):
-    """Base class of every error the driver raises on purpose."""
+    """Base class of every error migconform raises on purpose (the tree above)."""
 
 
 class BinaryError(MigconformError):
