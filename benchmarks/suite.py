@@ -22,6 +22,7 @@ from harness.binaries import discover_binaries, load_binary  # noqa: E402
 from harness.loader import load_scenarios  # noqa: E402
 from harness.results import Results  # noqa: E402
 from harness.runner import RunOptions, Target, run_sync, targets_for_binaries  # noqa: E402
+from harness.suite import SUITE_DIR  # noqa: E402
 
 
 def measure(
@@ -34,7 +35,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", type=Path, default=ROOT / "tests" / "conformance" / "scenarios")
+    parser.add_argument("--suite", type=Path, default=SUITE_DIR)
     parser.add_argument("--qemu", action="append", default=[], metavar="BINARY")
     parser.add_argument("--limit", type=int, help="only the first N scenarios (a quicker, rougher measurement)")
     args = parser.parse_args(argv)

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.loader import load_scenarios
+from harness.suite import SUITE_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-SUITE = REPO / "tests" / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 SKIP_STATUS = 77
 
 

@@ -18,7 +18,8 @@ least one migration.
 
 ``--vfio-provider mtty`` certifies a device of the hardware-free lab instead: the lab's L1 guest creates
 mdev instances of ``--personality`` and runs this same certification on them as host devices
-(harness.vfio_lab.certify_inside); the bundle is copied back to ``-o DIR``.
+(harness.vfio_lab.certify_inside, booted by harness.vfio_lab.certify_lab); the bundle is copied back to
+``-o DIR``.
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.scenario import PERSONALITIES, Scenario, VmSpec
+from harness.errors import BinaryError, BuildError, LabError
 from harness.results import Results, write_atomic
+from harness.suite import SUITE_DIR
+from harness.vfio_lab.certify_lab import certify_in_lab
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
     from harness.vfio.host import HostVfioDevice
     from harness.vfio.host_provider import HostProvider
 
-SUITE = Path(__file__).resolve().parent.parent / "tests" / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 VFIO_GLOB = "vfio-*.toml"
 BUNDLE_JSON = "certify.json"
 BUNDLE_HTML = "certify.html"
@@ -376,15 +380,12 @@ def _print_summary(bundle: dict[str, Any], output: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """0: pass, 1: fail (the bundle says why), 2: nothing could be certified (the message says why)."""
-    from harness.errors import BinaryError
     from harness.vfio.host import configured_devices
     from harness.vfio.host_provider import HostDeviceRefused, HostProvider
 
     output: Path = args.output
     try:
         if args.vfio_provider == "mtty":
-            from harness.vfio_lab.certify_inside import certify_in_lab
-
             bundle = asyncio.run(
                 certify_in_lab(
                     args.personality,
@@ -402,7 +403,7 @@ def main(args: argparse.Namespace) -> int:
                 names, allow_rebind=args.allow_rebind, dirty_report_works=dirty, timeout=args.timeout
             )
             bundle = certify(provider, _binaries(args.qemu), output, only=args.scenario, progress=not args.quiet)
-    except (HostDeviceRefused, ValueError, BinaryError, RuntimeError) as exc:
+    except (HostDeviceRefused, ValueError, BinaryError, BuildError, LabError) as exc:
         print(f"migconform certify: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:

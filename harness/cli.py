@@ -26,7 +26,7 @@ from contract.scenario import Scenario
 from contract.versions import profile_for
 from harness import procutil, settings
 from harness import results as results_io
-from harness.errors import HostEnvironmentError
+from harness.errors import HostEnvironmentError, UsageError
 from harness.loader import ScenarioError, load_scenarios
 from harness.report import console, html, junit
 from harness.results import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Results
@@ -44,28 +44,22 @@ from harness.runner import (
     target_for_profile,
     targets_for_binaries,
 )
+from harness.suite import SUITE_DIR
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_ENV = settings.SUITE
 
 
-class UsageError(Exception):
-    """Bad usage the user can fix (exit status 2)."""
-
-
 def suite_path() -> Path:
-    """The bundled scenario suite: ``$MIGCONFORM_SUITE``, else the repository's, else the current folder's."""
+    """The bundled scenario suite: ``$MIGCONFORM_SUITE``, else the one shipped in the package (harness.suite)."""
     override = settings.suite_override()
     if override is not None:
         return override
-    for base in (REPO_ROOT, Path.cwd()):
-        candidate = base / "tests" / "conformance" / "scenarios"
-        if candidate.is_dir():
-            return candidate
-    raise UsageError(f"cannot find the bundled suite (tests/conformance/scenarios); set {SUITE_ENV}")
+    if SUITE_DIR.is_dir():
+        return SUITE_DIR
+    raise UsageError(f"cannot find the bundled suite ({SUITE_DIR}); set {SUITE_ENV}")
 
 
 def _whole_number(text: str, minimum: int, what: str = "a whole number") -> int:

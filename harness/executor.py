@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from contract.actions import resolve_handlers, stage_of
-from contract.guest import GuestSpec, checked_side, effective_guest
+from contract.guest import GuestSpec
+from contract.guest_rules import checked_side, effective_guest
 from contract.outcome import Outcome, VmState
 from contract.policy import DEFAULT_WAIT_TIMEOUT_S, POSTCOPY_PACING_BYTES_PER_S, paced_for_postcopy
 from contract.scenario import Scenario, Step, VmSpec, expand_steps, migrate_transport
@@ -53,12 +54,14 @@ from harness.binaries import QemuBinary
 from harness.errors import (
     GuestCheckError,
     HostEnvironmentError,
+    JobTimeout,
     MigrationTimeout,
     QemuLaunchError,
     QmpCommandError,
     QmpConnectionError,
     ResourceUnavailable,
     VmDied,
+    WaitTimeout,
 )
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage, GuestImageError, build_image
@@ -470,7 +473,7 @@ class _ScenarioRun:
         except VmDied as died:
             await self._finish_failed(pair, died_first=died)
             return
-        except (MigrationTimeout, QmpConnectionError) as exc:
+        except (WaitTimeout, QmpConnectionError) as exc:
             source, destination = await pair.final_states()
             self._finish("failed", "migration", str(exc), source, destination)
             return
@@ -733,7 +736,7 @@ class _ScenarioRun:
             if job is None or job.get("status") == "concluded":
                 break
             if time.monotonic() > deadline:
-                raise MigrationTimeout(f"snapshot-save job {job_id}", SNAPSHOT_JOB_TIMEOUT_S, str(job.get("status")))
+                raise JobTimeout(f"snapshot-save job {job_id}", SNAPSHOT_JOB_TIMEOUT_S, str(job.get("status")))
             await asyncio.sleep(0.02)
         if job is not None:
             with contextlib.suppress(QmpCommandError):

@@ -35,6 +35,7 @@ from contract.scenario import (
     migrate_transport,
 )
 from contract.sizes import parse_mib, whole_mib
+from harness.errors import MigconformError
 
 ID_PATTERN = re.compile(r"[a-z0-9._-]+")
 
@@ -129,7 +130,7 @@ SIZE_PATTERN = re.compile(r"([0-9]+)(\.[0-9]+)?([BKMGTPE]?)", re.IGNORECASE)
 SIZE_FORM = 'a number with an optional B, K, M, G, T, P or E suffix, e.g. "256M" (a bare number is MiB)'
 
 
-class ScenarioError(Exception):
+class ScenarioError(MigconformError):
     """A scenario file that cannot be loaded; the message is meant for the scenario's author."""
 
     def __init__(self, path: str | Path, key: str | None, problem: str, allowed: Iterable[str] | None = None):

@@ -31,7 +31,7 @@ from qemu.qmp.message import Message
 from harness import procutil
 from harness.binaries import QemuBinary
 from harness.crash import CrashRecord, crash_record
-from harness.errors import MigrationTimeout, QemuLaunchError, QmpCommandError, QmpConnectionError, QmpTimeout, VmDied
+from harness.errors import QemuLaunchError, QmpCommandError, QmpConnectionError, QmpEventTimeout, QmpTimeout, VmDied
 
 # Events worth keeping for the outcome and for waits.
 RECORDED_EVENTS = ("MIGRATION", "STOP", "RESUME", "VFIO_MIGRATION", "SHUTDOWN", "MIGRATION_PASS")
@@ -499,7 +499,7 @@ class QemuMachine:
     async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, start: int = 0) -> int:
         """Wait (bounded) for a recorded event at index >= ``start`` that matches; its index.
 
-        Raises :class:`MigrationTimeout`, or :class:`VmDied` if QEMU exits first.
+        Raises :class:`QmpEventTimeout`, or :class:`VmDied` if QEMU exits first.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -512,7 +512,7 @@ class QemuMachine:
                 raise self.died()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise MigrationTimeout(f"an event on {self.name}", timeout)
+                raise QmpEventTimeout(f"an event on {self.name}", timeout)
             self._recorder.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._recorder.changed.wait(), min(remaining, 0.5))

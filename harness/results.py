@@ -66,8 +66,9 @@ EXIT_ENVIRONMENT = 3
 
 
 @dataclass
-class HarnessError:
-    """An item that ended without an answer from QEMU or the model.
+class ErrorRecord:
+    """The record of an item that ended without an answer from QEMU or the model (a results file's ``errors``
+    entry; the exception it records is gone by then, only its text is kept).
 
     ``kind`` separates the harness failing (``harness``: a bug to fix here) from the host failing
     (``environment``: out of memory or disk, a probe that fails), so that neither is filed as a QEMU bug and
@@ -94,7 +95,7 @@ class HarnessError:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> HarnessError:
+    def from_json(cls, data: Mapping[str, Any]) -> ErrorRecord:
         kind = str(data.get("kind") or "harness")  # files written before the field existed: harness errors
         logs = data.get("logs")
         return cls(
@@ -201,7 +202,7 @@ class Floor:
 class Results:
     outcomes: list[Outcome] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
-    errors: list[HarnessError] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
     not_run: list[WorkItem] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -223,11 +224,11 @@ class Results:
         return [c for c in self.comparisons if not c.agree and c.known_bug is not None]
 
     @property
-    def harness_errors(self) -> list[HarnessError]:
+    def harness_errors(self) -> list[ErrorRecord]:
         return [e for e in self.errors if e.kind != "environment"]
 
     @property
-    def environment_errors(self) -> list[HarnessError]:
+    def environment_errors(self) -> list[ErrorRecord]:
         return [e for e in self.errors if e.kind == "environment"]
 
     @property
@@ -309,7 +310,7 @@ class Results:
         return cls(
             outcomes=[Outcome.from_json(o) for o in data.get("outcomes") or []],
             comparisons=[Comparison.from_json(c) for c in data.get("comparisons") or []],
-            errors=[HarnessError.from_json(e) for e in data.get("errors") or []],
+            errors=[ErrorRecord.from_json(e) for e in data.get("errors") or []],
             skips=[Skip.from_json(s) for s in data.get("skips") or []],
             not_run=[WorkItem(str(w["scenario"]), str(w["column"])) for w in data.get("not_run") or []],
             meta=dict(data.get("meta") or {}),

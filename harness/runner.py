@@ -40,10 +40,10 @@ from contract.scenario import Scenario
 from contract.versions import Version
 from harness import procutil
 from harness.compare import Comparison, compare, skip_reason
-from harness.errors import HostEnvironmentError
+from harness.errors import HostEnvironmentError, VfioSetupError
 from harness.known_bugs import classify
 from harness.loader import refuse_host_commands
-from harness.results import Floor, HarnessError, Results, Skip, WorkItem, item_log_name, save, skip_kind
+from harness.results import ErrorRecord, Floor, Results, Skip, WorkItem, item_log_name, save, skip_kind
 from harness.stability import Run, aggregate, representative
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ PredictFn = Callable[[Scenario, Version, HostFacts], Outcome]
 HostFactsFn = Callable[["QemuBinary", str], HostFacts]
 
 
-class ProviderUnavailable(Exception):
+class ProviderUnavailable(VfioSetupError):
     """The named VFIO provider cannot be used here (not installed, unknown name, bad options)."""
 
 
@@ -379,11 +379,11 @@ class _Run:
         good = {b: o for b, o in outcomes.items() if isinstance(o, Outcome)}
         for outcome in good.values():
             self.results.outcomes.append(_stamp(outcome, target))
-        recorded: list[HarnessError] = []
+        recorded: list[ErrorRecord] = []
         for backend, exc in errors.items():
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             kind = "environment" if isinstance(exc, HostEnvironmentError) else "harness"
-            recorded.append(HarnessError(scenario.id, target.column, backend, text, kind=kind))
+            recorded.append(ErrorRecord(scenario.id, target.column, backend, text, kind=kind))
             label = "env error" if kind == "environment" else "error"
             status = f"{label} ({backend}: {text.splitlines()[-1] if text else type(exc).__name__})"
         if any(e.kind == "harness" for e in recorded) and status.startswith("env error"):
@@ -720,8 +720,8 @@ def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:
         raise ProviderUnavailable(f"VFIO providers are not available in this installation: {exc}") from None
     try:
         provider: VfioProvider = module.get_provider(name, dict(options))
-    except (KeyError, ValueError, RuntimeError) as exc:
-        # RuntimeError: the host provider refusing unusable devices (HostDeviceRefused), before any QEMU.
+    except (KeyError, ValueError, VfioSetupError) as exc:
+        # VfioSetupError: the host provider refusing unusable devices (HostDeviceRefused), before any QEMU.
         raise ProviderUnavailable(f"--vfio-provider {name}: {exc}") from None
     return provider
 

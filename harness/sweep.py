@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from contract.scenario import MigrationSpec, Scenario, VmSpec
 from harness import procutil
+from harness.errors import MigconformError
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
@@ -26,7 +27,7 @@ SWEEP_MODES = ("precopy", "postcopy", "background-snapshot")
 QUERY_TIMEOUT_S = 30.0
 
 
-class SweepError(Exception):
+class SweepError(MigconformError):
     """The binary's capability list could not be read."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from contract.guest import checked_side, guest_runs
+from contract.guest_rules import checked_side, guest_runs
 
 if TYPE_CHECKING:
     from contract.outcome import Outcome, VmState

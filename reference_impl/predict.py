@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from contract.actions import stage_of
-from contract.guest import guest_runs
+from contract.guest_rules import guest_runs
 from contract.host import HostFacts
 from contract.outcome import Outcome, VmState
 from contract.scenario import Scenario

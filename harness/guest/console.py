@@ -18,6 +18,7 @@ from types import TracebackType
 import pexpect
 import pexpect.fdpexpect
 
+from harness.errors import GuestError
 from harness.guest.image import PROMPT
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -26,7 +27,7 @@ _MARKER_SOURCE = "echo __mc_rc=$?"
 _TRANSCRIPT_LIMIT = 64 * 1024
 
 
-class ConsoleError(RuntimeError):
+class ConsoleError(GuestError):
     """The guest did not answer as expected; the message ends with what the console showed last."""
 
 

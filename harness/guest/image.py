@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import errors
 from harness.settings import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +66,7 @@ PROMPT = "mc-guest# "
 WORKLOAD_CFLAGS = ("-O2", "-static", "-s", "-Wall", "-Wextra", "-Werror")
 
 
-class GuestImageError(RuntimeError):
+class GuestImageError(errors.BuildError):
     """The image cannot be built; the message says which step failed and what to do about it."""
 
 

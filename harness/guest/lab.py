@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.binaries import QemuBinary
-from harness.errors import MigrationTimeout
+from harness.errors import MigrationTimeout, RunstateTimeout
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 from harness.guest.session import GuestSpec, guest_vm_args
@@ -139,5 +139,5 @@ async def wait_runstate(vm: QemuMachine, wanted: Collection[str], timeout: float
         if state in wanted:
             return state
         if time.monotonic() > deadline:
-            raise MigrationTimeout(f"{vm.name} runstate in {sorted(wanted)}", timeout, state)
+            raise RunstateTimeout(f"{vm.name} runstate in {sorted(wanted)}", timeout, state)
         await asyncio.sleep(0.05)

@@ -17,8 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from harness.errors import GuestError
 
-class GdbError(RuntimeError):
+
+class GdbError(GuestError):
     """The gdbstub refused or did not answer; the message says which packet."""
 
 

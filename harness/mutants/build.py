@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness import errors
 from harness.settings import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ PREPARATION_VERSION = "2"
 NICE = ("nice", "-n", "19")
 
 
-class BuildError(RuntimeError):
+class BuildError(errors.BuildError):
     """A step of the build failed; the message says which step, and what to do."""
 
 

@@ -10,7 +10,7 @@ missing) is UNEXERCISED, not survived: nothing was learnt about it.
 
 Core mutants ("core-*") get every scenario without VFIO devices; VFIO mutants ("vfio-*") get the VFIO
 scenarios, run through a VFIO provider (the mtty lab by default). Scenarios come from the bundled suite
-(tests/conformance/scenarios) plus mutants/scenarios, or from --scenarios.
+(harness/suite) plus mutants/scenarios, or from --scenarios.
 The JSON shape of the ``mutants`` section is documented in docs/mutants.md.
 """
 
@@ -25,23 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
 from harness.mutants.build import (
     MUTANTS_DIR,
-    REPO_ROOT,
     UNMODIFIED,
     BuildError,
     BuiltBinary,
     MutantBuilder,
     available_patches,
 )
+from harness.suite import SUITE_DIR
 
-SUITE_DIR = REPO_ROOT / "tests" / "conformance" / "scenarios"
 OWN_SCENARIOS = MUTANTS_DIR / "scenarios"
 KINDS = ("core", "vfio")
 DEFAULT_VFIO_PROVIDER = "mtty"
 
 
-class MutantsUsageError(Exception):
+class MutantsUsageError(UsageError):
     """Bad usage or an unusable set-up the user can fix (exit status 2)."""
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from contract.scenario import DeviceSpec
+from harness.errors import VfioSetupError
 
 
-class VfioUnavailable(Exception):
+class VfioUnavailable(VfioSetupError):
     """The allocator does not offer this device at all (e.g. no device of that personality): known before
     anything started, the scenario is skipped (kind ``resource``). Raised once the source QEMU has started,
     the executor turns it into :class:`harness.errors.ResourceUnavailable`, an error of the item; an

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from contract.host import HostFacts
 from contract.outcome import Outcome
 from contract.scenario import Scenario
+from harness.errors import VfioSetupError
 from harness.results import RESOURCE_SKIP, SKIP_KIND
 from harness.vfio.host import (
     ROOTS,
@@ -45,7 +46,7 @@ PROVIDER_NAME = "host"
 DEFAULT_PERSONALITY = "migratable"
 
 
-class HostDeviceRefused(RuntimeError):
+class HostDeviceRefused(VfioSetupError):
     """A configured device cannot be used as it is; the message says what to change."""
 
 

@@ -62,10 +62,10 @@ class VfioProvider(Protocol):
     def host_facts(self) -> HostFacts: ...
 
 
-class LabRunError(ResourceUnavailable, RuntimeError):
+class LabRunError(ResourceUnavailable):
     """The lab guest returned no outcomes (it did not boot, or ran out of time); the message says why and
     where its logs are. A VFIO lab the run was promised and did not get: an environment error of every VFIO
-    item, never a skip. (Still a RuntimeError for callers that catch that, e.g. ``migconform certify``.)"""
+    item, never a skip."""
 
     def __init__(self, message: str) -> None:
         super().__init__("the VFIO lab", message)

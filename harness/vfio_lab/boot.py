@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import procutil, settings
+from harness.errors import LabError
 from harness.vfio_lab.build import REPO, LabImage, lab_cache
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
@@ -29,7 +30,7 @@ L1_MEMORY_MB = 2048
 L1_CPUS = 2
 
 
-class LabBootError(RuntimeError):
+class LabBootError(LabError):
     """The L1 guest did not get to (or through) its runner; the message points at the serial log."""
 
 

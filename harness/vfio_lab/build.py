@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from contract.scenario import PERSONALITIES
-from harness import settings
+from harness import errors, settings
 
 # The one pin of the lab's kernel: the Debian kernel series. Which 6.12 release is used is decided at
 # build time by resolve_kernel() (the newest one with every package we need), and recorded in results.
@@ -93,7 +93,7 @@ RECIPES = {
 }
 
 
-class LabBuildError(RuntimeError):
+class LabBuildError(errors.BuildError):
     """A build step failed; the message says which and how to fix it."""
 
 

@@ -12,58 +12,32 @@ instance is removed and created again under the same UUID: the host provider see
 always in its initial state.
 
 The lab's /init always runs ``python -S $labpyopts -m harness.vfio_lab.inside --share DIR``; the host
-side boots it with ``labpyopts=-mharness.vfio_lab.certify_inside``, so Python runs this module and the
-rest of that line (``-m harness.vfio_lab.inside --share DIR``) arrives as arguments.
+side (harness.vfio_lab.certify_lab) boots it with ``labpyopts=-mharness.vfio_lab.certify_inside``, so Python
+runs this module and the rest of that line (``-m harness.vfio_lab.inside --share DIR``) arrives as arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import compileall
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from contract.scenario import DeviceSpec
+from harness.certify import certify
 from harness.vfio.allocator import AllocatedDevice
+from harness.vfio_lab.certify_lab import BUNDLE_DIR, ERROR_FILE, REQUEST, RUNNER, CertifyRequest
 
 if TYPE_CHECKING:
-    from harness.binaries import QemuBinary
     from harness.vfio.host import HostVfioDevice
-
-REQUEST = "certify-request.pickle"
-BUNDLE_DIR = "bundle"
-ERROR_FILE = "certify-error.txt"
-RUNNER = "runner.json"  # harness.vfio_lab.boot measures the runner's start by this file
-PYOPTS = "labpyopts=-mharness.vfio_lab.certify_inside"
-# Two per VFIO device of a scenario (source and destination hold theirs at once): the two-device
-# scenarios need four.
-DEVICES = 4
-BOOT_BUDGET_S = 90.0
-PER_SCENARIO_BUDGET_S = 45.0
-SUITE_SIZE_GUESS = 25
-
-
-@dataclass
-class CertifyRequest:
-    personality: str
-    binaries: list[Any]  # harness.binaries.QemuBinary
-    only: list[str] = field(default_factory=list)
-    variant: str = "stock"
-    timeout: float = 30.0
-    devices: int = DEVICES
 
 
 class ResettingAllocator:
@@ -124,7 +98,6 @@ def _uptime() -> float:
 
 
 def run_inside(share: Path) -> int:
-    from harness.certify import certify
     from harness.vfio.host_provider import HostProvider
 
     with (share / REQUEST).open("rb") as fh:
@@ -171,69 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
         (share / "dmesg.txt").write_text(dmesg)
     return status
-
-
-# --- the host side -------------------------------------------------------------------------------------
-
-
-async def certify_in_lab(
-    personality: str,
-    binaries: Sequence[QemuBinary],
-    output: Path,
-    *,
-    only: Sequence[str] = (),
-    variant: str = "stock",
-    timeout: float = 30.0,
-    qemu: str | None = None,
-) -> dict[str, Any]:
-    """Boots the lab once, certifies ``personality`` mdevs inside, copies the bundle to ``output``."""
-    from harness.vfio.provider import MttyLabProvider
-    from harness.vfio_lab.boot import DEFAULT_QEMU, _run_l1, choose_accel, l1_argv
-    from harness.vfio_lab.build import REPO, lab_cache
-
-    lab = MttyLabProvider(variant, qemu=qemu)
-    image = lab.image
-    if personality not in image.personalities:
-        raise RuntimeError(
-            f"the lab for kernel {image.kernel_release} cannot supply {personality!r}: {image.unavailable_note}"
-        )
-    for package in ("contract", "harness", "reference_impl"):
-        compileall.compile_dir(REPO / package, quiet=1)
-    runs = lab_cache() / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    share = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-certify-"), dir=runs))
-    request = CertifyRequest(personality, list(binaries), list(only), lab.variant, timeout)
-    with (share / REQUEST).open("wb") as fh:
-        pickle.dump(request, fh)
-    qemu_path = qemu or DEFAULT_QEMU
-    accel = await asyncio.to_thread(choose_accel, image, qemu_path)
-    serial = share / "serial.log"
-    argv = l1_argv(image, lab.variant, share, serial, accel, qemu=qemu_path, cmdline_extra=PYOPTS)
-    scenarios = len(only) or SUITE_SIZE_GUESS
-    budget = BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * scenarios * len(binaries)
-    run = await _run_l1(argv, serial, budget, ready_file=share / RUNNER)
-    bundle_dir = share / BUNDLE_DIR
-    bundle_json = bundle_dir / "certify.json"
-    if not bundle_json.exists():
-        why = (share / ERROR_FILE).read_text().strip() if (share / ERROR_FILE).exists() else ""
-        state = "timed out" if run.timed_out else f"L1 exited with status {run.status}"
-        raise RuntimeError(
-            f"the lab wrote no certification bundle ({state}{'; ' + why if why else ''}); "
-            f"serial log {serial}, runner log {share / 'runner.stderr'}"
-        )
-    if output.exists():
-        shutil.rmtree(output)
-    shutil.copytree(bundle_dir, output)
-    bundle: dict[str, Any] = json.loads((output / "certify.json").read_text())
-    bundle["lab"] = {
-        "run": str(share),
-        "serial_log": str(serial),
-        "l1_accel": accel.accel,
-        "l1_accel_reason": accel.reason,
-        "timed_out": run.timed_out,
-    }
-    (output / "certify.json").write_text(json.dumps(bundle, indent=1) + "\n")
-    return bundle
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -26,8 +25,9 @@ from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
 from harness.results import NOT_MODELLED_SKIP, RESOURCE_SKIP, Results, Skip
 from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
+from harness.suite import SUITE_DIR
 
-SUITE = Path(__file__).resolve().parent / "scenarios"
+SUITE = SUITE_DIR
 
 
 def suite() -> list[Scenario]:

@@ -27,8 +27,9 @@ from harness.guest.session import page_gpa_blocking
 from harness.loader import load_scenario
 from harness.probe import host_facts
 from harness.runner import default_predict
+from harness.suite import SUITE_DIR
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SCENARIOS = SUITE_DIR
 VERSIONS = ("10.0", "7.2")
 # QEMU 7.2.22 under TCG loses dirty pages when precopy runs several passes (docs/qemu-bugs.md section 4); this
 # test is about the check, so on 7.2 the migration sends everything in one stop after the first pass.

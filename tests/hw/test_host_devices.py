@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -30,12 +29,13 @@ from harness.binaries import QemuBinary, discover_binaries
 from harness.compare import compare, skip_reason
 from harness.loader import load_scenarios
 from harness.runner import default_predict
+from harness.suite import SUITE_DIR
 from harness.vfio.host import configured_devices
 from harness.vfio.host_provider import HostDeviceRefused, HostProvider
 
 pytestmark = [pytest.mark.qemu]
 
-SUITE = Path(__file__).resolve().parent.parent / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 HOW_TO = (
     "no real VFIO device configured: set MIGCONFORM_VFIO_DEVICES=0000:3b:00.1,0000:3b:00.2 (two devices of "
     "one type per VFIO device of a scenario, bound to vfio-pci) to run these; without hardware, "

@@ -17,6 +17,7 @@ from contract.outcome import Outcome, VmState
 from contract.scenario import Scenario
 from harness.binaries import QemuBinary
 from harness.loader import load_scenarios
+from harness.suite import SUITE_DIR
 from harness.vfio.provider import MttyLabProvider
 from harness.vfio_lab.build import KERNEL_SERIES
 
@@ -234,7 +235,7 @@ def test_kernel_matrix_bookworm_6_1(
 
 
 # The conformance suite's scenarios with migration-events=on (QEMU 9.1+ sends VFIO_MIGRATION events).
-EVENTS_SCENARIOS = SCENARIO_DIR.parent.parent / "conformance" / "scenarios"
+EVENTS_SCENARIOS = SUITE_DIR
 
 
 def test_vfio_states_are_compared_with_real_events(stock_lab: MttyLabProvider, lab_binary: QemuBinary) -> None:

@@ -41,7 +41,7 @@ from harness.mutants.run import (
     render_console,
     run_mutants,
 )
-from harness.results import HarnessError, Results, Skip
+from harness.results import ErrorRecord, Results, Skip
 
 CORE_MUTANTS = sorted(n for n in available_patches() if mutant_kind(n) == "core")
 ENABLE_ENV = settings.MUTANTS
@@ -116,7 +116,7 @@ def test_evaluate_harness_error_on_unmodified_invalidates() -> None:
     unmod = column_for(v, UNMODIFIED)
     res = Results()
     res.comparisons = [Comparison("s1", v, True, {}, unmod)]
-    res.errors = [HarnessError("s2", unmod, "qemu", "Traceback\nRuntimeError: boom")]
+    res.errors = [ErrorRecord("s2", unmod, "qemu", "Traceback\nRuntimeError: boom")]
     builds = {UNMODIFIED: _built(UNMODIFIED)}
     report = evaluate(res, {UNMODIFIED: v}, builds)
     assert not report.valid

@@ -27,6 +27,7 @@ from harness.binaries import QemuBinary
 from harness.executor import NO_VFIO_PROVIDER, run_scenario
 from harness.loader import load_scenario
 from harness.pair import MigrationPair
+from harness.suite import SUITE_DIR
 from harness.vfio.allocator import AllocatedDevice
 
 
@@ -303,7 +304,7 @@ def test_the_runner_keeps_the_logs_of_an_item_that_erred_and_only_those(
 # A state read right after a step must not depend on which QEMU got the CPU first. These tests make the
 # slow side deterministic instead of hoping a loaded host shows it.
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SCENARIOS = SUITE_DIR
 # How long the proxy holds the source's connection back from the destination: far longer than the executor
 # needs to issue the next step and read the states, far shorter than the executor's leave-setup bound.
 ACCEPT_DELAY_S = 3.0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contract.guest import GuestSpec, checked_side, effective_guest
+from contract.guest import GuestSpec
+from contract.guest_rules import checked_side, effective_guest
 from contract.outcome import Outcome, VmState
 from contract.scenario import Scenario, VmSpec
 from harness.binaries import QemuBinary

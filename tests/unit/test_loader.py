@@ -10,9 +10,10 @@ import pytest
 from contract.host import HostFacts
 from contract.scenario import ACTIONS, PERSONALITIES, SIDES, DeviceSpec
 from harness.loader import ScenarioError, host_commands, known_capabilities, load_scenario, load_scenarios
+from harness.suite import SUITE_DIR
 from reference_impl import predict
 
-SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -1,7 +1,7 @@
 """Raw ``qmp`` steps, chardev blockers, config mismatches and the executor's step semantics, through predict().
 
 Expected values are real QEMU answers: the bundled suite run against 10.0.2 and 7.2.22 on 2026-11-25 (22:46 UTC,
-`migconform run tests/conformance/scenarios --jobs 2`; the scenario id is named in each test) and
+`migconform run harness/suite --jobs 2`; the scenario id is named in each test) and
 docs/real-qemu-facts.md / docs/suite-divergences.md where noted.
 """
 

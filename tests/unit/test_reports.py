@@ -8,7 +8,7 @@ from pathlib import Path
 from contract.outcome import Outcome, VmState
 from harness.compare import compare
 from harness.report import build_matrix, console, html, junit
-from harness.results import HarnessError, Results, Skip, WorkItem
+from harness.results import ErrorRecord, Results, Skip, WorkItem
 
 QEMU_MSG = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001: VFIO migration is not supported with postcopy migration"
 
@@ -26,7 +26,7 @@ def sample() -> Results:
     res.outcomes += [ref, qemu]
     res.comparisons.append(compare(ref, qemu))
     res.skips.append(Skip("pc-vfio", "7.2.22", "qemu: requires vfio: no VFIO provider"))
-    res.errors.append(HarnessError("broken", "10.0.2", "qemu", "RuntimeError: executor crashed"))
+    res.errors.append(ErrorRecord("broken", "10.0.2", "qemu", "RuntimeError: executor crashed"))
     res.not_run.append(WorkItem("late", "10.0.2"))
     return res
 
@@ -92,7 +92,7 @@ def with_logs_and_shutdown() -> Results:
             outcome.extra["shutdown"] = {"source": "did not exit within 1.5 s of quit, ... needed SIGKILL"}
         if outcome.scenario == "plain" and outcome.backend == "qemu" and outcome.qemu_version == "10.0.2":
             outcome.extra["shutdown"] = {"destination": "did not exit within 1.5 s of quit; ended by SIGTERM"}
-    res.errors.append(HarnessError("nomem", "10.0.2", "qemu", "HostResourceExhausted: ENOMEM", kind="environment",
+    res.errors.append(ErrorRecord("nomem", "10.0.2", "qemu", "HostResourceExhausted: ENOMEM", kind="environment",
                                    logs="/srv/results/logs/nomem__10.0.2"))  # fmt: skip
     res.meta["logs_dir"] = "/srv/results/logs"
     return res

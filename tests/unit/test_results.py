@@ -7,7 +7,7 @@ from pathlib import Path
 
 from contract.outcome import Outcome, VmState
 from harness.compare import Comparison, compare
-from harness.results import HarnessError, Results, Skip, WorkItem, load, merge, save, write_atomic
+from harness.results import ErrorRecord, Results, Skip, WorkItem, load, merge, save, write_atomic
 
 
 def pair(scenario: str, version: str, agree: bool = True) -> tuple[list[Outcome], Comparison]:
@@ -30,7 +30,7 @@ def results_with(*items: tuple[str, str, bool]) -> Results:
 
 def test_contract_keys_round_trip(tmp_path: Path) -> None:
     res = results_with(("a", "10.0.2", True), ("b", "10.0.2", False))
-    res.errors.append(HarnessError("c", "10.0.2", "qemu", "RuntimeError: x"))
+    res.errors.append(ErrorRecord("c", "10.0.2", "qemu", "RuntimeError: x"))
     res.skips.append(Skip("d", "10.0.2", "qemu: requires vfio"))
     res.not_run.append(WorkItem("e", "10.0.2"))
     path = tmp_path / "r.json"
@@ -86,7 +86,7 @@ def test_merge_joins_shards_and_clears_not_run() -> None:
 
 def test_merge_later_part_replaces_the_same_item() -> None:
     old = results_with(("a", "10.0.2", False))
-    old.errors.append(HarnessError("a", "10.0.2", "qemu", "boom"))
+    old.errors.append(ErrorRecord("a", "10.0.2", "qemu", "boom"))
     new = results_with(("a", "10.0.2", True))
     merged = merge([old, new])
     assert [c.agree for c in merged.comparisons] == [True]
@@ -112,8 +112,8 @@ def test_select_one_cell() -> None:
 
 def test_error_kinds_round_trip_and_old_files_read_as_harness_errors(tmp_path: Path) -> None:
     res = Results()
-    res.errors.append(HarnessError("a", "10.0.2", "qemu", "RuntimeError: x"))
-    res.errors.append(HarnessError("b", "10.0.2", "qemu", "HostEnvironmentError: ENOMEM", kind="environment",
+    res.errors.append(ErrorRecord("a", "10.0.2", "qemu", "RuntimeError: x"))
+    res.errors.append(ErrorRecord("b", "10.0.2", "qemu", "HostEnvironmentError: ENOMEM", kind="environment",
                                    logs="/r/logs/b__10.0.2"))  # fmt: skip
     path = tmp_path / "r.json"
     save(res, path)
@@ -124,7 +124,7 @@ def test_error_kinds_round_trip_and_old_files_read_as_harness_errors(tmp_path: P
     assert data["counts"]["error"] == 1 and data["counts"]["environment"] == 1
     assert load(path).to_json() == res.to_json()
     del data["errors"][1]["kind"]  # a file written before kinds existed
-    assert HarnessError.from_json(data["errors"][1]).kind == "harness"
+    assert ErrorRecord.from_json(data["errors"][1]).kind == "harness"
 
 
 def test_outcome_logs_is_an_optional_extension() -> None:
@@ -136,7 +136,7 @@ def test_outcome_logs_is_an_optional_extension() -> None:
 
 
 def test_exit_status_1_beats_3_beats_0() -> None:
-    env = HarnessError("a", "10.0.2", "qemu", "ENOSPC", kind="environment")
+    env = ErrorRecord("a", "10.0.2", "qemu", "ENOSPC", kind="environment")
     res = Results()
     assert res.exit_status == 0
     res.errors.append(env)
@@ -144,7 +144,7 @@ def test_exit_status_1_beats_3_beats_0() -> None:
     res.not_run.append(WorkItem("z", "10.0.2"))
     assert res.exit_status == 1
     res.not_run.clear()
-    res.errors.append(HarnessError("b", "10.0.2", "reference", "RuntimeError"))
+    res.errors.append(ErrorRecord("b", "10.0.2", "reference", "RuntimeError"))
     assert res.exit_status == 1
     res.errors = [env]
     ref = Outcome("c", "reference", "10.0.2", "completed")

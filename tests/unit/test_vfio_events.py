@@ -18,9 +18,10 @@ from contract.outcome import Outcome
 from contract.scenario import Scenario
 from harness.compare import compare
 from harness.loader import load_scenario
+from harness.suite import SUITE_DIR
 from reference_impl.predict import VFIO_UNPREDICTED, predict
 
-SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 LAB = HostFacts(userfaultfd=True, uffd_wp=True, kvm=False, vfio_dirty_report_works=False, kernel="6.12")
 DEVICE = '[[vm.device]]\ndriver = "vfio-pci"\nid = "vfio0"\npersonality = "migratable"\n'
 EVENTS_ON = 'properties = { x-device-dirty-page-tracking = "off", enable-migration = "on", migration-events = "on" }\n'

@@ -20,8 +20,9 @@ from harness.executor import NO_VFIO_PROVIDER
 from harness.loader import load_scenarios
 from harness.results import HOST_SKIP, RESOURCE_SKIP, Floor, Results, Skip, load
 from harness.runner import host_capable_items, targets_for_binaries
+from harness.suite import SUITE_DIR
 
-SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 BINARIES = discover_binaries()
 needs_qemu = pytest.mark.skipif(not BINARIES, reason="no QEMU binary found (QEMU_BINARY, scripts/setup.sh, PATH)")
 

@@ -28,12 +28,13 @@ from harness.guest.image import GuestImageError
 from harness.loader import load_scenario
 from harness.results import RESOURCE_SKIP, SKIP_KIND
 from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.suite import SUITE_DIR
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio.provider import LabRunError, lab_item_error
 from harness.vfio_lab.inside import LAB_ERROR_TYPE, _error_record
 from harness.vfio_lab.mdev import MdevAllocator
 
-SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
+SUITE = SUITE_DIR
 
 BINARIES = discover_binaries()
 needs_qemu = pytest.mark.skipif(not BINARIES, reason="no QEMU binary found (QEMU_BINARY, scripts/setup.sh, PATH)")
