@@ -1,0 +1,154 @@
+"""``migrate`` and ``migrate-incoming``: the checks QEMU runs before a migration starts, in QEMU's order.
+
+Pre-checks run in QEMU's order (qmp_migrate, migrate_prepare: docs/real-qemu-facts.md migrate-order; measured in
+docs/real-qemu-facts.md#checks). Each function mirrors a QMP command handler and returns QEMU's error text or
+None; a migration ``migrate`` accepts is resolved by the contract's wait (reference_impl.migration_wait).
+"""
+
+from __future__ import annotations
+
+from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_1, N8_2, N9_0
+from reference_impl.machine import Machine
+from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
+from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
+
+# Schemes qmp_migrate dispatches on before 8.2 (no file:); others fail after migrate_init.
+_PRE_8_2_SCHEMES = frozenset({"tcp", "unix", "exec", "fd", "rdma", "vsock"})
+
+
+def migrate_incoming(vm: Machine, transport: str) -> str | None:
+    """``qmp_migrate_incoming`` on the destination (started with ``-incoming defer``).
+
+    8.1+ moves the incoming state none -> setup here (migrate_set_state: an event only with cap events);
+    7.2/8.0 keep query-migrate empty but send MIGRATION setup unconditionally
+    (qemu_start_incoming_migration). Measured on both (docs/real-qemu-facts.md#flow-precopy).
+    """
+    if vm.incoming is not None:
+        return "The incoming migration has already been started"
+    if vm.runstate != "inmigrate":
+        return "'-incoming' was not specified on the command line"
+    if vm.vn < N8_2 and transport == "file":
+        return "unknown migration protocol: file:<FILE>"
+    if vm.vn >= N8_0:
+        # qemu_start_incoming_migration checks the channels against the caps like migrate does (measured on
+        # 10.0.2 by the harness sweep: mapped-ram + tcp refused with the seekable message, status stays none).
+        error = _transport_check(vm, transport)
+        if error is not None:
+            return error
+    vm.incoming = transport
+    if vm.vn >= N8_1:
+        emit(vm, "setup")
+    else:
+        vm.events.append("setup")
+    return None
+
+
+def _transport_check(vm: Machine, transport: str) -> str | None:
+    """``migration_channels_and_transport_compatible`` (8.0+): seekable first, then multi-channel."""
+    caps = vm.caps
+    if "mapped-ram" in caps and transport != "file":
+        return "Migration requires seekable transport (e.g. file)"
+    needs_channels = "multifd" in caps or "postcopy-preempt" in caps
+    channels_ok = transport in SOCKET_TRANSPORTS or (transport == "file" and "mapped-ram" in caps)
+    if needs_channels and not channels_ok:
+        return "Migration requires multi-channel URIs (e.g. tcp)"
+    return None
+
+
+def connect_refused(transport: str) -> str:
+    """error-desc of a socket migration whose destination no longer listens (a reused URI after the
+    destination completed or died). Measured for tcp on 10.0.2 and 7.2.22 ("Failed to connect to
+    '127.0.0.1:42077': Connection refused"); the port and socket path are host-specific: the model writes
+    the placeholders harness.compare normalises them to. unix is assumed to answer the same way."""
+    where = "127.0.0.1:<port>" if transport == "tcp" else "<path>"
+    return f"Failed to connect to '{where}': Connection refused"
+
+
+def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_error: str | None = None) -> str | None:
+    """``qmp_migrate`` + ``migrate_prepare`` + ``migrate_init``: the error, or None once the migration started.
+
+    Refusals before migrate_init change nothing (status, error-desc and runstate stay; no event).
+    ``path_error``: the target path of a scenario-chosen URI cannot be opened (file: refused after
+    migrate_init, setup -> failed; unix: the connect fails asynchronously with this error-desc).
+    """
+    v = vm.vn
+    caps = vm.caps
+    if v >= N8_0:
+        error = _transport_check(vm, transport)
+        if error is not None:
+            return error
+    # migrate_prepare (migration/migration.c).
+    if vm.migration is not None:
+        return IN_PROGRESS
+    if vm.runstate == "inmigrate":
+        return "Guest is waiting for an incoming migration"
+    if vm.runstate == "postmigrate":
+        return "Can't migrate the vm that was paused due to previous migration"
+    blocked = vm.blockers.is_blocked()
+    if blocked is not None:
+        return blocked
+    if v >= N9_0 and "mapped-ram" in caps:
+        if vm.params.get("tls-creds", ""):
+            return "Cannot use TLS with mapped-ram"
+        if vm.params.get("multifd-compression", "none") != "none":
+            return "Cannot use compression with mapped-ram"
+    # migrate_mode_is_cpr (9.0+): the CPR modes refuse postcopy, background snapshot and COLO (migrate_prepare;
+    # not run here).
+    if v >= N9_0 and vm.params.get("mode", "normal") != "normal":
+        for cap, what in (
+            ("postcopy-ram", "postcopy"),
+            ("background-snapshot", "background snapshot"),
+            ("x-colo", "COLO"),
+        ):
+            if cap in caps:
+                return f"Cannot use {what} with CPR"
+    # migrate_init -> qemu_savevm_state_prepare (8.2+): VFIO's save_prepare refuses postcopy / bg-snapshot.
+    if v >= N8_2 and vm.handlers:
+        ctx = PrepareContext(capabilities={c: True for c in caps}, runstate=vm.runstate)
+        error = qemu_savevm_state_prepare(vm.handlers, ctx)
+        if error is not None:
+            return error
+    vm.error_desc = None
+    emit(vm, "setup")
+    if v < N8_2 and transport not in _PRE_8_2_SCHEMES:
+        # No file: transport before 8.2 (and no other unknown scheme): "Parameter 'uri' expects a valid
+        # migration protocol" comes after migrate_init and moves setup -> failed (measured on 7.2.22 with
+        # file: and bogus:; docs/real-qemu-facts.md migrate-order says 7.2-8.1).
+        emit(vm, "failed")
+        return "Parameter 'uri' expects a valid migration protocol"
+    if path_error is not None and transport == "file":
+        # file_start_outgoing_migration: the open fails, migrate_fd_error moves setup -> failed (10.0.2).
+        emit(vm, "failed")
+        vm.error_desc = path_error
+        return path_error
+    migration = Migration(transport=transport, background="background-snapshot" in caps, source_runstate=vm.runstate)
+    if v < N8_0 and transport not in SOCKET_TRANSPORTS and "multifd" in caps:
+        # 7.2 has no transport check at migrate time: the outgoing side fails in setup and prints this line
+        # without a program prefix; status failed with no error-desc (measured, #slots-and-buses).
+        migration.failure = (None, "multifd is not supported by current protocol")
+    elif v < N8_0 and transport not in SOCKET_TRANSPORTS and "postcopy-preempt" in caps:
+        migration.failure = (None, None)  # accepted then failed on 7.2.22; its stderr text was not recorded
+    elif transport in SOCKET_TRANSPORTS and not peer_listening:
+        desc = path_error if path_error is not None else connect_refused(transport)
+        migration.failure = (desc, desc)
+    else:
+        migration.failure = _vfio_failure(vm)
+        # A VFIO failure comes from qemu_savevm_state_setup (ram_save_setup: the dirty-log start fails);
+        # migration_thread handles setup failures only after qemu_savevm_wait_unplug moved setup -> active,
+        # then active -> failed (real 10.0.2, lab: vfio-precopy-migratable events setup, active, failed).
+        migration.fails_when_active = migration.failure is not None
+    vm.migration = migration
+    return None
+
+
+def _vfio_failure(vm: Machine) -> tuple[str | None, str | None] | None:
+    """A migration that VFIO makes fail after it started (e.g. a broken DMA-logging report), if any."""
+    if not vm.handlers:
+        return None
+    try:
+        from reference_impl.vfio.handlers import vfio_migration_failure
+    except ImportError:  # the VFIO model is optional for the core
+        return None
+    ctx = PrepareContext(capabilities={c: True for c in vm.caps}, runstate=vm.runstate)
+    error = vfio_migration_failure(vm.handlers, ctx)
+    return (error, error) if error is not None else None
