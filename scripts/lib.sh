@@ -7,6 +7,7 @@
 # ($MIGCONFORM_CACHE, else <checkout>/.cache: the rule harness/settings.py's cache_root() follows).
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034  # read by the scripts that source this file
 cache="${MIGCONFORM_CACHE:-$here/.cache}"
 
 log() { printf '%s: %s\n' "${log_prefix:-setup}" "$*" >&2; }

@@ -89,7 +89,7 @@ want=$( (cat "$here/pyproject.toml"; echo "$extras") | sha256sum | cut -d' ' -f1
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing the project and its dependencies into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q -e "$here[$extras]"
+  "$venv/bin/python" -m pip install -q -e "${here}[$extras]"
   echo "$want" > "$stamp"
 fi
 log "ready: $venv/bin/migconform"
