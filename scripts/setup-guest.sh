@@ -7,23 +7,11 @@
 # The kernel and busybox-static for the guest are never installed on the host: harness/guest/image.py fetches
 # them with apt-get download and unpacks them with dpkg-deb -x. cpio is not needed (the builder writes it).
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-log() { printf 'setup-guest: %s\n' "$*" >&2; }
+log_prefix=setup-guest
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-pkgs=(gcc libc6-dev lz4 zstd xz-utils)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    log "installing ${missing[*]} needs root (run as root, or install them yourself)"
-    exit 1
-  fi
-  log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+ensure_packages gcc libc6-dev lz4 zstd xz-utils
 
 # apt-cache needs package lists; a fresh machine may have none yet.
 if ! apt-cache madison busybox-static 2>/dev/null | grep -q busybox-static; then
@@ -31,7 +19,7 @@ if ! apt-cache madison busybox-static 2>/dev/null | grep -q busybox-static; then
     log "apt has no package lists: run apt-get update as root"
     exit 1
   fi
-  apt-get update -qq
+  apt_update
 fi
 
 # The builder is standard-library Python, so it runs before the project's virtual environment exists.

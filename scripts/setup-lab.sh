@@ -10,28 +10,15 @@
 # Not needed: bc, flex, bison (the kbuild package ships built tools), dwarves/pahole (the build turns
 # off module BTF, docs/vfio-lab.md P2), kmod (module dependencies are read from modinfo).
 set -euo pipefail
-log() { printf 'setup-lab: %s\n' "$*" >&2; }
+log_prefix=setup-lab
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
-pkgs=(make gcc-12 libc6-dev patch binutils zstd xz-utils busybox-static)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ "${#missing[@]}" -eq 0 ]; then
-  log "build packages present"
-else
-  if [ "$(id -u)" != 0 ]; then
-    log "installing ${missing[*]} needs root (run as root, or install them yourself)"
-    exit 1
-  fi
-  log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+ensure_packages make gcc-12 libc6-dev patch binutils zstd xz-utils busybox-static
+log "build packages present"
 
 # Check that apt offers a complete kernel release of the lab's series (the pin lives in
-# harness/vfio_lab/build.py), so a missing apt source is reported now rather than mid-build.
-here=$(cd "$(dirname "$0")/.." && pwd)
+# harness/vfio_lab/kernel.py), so a missing apt source is reported now rather than mid-build.
 if [ -x "$here/.venv/bin/python" ]; then
   if ! out=$(cd "$here" && .venv/bin/python -m harness.vfio_lab.build --resolve-only 2>&1); then
     log "$out"

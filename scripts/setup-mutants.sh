@@ -6,34 +6,18 @@
 # apt state they saw before).
 # The build itself is done on demand by harness/mutants/build.py; re-running this script costs a second.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-cache="${MIGCONFORM_CACHE:-$here/.cache}"
+log_prefix=setup-mutants
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 apt_dir="$cache/mutants/apt"
-log() { printf 'setup-mutants: %s\n' "$*" >&2; }
 
 # --- 1. build dependencies -------------------------------------------------------------------------------
-build_pkgs=(build-essential libglib2.0-dev libpixman-1-dev flex bison libfdt-dev ninja-build pkg-config
-            python3-venv python3-pip ccache dpkg-dev xz-utils libspice-protocol-dev)
-missing=()
-for p in "${build_pkgs[@]}"; do
-  dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    log "installing Debian packages needs root (run as root, or install them yourself): ${missing[*]}"
-    exit 1
-  fi
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Only the system's own package lists are used here; refresh them once if an install finds nothing.
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
+ensure_packages build-essential libglib2.0-dev libpixman-1-dev flex bison libfdt-dev ninja-build pkg-config \
+  python3-venv python3-pip ccache dpkg-dev xz-utils libspice-protocol-dev
 
 # --- 2. private apt configuration for deb-src --------------------------------------------------------------
 # The mirror is the one the machine's own bookworm source names, so nothing new is contacted.
-mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
-  | awk '/security/ {next} /^URIs:/ {print $2; exit} /^deb / {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' || true)
+mirror=$(debian_mirror)
 if [ -z "$mirror" ]; then
   log "no Debian mirror found in /etc/apt/sources.list{,.d}: add the machine's bookworm source first"
   exit 1

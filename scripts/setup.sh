@@ -6,24 +6,9 @@
 #  - the project in a virtual environment (.venv) with every dependency from pyproject.toml.
 # Re-running it costs a few seconds: each step checks first.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-cache="${MIGCONFORM_CACHE:-$here/.cache}"
-log() { printf 'setup: %s\n' "$*" >&2; }
-
-need_root() {
-  if [ "$(id -u)" != 0 ]; then
-    log "installing Debian packages needs root (run as root, or install them yourself): $*"
-    exit 1
-  fi
-}
-
-apt_updated=0
-apt_update() {
-  if [ "$apt_updated" = 0 ]; then
-    apt-get update -qq
-    apt_updated=1
-  fi
-}
+log_prefix=setup
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # --- 1. bookworm-backports apt source ---------------------------------------------------------------
 backports_present() {
@@ -32,8 +17,7 @@ backports_present() {
 if ! backports_present; then
   need_root "bookworm-backports source"
   # Use the same mirror as the machine's bookworm source, so nothing new is contacted.
-  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
-    | awk '/security/ {next} /^URIs:/ {print $2; exit} /^deb / {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' || true)
+  mirror=$(debian_mirror)
   mirror=${mirror:-http://deb.debian.org/debian}
   log "adding bookworm-backports from $mirror"
   cat > /etc/apt/sources.list.d/migconform-backports.sources <<SRC
@@ -50,23 +34,17 @@ fi
 # QEMU 10.x from backports; qemu-utils for qemu-img (blocker scenarios use image formats);
 # seabios/ipxe firmware; busybox-static and friends for guest images; chromium to check the HTML report renders.
 host_pkgs=(qemu-system-x86 qemu-utils)
-base_pkgs=(seabios ipxe-qemu busybox-static python3-venv xz-utils zstd cpio chromium)
-missing=()
-for p in "${base_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+ensure_packages seabios ipxe-qemu busybox-static python3-venv xz-utils zstd cpio chromium
 qemu_ok=0
 if command -v qemu-system-x86_64 >/dev/null 2>&1; then
   v=$(qemu-system-x86_64 --version | head -n1 | sed -E 's/.*version ([0-9]+)\..*/\1/')
   [ "${v:-0}" -ge 10 ] && qemu_ok=1
 fi
-if [ "$qemu_ok" = 0 ] || [ "${#missing[@]}" -gt 0 ]; then
-  need_root "${host_pkgs[*]} ${missing[*]}"
+if [ "$qemu_ok" = 0 ]; then
+  need_root "${host_pkgs[*]}"
   apt_update
-  export DEBIAN_FRONTEND=noninteractive
-  [ "${#missing[@]}" -gt 0 ] && apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  if [ "$qemu_ok" = 0 ]; then
-    log "installing QEMU 10.x from bookworm-backports"
-    apt-get install -y -qq --no-install-recommends -t bookworm-backports "${host_pkgs[@]}"
-  fi
+  log "installing QEMU 10.x from bookworm-backports"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -t bookworm-backports "${host_pkgs[@]}"
 fi
 
 # --- 3. QEMU 7.2 from bookworm, unpacked side by side ---------------------------------------------------
@@ -111,7 +89,7 @@ want=$( (cat "$here/pyproject.toml"; echo "$extras") | sha256sum | cut -d' ' -f1
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing the project and its dependencies into $venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q -e "$here[$extras]"
+  "$venv/bin/python" -m pip install -q -e "${here}[$extras]"
   echo "$want" > "$stamp"
 fi
 log "ready: $venv/bin/migconform"

@@ -7,30 +7,25 @@ them into the cache. The initramfs is written here in Python (cpio "newc"), so i
 and can carry device nodes without root.
 
 The cache key is a SHA-256 over everything that goes into the image: the two .deb files, the workload source,
-the init script, the compiler's version and this file. A changed input gives a new folder
-``<cache>/guest/<hash>/``; an unchanged one is reused. ``python -m harness.guest.image`` builds and prints the
-paths. Standard library only: scripts/setup-guest.sh runs it before the project's virtual environment exists.
+the init script, the compiler's version and this recipe's version (RECIPE_VERSION). A changed input gives a new
+folder ``<cache>/guest/<hash>/``; an unchanged one is reused. The cache, apt and command plumbing is the build
+kit's (harness.buildkit). ``python -m harness.guest.image`` builds and prints the paths. Standard library
+only: scripts/setup-guest.sh runs it before the project's virtual environment exists.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import gzip
-import hashlib
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import errors
+from harness.buildkit import Apt, BuildError, InputDigest, Runner, Store, apt_state, extract_vmlinux, remembered
 from harness.settings import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,23 +45,17 @@ KERNEL_CMDLINE = (
     "console=ttyS0 quiet mitigations=off tsc=reliable no_timer_check lpj=10000000 cryptomgr.notests panic=-1"
 )
 
-# bzImage payload compressions (magic -> command that decompresses stdin to stdout). The decompressed vmlinux is
-# booted through PVH (QEMU loads the ELF and enters it directly), which skips SeaBIOS's linuxboot and the
-# in-guest decompressor: about 0.5 s less TCG time per boot. Debian's 6.1 kernels use LZ4.
-_PAYLOADS: tuple[tuple[bytes, tuple[str, ...]], ...] = (
-    (b"\x02\x21\x4c\x18", ("lz4", "-dc")),
-    (b"\x28\xb5\x2f\xfd", ("zstd", "-dcq")),
-    (b"\xfd7zXZ\x00", ("xz", "-dcq")),
-    (b"\x1f\x8b\x08\x00", ("gzip", "-dcq")),
-)
-
 # The prompt that the init script sets; the console waits for it.
 PROMPT = "mc-guest# "
 
 WORKLOAD_CFLAGS = ("-O2", "-static", "-s", "-Wall", "-Wextra", "-Werror")
 
+# Part of the cache key: change it (to any new text) whenever a change here alters the image it builds. Its
+# value is the SHA-256 this file had when the key included the file itself, so images built then are reused.
+RECIPE_VERSION = "f3d6fe41260f240c052cf0bc7b4e7e8d3b5aff7e4045581c3d7ef65747db0305"
 
-class GuestImageError(errors.BuildError):
+
+class GuestImageError(BuildError):
     """The image cannot be built; the message says which step failed and what to do about it."""
 
 
@@ -91,32 +80,14 @@ class _Package:
     def spec(self) -> str:
         return f"{self.name}={self.version}"
 
-    @property
-    def deb_name(self) -> str:
-        # apt-get download names files NAME_VERSION_ARCH.deb with ':' in the version escaped as %3a.
-        return f"{self.name}_{self.version.replace(':', '%3a')}_amd64.deb"
 
-
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
-    try:
-        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    except FileNotFoundError as exc:
-        raise GuestImageError(f"{what}: {argv[0]} not found (run scripts/setup-guest.sh as root)") from exc
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise GuestImageError(f"{what}: `{' '.join(argv)}` failed: {detail[-1] if detail else done.returncode}")
-    return done.stdout
+def _runner() -> Runner:
+    return Runner(GuestImageError, hint="run scripts/setup-guest.sh as root", tail_lines=1)
 
 
 def _madison_versions(package: str) -> list[str]:
     """Versions the apt sources offer, newest first (apt-cache madison's order)."""
-    out = _run(["apt-cache", "madison", package], f"looking up {package}")
-    versions = []
-    for line in out.splitlines():
-        fields = [f.strip() for f in line.split("|")]
-        if len(fields) >= 2 and fields[1] and fields[1] not in versions:
-            versions.append(fields[1])
-    return versions
+    return Apt(_runner()).versions([package])[package]
 
 
 def resolve_kernel() -> _Package:
@@ -127,11 +98,8 @@ def resolve_kernel() -> _Package:
             f"no {KERNEL_METAPACKAGE} {KERNEL_SERIES}x in the apt sources (run `apt-get update`; bookworm needed)"
         )
     meta_version = versions[0]
-    deps = _run(["apt-cache", "depends", f"{KERNEL_METAPACKAGE}={meta_version}"], "resolving the kernel")
-    for line in deps.splitlines():
-        key, _, value = line.strip().partition(":")
-        if key == "Depends" and value.strip().startswith("linux-image-"):
-            name = value.strip()
+    for name in Apt(_runner()).depends(f"{KERNEL_METAPACKAGE}={meta_version}"):
+        if name.startswith("linux-image-"):
             image_versions = _madison_versions(name)
             if not image_versions:
                 raise GuestImageError(f"{name} is not in the apt sources (run `apt-get update`)")
@@ -146,73 +114,41 @@ def resolve_busybox() -> _Package:
     return _Package(BUSYBOX_PACKAGE, versions[0])
 
 
-_APT_STATE = (Path("/var/lib/apt/lists"), Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
-
-
-def _apt_state_key() -> str:
-    """Changes whenever apt's view of the archive can have changed (apt-get update, a new source)."""
-    stamps = [f"{p}:{p.stat().st_mtime_ns if p.exists() else 0}" for p in _APT_STATE]
-    return "|".join([*stamps, KERNEL_METAPACKAGE, KERNEL_SERIES, BUSYBOX_PACKAGE])
-
-
 def resolve_packages(guest_cache: Path) -> tuple[_Package, _Package]:
     """(kernel, busybox) to use. apt-cache takes seconds on a loaded machine, so the answer is remembered until
     apt's lists or sources change."""
-    memo = guest_cache / "resolved.json"
-    key = _apt_state_key()
-    try:
-        saved = json.loads(memo.read_text())
-        if saved.get("key") == key:
-            return _Package(*saved["kernel"]), _Package(*saved["busybox"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    kernel, busybox = resolve_kernel(), resolve_busybox()
-    memo.write_text(
-        json.dumps({"key": key, "kernel": [kernel.name, kernel.version], "busybox": [busybox.name, busybox.version]})
-    )
-    return kernel, busybox
+
+    def resolve() -> dict[str, list[str]]:
+        kernel, busybox = resolve_kernel(), resolve_busybox()
+        return {"kernel": [kernel.name, kernel.version], "busybox": [busybox.name, busybox.version]}
+
+    key = apt_state(KERNEL_METAPACKAGE, KERNEL_SERIES, BUSYBOX_PACKAGE)
+    saved = remembered(guest_cache / "resolved.json", key, resolve)
+    return _Package(*saved["kernel"]), _Package(*saved["busybox"])
 
 
 def _download(package: _Package, debs: Path) -> Path:
-    deb = debs / package.deb_name
-    if not deb.exists():
-        debs.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=debs) as tmp:
-            # apt drops privileges to _apt for downloads; a private folder it cannot enter only costs a warning.
-            _run(["apt-get", "download", "-qq", package.spec], f"downloading {package.spec}", cwd=Path(tmp))
-            got = list(Path(tmp).glob("*.deb"))
-            if len(got) != 1:
-                raise GuestImageError(f"apt-get download {package.spec} produced {[p.name for p in got]}")
-            os.replace(got[0], deb)
-    return deb
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return Apt(_runner()).download(package.name, package.version, debs)
 
 
 def _compiler_version() -> str:
-    return _run(["gcc", "--version"], "checking the C compiler").splitlines()[0]
+    return _runner().query(["gcc", "--version"], what="checking the C compiler").splitlines()[0]
 
 
 def input_digest(kernel_deb: Path, busybox_deb: Path) -> str:
     """The cache key: changes whenever anything that ends up in (or decides) the image changes."""
-    digest = hashlib.sha256()
-    parts: list[tuple[str, str]] = [
-        ("kernel-deb", _sha256(kernel_deb)),
-        ("busybox-deb", _sha256(busybox_deb)),
-        ("compiler", _compiler_version()),
-        ("cflags", " ".join(WORKLOAD_CFLAGS)),
-        ("builder", _sha256(Path(__file__))),
-    ]
-    parts += [(f"source:{p.name}", _sha256(p)) for p in sorted(SOURCES.iterdir()) if p.is_file()]
-    for key, value in parts:
-        digest.update(f"{key}={value}\n".encode())
-    return digest.hexdigest()[:16]
+    digest = (
+        InputDigest()
+        .file("kernel-deb", kernel_deb)
+        .file("busybox-deb", busybox_deb)
+        .text("compiler", _compiler_version())
+        .text("cflags", " ".join(WORKLOAD_CFLAGS))
+        .text("builder", RECIPE_VERSION)
+    )
+    for path in sorted(SOURCES.iterdir()):
+        if path.is_file():
+            digest.file(f"source:{path.name}", path)
+    return digest.key()
 
 
 class _Cpio:
@@ -256,21 +192,11 @@ def _extract_pvh_kernel(bzimage: Path, config: Path, out: Path) -> bool:
     (the caller then boots the bzImage itself, which always works, only slower)."""
     if "CONFIG_PVH=y" not in config.read_text(errors="replace").splitlines():
         return False
-    data = bzimage.read_bytes()
-    for magic, command in _PAYLOADS:
-        start = data.find(magic)
-        if start < 0 or shutil.which(command[0]) is None:
-            continue
-        # Trailing bytes after the payload make some decompressors complain; the output is complete anyway.
-        done = subprocess.run(list(command), input=data[start:], capture_output=True, check=False)
-        if done.stdout[:4] == b"\x7fELF":
-            out.write_bytes(done.stdout)
-            return True
-    return False
+    return extract_vmlinux(bzimage, out)
 
 
 def _busybox_applets(busybox: Path) -> list[str]:
-    out = _run([str(busybox), "--list-full"], "listing busybox applets")
+    out = _runner().query([str(busybox), "--list-full"], what="listing busybox applets")
     return sorted(line.strip() for line in out.splitlines() if line.strip())
 
 
@@ -291,18 +217,6 @@ def _build_initrd(busybox: Path, memload: Path, init_script: Path) -> bytes:
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One builder at a time per cache (pytest-xdist workers may all ask for the image at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _load(folder: Path) -> GuestImage:
     manifest = json.loads((folder / "manifest.json").read_text())
     return GuestImage(
@@ -317,31 +231,30 @@ def _load(folder: Path) -> GuestImage:
 
 def build_image() -> GuestImage:
     """The image for the current inputs: reused from the cache, else downloaded, unpacked and built."""
-    guest_cache = cache_root() / "guest"
-    with _locked(guest_cache / ".lock"):
-        kernel_pkg, busybox_pkg = resolve_packages(guest_cache)
-        kernel_deb = _download(kernel_pkg, guest_cache / "debs")
-        busybox_deb = _download(busybox_pkg, guest_cache / "debs")
+    store = Store(cache_root() / "guest")
+    runner = _runner()
+    with store.locked():
+        kernel_pkg, busybox_pkg = resolve_packages(store.root)
+        kernel_deb = _download(kernel_pkg, store.root / "debs")
+        busybox_deb = _download(busybox_pkg, store.root / "debs")
         digest = input_digest(kernel_deb, busybox_deb)
-        folder = guest_cache / digest
-        if (folder / "manifest.json").exists():
-            return _load(folder)
-        with tempfile.TemporaryDirectory(dir=guest_cache, prefix=".build-") as tmp_name:
-            tmp = Path(tmp_name)
+        found = store.find(digest)
+        if found is not None:
+            return _load(found)
+        with store.publishing(digest) as out, tempfile.TemporaryDirectory(dir=store.root, prefix=".build-") as t:
+            tmp = Path(t)
             for deb in (kernel_deb, busybox_deb):
-                _run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], f"unpacking {deb.name}")
+                runner.run(["dpkg-deb", "-x", str(deb), str(tmp / "root")], what=f"unpacking {deb.name}")
             kernels = sorted((tmp / "root" / "boot").glob("vmlinuz-*"))
             configs = sorted((tmp / "root" / "boot").glob("config-*"))
             if len(kernels) != 1 or len(configs) != 1:
                 raise GuestImageError(f"{kernel_deb.name} holds {len(kernels)} kernels, expected 1")
             busybox = tmp / "root" / "bin" / "busybox"
             memload = tmp / "memload"
-            _run(
+            runner.run(
                 ["gcc", *WORKLOAD_CFLAGS, "-o", str(memload), str(SOURCES / "memload.c")],
-                "compiling the workload (needs gcc and libc6-dev: scripts/setup-guest.sh)",
+                what="compiling the workload (needs gcc and libc6-dev: scripts/setup-guest.sh)",
             )
-            out = tmp / "image"
-            out.mkdir()
             pvh = _extract_pvh_kernel(kernels[0], configs[0], out / "vmlinuz")
             if not pvh:
                 shutil.copyfile(kernels[0], out / "vmlinuz")
@@ -354,8 +267,7 @@ def build_image() -> GuestImage:
                 "kernel_boot": "pvh-elf" if pvh else "bzimage",
             }
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            os.replace(out, folder)
-        return _load(folder)
+        return _load(store.path(digest))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,12 +11,12 @@ Layout under ``<cache>/mutants`` (cache = env MIGCONFORM_CACHE or ``<repo>/.cach
 ``apt/`` private apt configuration (scripts/setup-mutants.sh), ``src/`` the downloaded tarball,
 ``wheels/`` meson and pycotap, ``pristine/`` the prepared source, ``work/`` the tree that gets patched,
 ``build/`` the meson build folder, ``ccache/``, ``bin/<name>/`` the results, ``work-state.json`` the
-files a patch has changed in ``work/`` (written before patching, so an interrupted build is repaired).
+files a patch has changed in ``work/`` (written before patching, so an interrupted build is repaired),
+``logs/`` the configure and ninja output. Commands, the lock and apt are the build kit's (harness.buildkit).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness import errors
+from harness.buildkit import Apt, BuildError, Runner, Store, sha256_file
 from harness.settings import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,11 @@ BINARY_NAME = "qemu-system-x86_64"
 WHEELS = ("meson==1.5.0", "pycotap==1.3.1")
 # Debian's firmware folders, so the binary finds SeaBIOS, iPXE and the option ROMs without -L.
 FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
+_FEATURES = (
+    *("vvfat", "qcow1", "bochs", "cloop", "dmg", "vdi", "vhdx", "vmdk", "vpc", "qed", "parallels"),
+    *("replication", "colo-proxy", "spice-protocol", "gio"),
+    *("vhost-user", "vhost-kernel", "vhost-net", "vhost-vdpa", "vhost-crypto", "tpm", "multiprocess", "keyring"),
+)
 CONFIGURE_ARGS = (
     "--target-list=x86_64-softmmu",
     "--disable-docs",
@@ -58,19 +63,15 @@ CONFIGURE_ARGS = (
     # at startup where Debian's QEMU reaches the migration check): vvfat and qcow1 (vvfat's rw overlay),
     # the other built-in image formats, COLO/replication, the qemu-vdagent chardev (spice-protocol
     # headers), gio (dbus-vmstate), vhost, TPM, multiprocess and the keyring secret.
-    "--enable-vvfat", "--enable-qcow1", "--enable-bochs", "--enable-cloop", "--enable-dmg", "--enable-vdi",
-    "--enable-vhdx", "--enable-vmdk", "--enable-vpc", "--enable-qed", "--enable-parallels",
-    "--enable-replication", "--enable-colo-proxy", "--enable-spice-protocol", "--enable-gio",
-    "--enable-vhost-user", "--enable-vhost-kernel", "--enable-vhost-net", "--enable-vhost-vdpa",
-    "--enable-vhost-crypto", "--enable-tpm", "--enable-multiprocess", "--enable-keyring",
+    *(f"--enable-{feature}" for feature in _FEATURES),
 )
 # Bumped whenever the preparation of the pristine tree changes, so old trees are rebuilt.
 PREPARATION_VERSION = "2"
 NICE = ("nice", "-n", "19")
 
 
-class BuildError(errors.BuildError):
-    """A step of the build failed; the message says which step, and what to do."""
+# harness.mutants.run catches the kit's BuildError from here, as it always has.
+__all__ = ["BuildError", "BuildRecord", "BuiltBinary", "MutantBuilder", "available_patches", "binary_path"]
 
 
 @dataclass(frozen=True)
@@ -110,41 +111,20 @@ def available_patches(mutants_dir: Path = MUTANTS_DIR) -> dict[str, Path]:
     return {p.stem: p for p in sorted(mutants_dir.glob("*.patch"))}
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _log_default(msg: str) -> None:
     print(f"mutants: {msg}", flush=True)
 
 
-def _run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, what: str,
-         log_file: Path | None = None) -> None:
-    """Run a build step; on failure the error names the step and where its full output is."""
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with log_file.open("w") as out:
-            rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
-        if rc != 0:
-            tail = log_file.read_text(errors="replace").splitlines()[-25:]
-            raise BuildError(f"{what} failed (exit {rc}); full log: {log_file}\n" + "\n".join(tail))
-        return
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise BuildError(f"{what} failed (exit {res.returncode}): {' '.join(cmd)}\n{res.stdout}{res.stderr}")
+def _runner() -> Runner:
+    return Runner(BuildError, hint="run scripts/setup-mutants.sh", tail_lines=25)
 
 
 def installed_qemu_version() -> str:
     """The Debian version of the installed qemu-system-x86 (the source to fetch is the same version)."""
-    res = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "qemu-system-x86"],
-                         capture_output=True, text=True, check=False)
-    if res.returncode != 0 or not res.stdout.strip():
+    version = Apt(_runner()).installed("qemu-system-x86")
+    if version is None:
         raise BuildError("qemu-system-x86 is not installed: run scripts/setup.sh first")
-    return res.stdout.strip()
+    return version
 
 
 def upstream_version(debian_version: str) -> str:
@@ -158,8 +138,7 @@ def upstream_version(debian_version: str) -> str:
 class MutantBuilder:
     """Owns the cache folders above; builds are serialised by a lock file in the cache."""
 
-    def __init__(self, cache: Path | None = None, *, jobs: int = 2,
-                 log: Callable[[str], None] = _log_default) -> None:
+    def __init__(self, cache: Path | None = None, *, jobs: int = 2, log: Callable[[str], None] = _log_default) -> None:
         self.root = cache or mutants_cache()
         self.jobs = jobs
         self.log = log
@@ -190,12 +169,10 @@ class MutantBuilder:
         if not self.apt_conf.is_file():
             raise BuildError(f"no private apt configuration at {self.apt_conf}: run scripts/setup-mutants.sh")
         self.log(f"fetching Debian's source of qemu {debian_version}")
-        # --tar-only: the build needs only the upstream tarball; Debian's packaging files are not used
-        # (and some mirrors do not keep the .dsc of a backport).
-        env = dict(os.environ, APT_CONFIG=str(self.apt_conf))
-        _run(["apt-get", "source", "--download-only", "--tar-only", f"qemu={debian_version}"],
-             cwd=self.src_dir, env=env, what="apt-get source (is the private deb-src index stale? "
-             "delete .cache/mutants/apt/lists and rerun scripts/setup-mutants.sh)")
+        stale = "is the private deb-src index stale? delete .cache/mutants/apt/lists and rerun scripts/setup-mutants.sh"
+        Apt(_runner(), config=self.apt_conf).source_tarball(
+            "qemu", debian_version, self.src_dir, what=f"apt-get source ({stale})"
+        )
         found = sorted(self.src_dir.glob(f"qemu_{upstream_version(debian_version)}*.orig.tar.*"))
         if not found:
             raise BuildError(f"apt-get source left no qemu_*.orig.tar.* in {self.src_dir}")
@@ -208,13 +185,13 @@ class MutantBuilder:
         if {p.name.split("-")[0].lower() for p in have} >= names:
             return have
         self.log("downloading the meson and pycotap wheels that the +ds tarball leaves out")
-        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-              "-d", str(self.wheels_dir), *WHEELS], what="pip download of " + " ".join(WHEELS))
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
+        _runner().run([*pip, "-d", str(self.wheels_dir), *WHEELS], what="pip download of " + " ".join(WHEELS))
         return list(self.wheels_dir.glob("*.whl"))
 
     def prepare_pristine(self, tarball: Path) -> str:
         """Unpack and fix the tarball once; returns the source key (tarball hash + preparation version)."""
-        source_key = f"{_sha256_file(tarball)}+prep{PREPARATION_VERSION}"
+        source_key = f"{sha256_file(tarball)}+prep{PREPARATION_VERSION}"
         marker = self.pristine / ".migconform-prepared"
         if marker.is_file() and marker.read_text() == source_key:
             return source_key
@@ -240,8 +217,7 @@ class MutantBuilder:
         if n == 0:
             raise BuildError(f"{meson_build}: no 'unpack_edk2_blobs = ...' line to turn off (new QEMU layout?)")
         meson_build.write_text(fixed)
-        tmp_top = top
-        tmp_top.rename(self.pristine)
+        top.rename(self.pristine)
         shutil.rmtree(tmp)
         marker.write_text(source_key)
         # The work tree and build folder belong to the old source: start them again.
@@ -288,16 +264,18 @@ class MutantBuilder:
             return
         touched = patch_files(patch)
         self._write_state(touched, patch.name)
-        _run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(self.work),
-              "-i", str(patch)], what=f"applying {patch.name} (was it made against this QEMU source?)")
+        _runner().run(
+            ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", str(self.work), "-i", str(patch)],
+            what=f"applying {patch.name} (was it made against this QEMU source?)",
+        )
 
     # --- build ------------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         self.ccache_dir.mkdir(parents=True, exist_ok=True)
         # BASEDIR and NOHASHDIR make hits independent of where the cache folder is (another checkout,
         # another MIGCONFORM_CACHE): ccache then hashes relative paths and ignores the build's cwd.
-        return dict(os.environ, CCACHE_DIR=str(self.ccache_dir), CCACHE_MAXSIZE="5G",
-                    CCACHE_BASEDIR=str(self.root), CCACHE_NOHASHDIR="1")
+        ccache = {"CCACHE_DIR": str(self.ccache_dir), "CCACHE_MAXSIZE": "5G", "CCACHE_BASEDIR": str(self.root)}
+        return {**os.environ, **ccache, "CCACHE_NOHASHDIR": "1"}
 
     def configure(self) -> None:
         key = json.dumps(CONFIGURE_ARGS)
@@ -310,13 +288,14 @@ class MutantBuilder:
             shutil.rmtree(self.build_dir)
         self.build_dir.mkdir(parents=True)
         self.log("configuring (x86_64-softmmu only)")
-        _run([*NICE, str(self.work / "configure"), *CONFIGURE_ARGS], cwd=self.build_dir, env=self._env(),
-             what="configure", log_file=self.logs / "configure.log")
+        argv = [*NICE, str(self.work / "configure"), *CONFIGURE_ARGS]
+        _runner().run(argv, cwd=self.build_dir, env=self._env(), what="configure", log=self.logs / "configure.log")
         marker.write_text(key)
 
     def compile(self, name: str) -> None:
-        _run([*NICE, "ninja", "-C", str(self.build_dir), f"-j{self.jobs}", BINARY_NAME], env=self._env(),
-             what=f"ninja {BINARY_NAME} for {name}", log_file=self.logs / f"ninja-{name}.log")
+        argv = [*NICE, "ninja", "-C", str(self.build_dir), f"-j{self.jobs}", BINARY_NAME]
+        what, log = f"ninja {BINARY_NAME} for {name}", self.logs / f"ninja-{name}.log"
+        _runner().run(argv, env=self._env(), what=what, log=log)
 
     def variant_key(self, source_key: str, patch: Path | None) -> str:
         h = hashlib.sha256()
@@ -332,7 +311,7 @@ class MutantBuilder:
         tarball = self.cached_tarball()
         marker = self.pristine / ".migconform-prepared"
         source_key = marker.read_text() if marker.is_file() else None
-        if tarball is None or source_key != f"{_sha256_file(tarball)}+prep{PREPARATION_VERSION}":
+        if tarball is None or source_key != f"{sha256_file(tarball)}+prep{PREPARATION_VERSION}":
             return list(names)
         out = []
         for name in names:
@@ -349,17 +328,16 @@ class MutantBuilder:
                 out.append(name)
         return out
 
-    def build(self, names: Iterable[str] | None = None, *, force: bool = False,
-              mutants_dir: Path = MUTANTS_DIR) -> list[BuiltBinary]:
+    def build(
+        self, names: Iterable[str] | None = None, *, force: bool = False, mutants_dir: Path = MUTANTS_DIR
+    ) -> list[BuiltBinary]:
         """Build the unmodified binary and the named mutants (default: all), skipping up-to-date ones.
 
         Holds an exclusive lock on the cache for the whole build: the work tree and build folder are
         shared, so a second builder (another pytest worker, a second terminal) waits, then finds its
         binaries up to date.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with Store(self.root).locked():
             return self._build_locked(names, force=force, mutants_dir=mutants_dir)
 
     def _build_locked(self, names: Iterable[str] | None, *, force: bool, mutants_dir: Path) -> list[BuiltBinary]:
@@ -393,11 +371,16 @@ class MutantBuilder:
             tmp.replace(out)
             version = check_binary(out)
             rec = BuildRecord(
-                name=name, key=key, source=tarball.name, source_sha256=source_key.split("+")[0],
+                name=name,
+                key=key,
+                source=tarball.name,
+                source_sha256=source_key.split("+")[0],
                 patch=None if patch is None else patch.name,
-                patch_sha256=None if patch is None else _sha256_file(patch),
-                qemu_version=version, build_seconds=seconds,
-                built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                patch_sha256=None if patch is None else sha256_file(patch),
+                qemu_version=version,
+                build_seconds=seconds,
+                built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
             rec_file.write_text(json.dumps(asdict(rec), indent=2) + "\n")
             self.log(f"built {name} in {seconds} s -> {out}")
             results.append(BuiltBinary(name, out, rec, rebuilt=True))
@@ -430,10 +413,17 @@ def check_binary(binary: Path) -> str:
     if ver.returncode != 0 or not m:
         raise BuildError(f"{binary} --version failed: {ver.stdout}{ver.stderr}")
     qmp_in = '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
-    res = subprocess.run([str(binary), "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none",
-                          "-S", "-qmp", "stdio"], input=qmp_in, capture_output=True, text=True, check=False,
-                         timeout=60)
+    res = subprocess.run(
+        [str(binary), "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio"],
+        input=qmp_in,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     if res.returncode != 0 or '"return"' not in res.stdout:
-        raise BuildError(f"{binary} does not start a q35 machine (firmware path {FIRMWARE_PATH}; is seabios "
-                         f"installed?): exit {res.returncode}: {res.stderr.strip()}")
+        raise BuildError(
+            f"{binary} does not start a q35 machine (firmware path {FIRMWARE_PATH}; is seabios "
+            f"installed?): exit {res.returncode}: {res.stderr.strip()}"
+        )
     return m.group(1)

@@ -1,4 +1,5 @@
-"""Unit tests of the VFIO lab's pure logic: kernel choice, module order, the mdev allocator, options.
+"""Unit tests of the VFIO lab's pure logic: the mdev allocator, options (kernel choice and module order:
+tests/unit/test_lab_kernel.py).
 
 No QEMU and no apt here: apt's answers and sysfs are replaced by small fakes.
 """
@@ -15,59 +16,6 @@ from harness.vfio import provider as provider_mod
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio_lab import build
 from harness.vfio_lab.mdev import PERSONALITIES, MdevAllocator
-
-
-def test_resolve_kernel_takes_the_newest_release_with_every_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    # 6.12.120 has no linux-source at its version yet: the choice falls back to 6.12.117.
-    names = "linux-image-6.12.120+deb12-amd64-unsigned linux-image-6.12.117+deb12-amd64-unsigned "
-    names += "linux-image-6.12.117+deb12-rt-amd64-unsigned"
-    monkeypatch.setattr(build, "_run", lambda argv, **_: names)
-    versions = {
-        "linux-image-6.12.120+deb12-amd64-unsigned": {"6.12.120-1~deb12u1"},
-        "linux-headers-6.12.120+deb12-amd64": {"6.12.120-1~deb12u1"},
-        "linux-headers-6.12.120+deb12-common": {"6.12.120-1~deb12u1"},
-        "linux-kbuild-6.12.120+deb12": {"6.12.120-1~deb12u1"},
-        "linux-image-6.12.117+deb12-amd64-unsigned": {"6.12.117-1~deb12u1"},
-        "linux-headers-6.12.117+deb12-amd64": {"6.12.117-1~deb12u1"},
-        "linux-headers-6.12.117+deb12-common": {"6.12.117-1~deb12u1"},
-        "linux-kbuild-6.12.117+deb12": {"6.12.117-1~deb12u1"},
-        "linux-source-6.12": {"6.12.117-1~deb12u1", "6.12.115-2~deb12u1"},
-    }
-    monkeypatch.setattr(build, "_madison", lambda pkgs: {p: versions.get(p, set()) for p in pkgs})
-    chosen = build.resolve_kernel("6.12")
-    assert chosen == build.KernelPackages("6.12", "6.12.117+deb12", "6.12.117-1~deb12u1", "linux-kbuild-6.12.117+deb12")
-    assert chosen.release == "6.12.117+deb12-amd64"
-
-
-def test_resolve_kernel_accepts_a_per_series_kbuild(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before 6.12 Debian's kbuild package is per series (linux-kbuild-6.1), not per ABI."""
-    monkeypatch.setattr(build, "_run", lambda argv, **_: "linux-image-6.1.0-56-amd64-unsigned")
-    have = {
-        "linux-image-6.1.0-56-amd64-unsigned",
-        "linux-headers-6.1.0-56-amd64",
-        "linux-headers-6.1.0-56-common",
-        "linux-kbuild-6.1",
-        "linux-source-6.1",
-    }
-    monkeypatch.setattr(build, "_madison", lambda pkgs: {p: {"6.1.192-2"} if p in have else set() for p in pkgs})
-    assert build.resolve_kernel("6.1").kbuild == "linux-kbuild-6.1"
-
-
-def test_resolve_kernel_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(build, "_run", lambda argv, **_: "")
-    with pytest.raises(build.LabBuildError, match="bookworm-security"):
-        build.resolve_kernel("6.12")
-
-
-def test_module_closure_puts_dependencies_first(tmp_path: Path) -> None:
-    kernel = tmp_path / "kernel"
-    (kernel / "fs").mkdir(parents=True)
-    (kernel / "fs/netfs.ko").write_bytes(b"ELF\x00depends=\x00")
-    (kernel / "fs/9pnet.ko").write_bytes(b"ELF\x00depends=\x00")
-    (kernel / "fs/9p.ko").write_bytes(b"ELF\x00depends=9pnet,netfs\x00")
-    order = [p.name for p in build._module_closure(tmp_path, ["kernel/fs/9p.ko"])]
-    assert sorted(order) == ["9p.ko", "9pnet.ko", "netfs.ko"]
-    assert order[-1] == "9p.ko"
 
 
 def _fake_sysfs(root: Path, personalities: list[str]) -> tuple[Path, Path]:

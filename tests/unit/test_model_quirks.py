@@ -20,6 +20,7 @@ from contract.outcome import Outcome
 from contract.scenario import MigrationSpec, Scenario, Step
 from contract.versions import PROFILES
 from harness.loader import load_scenarios
+from harness.suite import SUITE_DIR
 from reference_impl import predict
 from reference_impl.quirks import QUIRKS, Phase, Quirk, WaitContext
 
@@ -304,7 +305,7 @@ def test_every_quirk_is_reachable(fired: list[str]) -> None:
     """Every quirk fires for a bundled scenario on some profile, or for its unit case above; the bundled suite
     alone reaches only those listed in ``BUNDLED`` (the others need capabilities on one side only, or a
     transport the suite's scenarios do not pair with them)."""
-    scenarios = load_scenarios([ROOT / "tests" / "conformance" / "scenarios"])
+    scenarios = load_scenarios([SUITE_DIR])
     for scenario in scenarios:
         for profile in PROFILES:
             predict(scenario, profile, HOST)
