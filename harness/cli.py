@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from harness import procutil, settings
 from harness import results as results_io
 from harness.errors import HostEnvironmentError
-from harness.loader import ScenarioError, load_scenarios
+from harness.loader import load_scenarios
 from harness.report import console, html, junit
 from harness.results import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Results
 from harness.runner import (
@@ -41,6 +41,7 @@ from harness.runner import (
     target_for_profile,
     targets_for_binaries,
 )
+from harness.scenario_error import ScenarioError
 from reference_impl.scenario import Scenario
 from reference_impl.versions import profile_for
 

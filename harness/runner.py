@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 from harness import procutil
 from harness.compare import Comparison, compare, skip_reason
 from harness.errors import HostEnvironmentError
+from harness.host_commands import refuse_host_commands
 from harness.known_bugs import classify
-from harness.loader import refuse_host_commands
 from harness.results import Floor, HarnessError, Results, Skip, WorkItem, item_log_name, save, skip_kind
 from harness.stability import Run, aggregate, representative
 from reference_impl.host import HostFacts
@@ -179,7 +179,7 @@ class RunOptions:
     vfio_options: dict[str, Any] = field(default_factory=dict)
     progress: TextIO | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    # --no-exec: refuse scenarios that would run a host command (harness.loader.host_commands) before any
+    # --no-exec: refuse scenarios that would run a host command (harness.host_commands) before any
     # QEMU starts, also when the scenarios did not come through the CLI's loader.
     no_exec: bool = False
     # injectable backends (unit tests of the runner's bookkeeping use fakes)
@@ -726,7 +726,7 @@ def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:
 
 
 async def run(scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions) -> Results:
-    """Raises harness.loader.ScenarioError, before any QEMU starts, for a scenario ``options.no_exec`` refuses."""
+    """Raises harness.scenario_error.ScenarioError, before any QEMU starts, for a scenario --no-exec refuses."""
     if options.no_exec:
         for scenario in scenarios:
             refuse_host_commands(scenario)

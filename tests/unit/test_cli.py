@@ -11,8 +11,8 @@ import pytest
 
 from harness import cli, runner
 from harness.binaries import QemuBinary
-from harness.loader import ScenarioError
 from harness.runner import RunOptions, run_sync, select_shard, shard_of, targets_for_binaries
+from harness.scenario_error import ScenarioError
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import MigrationSpec, Scenario
@@ -264,7 +264,7 @@ def test_vfio_scenarios_go_to_the_provider_in_one_batch() -> None:
 
 
 def test_sweep_builds_every_set_once_per_mode_and_transport() -> None:
-    from harness.loader import ID_PATTERN
+    from harness.scenario_tables import ID_PATTERN
     from harness.sweep import sweep_scenarios
 
     caps = ["events", "multifd", "postcopy-ram", "return-path"]

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.loader import ScenarioError, host_commands, known_capabilities, load_scenario, load_scenarios
+from harness.host_commands import host_commands
+from harness.loader import load_scenario, load_scenarios
+from harness.scenario_error import ScenarioError
+from harness.toml_reader import known_capabilities
 from reference_impl import predict
 from reference_impl.host import HostFacts
 from reference_impl.scenario import ACTIONS, PERSONALITIES, SIDES, DeviceSpec

@@ -183,7 +183,8 @@ def test_snapshot_device_check_before_in_progress(version: str) -> None:
 
 def test_loader_accepts_migrate_continue() -> None:
     # docs/scenario-format.md: the extension action migrate-continue takes no keys besides action and side.
-    from harness.loader import ScenarioError, parse_scenario
+    from harness.scenario_error import ScenarioError
+    from harness.scenario_tables import parse_scenario
 
     scenario = parse_scenario({"step": [{"action": "migrate-continue"}]}, "x.toml", "x")
     assert scenario.steps[0].action == "migrate-continue"
