@@ -24,24 +24,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from harness import procutil, settings
 from harness import results as results_io
 from harness.errors import HostEnvironmentError
+from harness.item_logs import missing_folders, remove_empty
 from harness.loader import load_scenarios
 from harness.report import console, html, junit
 from harness.results import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, Results
-from harness.runner import (
-    BACKENDS,
-    KEEP_LOGS,
-    ProviderUnavailable,
-    RunOptions,
-    Target,
-    missing_folders,
-    parse_shard,
-    remove_empty,
-    run_sync,
-    select_shard,
-    target_for_profile,
-    targets_for_binaries,
-)
+from harness.runner import BACKENDS, KEEP_LOGS, ProviderUnavailable, RunOptions, run_sync
 from harness.scenario_error import ScenarioError
+from harness.shards import parse_shard, select_shard
+from harness.targets import Target, target_for_profile, targets_for_binaries
 from reference_impl.scenario import Scenario
 from reference_impl.versions import profile_for
 
@@ -100,7 +90,7 @@ def _floor(args: argparse.Namespace, scenarios: Sequence[Scenario], targets: Seq
     if args.backend != "both":
         # One backend alone compares nothing: there is no floor to compute.
         return require_all, 0, {"floor_auto": {"capable": 0, "total": 0, "host_lacks": [], "backend": args.backend}}
-    from harness.runner import host_capable_items
+    from harness.targets import host_capable_items
 
     capable, lacking = host_capable_items(scenarios, targets)
     total = len(scenarios) * sum(1 for t in targets if t.binary is not None)

@@ -348,7 +348,8 @@ def run_mutants(options: MutantsOptions, builder: MutantBuilder | None = None) -
     """Build what is needed, run the scenario sets, evaluate; returns the report and the merged results."""
     from harness import results as results_io
     from harness.binaries import load_binary
-    from harness.runner import RunOptions, Target, run_sync
+    from harness.runner import RunOptions, run_sync
+    from harness.targets import Target
 
     patches = available_patches()
     names = options.names if options.names else list(patches)

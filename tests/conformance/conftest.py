@@ -24,7 +24,8 @@ from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
 from harness.results import RESOURCE_SKIP, Results, Skip
-from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
+from harness.runner import RunOptions, needs_vfio, run_sync
+from harness.targets import Target, targets_for_binaries
 from reference_impl.scenario import Scenario
 
 SUITE = Path(__file__).resolve().parent / "scenarios"

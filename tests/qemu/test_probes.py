@@ -36,7 +36,8 @@ from harness.probe import (
     probe_linux_boot,
 )
 from harness.results import save
-from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.runner import RunOptions, run_sync
+from harness.targets import targets_for_binaries
 from reference_impl.scenario import VmSpec
 
 # What a test allows a QEMU it starts itself before giving up (a bound, not an assertion about time).

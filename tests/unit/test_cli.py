@@ -11,8 +11,11 @@ import pytest
 
 from harness import cli, runner
 from harness.binaries import QemuBinary
-from harness.runner import RunOptions, run_sync, select_shard, shard_of, targets_for_binaries
+from harness.results import item_log_name, save
+from harness.runner import RunOptions, run_sync
 from harness.scenario_error import ScenarioError
+from harness.shards import parse_shard, select_shard, shard_of
+from harness.targets import target_for_profile, targets_for_binaries
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import MigrationSpec, Scenario
@@ -94,7 +97,7 @@ def test_every_scenario_on_every_binary_with_comparisons(tmp_path: Path) -> None
 
 def test_backend_reference_with_profile_needs_no_binary() -> None:
     fakes = Fakes()
-    res = run_sync([scenario("ok")], [runner.target_for_profile("8.2")], fakes.options(backend="reference"))
+    res = run_sync([scenario("ok")], [target_for_profile("8.2")], fakes.options(backend="reference"))
     assert [(o.backend, o.qemu_version) for o in res.outcomes] == [("reference", "8.2.0")]
     assert res.comparisons == [] and res.passed and fakes.facts_calls == []
 
@@ -118,9 +121,9 @@ def test_shards_partition_the_scenarios_stably() -> None:
     assert all(parts)
     assert shard_of("s1", 3) == shard_of("s1", 3)
     with pytest.raises(ValueError, match="K/N"):
-        runner.parse_shard("two")
+        parse_shard("two")
     with pytest.raises(ValueError, match="between 1 and N"):
-        runner.parse_shard("4/3")
+        parse_shard("4/3")
 
 
 # ---- command line ----------------------------------------------------------------------------------------
@@ -376,9 +379,9 @@ def test_default_logs_root_without_json_and_nothing_left_when_all_agree(
 
 
 def test_item_log_names_are_safe_and_distinct() -> None:
-    assert runner.item_log_name("postcopy-vfio", "10.0.2") == "postcopy-vfio__10.0.2"
-    a = runner.item_log_name("s", "10.0.2 (/usr/bin/qemu-system-x86_64)")
-    b = runner.item_log_name("s", "10.0.2 (/opt/qemu/bin/qemu-system-x86_64)")
+    assert item_log_name("postcopy-vfio", "10.0.2") == "postcopy-vfio__10.0.2"
+    a = item_log_name("s", "10.0.2 (/usr/bin/qemu-system-x86_64)")
+    b = item_log_name("s", "10.0.2 (/opt/qemu/bin/qemu-system-x86_64)")
     assert a != b and "/" not in a + b and " " not in a + b and a.startswith("s__10.0.2_")
 
 
@@ -454,7 +457,7 @@ def test_results_file_that_cannot_be_written_mid_run_exits_3_without_traceback(
         def no_space(*args: Any, **kwargs: Any) -> Any:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(runner.save.__globals__["tempfile"], "mkstemp", no_space)
+        monkeypatch.setattr(save.__globals__["tempfile"], "mkstemp", no_space)
         return await original(s, binary, **kw)
 
     logging_backends.execute = break_the_disk  # type: ignore[method-assign]
@@ -506,6 +509,7 @@ def test_vfio_items_logs_come_back_from_the_lab_or_the_outcome_says_why(tmp_path
         "the VFIO provider 'mtty' ran this item's QEMUs itself and returned no logs"
     )
     assert all("lab_logs" not in o.extra for o in by_id.values())
+
 
 # ---- nothing to run, and --no-exec -----------------------------------------------------------------------
 

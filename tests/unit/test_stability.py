@@ -15,8 +15,9 @@ from harness.compare import Comparison
 from harness.pair import unsettled
 from harness.report import console
 from harness.results import Results, load, save
-from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.runner import RunOptions, run_sync
 from harness.stability import Run, Stability, aggregate, representative, signature
+from harness.targets import targets_for_binaries
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome, VmState
 from reference_impl.scenario import MigrationSpec, Scenario

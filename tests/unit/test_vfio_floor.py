@@ -19,7 +19,7 @@ from harness.compare import Comparison
 from harness.executor import NO_VFIO_PROVIDER
 from harness.loader import load_scenarios
 from harness.results import HOST_SKIP, RESOURCE_SKIP, Floor, Results, Skip, load
-from harness.runner import host_capable_items, targets_for_binaries
+from harness.targets import host_capable_items, targets_for_binaries
 
 SUITE = Path(__file__).resolve().parents[1] / "conformance" / "scenarios"
 BINARIES = discover_binaries()
