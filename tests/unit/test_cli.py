@@ -11,6 +11,7 @@ import pytest
 
 from harness import cli, runner
 from harness.binaries import QemuBinary
+from harness.commands import run as run_command
 from harness.results import item_log_name, save
 from harness.runner import RunOptions, run_sync
 from harness.scenario_error import ScenarioError
@@ -135,7 +136,7 @@ def fake_backends(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     monkeypatch.setattr(runner, "default_execute", lambda: fakes.execute)
     monkeypatch.setattr(runner, "default_predict", lambda: fakes.predict)
     monkeypatch.setattr(runner, "default_host_facts", lambda: fakes.host_facts)
-    monkeypatch.setattr(cli, "_binaries", lambda paths: [BIN10])
+    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: [BIN10])
     return fakes
 
 
@@ -200,9 +201,9 @@ def test_merge_and_report(tmp_path: Path, fake_backends: Fakes) -> None:
 
 
 def test_conformance_finds_the_bundled_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert (cli.suite_path() / "example-precopy-tcp.toml").exists()
+    assert (run_command.suite_path() / "example-precopy-tcp.toml").exists()
     monkeypatch.setenv("MIGCONFORM_SUITE", str(tmp_path))
-    assert cli.suite_path() == tmp_path
+    assert run_command.suite_path() == tmp_path
 
 
 def test_interrupted_run_keeps_finished_items_and_lists_the_rest(tmp_path: Path) -> None:
@@ -322,7 +323,7 @@ def logging_backends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Logging
     monkeypatch.setattr(runner, "default_execute", lambda: fakes.execute)
     monkeypatch.setattr(runner, "default_predict", lambda: fakes.predict)
     monkeypatch.setattr(runner, "default_host_facts", lambda: fakes.host_facts)
-    monkeypatch.setattr(cli, "_binaries", lambda paths: [BIN10])
+    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: [BIN10])
     monkeypatch.chdir(tmp_path)  # the default logs root is results/logs of the current folder
     return fakes
 
