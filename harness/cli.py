@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_qemus(args: argparse.Namespace) -> int:
     from harness.binaries import discover_binaries
-    from harness.probe import format_qemus
+    from harness.qemus import format_qemus
 
     sys.stdout.write(format_qemus(discover_binaries()).rstrip("\n") + "\n")
     return 0

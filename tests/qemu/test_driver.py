@@ -326,7 +326,8 @@ def test_probe_reads_what_the_binary_has(qemu_binary: QemuBinary) -> None:
     """What the binary has, by version; what the host has is another matter (KVM, -cpu, Linux boot): the
     probe's answer there is checked against the test's own look in tests/qemu/test_probes.py, never against
     the host this was written on."""
-    from harness.probe import choose_accel, format_qemus, probe_binary, probe_host
+    from harness.probe import choose_accel, probe_binary, probe_host
+    from harness.qemus import format_qemus
 
     probe = probe_binary(qemu_binary)
     assert probe.error is None

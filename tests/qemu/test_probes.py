@@ -23,18 +23,9 @@ from harness.binaries import BinaryRunError, QemuBinary, load_binary
 from harness.errors import BinaryError, HostEnvironmentError
 from harness.executor import guest_accel, run_scenario
 from harness.guest.image import GuestImage, GuestImageError, build_image
+from harness.linux_boot import LINUX_BOOT_BOUND_S, LINUX_BOOT_MARKER, boot_to_init
 from harness.loader import load_scenario
-from harness.probe import (
-    KVM_CPU_CANDIDATES,
-    LINUX_BOOT_BOUND_S,
-    LINUX_BOOT_MARKER,
-    boot_to_init,
-    choose_accel,
-    host_facts,
-    probe_binary,
-    probe_host,
-    probe_linux_boot,
-)
+from harness.probe import KVM_CPU_CANDIDATES, choose_accel, host_facts, probe_binary, probe_host, probe_linux_boot
 from harness.results import save
 from harness.runner import RunOptions, run_sync
 from harness.targets import targets_for_binaries
@@ -226,7 +217,7 @@ def test_a_binary_that_crashes_on_the_probe_is_an_environment_error(tmp_path: Pa
     # The Linux boot probe and `migconform qemus` say the same, not a guess.
     with pytest.raises(HostEnvironmentError):
         probe_linux_boot(binary)
-    from harness.probe import format_qemus
+    from harness.qemus import format_qemus
 
     table = format_qemus([binary])
     assert "probe failed" in table and str(path) in table
