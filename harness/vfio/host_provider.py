@@ -24,15 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.results import RESOURCE_SKIP, SKIP_KIND
-from harness.vfio.host import (
-    ROOTS,
-    DriverRebinder,
-    HostDeviceAllocator,
-    HostVfioDevice,
-    SysfsRoots,
-    inspect,
-    kernel_dirty_report_works,
-)
+from harness.vfio.features import kernel_dirty_report_works
+from harness.vfio.host import HostDeviceAllocator, HostVfioDevice, inspect
+from harness.vfio.rebind import DriverRebinder
+from harness.vfio.sysfs import ROOTS, SysfsRoots
 from reference_impl.host import HostFacts
 from reference_impl.outcome import Outcome
 from reference_impl.scenario import Scenario
