@@ -31,15 +31,9 @@ from harness.mutants.build import (
     binary_path,
     patch_files,
 )
-from harness.mutants.run import (
-    MutantsOptions,
-    column_for,
-    evaluate,
-    mutant_kind,
-    patch_description,
-    render_console,
-    run_mutants,
-)
+from harness.mutants.report import render_console
+from harness.mutants.run import MutantsOptions, run_mutants
+from harness.mutants.verdicts import column_for, evaluate, mutant_kind, patch_description
 from harness.results import HarnessError, Results, Skip
 from reference_impl.outcome import Outcome, VmState
 
