@@ -22,8 +22,9 @@ import pytest
 from harness import procutil
 from harness.binaries import QemuBinary
 from harness.errors import QemuLaunchError, QmpCommandError, QmpTimeout
-from harness.machine import QemuMachine, qemu_error_message, strip_qemu_prefixes
+from harness.machine import QemuMachine
 from harness.pair import MigrationPair
+from harness.qemu_stderr import qemu_error_message, strip_qemu_prefixes
 from reference_impl.host import HostFacts
 from reference_impl.outcome import VmState
 from reference_impl.versions import Version
