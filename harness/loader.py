@@ -30,7 +30,7 @@ def load_scenario(path: str | Path, *, no_exec: bool = False) -> Scenario:
 
     Whatever the bytes, the result is a scenario or a :class:`ScenarioError` naming the file: a file too
     large, not UTF-8, not TOML or nested beyond reason is refused before any of it is used. ``no_exec``
-    refuses a scenario that would run a host command (:func:`host_commands`).
+    refuses a scenario that would run a host command (:func:`harness.host_commands.host_commands`).
     """
     p = Path(path)
     try:

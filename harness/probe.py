@@ -306,11 +306,11 @@ _linux_lock = threading.Lock()
 
 def probe_linux_boot(binary: QemuBinary) -> LinuxBootProbe:
     """Whether KVM boots the guest image's kernel (harness.guest.image) to its init with the CPU model
-    :func:`probe_binary` found, from one bounded boot (:data:`LINUX_BOOT_BOUND_S`).
+    :func:`probe_binary` found, from one bounded boot (:data:`harness.linux_boot.LINUX_BOOT_BOUND_S`).
 
-    Cached per binary for the process and on disk (:func:`linux_boot_record`) per binary, host boot, guest
-    image and CPU model. May take the whole bound the first time: call it from a thread in async code. Raises
-    :class:`HostEnvironmentError` as :func:`probe_binary` does."""
+    Cached per binary for the process and on disk (:func:`harness.linux_boot.linux_boot_record`) per binary,
+    host boot, guest image and CPU model. May take the whole bound the first time: call it from a thread in
+    async code. Raises :class:`HostEnvironmentError` as :func:`probe_binary` does."""
     from harness.linux_boot import probe_uncached  # it asks probe_binary for the CPU model: imported late
 
     key = _key(binary)

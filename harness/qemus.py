@@ -11,7 +11,7 @@ from harness.probe import choose_accel, probe_binary, probe_host, probe_linux_bo
 
 def format_qemus(binaries: Sequence[QemuBinary]) -> str:
     """A readable table of the binaries and what the probes found (``migconform qemus``). Runs the Linux boot
-    probe too (its first run on a host may take :data:`LINUX_BOOT_BOUND_S` per binary)."""
+    probe too (its first run on a host may take :data:`harness.linux_boot.LINUX_BOOT_BOUND_S` per binary)."""
     host = probe_host()
     lines = [
         f"host: Linux {host.kernel}",
