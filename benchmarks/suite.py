@@ -21,8 +21,9 @@ from contract.scenario import Scenario  # noqa: E402
 from harness.binaries import discover_binaries, load_binary  # noqa: E402
 from harness.loader import load_scenarios  # noqa: E402
 from harness.results import Results  # noqa: E402
-from harness.runner import RunOptions, Target, run_sync, targets_for_binaries  # noqa: E402
+from harness.runner import RunOptions, run_sync  # noqa: E402
 from harness.suite import SUITE_DIR  # noqa: E402
+from harness.targets import Target, targets_for_binaries  # noqa: E402
 
 
 def measure(

@@ -63,7 +63,8 @@ def run_one(path: Path, qemu: Sequence[str], vfio_provider: str | None, timeout:
     """One scenario file on every binary; the exit status avocado reads."""
     from harness.binaries import discover_binaries, load_binary
     from harness.report import console
-    from harness.runner import RunOptions, VfioProvider, run_sync, targets_for_binaries
+    from harness.runner import RunOptions, VfioProvider, run_sync
+    from harness.targets import targets_for_binaries
 
     scenarios = load_scenarios([path])
     binaries = [load_binary(p, origin="--qemu") for p in qemu] if qemu else discover_binaries()

@@ -264,7 +264,8 @@ def certify(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Inspects the devices, runs the re-targeted set through the runner and writes the bundle."""
-    from harness.runner import RunOptions, run_sync, targets_for_binaries
+    from harness.runner import RunOptions, run_sync
+    from harness.targets import targets_for_binaries
 
     devices = provider.prepare()  # HostDeviceRefused before any QEMU
     personalities = sorted({str(d.features.personality) for d in devices})

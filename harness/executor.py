@@ -68,6 +68,7 @@ from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.guest.session import GuestReport, guest_vm_args
 from harness.guest.session import start as start_guest
 from harness.guest.session import verify_blocking as verify_guest_blocking
+from harness.linux_boot import probe_linux_boot
 from harness.machine import QemuMachine
 from harness.pair import END_STATUSES, MigrationPair
 from harness.probe import (
@@ -78,7 +79,6 @@ from harness.probe import (
     choose_accel,
     probe_binary,
     probe_host,
-    probe_linux_boot,
     userfaultfd_for,
 )
 from harness.results import HOST_SKIP, RESOURCE_SKIP, SKIP_KIND
@@ -206,7 +206,7 @@ def guest_accel(
     ``-cpu max`` (the features TCG emulates; both QEMU versions accept it). Not probed is not yes: a KVM that
     cannot boot Linux would hang the guest until the boot timeout. An explicit [vm] accel wins.
 
-    Blocking: the first call on a host may boot a VM for up to harness.probe.LINUX_BOOT_BOUND_S; call it from a
+    Blocking: the first call on a host may boot a VM for up to harness.linux_boot.LINUX_BOOT_BOUND_S; call it from a
     thread. ``host`` is not consulted (whatever the host's KVM is, the boot probe says what it does)."""
     del host
     if spec.accel != "auto":

@@ -25,16 +25,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
-from qemu.qmp.message import Message
+from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from harness import procutil
 from harness.binaries import QemuBinary
 from harness.crash import CrashRecord, crash_record
-from harness.errors import QemuLaunchError, QmpCommandError, QmpConnectionError, QmpEventTimeout, QmpTimeout, VmDied
+from harness.errors import QemuLaunchError, QmpCommandError, QmpConnectionError, QmpTimeout, VmDied
+from harness.qemu_stderr import qemu_error_message, strip_qemu_prefixes
+from harness.qmp_events import RECORDED_EVENTS, EventRecorder, RecordedEvents
 
-# Events worth keeping for the outcome and for waits.
-RECORDED_EVENTS = ("MIGRATION", "STOP", "RESUME", "VFIO_MIGRATION", "SHUTDOWN", "MIGRATION_PASS")
 QMP_CHARDEV_ID = "migconform-qmp"
 DEFAULT_LAUNCH_TIMEOUT_S = 20.0
 DEFAULT_COMMAND_TIMEOUT_S = 30.0
@@ -59,51 +58,6 @@ def private_dir(prefix: str = "migconform-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def _option_prefixes(argv: Sequence[str]) -> list[str]:
-    """The location prefixes QEMU may put before a message: "-opt value: " or "-opt: ", longest first."""
-    prefixes: set[str] = set()
-    for i, item in enumerate(argv):
-        if not item.startswith("-"):
-            continue
-        prefixes.add(f"{item}: ")
-        if i + 1 < len(argv):
-            prefixes.add(f"{item} {argv[i + 1]}: ")
-    return sorted(prefixes, key=len, reverse=True)
-
-
-def strip_qemu_prefixes(line: str, argv: Sequence[str]) -> str:
-    """QEMU's message without "qemu-system-x86_64: " and without the "-device ...: " location.
-
-    The program name QEMU prints is the basename of argv[0].
-    """
-    text = line.rstrip("\n")
-    program = os.path.basename(argv[0]) + ": " if argv else ""
-    if program and text.startswith(program):
-        text = text[len(program) :]
-        for prefix in _option_prefixes(argv):
-            if text.startswith(prefix):
-                text = text[len(prefix) :]
-                break
-    return text
-
-
-def qemu_error_message(stderr: str, argv: Sequence[str]) -> str:
-    """The message of the error that ended a QEMU launch.
-
-    QEMU may print warnings first (mdpy's "Could not enable error recovery", vfio's dirty-tracking
-    warning) and hints after (lines with no prefix), so take the last line that carries the program
-    prefix and is not a warning; else the last non-empty line.
-    """
-    program = os.path.basename(argv[0]) + ": " if argv else ""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if program and line.startswith(program):
-            message = strip_qemu_prefixes(line, argv)
-            if not message.startswith("warning: "):
-                return message
-    return strip_qemu_prefixes(lines[-1], argv) if lines else ""
-
-
 async def _settle(*futures: asyncio.Future[Any]) -> None:
     """Cancel and await futures we no longer need, retrieving whatever they hold (result, exception or
     cancellation), so that none is garbage-collected with an exception nobody looked at."""
@@ -115,22 +69,7 @@ async def _settle(*futures: asyncio.Future[Any]) -> None:
             await future
 
 
-class _Recorder(EventListener):
-    """Keeps every interesting event in a list and wakes waiters; never drops anything."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        super().__init__(names)
-        self.events: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
-
-    async def put(self, event: Message) -> None:
-        if not self.accept(event):
-            return
-        self.events.append(dict(event))
-        self.changed.set()
-
-
-class QemuMachine:
+class QemuMachine(RecordedEvents):
     """A QEMU process with a QMP connection; ``async with QemuMachine(...) as vm:`` launches and ends it.
 
     ``args`` are QEMU arguments after the ones every launch gets (``-nodefaults -display none`` and the
@@ -177,7 +116,7 @@ class QemuMachine:
             *args,
         )
         self._client: QMPClient | None = None
-        self._recorder = _Recorder(RECORDED_EVENTS)
+        self._recorder = EventRecorder(RECORDED_EVENTS)
         self._proc: asyncio.subprocess.Process | None = None
         self._files: list[IO[bytes]] = []
         self.launch_started: float | None = None
@@ -467,52 +406,3 @@ class QemuMachine:
     async def runstate(self) -> str:
         result = await self.qmp("query-status")
         return str(result["status"]) if isinstance(result, dict) else "unknown"
-
-    # ------------------------------------------------------------------ events
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """Every recorded event so far (MIGRATION, STOP, RESUME, VFIO_MIGRATION, SHUTDOWN, MIGRATION_PASS)."""
-        return list(self._recorder.events)
-
-    def migration_events(self) -> list[str]:
-        return [str(e["data"]["status"]) for e in self._recorder.events if e.get("event") == "MIGRATION"]
-
-    def vfio_states(self) -> dict[str, list[str]]:
-        """device id -> VFIO_MIGRATION device-state sequence (9.1+, with migration-events=on)."""
-        states: dict[str, list[str]] = {}
-        for event in self._recorder.events:
-            if event.get("event") == "VFIO_MIGRATION":
-                data = event.get("data", {})
-                states.setdefault(str(data.get("device-id", "?")), []).append(str(data.get("device-state")))
-        return states
-
-    def clear_changed(self) -> None:
-        """Start a "has anything arrived since?" window: clear before querying, then :meth:`wait_changed`."""
-        self._recorder.changed.clear()
-
-    async def wait_changed(self, timeout: float) -> None:
-        """Return when an event arrived since :meth:`clear_changed`, or after ``timeout`` (no error)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._recorder.changed.wait(), timeout)
-
-    async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, start: int = 0) -> int:
-        """Wait (bounded) for a recorded event at index >= ``start`` that matches; its index.
-
-        Raises :class:`QmpEventTimeout`, or :class:`VmDied` if QEMU exits first.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self._recorder.events
-            for index in range(start, len(events)):
-                if predicate(events[index]):
-                    return index
-            start = len(events)
-            if not self.is_alive:
-                raise self.died()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise QmpEventTimeout(f"an event on {self.name}", timeout)
-            self._recorder.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recorder.changed.wait(), min(remaining, 0.5))

@@ -16,24 +16,17 @@ A binary whose own probe fails (it crashes, exits, or never offers QMP) raises
 :class:`harness.errors.HostEnvironmentError`: the binary cannot be tested here, which is not QEMU's answer
 to a scenario. Results are cached per binary (path + environment + arguments) for the life of the process;
 the Linux boot's answer is also kept on disk per binary, host boot and guest image, since on a KVM that
-cannot boot Linux it costs the whole bound.
+cannot boot Linux it costs the whole bound (harness.linux_boot boots; harness.uffd asks the kernel).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import errno
-import fcntl
-import hashlib
-import json
 import os
 import platform
-import shutil
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,8 +34,8 @@ from typing import Any, TypeVar
 from contract.host import HostFacts
 from harness.binaries import QemuBinary
 from harness.errors import HostEnvironmentError, MigconformError, QemuLaunchError
-from harness.machine import QemuMachine, private_dir
-from harness.settings import cache_root
+from harness.machine import QemuMachine
+from harness.uffd import UFFD_FEATURE_PAGEFAULT_FLAG_WP, open_uffd_dev, open_uffd_syscall, uffd_features
 
 T = TypeVar("T")
 
@@ -52,30 +45,6 @@ T = TypeVar("T")
 KVM_CPU_CANDIDATES = ("host", "host,-arch-capabilities")
 KVM_RUN_CHECK_S = 0.3
 PROBE_LAUNCH_TIMEOUT_S = 20.0
-
-# The Linux boot probe: the guest image's /init prints this line once the kernel has handed over to userspace
-# (images/guest/init). A KVM that boots Linux gets there in about a second; the bound only has to be far above
-# that, since missing it costs nothing worse than TCG for guest VMs.
-LINUX_BOOT_MARKER = b"migconform guest up"
-LINUX_BOOT_BOUND_S = 8.0
-LINUX_BOOT_MEMORY = "128M"
-CONSOLE_TAIL_BYTES = 4000  # enough for a kernel panic's header and its stack trace
-# Bump when the probe's method changes, so answers kept on disk by an older method are not reused.
-LINUX_BOOT_METHOD = 1
-
-# Linux uapi (include/uapi/linux/userfaultfd.h), x86_64
-SYS_USERFAULTFD = 323
-UFFD_API = 0xAA
-UFFDIO_API = 0xC018AA3F  # _IOWR(0xAA, 0x3F, struct uffdio_api)
-USERFAULTFD_IOC_NEW = 0xAA00  # _IO(0xAA, 0x00) on /dev/userfaultfd
-UFFD_FEATURE_PAGEFAULT_FLAG_WP = 1 << 0
-UFFD_USER_MODE_ONLY = 1
-O_CLOEXEC = os.O_CLOEXEC
-O_NONBLOCK = os.O_NONBLOCK
-
-
-class _UffdioApi(ctypes.Structure):
-    _fields_ = (("api", ctypes.c_uint64), ("features", ctypes.c_uint64), ("ioctls", ctypes.c_uint64))
 
 
 @dataclass(frozen=True)
@@ -138,44 +107,6 @@ class BinaryProbe:
 # ---------------------------------------------------------------------------------------------- host
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _uffd_features(fd: int) -> tuple[int | None, str]:
-    """UFFDIO_API with no requested features: the kernel answers with every feature it supports."""
-    api = _UffdioApi(UFFD_API, 0, 0)
-    libc = _libc()
-    if libc.ioctl(fd, ctypes.c_ulong(UFFDIO_API), ctypes.byref(api)) != 0:
-        err = ctypes.get_errno()
-        return None, f"UFFDIO_API failed: {os.strerror(err)}"
-    return int(api.features), ""
-
-
-def _open_uffd_syscall() -> tuple[int | None, str]:
-    libc = _libc()
-    fd = libc.syscall(SYS_USERFAULTFD, O_CLOEXEC | O_NONBLOCK)
-    if fd < 0:
-        err = ctypes.get_errno()
-        hint = " (vm.unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE?)" if err == errno.EPERM else ""
-        return None, f"userfaultfd syscall: {os.strerror(err)}{hint}"
-    return int(fd), ""
-
-
-def _open_uffd_dev() -> tuple[int | None, str]:
-    try:
-        dev = os.open("/dev/userfaultfd", os.O_RDWR | O_CLOEXEC)
-    except OSError as exc:
-        return None, f"/dev/userfaultfd: {exc.strerror}"
-    try:
-        fd = _libc().ioctl(dev, ctypes.c_ulong(USERFAULTFD_IOC_NEW), O_CLOEXEC | O_NONBLOCK)
-        if fd < 0:
-            return None, f"/dev/userfaultfd USERFAULTFD_IOC_NEW: {os.strerror(ctypes.get_errno())}"
-        return int(fd), ""
-    finally:
-        os.close(dev)
-
-
 _host_lock = threading.Lock()
 _host_cache: HostProbe | None = None
 
@@ -186,14 +117,14 @@ def probe_host() -> HostProbe:
     with _host_lock:
         if _host_cache is not None:
             return _host_cache
-        syscall_fd, syscall_err = _open_uffd_syscall()
-        dev_fd, dev_err = _open_uffd_dev()
+        syscall_fd, syscall_err = open_uffd_syscall()
+        dev_fd, dev_err = open_uffd_dev()
         features: int | None = None
         feature_err = "no userfaultfd to ask"
         for fd in (syscall_fd, dev_fd):
             if fd is not None:
                 if features is None:
-                    features, feature_err = _uffd_features(fd)
+                    features, feature_err = uffd_features(fd)
                 os.close(fd)
         uffd = syscall_fd is not None or dev_fd is not None
         uffd_detail = "; ".join(
@@ -238,7 +169,7 @@ def probe_host() -> HostProbe:
 # ---------------------------------------------------------------------------------------------- binary
 
 
-def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on a fresh thread with its own loop (callable from any context).
 
     The QEMUs it starts are ended before the thread exits, so PDEATHSIG (tied to the forking thread)
@@ -336,7 +267,8 @@ _binary_cache: dict[tuple[Any, ...], BinaryProbe] = {}
 _cache_lock = threading.Lock()
 
 
-def _key(binary: QemuBinary) -> tuple[Any, ...]:
+def binary_key(binary: QemuBinary) -> tuple[Any, ...]:
+    """What makes two QemuBinary values the same binary for the probes' caches."""
     return (binary.realpath, tuple(sorted(binary.env.items())), binary.extra_args)
 
 
@@ -349,7 +281,7 @@ def probe_binary(binary: QemuBinary, launch_timeout: float = PROBE_LAUNCH_TIMEOU
     Raises :class:`HostEnvironmentError` when the binary cannot even run the probe's VM (it crashes, exits or
     never offers QMP): every scenario on it would fail the same way, and that is the host's problem, not a
     divergence. The failure is cached too, so a run does not pay the probe's timeout once per scenario."""
-    key = _key(binary)
+    key = binary_key(binary)
     with _cache_lock:
         cached = _binary_cache.get(key)
         lock = _binary_locks.setdefault(key, threading.Lock())
@@ -358,158 +290,12 @@ def probe_binary(binary: QemuBinary, launch_timeout: float = PROBE_LAUNCH_TIMEOU
             with _cache_lock:
                 cached = _binary_cache.get(key)
             if cached is None:
-                cached = _run_sync(_probe(binary, launch_timeout))
+                cached = run_in_thread(_probe(binary, launch_timeout))
                 with _cache_lock:
                     _binary_cache[key] = cached
     if cached.error is not None:
         raise _failed(cached)
     return cached
-
-
-# ---------------------------------------------------------------------------------------------- Linux boot
-
-
-async def boot_to_init(
-    binary: QemuBinary, kernel: Path, initrd: Path, cmdline: str, accel_args: Sequence[str], bound: float
-) -> tuple[bool, str, str]:
-    """Boot ``kernel`` with ``accel_args`` and watch the serial console for :data:`LINUX_BOOT_MARKER`, at most
-    ``bound`` seconds after the vCPUs start. Returns (reached init, what happened, the console's tail).
-
-    The VM starts paused (-S) so that the bound covers the guest, not QEMU's start-up; -no-reboot turns a
-    guest panic (panic=-1) into QEMU's exit, which is noticed at once."""
-    workdir = private_dir("migconform-linuxprobe-")
-    console = workdir / "console.log"
-    args = [
-        "-machine", "q35", *accel_args, "-m", LINUX_BOOT_MEMORY, "-S", "-no-reboot",
-        "-serial", f"file:{console}",
-        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-    ]  # fmt: skip
-    vm = QemuMachine(binary, args, name="probe-linux", sock_dir=workdir, launch_timeout=PROBE_LAUNCH_TIMEOUT_S)
-    try:
-        try:
-            await vm.launch()
-        except QemuLaunchError as exc:
-            return False, f"QEMU did not start: {exc.message or exc.exit_status}", ""
-        reached, what = False, ""
-        try:
-            await vm.qmp("cont")
-            started = time.monotonic()
-            while True:
-                if console.exists() and LINUX_BOOT_MARKER in console.read_bytes():
-                    reached, what = True, f"the kernel reached its init in {time.monotonic() - started:.1f} s"
-                    break
-                if not vm.is_alive:
-                    what = f"QEMU ended before the kernel reached its init: {vm.died()}"
-                    break
-                if time.monotonic() - started > bound:
-                    what = f"the kernel did not reach its init within {bound:g} s"
-                    break
-                await asyncio.sleep(0.05)
-        except MigconformError as exc:
-            what = f"the boot failed: {exc}"
-        finally:
-            await vm.shutdown()
-        tail = console.read_bytes()[-CONSOLE_TAIL_BYTES:].decode(errors="replace") if console.exists() else ""
-        return reached, what, tail
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _boot_id() -> str:
-    """Changes with every boot of the host (and so with every new machine): answers kept on disk are per boot."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return platform.node()
-
-
-def _disk_key(binary: QemuBinary, cpu: str, image_digest: str) -> str:
-    try:
-        st = os.stat(binary.realpath)
-        stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        stamp = "?"
-    parts = [
-        LINUX_BOOT_METHOD, binary.realpath, stamp, sorted(binary.env.items()), list(binary.extra_args),
-        platform.release(), _boot_id(), cpu, image_digest, LINUX_BOOT_BOUND_S,
-    ]  # fmt: skip
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
-
-
-def linux_boot_record() -> Path:
-    """Where Linux-boot answers are kept: delete it to probe again."""
-    return cache_root() / "probes" / "linux-boot.json"
-
-
-def _read_record(path: Path) -> dict[str, Any]:
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):
-            return data
-    return {}
-
-
-_linux_cache: dict[tuple[Any, ...], LinuxBootProbe] = {}
-_linux_lock = threading.Lock()
-
-
-def probe_linux_boot(binary: QemuBinary) -> LinuxBootProbe:
-    """Whether KVM boots the guest image's kernel (harness.guest.image) to its init with the CPU model
-    :func:`probe_binary` found, from one bounded boot (:data:`LINUX_BOOT_BOUND_S`).
-
-    Cached per binary for the process and on disk (:func:`linux_boot_record`) per binary, host boot, guest
-    image and CPU model. May take the whole bound the first time: call it from a thread in async code. Raises
-    :class:`HostEnvironmentError` as :func:`probe_binary` does."""
-    key = _key(binary)
-    with _linux_lock:
-        cached = _linux_cache.get(key)
-        if cached is None:
-            cached = _probe_linux_boot(binary)
-            _linux_cache[key] = cached
-        return cached
-
-
-def _probe_linux_boot(binary: QemuBinary) -> LinuxBootProbe:
-    kvm = probe_binary(binary).kvm
-    if not kvm.usable or kvm.cpu is None:
-        return LinuxBootProbe(False, f"KVM is not usable: {kvm.reason}")
-    from harness.guest.image import GuestImageError, build_image
-
-    try:
-        image = build_image()
-    except (GuestImageError, OSError) as exc:
-        return LinuxBootProbe(None, f"not probed: the guest image cannot be built: {exc}", kvm.cpu)
-    record = linux_boot_record()
-    disk_key = _disk_key(binary, kvm.cpu, image.digest)
-    with contextlib.suppress(OSError):
-        record.parent.mkdir(parents=True, exist_ok=True)
-    # One boot per host at a time: other processes (pytest workers) wait here, then read the answer.
-    with contextlib.ExitStack() as stack:
-        with contextlib.suppress(OSError):
-            lock = stack.enter_context(record.with_suffix(".lock").open("w"))
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        saved = _read_record(record).get(disk_key)
-        if isinstance(saved, dict) and isinstance(saved.get("boots"), bool):
-            return LinuxBootProbe(
-                saved["boots"], str(saved.get("detail", "")), kvm.cpu, str(saved.get("console", "")),
-                float(saved.get("seconds", 0.0)), from_disk=True,
-            )  # fmt: skip
-        started = time.monotonic()
-        accel_args = ["-accel", "kvm", "-cpu", kvm.cpu]
-        reached, what, tail = _run_sync(
-            boot_to_init(binary, image.kernel, image.initrd, image.cmdline, accel_args, LINUX_BOOT_BOUND_S)
-        )
-        seconds = round(time.monotonic() - started, 2)
-        detail = f"{'yes' if reached else 'no'}: with -cpu {kvm.cpu}, {what} ({image.kernel_package})"
-        result = LinuxBootProbe(reached, detail, kvm.cpu, tail, seconds)
-        data = _read_record(record)
-        data[disk_key] = {"boots": reached, "detail": detail, "console": tail, "seconds": seconds}
-        data[disk_key]["binary"] = binary.path
-        with contextlib.suppress(OSError):
-            tmp = record.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1) + "\n")
-            os.replace(tmp, record)
-        return result
 
 
 AUTO_PVM_POLICY = "auto: TCG on a PVM KVM host (a policy, not measured on this run: docs/real-qemu-facts.md, Probes)"
@@ -558,57 +344,3 @@ def host_facts(binary: QemuBinary, accel: str) -> HostFacts:
         dirty_ring=False,  # never enabled by the executor
         kernel=host.kernel,
     )
-
-
-def format_qemus(binaries: Sequence[QemuBinary]) -> str:
-    """A readable table of the binaries and what the probes found (``migconform qemus``). Runs the Linux boot
-    probe too (its first run on a host may take :data:`LINUX_BOOT_BOUND_S` per binary)."""
-    host = probe_host()
-    lines = [
-        f"host: Linux {host.kernel}",
-        f"  userfaultfd: {'yes' if host.userfaultfd else 'no'} ({host.userfaultfd_detail})",
-        f"  UFFD write-protect: {'yes' if host.uffd_wp else 'no'} ({host.uffd_wp_detail})",
-        f"  KVM: {host.kvm_detail}",
-        "",
-    ]
-    if not binaries:
-        lines.append("no QEMU binaries found: set QEMU_BINARY, run scripts/setup.sh, or put qemu-system-x86_64 on PATH")
-        return "\n".join(lines)
-    rows = [("version", "path", "accel(auto)", "KVM", "caps", "vfio-pci")]
-    details: list[str] = []
-    for binary in binaries:
-        try:
-            probe = probe_binary(binary)
-        except HostEnvironmentError as exc:
-            rows.append((str(binary.version), binary.path, "-", "-", "probe failed", "-"))
-            details.append(f"{binary.label}")
-            details.append(f"  probe failed: {exc}")
-            continue
-        linux = probe_linux_boot(binary)
-        auto, why = choose_accel("auto", probe, host)
-        kvm = f"yes, -cpu {probe.kvm.cpu}" if probe.kvm.usable else "no"
-        vfio = "no"
-        if probe.has_device("vfio-pci"):
-            migration_prop = next(
-                (p for p in ("enable-migration", "x-enable-migration") if p in probe.vfio_pci_properties), "?"
-            )
-            vfio = f"yes ({migration_prop})"
-        caps = str(len(probe.capabilities))
-        rows.append((str(binary.version), binary.path, auto or "-", kvm, caps, vfio))
-        details.append(f"{binary.label}")
-        if binary.env or binary.extra_args:
-            env = " ".join(f"{k}={v}" for k, v in binary.env.items())
-            details.append(f"  runs with: {env} {' '.join(binary.extra_args)}".rstrip())
-        details.append(f"  accel auto -> {auto}: {why}")
-        details.append(f"  KVM: {probe.kvm.reason}")
-        for cpu, result in probe.kvm.attempts:
-            details.append(f"    -cpu {cpu}: {result}")
-        cached = " (answer kept from an earlier boot probe)" if linux.from_disk else ""
-        details.append(f"  boots Linux under KVM: {linux.detail}{cached}")
-        details.append(f"  migration capabilities: {', '.join(probe.capabilities)}")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-    lines.append("")
-    lines.extend(details)
-    return "\n".join(lines)

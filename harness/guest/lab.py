@@ -19,8 +19,9 @@ from harness.errors import MigrationTimeout, RunstateTimeout
 from harness.guest.console import ConsoleError, GuestConsole
 from harness.guest.image import GuestImage
 from harness.guest.session import GuestSpec, guest_vm_args
+from harness.linux_boot import probe_linux_boot
 from harness.machine import QemuMachine
-from harness.probe import probe_binary, probe_linux_boot
+from harness.probe import probe_binary
 
 ENDED = ("completed", "failed", "cancelled")
 

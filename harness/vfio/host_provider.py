@@ -28,15 +28,10 @@ from contract.outcome import Outcome
 from contract.scenario import Scenario
 from harness.errors import VfioSetupError
 from harness.results import RESOURCE_SKIP, SKIP_KIND
-from harness.vfio.host import (
-    ROOTS,
-    DriverRebinder,
-    HostDeviceAllocator,
-    HostVfioDevice,
-    SysfsRoots,
-    inspect,
-    kernel_dirty_report_works,
-)
+from harness.vfio.features import kernel_dirty_report_works
+from harness.vfio.host import HostDeviceAllocator, HostVfioDevice, inspect
+from harness.vfio.rebind import DriverRebinder
+from harness.vfio.sysfs import ROOTS, SysfsRoots
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary

@@ -195,7 +195,8 @@ def choose_accel(image: LabImage, qemu: str = DEFAULT_QEMU) -> AccelChoice:
     one bounded KVM boot of the lab kernel in probe mode. MIGCONFORM_LAB_ACCEL=kvm|tcg overrides.
     """
     from harness.binaries import load_binary
-    from harness.probe import probe_binary, probe_linux_boot
+    from harness.linux_boot import probe_linux_boot
+    from harness.probe import probe_binary
 
     forced = settings.lab_accel()
     if forced == "tcg":

@@ -24,8 +24,9 @@ from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
 from harness.loader import load_scenarios
 from harness.results import NOT_MODELLED_SKIP, RESOURCE_SKIP, Results, Skip
-from harness.runner import RunOptions, Target, needs_vfio, run_sync, targets_for_binaries
+from harness.runner import RunOptions, needs_vfio, run_sync
 from harness.suite import SUITE_DIR
+from harness.targets import Target, targets_for_binaries
 
 SUITE = SUITE_DIR
 

@@ -14,7 +14,8 @@ import pytest
 
 from harness.binaries import discover_binaries
 from harness.report import html
-from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.runner import RunOptions, run_sync
+from harness.targets import targets_for_binaries
 from tests.conformance.conftest import SUITE
 
 pytestmark = pytest.mark.qemu

@@ -20,7 +20,8 @@ from contract.scenario import Scenario
 from harness.known_bugs import known_divergence
 from harness.report import console
 from harness.results import Results
-from harness.runner import RunOptions, Target, needs_vfio, run_sync
+from harness.runner import RunOptions, needs_vfio, run_sync
+from harness.targets import Target
 from tests.conformance.conftest import case_id, not_compared, note_compared
 
 pytestmark = pytest.mark.qemu

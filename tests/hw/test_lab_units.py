@@ -130,6 +130,7 @@ def _fake_probes(
     from types import SimpleNamespace
 
     import harness.binaries
+    import harness.linux_boot
     import harness.probe
     from harness.vfio_lab import boot
 
@@ -137,7 +138,9 @@ def _fake_probes(
     kvm = harness.probe.KvmProbe(usable, cpu, "fake KVM probe")
     monkeypatch.setattr(harness.binaries, "load_binary", lambda path: SimpleNamespace(path=path))
     monkeypatch.setattr(harness.probe, "probe_binary", lambda binary: SimpleNamespace(kvm=kvm))
-    monkeypatch.setattr(harness.probe, "probe_linux_boot", lambda b: harness.probe.LinuxBootProbe(boots, "fake boot"))
+    monkeypatch.setattr(
+        harness.linux_boot, "probe_linux_boot", lambda b: harness.probe.LinuxBootProbe(boots, "fake boot")
+    )
     monkeypatch.setattr(harness.probe, "probe_host", lambda: SimpleNamespace(pvm=pvm, kvm_device=True))
     monkeypatch.setattr(boot, "lab_cache", lambda: tmp_path)
     (tmp_path / "qemu").write_text("")  # the lab's cache key reads the binary's mtime

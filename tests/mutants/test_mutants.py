@@ -32,15 +32,9 @@ from harness.mutants.build import (
     binary_path,
     patch_files,
 )
-from harness.mutants.run import (
-    MutantsOptions,
-    column_for,
-    evaluate,
-    mutant_kind,
-    patch_description,
-    render_console,
-    run_mutants,
-)
+from harness.mutants.report import render_console
+from harness.mutants.run import MutantsOptions, run_mutants
+from harness.mutants.verdicts import column_for, evaluate, mutant_kind, patch_description
 from harness.results import ErrorRecord, Results, Skip
 
 CORE_MUTANTS = sorted(n for n in available_patches() if mutant_kind(n) == "core")
@@ -65,18 +59,34 @@ CORE_REFUSALS: dict[str, tuple[dict[str, bool], str]] = {
 
 # --- pure logic ---------------------------------------------------------------------------------------
 
+
 def _built(name: str) -> BuiltBinary:
-    rec = BuildRecord(name=name, key="k", source="qemu_10.0.2+ds.orig.tar.xz", source_sha256="s",
-                      patch=None if name == UNMODIFIED else f"{name}.patch", patch_sha256=None,
-                      qemu_version="10.0.2", build_seconds=1.0, built_at="now")
+    rec = BuildRecord(
+        name=name,
+        key="k",
+        source="qemu_10.0.2+ds.orig.tar.xz",
+        source_sha256="s",
+        patch=None if name == UNMODIFIED else f"{name}.patch",
+        patch_sha256=None,
+        qemu_version="10.0.2",
+        build_seconds=1.0,
+        built_at="now",
+    )
     return BuiltBinary(name, Path(f"/b/{name}"), rec, rebuilt=False)
 
 
 def _outcome(scenario: str, column: str, verdict: str, error: str | None = None) -> Outcome:
-    return Outcome(scenario=scenario, backend="qemu", qemu_version="10.0.2", verdict=verdict,
-                   stage="set-capabilities" if verdict == "refused" else None, error=error,
-                   source=VmState("none", "running"), destination=VmState("none", "inmigrate"),
-                   extra={"column": column})
+    return Outcome(
+        scenario=scenario,
+        backend="qemu",
+        qemu_version="10.0.2",
+        verdict=verdict,
+        stage="set-capabilities" if verdict == "refused" else None,
+        error=error,
+        source=VmState("none", "running"),
+        destination=VmState("none", "inmigrate"),
+        extra={"column": column},
+    )
 
 
 def test_evaluate_kills_counts_masks_and_unexercised() -> None:
@@ -125,14 +135,20 @@ def test_evaluate_harness_error_on_unmodified_invalidates() -> None:
 
 def test_every_patch_is_described_small_and_named_by_kind() -> None:
     patches = available_patches()
-    assert {"vfio-save-prepare-noop", "vfio-bgsnap-allowed", "vfio-multi-dev-on-fix-reverted",
-            "core-bgsnap-conflict-list", "core-switchover-ack-return-path"} <= set(patches)
+    assert {
+        "vfio-save-prepare-noop",
+        "vfio-bgsnap-allowed",
+        "vfio-multi-dev-on-fix-reverted",
+        "core-bgsnap-conflict-list",
+        "core-switchover-ack-return-path",
+    } <= set(patches)
     for name, patch in patches.items():
         assert patch_description(patch), f"{patch}: no description before the diff"
         files = patch_files(patch)
         assert len(files) == 1, f"{patch}: a mutant changes one file, not {files}"
-        changed = [line for line in patch.read_text().splitlines()
-                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+        changed = [
+            line for line in patch.read_text().splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
         assert 0 < len(changed) <= 12, f"{patch}: {len(changed)} changed lines; a mutant is one small change"
         assert mutant_kind(name) == ("vfio" if files[0].startswith("hw/vfio/") else "core")
 
@@ -144,8 +160,10 @@ def test_work_tree_switches_patches_and_repairs_an_interrupted_build(tmp_path: P
     original = "int check(void)\n{\n    return -1;\n}\n"
     (builder.pristine / "src" / "gate.c").write_text(original)
     patch = tmp_path / "core-x.patch"
-    patch.write_text("drop the check\n\n--- a/src/gate.c\n+++ b/src/gate.c\n@@ -1,4 +1,4 @@\n int check(void)\n"
-                     " {\n-    return -1;\n+    return 0;\n }\n")
+    patch.write_text(
+        "drop the check\n\n--- a/src/gate.c\n+++ b/src/gate.c\n@@ -1,4 +1,4 @@\n int check(void)\n"
+        " {\n-    return -1;\n+    return 0;\n }\n"
+    )
     gate = builder.work / "src" / "gate.c"
     builder.prepare_work(patch)
     assert "return 0;" in gate.read_text()
@@ -168,13 +186,18 @@ def test_patches_apply_to_the_unpacked_source() -> None:
     if not (pristine / "configure").is_file():
         pytest.skip(f"no unpacked QEMU source at {pristine}: run `python -m harness.mutants.run --build-only` first")
     for patch in available_patches().values():
-        res = subprocess.run(["patch", "-p1", "--dry-run", "--batch", "-d", str(pristine), "-i", str(patch)],
-                             capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            ["patch", "-p1", "--dry-run", "--batch", "-d", str(pristine), "-i", str(patch)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert res.returncode == 0, f"{patch.name} does not apply: {res.stdout}{res.stderr}"
         assert "offset" not in res.stdout and "fuzz" not in res.stdout, f"{patch.name}: {res.stdout}"
 
 
 # --- real QEMU ----------------------------------------------------------------------------------------
+
 
 def _require_builds(names: list[str]) -> None:
     """Skip (saying how to enable) when the builds are missing or stale, unless MIGCONFORM_MUTANTS=1."""
@@ -184,8 +207,10 @@ def _require_builds(names: list[str]) -> None:
     if settings.mutants_build():
         MutantBuilder().build(names)
         return
-    pytest.skip(f"mutant builds missing or stale ({', '.join(stale)}); build them with "
-                f"`python -m harness.mutants.run --build-only` (about 10 min cold) or set {ENABLE_ENV}=1")
+    pytest.skip(
+        f"mutant builds missing or stale ({', '.join(stale)}); build them with "
+        f"`python -m harness.mutants.run --build-only` (about 10 min cold) or set {ENABLE_ENV}=1"
+    )
 
 
 async def _set_capabilities(binary_file: Path, caps: dict[str, bool]) -> str | None:
@@ -197,8 +222,9 @@ async def _set_capabilities(binary_file: Path, caps: dict[str, bool]) -> str | N
     binary = load_binary(binary_file)
     async with QemuMachine(binary, ["-machine", "q35", "-accel", "tcg", "-m", "128M", "-S"], name="src") as vm:
         try:
-            await vm.qmp("migrate-set-capabilities",
-                         capabilities=[{"capability": k, "state": v} for k, v in caps.items()])
+            await vm.qmp(
+                "migrate-set-capabilities", capabilities=[{"capability": k, "state": v} for k, v in caps.items()]
+            )
         except QmpCommandError as exc:
             return exc.desc
         got = await vm.qmp("query-migrate-capabilities")
@@ -243,8 +269,11 @@ def test_core_mutants_killed_and_unmodified_agrees(tmp_path: Path) -> None:
         pytest.skip(missing)
     _require_builds([UNMODIFIED, *CORE_MUTANTS])
     out = tmp_path / "mutants.json"
-    report, _ = run_mutants(MutantsOptions(names=CORE_MUTANTS, scenario_paths=[MUTANTS_DIR / "scenarios"],
-                                           jobs=2, json_path=out, progress=False))
+    report, _ = run_mutants(
+        MutantsOptions(
+            names=CORE_MUTANTS, scenario_paths=[MUTANTS_DIR / "scenarios"], jobs=2, json_path=out, progress=False
+        )
+    )
     text = render_console(report)
     assert report.valid, text
     assert report.killed == len(CORE_MUTANTS), text

@@ -25,8 +25,9 @@ from contract.versions import Version
 from harness import procutil
 from harness.binaries import QemuBinary
 from harness.errors import QemuLaunchError, QmpCommandError, QmpTimeout
-from harness.machine import QemuMachine, qemu_error_message, strip_qemu_prefixes
+from harness.machine import QemuMachine
 from harness.pair import MigrationPair
+from harness.qemu_stderr import qemu_error_message, strip_qemu_prefixes
 
 T = TypeVar("T")
 VM = ["-machine", "q35", "-accel", "tcg", "-m", "256M"]
@@ -326,7 +327,8 @@ def test_probe_reads_what_the_binary_has(qemu_binary: QemuBinary) -> None:
     """What the binary has, by version; what the host has is another matter (KVM, -cpu, Linux boot): the
     probe's answer there is checked against the test's own look in tests/qemu/test_probes.py, never against
     the host this was written on."""
-    from harness.probe import choose_accel, format_qemus, probe_binary, probe_host
+    from harness.probe import choose_accel, probe_binary, probe_host
+    from harness.qemus import format_qemus
 
     probe = probe_binary(qemu_binary)
     assert probe.error is None

@@ -282,7 +282,8 @@ def test_a_qemu_that_ignores_quit_is_killed_and_the_outcome_says_so(
 def test_the_runner_keeps_the_logs_of_an_item_that_erred_and_only_those(
     tmp_path: Path, qemu_binary: QemuBinary
 ) -> None:
-    from harness.runner import RunOptions, run_sync, targets_for_binaries
+    from harness.runner import RunOptions, run_sync
+    from harness.targets import targets_for_binaries
 
     if _overcommits():
         pytest.skip("vm.overcommit_memory=1: the host maps 1T of guest memory, so QEMU starts")

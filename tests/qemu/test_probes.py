@@ -24,20 +24,12 @@ from harness.binaries import BinaryRunError, QemuBinary, load_binary
 from harness.errors import BinaryError, HostEnvironmentError
 from harness.executor import guest_accel, run_scenario
 from harness.guest.image import GuestImage, GuestImageError, build_image
+from harness.linux_boot import LINUX_BOOT_BOUND_S, LINUX_BOOT_MARKER, boot_to_init, probe_linux_boot
 from harness.loader import load_scenario
-from harness.probe import (
-    KVM_CPU_CANDIDATES,
-    LINUX_BOOT_BOUND_S,
-    LINUX_BOOT_MARKER,
-    boot_to_init,
-    choose_accel,
-    host_facts,
-    probe_binary,
-    probe_host,
-    probe_linux_boot,
-)
+from harness.probe import KVM_CPU_CANDIDATES, choose_accel, host_facts, probe_binary, probe_host
 from harness.results import save
-from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.runner import RunOptions, run_sync
+from harness.targets import targets_for_binaries
 
 # What a test allows a QEMU it starts itself before giving up (a bound, not an assertion about time).
 OWN_RUN_BOUND_S = 60.0
@@ -156,7 +148,7 @@ def test_linux_boot_answer_is_kept_for_the_next_process(qemu_binary: QemuBinary)
     code = (
         "import json, sys\n"
         "from harness.binaries import load_binary\n"
-        "from harness.probe import probe_linux_boot\n"
+        "from harness.linux_boot import probe_linux_boot\n"
         "answer = probe_linux_boot(load_binary(sys.argv[1]))\n"
         "print(json.dumps([answer.boots, answer.detail, answer.from_disk]))\n"
     )
@@ -225,7 +217,7 @@ def test_a_binary_that_crashes_on_the_probe_is_an_environment_error(tmp_path: Pa
     # The Linux boot probe and `migconform qemus` say the same, not a guess.
     with pytest.raises(HostEnvironmentError):
         probe_linux_boot(binary)
-    from harness.probe import format_qemus
+    from harness.qemus import format_qemus
 
     table = format_qemus([binary])
     assert "probe failed" in table and str(path) in table

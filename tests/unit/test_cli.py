@@ -15,8 +15,12 @@ from contract.scenario import MigrationSpec, Scenario
 from contract.versions import Version
 from harness import cli, runner
 from harness.binaries import QemuBinary
-from harness.loader import ScenarioError
-from harness.runner import RunOptions, run_sync, select_shard, shard_of, targets_for_binaries
+from harness.commands import run as run_command
+from harness.results import item_log_name, save
+from harness.runner import RunOptions, run_sync
+from harness.scenario_error import ScenarioError
+from harness.shards import parse_shard, select_shard, shard_of
+from harness.targets import target_for_profile, targets_for_binaries
 
 BIN10 = QemuBinary(path="/fake/qemu-10", version=Version(10, 0, 2), version_text="QEMU emulator version 10.0.2")
 BIN7 = QemuBinary(path="/fake/qemu-7", version=Version(7, 2, 22), version_text="QEMU emulator version 7.2.22")
@@ -94,7 +98,7 @@ def test_every_scenario_on_every_binary_with_comparisons(tmp_path: Path) -> None
 
 def test_backend_reference_with_profile_needs_no_binary() -> None:
     fakes = Fakes()
-    res = run_sync([scenario("ok")], [runner.target_for_profile("8.2")], fakes.options(backend="reference"))
+    res = run_sync([scenario("ok")], [target_for_profile("8.2")], fakes.options(backend="reference"))
     assert [(o.backend, o.qemu_version) for o in res.outcomes] == [("reference", "8.2.0")]
     assert res.comparisons == [] and res.passed and fakes.facts_calls == []
 
@@ -118,9 +122,9 @@ def test_shards_partition_the_scenarios_stably() -> None:
     assert all(parts)
     assert shard_of("s1", 3) == shard_of("s1", 3)
     with pytest.raises(ValueError, match="K/N"):
-        runner.parse_shard("two")
+        parse_shard("two")
     with pytest.raises(ValueError, match="between 1 and N"):
-        runner.parse_shard("4/3")
+        parse_shard("4/3")
 
 
 # ---- command line ----------------------------------------------------------------------------------------
@@ -132,7 +136,7 @@ def fake_backends(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     monkeypatch.setattr(runner, "default_execute", lambda: fakes.execute)
     monkeypatch.setattr(runner, "default_predict", lambda: fakes.predict)
     monkeypatch.setattr(runner, "default_host_facts", lambda: fakes.host_facts)
-    monkeypatch.setattr(cli, "_binaries", lambda paths: [BIN10])
+    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: [BIN10])
     return fakes
 
 
@@ -197,9 +201,9 @@ def test_merge_and_report(tmp_path: Path, fake_backends: Fakes) -> None:
 
 
 def test_conformance_finds_the_bundled_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert (cli.suite_path() / "example-precopy-tcp.toml").exists()
+    assert (run_command.suite_path() / "example-precopy-tcp.toml").exists()
     monkeypatch.setenv("MIGCONFORM_SUITE", str(tmp_path))
-    assert cli.suite_path() == tmp_path
+    assert run_command.suite_path() == tmp_path
 
 
 def test_interrupted_run_keeps_finished_items_and_lists_the_rest(tmp_path: Path) -> None:
@@ -264,7 +268,7 @@ def test_vfio_scenarios_go_to_the_provider_in_one_batch() -> None:
 
 
 def test_sweep_builds_every_set_once_per_mode_and_transport() -> None:
-    from harness.loader import ID_PATTERN
+    from harness.scenario_tables import ID_PATTERN
     from harness.sweep import sweep_scenarios
 
     caps = ["events", "multifd", "postcopy-ram", "return-path"]
@@ -319,7 +323,7 @@ def logging_backends(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Logging
     monkeypatch.setattr(runner, "default_execute", lambda: fakes.execute)
     monkeypatch.setattr(runner, "default_predict", lambda: fakes.predict)
     monkeypatch.setattr(runner, "default_host_facts", lambda: fakes.host_facts)
-    monkeypatch.setattr(cli, "_binaries", lambda paths: [BIN10])
+    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: [BIN10])
     monkeypatch.chdir(tmp_path)  # the default logs root is results/logs of the current folder
     return fakes
 
@@ -376,9 +380,9 @@ def test_default_logs_root_without_json_and_nothing_left_when_all_agree(
 
 
 def test_item_log_names_are_safe_and_distinct() -> None:
-    assert runner.item_log_name("postcopy-vfio", "10.0.2") == "postcopy-vfio__10.0.2"
-    a = runner.item_log_name("s", "10.0.2 (/usr/bin/qemu-system-x86_64)")
-    b = runner.item_log_name("s", "10.0.2 (/opt/qemu/bin/qemu-system-x86_64)")
+    assert item_log_name("postcopy-vfio", "10.0.2") == "postcopy-vfio__10.0.2"
+    a = item_log_name("s", "10.0.2 (/usr/bin/qemu-system-x86_64)")
+    b = item_log_name("s", "10.0.2 (/opt/qemu/bin/qemu-system-x86_64)")
     assert a != b and "/" not in a + b and " " not in a + b and a.startswith("s__10.0.2_")
 
 
@@ -454,7 +458,7 @@ def test_results_file_that_cannot_be_written_mid_run_exits_3_without_traceback(
         def no_space(*args: Any, **kwargs: Any) -> Any:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(runner.save.__globals__["tempfile"], "mkstemp", no_space)
+        monkeypatch.setattr(save.__globals__["tempfile"], "mkstemp", no_space)
         return await original(s, binary, **kw)
 
     logging_backends.execute = break_the_disk  # type: ignore[method-assign]
@@ -506,6 +510,7 @@ def test_vfio_items_logs_come_back_from_the_lab_or_the_outcome_says_why(tmp_path
         "the VFIO provider 'mtty' ran this item's QEMUs itself and returned no logs"
     )
     assert all("lab_logs" not in o.extra for o in by_id.values())
+
 
 # ---- nothing to run, and --no-exec -----------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ from harness.compare import compare
 from harness.executor import guest_accel, guest_dict
 from harness.guest.session import GuestReport
 from harness.guest.session import GuestSpec as SessionGuestSpec
-from harness.loader import ScenarioError, load_scenario
+from harness.loader import load_scenario
 from harness.probe import BinaryProbe, HostProbe, LinuxBootProbe
+from harness.scenario_error import ScenarioError
 from reference_impl.guest import predict_guest
 
 

@@ -16,19 +16,18 @@ from harness.certify import certification_set, decide, is_certifiable, retarget
 from harness.compare import Comparison
 from harness.results import Results
 from harness.vfio.allocator import VfioUnavailable
+from harness.vfio.features import MigrationFeatures, kernel_dirty_report_works
 from harness.vfio.host import (
-    DriverRebinder,
     HostDeviceAllocator,
     HostVfioDevice,
-    MigrationFeatures,
-    SysfsRoots,
     configured_devices,
     foreign_group_members,
     inspect,
-    kernel_dirty_report_works,
     locate,
 )
 from harness.vfio.host_provider import HostDeviceRefused, HostProvider, devices_needed, shortage
+from harness.vfio.rebind import DriverRebinder
+from harness.vfio.sysfs import SysfsRoots
 
 DEVICE = "0000:3b:00.1"
 SIBLING = "0000:3b:00.0"

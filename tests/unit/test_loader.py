@@ -9,8 +9,11 @@ import pytest
 
 from contract.host import HostFacts
 from contract.scenario import ACTIONS, PERSONALITIES, SIDES, DeviceSpec
-from harness.loader import ScenarioError, host_commands, known_capabilities, load_scenario, load_scenarios
+from harness.host_commands import host_commands
+from harness.loader import load_scenario, load_scenarios
+from harness.scenario_error import ScenarioError
 from harness.suite import SUITE_DIR
+from harness.toml_reader import known_capabilities
 from reference_impl import predict
 
 SUITE = SUITE_DIR

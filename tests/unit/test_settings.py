@@ -94,6 +94,7 @@ def _python_files() -> list[Path]:
 
 # ---- the scanner can fail --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -102,7 +103,7 @@ def _python_files() -> list[Path]:
         'import os\nos.getenv("QEMU_BINARY", "")',
         'from os import environ\nenviron.get("MIGCONFORM_SUITE")',
         'import os\nENV = "MIGCONFORM_MUTANTS"\nif os.environ.get(ENV) == "1": pass',
-        'import os\nfrom harness import settings\nos.environ.get(settings.CACHE)',
+        "import os\nfrom harness import settings\nos.environ.get(settings.CACHE)",
         'import os\nif "MIGCONFORM_VFIO_DEVICES" in os.environ: pass',
         'import os\nos.environ.pop("MIGCONFORM_NEW_ONE", None)',
     ],
@@ -125,6 +126,7 @@ def test_the_scan_ignores_writes_and_other_variables(source: str) -> None:
 
 
 # ---- the source -----------------------------------------------------------------------------------------
+
 
 def test_only_the_settings_module_reads_migconform_variables() -> None:
     offenders = [
@@ -164,13 +166,15 @@ def test_there_is_one_cache_rule() -> None:
 
 # ---- the table ------------------------------------------------------------------------------------------
 
+
 def _documented() -> set[str]:
     return set(re.findall(r"^\| `([A-Z0-9_]+)` \|", DOC.read_text(), flags=re.MULTILINE))
 
 
 def test_every_variable_of_the_module_is_in_the_table() -> None:
     declared = {
-        value for name, value in vars(settings).items()
+        value
+        for name, value in vars(settings).items()
         if name.isupper() and isinstance(value, str) and _is_settings_name(value)
     }
     assert set(settings.VARIABLES) == declared, "every name constant belongs in VARIABLES"
@@ -197,6 +201,7 @@ def test_the_table_lists_nothing_that_is_not_read() -> None:
 
 # ---- the accessors read at call time --------------------------------------------------------------------
 
+
 def test_cache_root_follows_the_set_up_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(settings.CACHE, raising=False)
     assert settings.cache_root() == ROOT / ".cache"
@@ -207,14 +212,14 @@ def test_cache_root_follows_the_set_up_script(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_every_cache_user_follows_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from harness import probe
+    from harness import linux_boot
     from harness.mutants.build import mutants_cache
     from harness.vfio_lab.build import lab_cache
 
     monkeypatch.setenv(settings.CACHE, str(tmp_path))
     assert lab_cache() == tmp_path / "lab"
     assert mutants_cache() == tmp_path / "mutants"
-    assert probe.linux_boot_record().parent.parent == tmp_path
+    assert linux_boot.linux_boot_record().parent.parent == tmp_path
 
 
 def test_list_valued_variables(monkeypatch: pytest.MonkeyPatch) -> None:

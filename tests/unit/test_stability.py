@@ -19,8 +19,9 @@ from harness.compare import Comparison
 from harness.pair import unsettled
 from harness.report import console
 from harness.results import Results, load, save
-from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.runner import RunOptions, run_sync
 from harness.stability import Run, Stability, aggregate, representative, signature
+from harness.targets import targets_for_binaries
 
 BIN10 = QemuBinary(path="/fake/qemu-10", version=Version(10, 0, 2), version_text="QEMU emulator version 10.0.2")
 ACTIVE = VmState("active", "running")
@@ -224,6 +225,7 @@ def test_single_run_has_no_stability_section() -> None:
 
 def test_cli_repeat_flag_reaches_the_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from harness import cli
+    from harness.commands import run as run_command
 
     seen: list[RunOptions] = []
 
@@ -231,8 +233,8 @@ def test_cli_repeat_flag_reaches_the_runner(monkeypatch: pytest.MonkeyPatch, tmp
         seen.append(options)
         return Results(stability=[Stability("x", "10.0.2", runs=2, agree=1, error=1, errors=["boom"])])
 
-    monkeypatch.setattr(cli, "run_sync", fake_run_sync)
-    monkeypatch.setattr(cli, "_targets", lambda args: [])
+    monkeypatch.setattr(run_command, "run_sync", fake_run_sync)
+    monkeypatch.setattr(run_command, "_targets", lambda args: [])
     path = tmp_path / "x.toml"
     path.write_text("[migration]\n")
     out = io.StringIO()

@@ -19,8 +19,8 @@ from harness.compare import Comparison
 from harness.executor import NO_VFIO_PROVIDER
 from harness.loader import load_scenarios
 from harness.results import HOST_SKIP, RESOURCE_SKIP, Floor, Results, Skip, load
-from harness.runner import host_capable_items, targets_for_binaries
 from harness.suite import SUITE_DIR
+from harness.targets import host_capable_items, targets_for_binaries
 
 SUITE = SUITE_DIR
 BINARIES = discover_binaries()

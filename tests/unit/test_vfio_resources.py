@@ -27,8 +27,9 @@ from harness.errors import HostEnvironmentError, ResourceUnavailable
 from harness.guest.image import GuestImageError
 from harness.loader import load_scenario
 from harness.results import RESOURCE_SKIP, SKIP_KIND
-from harness.runner import RunOptions, run_sync, targets_for_binaries
+from harness.runner import RunOptions, run_sync
 from harness.suite import SUITE_DIR
+from harness.targets import targets_for_binaries
 from harness.vfio.allocator import AllocatedDevice, VfioUnavailable
 from harness.vfio.provider import LabRunError, lab_item_error
 from harness.vfio_lab.inside import LAB_ERROR_TYPE, _error_record
@@ -144,7 +145,6 @@ def test_lab_errors_keep_their_class_on_the_host(tmp_path: Path) -> None:
     assert LAB_ERROR_TYPE not in plain
     assert type(lab_item_error(str(plain["lab_error"]), None)) is RuntimeError
     assert isinstance(LabRunError("did not boot"), ResourceUnavailable)
-
 
 
 class _LabThatLostADevice:
