@@ -370,7 +370,7 @@ class _ScenarioRun:
     def _record_crashes(self, pair: MigrationPair) -> None:
         """A QEMU that died by a fault signal: ``extra.crash`` = {side: signal, the kernel's fault lines naming
         the thread}, so a crash is actionable without a core file. ``extra.query_guard``: waits of the
-        destination's query guard that hit their bound (MigrationPair._listen_thread_guard)."""
+        destination's query guard that hit their bound (harness.listen_guard)."""
         crashes = {vm.name: record.as_extra() for vm in (pair.source, pair.destination) if (record := vm.crash())}
         if crashes:
             self.outcome.extra["crash"] = crashes

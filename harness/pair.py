@@ -19,9 +19,9 @@ from typing import Any
 
 from contract.messages import SOURCE_MIGRATION_END
 from contract.outcome import VmState
-from contract.versions import Version
 from harness.binaries import QemuBinary
 from harness.errors import MigrationTimeout, QmpConnectionError, QmpTimeout, VmDied
+from harness.listen_guard import ListenThreadGuard, needs_listen_guard
 from harness.machine import DEFAULT_LAUNCH_TIMEOUT_S, QemuMachine, private_dir
 from harness.procutil import process_state
 
@@ -37,17 +37,6 @@ SIDES = ("source", "destination")
 FINAL_STATE_TIMEOUT_S = 5.0
 # Bound for the pair to reach a quiescent point before its final states are read (see :func:`unsettled`).
 SETTLE_TIMEOUT_S = 10.0
-# QEMU before 10.0 tears the incoming state down from the postcopy listen thread without the BQL
-# (postcopy_ram_listen_thread -> migration_incoming_state_destroy -> migration_incoming_transport_cleanup
-# frees mis->socket_address_list), while query-migrate on the main thread clones that list
-# (fill_destination_migration_info): a query-migrate at that moment is a use-after-free. Read in 7.2.22's
-# source (no lock) and 10.0.2's (bql_lock() around the call); versions in between are treated as 7.2, which
-# costs only a wait. docs/qemu-bugs.md section 10.
-LISTEN_DESTROY_LOCKED_SINCE = Version(10, 0)
-LISTEN_THREAD = "postcopy/listen"
-# Source statuses during which the destination's listen thread may finish (and tear down) at any moment.
-LISTEN_MAY_FINISH = frozenset({"postcopy-active", "device", "completed"})
-LISTEN_GUARD_TIMEOUT_S = 10.0
 # Statuses QEMU leaves on its own, without another command or more data, so that a read there depends only
 # on when a thread or bottom half of QEMU got the CPU: cancelling -> cancelled (migration_cleanup),
 # device -> completed/failed (migration_completion), wait-unplug -> active (qemu_savevm_wait_unplug).
@@ -151,10 +140,10 @@ class MigrationPair:
         self.stream_transport: str | None = None
         self.stream_loaded = False
         self.last_unsettled: str | None = None  # why the last final_states() read was not quiescent
-        # Waits the query guard could not end (the listen thread outlived LISTEN_GUARD_TIMEOUT_S).
+        # Waits the query guard could not end (harness.listen_guard: the listen thread outlived its bound).
         self.guard_notes: list[str] = []
-        if self.destination.binary.version < LISTEN_DESTROY_LOCKED_SINCE:
-            self.destination.query_migrate_guard = self._listen_thread_guard
+        if needs_listen_guard(self.destination.binary.version):
+            self.destination.query_migrate_guard = ListenThreadGuard(self.source, self.destination, self.guard_notes)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,30 +178,6 @@ class MigrationPair:
         if name == "destination":
             return self.destination
         raise ValueError(f"unknown side {name!r} (allowed: source, destination)")
-
-    async def _listen_thread_guard(self) -> None:
-        """Before a query-migrate on a destination older than :data:`LISTEN_DESTROY_LOCKED_SINCE`: while
-        its postcopy listen thread lives and may be tearing the incoming state down (the source is past the
-        switchover), wait until that thread is gone. The source's status is asked each time round, so a
-        postcopy that pauses (the listen thread then waits for a recovery, not tearing anything down) lets
-        the query through at once. Bounded; a wait that hits the bound is noted and the query goes ahead."""
-        deadline = time.monotonic() + LISTEN_GUARD_TIMEOUT_S
-        while LISTEN_THREAD in self.destination.thread_names():
-            if not self.source.is_alive:
-                return
-            try:
-                source_status = await self.source.query_migrate_status()
-            except (VmDied, QmpConnectionError):
-                return
-            if source_status not in LISTEN_MAY_FINISH:
-                return
-            if time.monotonic() >= deadline:
-                self.guard_notes.append(
-                    f"the destination's {LISTEN_THREAD} thread outlived {LISTEN_GUARD_TIMEOUT_S:g} s "
-                    f"(source {source_status}): query-migrate went ahead"
-                )
-                return
-            await asyncio.sleep(POLL_INTERVAL_S / 4)
 
     # ------------------------------------------------------------------ configuration
 
@@ -369,9 +334,7 @@ class MigrationPair:
     async def wait_source_end(self, timeout: float) -> str:
         """Until the source ends, or parks in ``pre-switchover`` (pause-before-switchover: only
         migrate-continue moves it on, so waiting longer would only time out)."""
-        return await self.wait_status(
-            "source", END_STATUSES | PARKED_STATUSES, timeout, what=SOURCE_MIGRATION_END
-        )
+        return await self.wait_status("source", END_STATUSES | PARKED_STATUSES, timeout, what=SOURCE_MIGRATION_END)
 
     async def migrate_continue(self) -> None:
         """``migrate-continue`` out of pre-switchover (pause-before-switchover)."""

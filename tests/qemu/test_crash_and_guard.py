@@ -1,6 +1,6 @@
 """A crash is reported with the kernel's fault lines (harness.crash), and a destination older than 10.0 is
 never asked query-migrate while its postcopy listen thread may be tearing the incoming state down
-(MigrationPair._listen_thread_guard, docs/qemu-bugs.md section 10)."""
+(harness.listen_guard, docs/qemu-bugs.md section 10)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pytest
 from contract.versions import Version
 from harness.binaries import QemuBinary
 from harness.crash import crash_record
+from harness.listen_guard import LISTEN_DESTROY_LOCKED_SINCE, LISTEN_MAY_FINISH, LISTEN_THREAD
 from harness.machine import QemuMachine
-from harness.pair import LISTEN_DESTROY_LOCKED_SINCE, LISTEN_MAY_FINISH, LISTEN_THREAD, MigrationPair
+from harness.pair import MigrationPair
 from harness.probe import host_facts
 
 VM = ["-machine", "q35", "-accel", "tcg", "-m", "64M"]
