@@ -13,12 +13,11 @@ from contract.scenario import Scenario
 from contract.versions import profile_for
 from harness import procutil, settings
 from harness.commands.outputs import check_writable, check_writable_dir, write_reports
-from harness.commands.usage import AUTO
+from harness.commands.usage import AUTO, shard_option
 from harness.errors import UsageError
 from harness.loader import load_scenarios
 from harness.report import console
 from harness.runner import RunOptions, run_sync
-from harness.shards import parse_shard, select_shard
 from harness.suite import SUITE_DIR
 from harness.targets import Target, target_for_profile, targets_for_binaries
 
@@ -135,12 +134,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
     if args.backend != "reference" and args.keep_logs != "none":
         logs_dir = _logs_root(args, json_path)
         check_writable_dir(logs_dir, "--logs-dir")
-    if args.shard:
-        try:
-            k, n = parse_shard(args.shard)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        scenarios = select_shard(scenarios, k, n)
+    scenarios = shard_option(args.shard, scenarios)
     targets = _targets(args)
     vfio_provider, vfio_options = _vfio_source(args)
     require_all, min_compared, floor_meta = _floor(args, scenarios, targets)

@@ -11,10 +11,10 @@ from harness import procutil
 from harness import results as results_io
 from harness.commands.outputs import check_writable, write_reports
 from harness.commands.run import qemu_binaries
+from harness.commands.usage import shard_option
 from harness.errors import UsageError
 from harness.results import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_PASSED, Results
 from harness.runner import RunOptions, run_sync
-from harness.shards import parse_shard, select_shard
 from harness.targets import targets_for_binaries
 
 
@@ -50,12 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         except SweepError as exc:
             raise UsageError(str(exc)) from None
         scenarios = sweep_scenarios(caps, size=args.size, transports=transports, modes=modes)
-        if args.shard:
-            try:
-                k, n = parse_shard(args.shard)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-            scenarios = select_shard(scenarios, k, n)
+        scenarios = shard_option(args.shard, scenarios)
         if args.limit:
             scenarios = scenarios[: args.limit]
         started = time.monotonic()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+
+from contract.scenario import Scenario
+from harness.errors import UsageError
+from harness.shards import parse_shard, select_shard
 
 
 def _whole_number(text: str, minimum: int, what: str = "a whole number") -> int:
@@ -24,3 +29,15 @@ AUTO = "auto"
 
 def min_compared_type(text: str) -> int | str:
     return AUTO if text == AUTO else _whole_number(text, 0, "a whole number or auto")
+
+
+def shard_option(text: str | None, scenarios: Sequence[Scenario]) -> list[Scenario]:
+    """``--shard K/N`` of ``run``, ``conformance`` and ``sweep``: the K-th slice (all without the option); a
+    malformed value is a :class:`~harness.errors.UsageError` (exit 2) saying what K/N must be."""
+    if not text:
+        return list(scenarios)
+    try:
+        k, n = parse_shard(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return select_shard(scenarios, k, n)
