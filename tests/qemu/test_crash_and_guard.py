@@ -27,6 +27,8 @@ VM = ["-machine", "q35", "-accel", "tcg", "-m", "64M"]
 # (MIGRATION_THREAD_DST_LISTEN "mig/dst/listen" in 10.0.2's source).
 LISTEN_THREAD_NAME = {True: LISTEN_THREAD, False: "mig/dst/listen"}
 TIMEOUT = 30.0
+# Bytes per second of the postcopy phase: an idle 64 MiB firmware-only VM then stays postcopy-active for a while.
+POSTCOPY_PACE = 100_000
 
 
 def test_kernel_fault_line_of_a_real_segfault_is_recorded() -> None:
@@ -87,7 +89,9 @@ def test_no_destination_query_while_the_listen_thread_may_tear_down(qemu_binary:
             pair.destination.qmp = watched  # type: ignore[method-assign]
             for side in ("source", "destination"):
                 await pair.set_capabilities(side, {"postcopy-ram": True})
-            await pair.set_parameters("source", {"max-bandwidth": 200_000})
+            # Paced on both phases so that postcopy lasts long enough (about a second: the loop below asks many
+            # times while the listen thread lives), whatever the host's load.
+            await pair.set_parameters("source", {"max-bandwidth": 200_000, "max-postcopy-bandwidth": POSTCOPY_PACE})
             await pair.migrate("tcp")
             migrating = True
             await pair.wait_left_setup(TIMEOUT)
