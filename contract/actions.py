@@ -2,7 +2,7 @@
 
 For each action: the ``stage`` an outcome names when QEMU refuses the step, and the name of the handler that
 runs it on each backend. The loader accepts exactly these actions, the model's step dispatch
-(reference_impl.steps) and the executor's (harness.executor) are built from the handler names, and
+(reference_impl.steps) and the executor's (harness.execution.steps) are built from the handler names, and
 tests/unit/test_contract.py checks that every action has a handler on both and that neither has a handler
 for an action that is not here, so adding an action means adding it here and on both backends.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 # Where each backend's handlers live (named, not imported: this package imports neither backend).
 MODEL_HANDLERS = "reference_impl.steps"  # module: functions step_*(scene, scenario, step) -> error | None
-EXECUTOR_HANDLERS = "harness.executor:_ScenarioRun"  # class: async methods step_*(pair, step, stage, sides)
+EXECUTOR_HANDLERS = "harness.execution.steps"  # module: async functions step_*(context, step, stage, sides)
 HANDLER_PREFIX = "step_"
 BACKENDS = ("model", "executor")
 

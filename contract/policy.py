@@ -10,7 +10,7 @@ from contract.scenario import Step
 
 # The default bound of one wait (``--timeout``): the model's timeouts say this many seconds.
 DEFAULT_WAIT_TIMEOUT_S = 60.0
-# Precopy bandwidth before a scenario's start-postcopy (harness.executor _pace_for_postcopy): 256 MiB of
+# Precopy bandwidth before a scenario's start-postcopy (harness.execution.steps pace_for_postcopy): 256 MiB of
 # zero pages take about half a second at this rate, ample time for the switch.
 POSTCOPY_PACING_BYTES_PER_S = 1_000_000
 

@@ -51,10 +51,10 @@ Hierarchy::
         │                    works, a resource the run was promised): never QEMU's answer
         ├── ResourceUnavailable  a resource the run should have had (VFIO device, mdev, guest image)
         │   └── harness.vfio.provider.LabRunError  the lab returned no outcomes
-        ├── harness.executor.HostResourceExhausted  QEMU failed for want of memory, disk or descriptors
+        ├── harness.execution.verdict.HostResourceExhausted  QEMU failed for want of memory, disk or descriptors
         └── harness.binaries.BinaryRunError
 
-Not in the tree on purpose: ``harness.executor._Refused`` is no error but QEMU's answer (a refusal) on its way
+Not in the tree on purpose: ``harness.execution.verdict.Refused`` is no error but QEMU's answer (a refusal) on its way
 to the verdict, and never leaves the executor; under this root an ``except MigconformError`` could swallow a
 verdict. The model's exceptions (``reference_impl.vfio``: VfioPropertyError, VfioInvalidTransition,
 VfioSequenceError) are the model's prediction of QEMU's or the kernel's refusal, caught inside the model, and

@@ -30,7 +30,15 @@ from qemu.qmp import ExecuteError, QMPClient, QMPError
 from harness import procutil
 from harness.binaries import QemuBinary
 from harness.crash import CrashRecord, crash_record
-from harness.errors import QemuLaunchError, QmpCommandError, QmpConnectionError, QmpTimeout, VmDied
+from harness.errors import (
+    JobTimeout,
+    QemuLaunchError,
+    QmpCommandError,
+    QmpConnectionError,
+    QmpEventTimeout,
+    QmpTimeout,
+    VmDied,
+)
 from harness.qemu_stderr import qemu_error_message, strip_qemu_prefixes
 from harness.qmp_events import RECORDED_EVENTS, EventRecorder, RecordedEvents
 
@@ -402,6 +410,39 @@ class QemuMachine(RecordedEvents):
     async def query_migrate_status(self) -> str:
         """``query-migrate``'s status; "none" when there is no status key (no migration yet)."""
         return str((await self.query_migrate()).get("status", "none"))
+
+    async def run_job(self, command: str, arguments: Mapping[str, Any], timeout: float) -> None:
+        """Run a QMP command that starts the job ``arguments["job-id"]``, wait (bounded) until the job has
+        concluded, then dismiss it. The wait is on JOB_STATUS_CHANGE, which QEMU sends on every transition
+        (job_state_transition) whatever the capabilities, recorded from before the command.
+
+        Raises :class:`QmpCommandError` when QEMU refuses the command or the job concludes with an error (the
+        job's error is then ``desc``), :class:`JobTimeout` (with the job's status) when it has not concluded
+        within ``timeout``, :class:`VmDied` when QEMU exits first. A job gone at the end of the wait (an
+        auto-dismissed one) says nothing more."""
+        job_id = str(arguments["job-id"])
+        start = len(self._recorder.events)
+        await self.qmp(command, arguments)
+
+        def concluded(event: dict[str, Any]) -> bool:
+            data = event.get("data", {})
+            return (
+                event.get("event") == "JOB_STATUS_CHANGE"
+                and data.get("id") == job_id
+                and data.get("status") == "concluded"
+            )
+
+        with contextlib.suppress(QmpEventTimeout):
+            await self.wait_event(concluded, timeout, start)
+        job = next((j for j in await self.qmp("query-jobs") if j.get("id") == job_id), None)
+        if job is None:
+            return
+        if job.get("status") != "concluded":
+            raise JobTimeout(f"{command} job {job_id}", timeout, str(job.get("status")))
+        with contextlib.suppress(QmpCommandError):
+            await self.qmp("job-dismiss", id=job_id)
+        if job.get("error"):
+            raise QmpCommandError(command, arguments, str(job["error"]), "GenericError", self.name)
 
     async def runstate(self) -> str:
         result = await self.qmp("query-status")

@@ -15,7 +15,7 @@ from qemu.qmp.message import Message
 from harness.errors import QmpEventTimeout, VmDied
 
 # Events worth keeping for the outcome and for waits.
-RECORDED_EVENTS = ("MIGRATION", "STOP", "RESUME", "VFIO_MIGRATION", "SHUTDOWN", "MIGRATION_PASS")
+RECORDED_EVENTS = ("MIGRATION", "STOP", "RESUME", "VFIO_MIGRATION", "SHUTDOWN", "MIGRATION_PASS", "JOB_STATUS_CHANGE")
 
 
 class EventRecorder(EventListener):
@@ -48,7 +48,7 @@ class RecordedEvents:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """Every recorded event so far (MIGRATION, STOP, RESUME, VFIO_MIGRATION, SHUTDOWN, MIGRATION_PASS)."""
+        """Every recorded event so far (:data:`RECORDED_EVENTS`)."""
         return list(self._recorder.events)
 
     def migration_events(self) -> list[str]:

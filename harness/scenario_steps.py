@@ -1,6 +1,6 @@
 """``[[step]]`` tables into :class:`reference_impl.scenario.Step`: which keys and sides each action takes.
 
-Its own module because the rules follow the executor (harness/executor.py), not the TOML: a key or side
+Its own module because the rules follow the executor (harness/execution/steps.py), not the TOML: a key or side
 the executor would ignore while the model honours it is a false divergence, so the loader refuses it.
 """
 
@@ -26,7 +26,7 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "qmp": ("command", "arguments"),
     "migrate-continue": (),
 }
-# The sides each action can act on, as harness/executor.py runs them: start-postcopy, cancel,
+# The sides each action can act on, as harness/execution/steps.py runs them: start-postcopy, cancel,
 # migrate-continue and wait always act on the migration of the source (MigrationPair), so another side
 # would be ignored by the executor and honoured by the model (a false divergence); migrate from both
 # sides at once is not a migration.

@@ -55,7 +55,7 @@ def host_capable_items(scenarios: Sequence[Scenario], targets: Sequence[Target])
     checks the executor skips with), and why each other item cannot. Resources (a VFIO provider, a guest
     image) never lower the count: a run without them shrank. VFIO scenarios are judged against this host's
     probe too (the suite's declare no capability but ``vfio``)."""
-    from harness.executor import unmet_requirement
+    from harness.execution.preflight import unmet_requirement
     from harness.probe import choose_accel, probe_binary, probe_host
 
     host = probe_host()

@@ -1,6 +1,6 @@
 """The model's step handlers, one per action of contract.actions (whose table names them).
 
-Each handler mirrors what the executor's handler of the same action does to real QEMU (harness.executor) and
+Each handler mirrors what the executor's handler of the same action does to real QEMU (harness.execution.steps) and
 returns QEMU's error text for a refused step, or None. The dispatch (:data:`HANDLERS`) is built from the table
 when this module is imported, so an action without a handler here fails at once.
 """

@@ -4,7 +4,7 @@ QEMU sends ``VFIO_MIGRATION`` (9.1+) only for a device with ``migration-events=o
 ``vfio_migration_init`` succeeded (it has a ``VFIOMigration``: savevm handlers and VM-state handlers), once
 per state change ``vfio_migration_set_device_state`` makes; ``device-id`` is the device's qdev id (an
 unnamed device sends ``""``). The harness keys the destination's devices ``destination:<id>``
-(harness/executor.py ``_record_events``). Every other VFIO scenario makes QEMU send none, and the model says
+(harness/execution/record.py ``record_events``). Every other VFIO scenario makes QEMU send none, and the model says
 so by predicting ``{}``.
 
 :class:`VfioEvents` follows :func:`reference_impl.predict.predict` step by step and drives one

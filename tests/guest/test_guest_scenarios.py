@@ -1,7 +1,7 @@
 """Guest scenarios through the scenario path (loader -> executor -> comparison), proving the check can fail there.
 
 tests/guest/test_guest.py proves the memory check finds a corrupted page when a test drives QEMU itself; this
-proves the same through the executor the suite uses: a hook (harness.executor.GuestCheck) overwrites one page of
+proves the same through the executor the suite uses: a hook (harness.execution.guest.GuestCheck) overwrites one page of
 the destination guest just before the executor's check, and the outcome must name exactly that page, and the
 comparison with the model must then diverge in ``guest`` and nowhere else.
 """
@@ -20,7 +20,8 @@ import pytest
 from harness.binaries import QemuBinary, discover_binaries
 from harness.compare import compare
 from harness.errors import GuestCheckError
-from harness.executor import GuestCheck, run_scenario
+from harness.execution.guest import GuestCheck
+from harness.executor import run_scenario
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.guest.poke import poke_guest_memory
 from harness.guest.session import page_gpa_blocking
@@ -104,7 +105,7 @@ def test_one_page_corrupted_before_the_check_is_reported_and_diverges(qemu: Qemu
 @pytest.mark.usefixtures("guest_image")
 def test_postcopy_scenario_really_switches_while_the_guest_writes(qemu: QemuBinary, workdir: Path) -> None:
     """guest-postcopy-switch must test postcopy, not a precopy that ended before the switch: the executor paces
-    precopy (_pace_for_postcopy), so the destination must fault pages in (postcopy-requests > 0)."""
+    precopy (pace_for_postcopy), so the destination must fault pages in (postcopy-requests > 0)."""
     scenario = load_scenario(SCENARIOS / "guest-postcopy-switch.toml")
     outcome = run_scenario(scenario, qemu, workdir=workdir, timeout=60.0)
     if outcome.verdict == "skipped":
@@ -112,8 +113,8 @@ def test_postcopy_scenario_really_switches_while_the_guest_writes(qemu: QemuBina
     assert outcome.verdict == "completed", outcome.to_json()
     passes = outcome.extra.get("ram_passes")
     assert passes and passes[-1].get("postcopy-requests", 0) > 0, passes
-    assert outcome.guest is not None and outcome.guest["alive"] and outcome.guest["bad_pages"] == 0, (
-        outcome.extra.get("guest_check")
+    assert outcome.guest is not None and outcome.guest["alive"] and outcome.guest["bad_pages"] == 0, outcome.extra.get(
+        "guest_check"
     )
 
 

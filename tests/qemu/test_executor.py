@@ -24,7 +24,8 @@ from contract.outcome import Outcome, VmState
 from contract.scenario import DeviceSpec
 from contract.versions import Version
 from harness.binaries import QemuBinary
-from harness.executor import NO_VFIO_PROVIDER, run_scenario
+from harness.execution.preflight import NO_VFIO_PROVIDER
+from harness.executor import run_scenario
 from harness.loader import load_scenario
 from harness.pair import MigrationPair
 from harness.suite import SUITE_DIR
@@ -182,7 +183,7 @@ def test_kvm_accel_is_used_when_asked(tmp_path: Path, qemu_binary: QemuBinary, a
 
 
 def test_host_errno_matches_only_the_host_resource_errno_texts() -> None:
-    from harness.executor import host_errno
+    from harness.execution.verdict import host_errno
 
     assert host_errno("cannot set up guest memory 'pc.ram': Cannot allocate memory") == "ENOMEM"
     assert host_errno("Unable to write to file: No space left on device") == "ENOSPC"
@@ -207,7 +208,7 @@ def _overcommits() -> bool:
 
 def test_guest_memory_the_host_cannot_give_is_an_environment_error(tmp_path: Path, qemu_binary: QemuBinary) -> None:
     from harness.errors import HostEnvironmentError
-    from harness.executor import HostResourceExhausted
+    from harness.execution.verdict import HostResourceExhausted
 
     if _overcommits():
         pytest.skip("vm.overcommit_memory=1: the host maps 1T of guest memory, so QEMU starts")
@@ -239,7 +240,7 @@ def small_tmpfs() -> Iterator[Path]:
 def test_a_full_disk_under_a_file_transport_is_an_environment_error(
     tmp_path: Path, qemu_binary: QemuBinary, small_tmpfs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness.executor import HostResourceExhausted
+    from harness.execution.verdict import HostResourceExhausted
     from harness.probe import probe_binary, probe_host
 
     if qemu_binary.version < Version(8, 2):

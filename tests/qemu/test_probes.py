@@ -22,7 +22,8 @@ import pytest
 from contract.scenario import VmSpec
 from harness.binaries import BinaryRunError, QemuBinary, load_binary
 from harness.errors import BinaryError, HostEnvironmentError
-from harness.executor import guest_accel, run_scenario
+from harness.execution.preflight import guest_accel
+from harness.executor import run_scenario
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.linux_boot import LINUX_BOOT_BOUND_S, LINUX_BOOT_MARKER, boot_to_init, probe_linux_boot
 from harness.loader import load_scenario

@@ -21,7 +21,7 @@ from harness.errors import (
 )
 
 # Not errors (harness.errors says why): QEMU's refusal on its way to the verdict.
-NOT_ERRORS = {"harness.executor._Refused"}
+NOT_ERRORS = {"harness.execution.verdict.Refused"}
 # Runs the command line when imported.
 SKIPPED_MODULES = ("harness.__main__",)
 

@@ -13,7 +13,8 @@ from contract.outcome import Outcome, VmState
 from contract.scenario import Scenario, VmSpec
 from harness.binaries import QemuBinary
 from harness.compare import compare
-from harness.executor import guest_accel, guest_dict
+from harness.execution.guest import guest_dict
+from harness.execution.preflight import guest_accel
 from harness.guest.session import GuestReport
 from harness.guest.session import GuestSpec as SessionGuestSpec
 from harness.loader import load_scenario

@@ -380,7 +380,7 @@ def test_fast_precopy_finishes_before_postcopy() -> None:
 
 
 def test_executor_paces_postcopy() -> None:
-    # harness/executor.py _pace_for_postcopy: no max-bandwidth in the scenario -> 1,000,000 B/s before migrate,
+    # harness/execution/steps.py pace_for_postcopy: no max-bandwidth in the scenario -> 1,000,000 B/s before migrate,
     # so the switch happens (real 10.0.2, suite postcopy-* scenarios: postcopy-active in the source events).
     outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True}, mode="postcopy")
     assert outcome.events is not None and outcome.events["source"] == [

@@ -16,7 +16,7 @@ import pytest
 from harness import cli
 from harness.binaries import discover_binaries
 from harness.compare import Comparison
-from harness.executor import NO_VFIO_PROVIDER
+from harness.execution.preflight import NO_VFIO_PROVIDER
 from harness.loader import load_scenarios
 from harness.results import HOST_SKIP, RESOURCE_SKIP, Floor, Results, Skip, load
 from harness.suite import SUITE_DIR

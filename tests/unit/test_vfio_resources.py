@@ -24,6 +24,7 @@ from contract.scenario import DeviceSpec, Scenario
 from harness import executor
 from harness.binaries import QemuBinary, discover_binaries
 from harness.errors import HostEnvironmentError, ResourceUnavailable
+from harness.execution import preflight
 from harness.guest.image import GuestImageError
 from harness.loader import load_scenario
 from harness.results import RESOURCE_SKIP, SKIP_KIND
@@ -94,7 +95,7 @@ def test_guest_image_that_cannot_be_built_is_an_error(tmp_path: Path, monkeypatc
     def broken_build() -> object:
         raise GuestImageError("apt-get download linux-image-amd64 failed: no network")
 
-    monkeypatch.setattr(executor, "build_image", broken_build)
+    monkeypatch.setattr(preflight, "build_image", broken_build)
     scenario = _scenario(tmp_path, "", top='requires = ["guest"]\n')
     with pytest.raises(ResourceUnavailable, match="guest image: apt-get download"):
         executor.run_scenario(scenario, BINARIES[0], workdir=tmp_path / "w")
