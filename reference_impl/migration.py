@@ -175,7 +175,12 @@ def stop(vm: Machine) -> str | None:
 
 
 def cont(vm: Machine) -> str | None:
-    """``qmp_cont``: while inmigrate it sets autostart (measured: {} and still inmigrate); else the VM runs."""
+    """``qmp_cont``: while inmigrate it sets autostart (measured: {} and still inmigrate); else the VM runs.
+
+    In finish-migrate (a paused postcopy source) it refuses before touching anything, same text in 7.2 and
+    10.0 (qmp_cont: "Migration is not finalized yet")."""
+    if vm.runstate == "finish-migrate":
+        return "Migration is not finalized yet"
     if vm.runstate == "inmigrate":
         vm.autostart = True
     else:

@@ -20,6 +20,10 @@ from reference_impl import migration as mig
 from reference_impl.capabilities import N8_2
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
+from reference_impl.qmp_jobs import ARGUMENTS as JOB_ARGUMENTS
+from reference_impl.qmp_jobs import HANDLERS as JOB_HANDLERS
+from reference_impl.qmp_postcopy import ARGUMENTS as POSTCOPY_ARGUMENTS
+from reference_impl.qmp_postcopy import HANDLERS as POSTCOPY_HANDLERS
 
 
 def _busy(vm: Machine) -> bool:
@@ -102,6 +106,8 @@ MODELLED_SCHEMES = frozenset({"tcp", "unix", "file", "exec"})
 MODELLED_ARGUMENTS: dict[str, frozenset[str]] = {
     "migrate": frozenset({"uri", "detach"}),
     "migrate-incoming": frozenset({"uri"}),
+    **POSTCOPY_ARGUMENTS,
+    **JOB_ARGUMENTS,
 }
 # qom-types whose object-add the model follows: a RAM backend adds no blocker and succeeds with an id and a
 # size (host_memory_backend_memory_complete); the arguments it reads are listed.
@@ -204,6 +210,10 @@ def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str,
     handler = _HANDLERS.get(command)
     if handler is not None:
         return handler(vm, arguments)
+    # Handlers that need the pair (the peer's migration, the jobs each VM created).
+    scene_handler = POSTCOPY_HANDLERS.get(command) or JOB_HANDLERS.get(command)
+    if scene_handler is not None:
+        return scene_handler(scene, vm, arguments)
     if command == "migrate-set-capabilities":
         caps = {str(c["capability"]): bool(c["state"]) for c in arguments.get("capabilities", [])}
         return mig.set_capabilities(vm, caps)
