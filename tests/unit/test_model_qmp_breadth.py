@@ -170,3 +170,18 @@ def test_id_wellformed() -> None:
     assert not id_wellformed("9a")
     assert not id_wellformed("a b")
     assert not id_wellformed("é")
+
+
+@pytest.mark.parametrize(("version", "paused_end"), [("10.0", "paused"), ("7.2", "postmigrate")])
+def test_cancel_out_of_pre_switchover(version: str, paused_end: str) -> None:
+    # qmp-cancel-pre-switchover, qmp-cancel-pre-switchover-paused: migration_iteration_finish after a cancel.
+    park = Step("set-capabilities", capabilities={"pause-before-switchover": True})
+    cancel, wait = qmp("migrate_cancel"), Step("wait")
+    outcome = run(park, MIGRATE, wait, cancel, wait, version=version)
+    assert outcome.verdict == "failed" and states(outcome) == (("cancelled", "running"), None)
+    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
+    outcome = run(Step("stop"), park, MIGRATE, wait, cancel, wait, version=version)
+    assert states(outcome)[0] == ("cancelled", paused_end)
+    # qmp-cancel-destination-during-precopy: the destination has no outgoing migration to cancel.
+    outcome = run(SLOW, MIGRATE, qmp("migrate_cancel", "destination"), version=version)
+    assert outcome.verdict == "completed" and states(outcome) == (("active", "running"), ("active", "inmigrate"))
