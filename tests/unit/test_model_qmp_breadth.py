@@ -185,3 +185,32 @@ def test_cancel_out_of_pre_switchover(version: str, paused_end: str) -> None:
     # qmp-cancel-destination-during-precopy: the destination has no outgoing migration to cancel.
     outcome = run(SLOW, MIGRATE, qmp("migrate_cancel", "destination"), version=version)
     assert outcome.verdict == "completed" and states(outcome) == (("active", "running"), ("active", "inmigrate"))
+
+
+@pytest.mark.parametrize("version", ["10.0", "7.2"])
+def test_migrate_incoming_dispatch_errors(version: str) -> None:
+    # qmp-incoming-bogus-scheme, qmp-incoming-file-missing, qmp-incoming-unix-missing-dir.
+    events = Step("set-capabilities", side="destination", capabilities={"events": True})
+
+    def incoming(uri: str) -> Outcome:
+        return run(events, qmp("migrate-incoming", "destination", uri=uri), version=version)
+
+    new = version == "10.0"
+    outcome = incoming("bogus:x")
+    assert refusal(outcome) == ("refused", "qmp", "unknown migration protocol: bogus:x")
+    assert outcome.events == {"source": [], "destination": [] if new else ["setup"]}
+    assert states(outcome)[1] == ("none", "inmigrate")
+    outcome = incoming("file:/nonexistent-migconform/x")
+    file_error = "Could not open '/nonexistent-migconform/x': No such file or directory"
+    assert outcome.error == (file_error if new else "unknown migration protocol: file:/nonexistent-migconform/x")
+    assert states(outcome)[1] == ("setup" if new else "none", "inmigrate")
+    assert outcome.events is not None and outcome.events["destination"] == ["setup"]
+    outcome = incoming("unix:/nonexistent-migconform/sock")
+    assert outcome.error == "Failed to bind socket to /nonexistent-migconform/sock: No such file or directory"
+    assert states(outcome)[1] == ("setup" if new else "none", "inmigrate")
+
+
+def test_migrate_incoming_dispatch_limits() -> None:
+    assert run(qmp("migrate-incoming", "destination", uri="bogus:x"), version="8.1").not_modelled is not None
+    outcome = run(qmp("migrate-incoming", "destination", uri="file:/dev/null"))
+    assert outcome.not_modelled == "migrate-incoming of an existing file (the destination loads it at once)"
