@@ -56,10 +56,11 @@ def _job_create(scene: Scene, vm: Machine, command: str, arguments: Mapping[str,
 
 def snapshot_load(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     """``qmp_snapshot_load`` -> ``snapshot_load_job_bh``: vm_stop(RUN_STATE_RESTORE_VM), then load_snapshot,
-    which fails without a disk that holds the snapshot; the VM is resumed only when the load succeeded
-    (``if (s->ret)``: load_snapshot returns true on success, 7.2 and 10.0 alike), so a running VM stays in
-    restore-vm. vm_stop changes only a live VM (do_vm_stop: 7.2 runstate_is_running, 10.0 runstate_is_live,
-    which adds suspended): a paused or inmigrate VM keeps its runstate."""
+    which fails without a disk ("At least one device is required for snapshot", in query-jobs); the VM is
+    resumed only when the load succeeded (``if (s->ret)``: load_snapshot returns true on success, 7.2 and 10.0
+    alike), so a running VM stays in restore-vm. vm_stop changes only a live VM (do_vm_stop: 7.2
+    runstate_is_running, 10.0 runstate_is_live, which adds suspended): a paused or inmigrate VM keeps its
+    runstate."""
     error = _job_create(scene, vm, "snapshot-load", arguments)
     if error is None and vm.runstate == "running":
         vm.runstate = "restore-vm"
@@ -67,8 +68,8 @@ def snapshot_load(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> st
 
 
 def snapshot_delete(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> str | None:
-    """``qmp_snapshot_delete`` -> ``snapshot_delete_job_bh``: delete_snapshot touches only block nodes; the
-    runstate and the migration state are left alone whatever the job's result."""
+    """``qmp_snapshot_delete`` -> ``snapshot_delete_job_bh``: delete_snapshot touches only block nodes (without
+    a disk the job fails like the load's); the runstate and the migration state are left alone."""
     return _job_create(scene, vm, "snapshot-delete", arguments)
 
 
