@@ -109,6 +109,14 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
     emit(vm, "cancelling")
     emit(vm, "cancelled")
     vm.migration = None
+    if vm.runstate == "finish-migrate":
+        # Stopped for the switchover (parked in pre-switchover): migration_iteration_finish restarts a VM that
+        # ran; otherwise 7.2 sets postmigrate and 10.0 the runstate it had (s->vm_old_state). Measured on both
+        # (qmp-cancel-pre-switchover, qmp-cancel-pre-switchover-paused).
+        if m.source_runstate == "running":
+            vm.runstate = "running"
+        else:
+            vm.runstate = m.source_runstate if vm.vn >= N10_0 else "postmigrate"
     peer = scene.destination if vm is scene.source else scene.source
     if not reads_stream(m, peer):
         return None
@@ -175,7 +183,12 @@ def stop(vm: Machine) -> str | None:
 
 
 def cont(vm: Machine) -> str | None:
-    """``qmp_cont``: while inmigrate it sets autostart (measured: {} and still inmigrate); else the VM runs."""
+    """``qmp_cont``: while inmigrate it sets autostart (measured: {} and still inmigrate); else the VM runs.
+
+    In finish-migrate (a paused postcopy source) it refuses before touching anything, same text in 7.2 and
+    10.0 (qmp_cont: "Migration is not finalized yet")."""
+    if vm.runstate == "finish-migrate":
+        return "Migration is not finalized yet"
     if vm.runstate == "inmigrate":
         vm.autostart = True
     else:

@@ -16,12 +16,14 @@ from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
 _PRE_8_2_SCHEMES = frozenset({"tcp", "unix", "exec", "fd", "rdma", "vsock"})
 
 
-def migrate_incoming(vm: Machine, transport: str) -> str | None:
+def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None = None) -> str | None:
     """``qmp_migrate_incoming`` on the destination (started with ``-incoming defer``).
 
     8.1+ moves the incoming state none -> setup here (migrate_set_state: an event only with cap events);
     7.2/8.0 keep query-migrate empty but send MIGRATION setup unconditionally
     (qemu_start_incoming_migration). Measured on both (docs/real-qemu-facts.md#flow-precopy).
+    ``dispatch_error``: the transport's start fails after that (a unix path whose folder does not exist, a
+    file that cannot be opened): the error, with the setup already done and the 'once' flag still unset.
     """
     if vm.incoming is not None:
         return "The incoming migration has already been started"
@@ -35,11 +37,13 @@ def migrate_incoming(vm: Machine, transport: str) -> str | None:
         error = _transport_check(vm, transport)
         if error is not None:
             return error
-    vm.incoming = transport
     if vm.vn >= N8_1:
         emit(vm, "setup")
     else:
         vm.events.append("setup")
+    if dispatch_error is not None:
+        return dispatch_error
+    vm.incoming = transport
     return None
 
 
