@@ -182,7 +182,9 @@ class FuzzSession:
                 end = 0
                 for end in range(1, len(candidate) + 1):
                     check = self.runner.check(candidate[:end])
-                    if check.kind != "agree" and check.kind != "known-bug":
+                    # As in the search: a divergence an earlier round found does not end the sequence.
+                    known = check.kind == "diverge" and check.signature in self._suppressed
+                    if check.kind not in ("agree", "known-bug") and not known:
                         break
                 if check.kind == "diverge" and check.signature == signature:
                     before = self.findings[signature].key

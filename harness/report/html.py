@@ -206,8 +206,9 @@ def _fuzz_html(results: Results) -> str:
         return ""
     total = fuzz.get("total") or {}
     seeds = ", ".join(str(s) for s in fuzz.get("seeds") or [])
-    facts = ("sequences", "steps", "steps_per_minute", "divergences", "not_modelled")
-    line = f"fuzz (seeds {escape(seeds)}): " + ", ".join(f"{escape(str(total.get(k)))} {k}" for k in facts)
+    facts = {"sequences": "sequences", "steps": "steps", "steps_per_minute": "steps/min", "divergences": "divergences"}
+    facts["not_modelled"] = "not modelled"
+    line = f"fuzz (seeds {escape(seeds)}): " + ", ".join(f"{escape(str(total.get(k)))} {v}" for k, v in facts.items())
     found = [d for w in fuzz.get("workers") or [] for d in w.get("divergences") or []]
     items = "".join(
         f"<li><code>{escape(str(d.get('file')))}</code> ({escape(str(d.get('steps')))} steps)</li>" for d in found

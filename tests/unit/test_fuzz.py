@@ -134,3 +134,14 @@ def test_budget_durations() -> None:
     for bad in ("", "0", "ten", "5d", "-1m"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(bad)
+
+
+def test_the_html_report_shows_a_fuzz_section_only_for_fuzz_results() -> None:
+    from harness.report import html
+    from harness.results import Results
+
+    assert "fuzz (seeds" not in html.render(Results())
+    worker = {"divergences": [{"file": "results/fuzz/found/fuzz-10.0.2-abc.toml", "steps": 2}]}
+    meta = {"fuzz": {"seeds": [1], "workers": [worker], "total": {"steps": 120, "divergences": 1}}}
+    page = html.render(Results(meta=meta))
+    assert "fuzz (seeds 1)" in page and "120 steps" in page and "fuzz-10.0.2-abc.toml</code> (2 steps)" in page
