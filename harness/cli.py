@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     cert = sub.add_parser("certify", help="certify a VFIO device: JSON + HTML + JUnit bundle in -o DIR")
     certify.add_arguments(cert)
 
+    from harness.fuzz import command as fuzz_command
+
+    fuzz = sub.add_parser("fuzz", help="model-based fuzzing: hypothesis composes step sequences (docs/fuzzing.md)")
+    fuzz_command.add_arguments(fuzz)
+
     from harness.mutants import run as mutants_run
 
     mutants = sub.add_parser(
@@ -189,6 +194,12 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return certify.main(args)
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from harness.fuzz import command as fuzz_command
+
+    return fuzz_command.cmd_fuzz(args)
+
+
 def cmd_mutants(args: argparse.Namespace) -> int:
     from harness.mutants import run as mutants_run
 
@@ -204,6 +215,7 @@ COMMANDS = {
     "sweep": cmd_sweep,
     "certify": cmd_certify,
     "mutants": cmd_mutants,
+    "fuzz": cmd_fuzz,
 }
 
 

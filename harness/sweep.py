@@ -43,10 +43,17 @@ def binary_capabilities(binary: QemuBinary) -> list[str]:
 
 def query_capabilities(binary: QemuBinary) -> list[str]:
     """The binary's migration capabilities, from QMP ``query-migrate-capabilities`` on an empty machine."""
+    result = query_qmp(binary, "query-migrate-capabilities")
+    if not isinstance(result, list):
+        raise SweepError(f"{binary.path}: query-migrate-capabilities failed: answered {result!r}")
+    return [str(item["capability"]) for item in result if isinstance(item, dict) and "capability" in item]
+
+
+def query_qmp(binary: QemuBinary, command: str) -> Any:
+    """The ``return`` of one argument-less QMP ``command`` on an empty machine (``-machine none``), e.g.
+    ``query-migrate-parameters`` for the fuzzer's parameter names (harness.fuzz.vocabulary)."""
     argv = binary.argv("-machine", "none", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio")
-    commands = "".join(
-        json.dumps({"execute": c}) + "\n" for c in ("qmp_capabilities", "query-migrate-capabilities", "quit")
-    )
+    commands = "".join(json.dumps({"execute": c, "id": c}) + "\n" for c in ("qmp_capabilities", command, "quit"))
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -57,13 +64,13 @@ def query_capabilities(binary: QemuBinary) -> list[str]:
         start_new_session=True,
         preexec_fn=procutil.child_preexec(os.getpid()),
     )
-    procutil.register(proc.pid, f"capability query of {binary}")
+    procutil.register(proc.pid, f"{command} of {binary}")
     try:
         out, err = proc.communicate(commands, timeout=QUERY_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         procutil.kill_group(proc.pid)
         proc.communicate()
-        raise SweepError(f"{binary.path}: query-migrate-capabilities did not answer in {QUERY_TIMEOUT_S:g} s") from None
+        raise SweepError(f"{binary.path}: {command} did not answer in {QUERY_TIMEOUT_S:g} s") from None
     finally:
         procutil.unregister(proc.pid)
     for line in out.splitlines():
@@ -71,11 +78,10 @@ def query_capabilities(binary: QemuBinary) -> list[str]:
             message: Any = json.loads(line)
         except json.JSONDecodeError:
             continue
-        result = message.get("return") if isinstance(message, dict) else None
-        if isinstance(result, list):
-            return [str(item["capability"]) for item in result if isinstance(item, dict) and "capability" in item]
+        if isinstance(message, dict) and message.get("id") == command and "return" in message:
+            return message["return"]
     last = err.strip().splitlines()[-1] if err.strip() else "no answer"
-    raise SweepError(f"{binary.path}: query-migrate-capabilities failed: {last}")
+    raise SweepError(f"{binary.path}: {command} failed: {last}")
 
 
 def sweep_scenarios(

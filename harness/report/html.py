@@ -199,6 +199,23 @@ def _meta_html(results: Results) -> str:
     return "<br>".join(lines)
 
 
+def _fuzz_html(results: Results) -> str:
+    """``migconform fuzz`` results (``meta.fuzz``, harness.fuzz.command): the counts and each found file."""
+    fuzz = results.meta.get("fuzz")
+    if not isinstance(fuzz, dict):
+        return ""
+    total = fuzz.get("total") or {}
+    seeds = ", ".join(str(s) for s in fuzz.get("seeds") or [])
+    facts = {"sequences": "sequences", "steps": "steps", "steps_per_minute": "steps/min", "divergences": "divergences"}
+    facts["not_modelled"] = "not modelled"
+    line = f"fuzz (seeds {escape(seeds)}): " + ", ".join(f"{escape(str(total.get(k)))} {v}" for k, v in facts.items())
+    found = [d for w in fuzz.get("workers") or [] for d in w.get("divergences") or []]
+    items = "".join(
+        f"<li><code>{escape(str(d.get('file')))}</code> ({escape(str(d.get('steps')))} steps)</li>" for d in found
+    )
+    return f'<div class="meta"><b>{line}</b><ul>{items}</ul></div>'
+
+
 def _jump_list(matrix: Matrix) -> str:
     """Links to the rows that need attention: with hundreds of rows, divergences are otherwise hard to find."""
     links = []
@@ -241,6 +258,7 @@ def render(
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
         f'<div class="meta">{_meta_html(results)}</div>'
+        f"{_fuzz_html(results)}"
         f'<div class="summary">{"".join(badges)}</div>'
         f'<p class="meta">{escape(summary_line(matrix))}</p>'
         f"{_jump_list(matrix)}"

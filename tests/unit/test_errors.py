@@ -20,8 +20,9 @@ from harness.errors import (
     WaitTimeout,
 )
 
-# Not errors (harness.errors says why): QEMU's refusal on its way to the verdict.
-NOT_ERRORS = {"harness.execution.verdict.Refused"}
+# Not errors (harness.errors says why): QEMU's refusal on its way to the verdict; the fuzzer's signal to end a
+# hypothesis round (a BaseException, which hypothesis lets through).
+NOT_ERRORS = {"harness.execution.verdict.Refused", "harness.fuzz.lockstep.StopFuzzing"}
 # Runs the command line when imported.
 SKIPPED_MODULES = ("harness.__main__",)
 
