@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.buildkit import Apt, BuildError, InputDigest, Runner, Store, sha256_file
+from harness.buildkit import Apt, BuildError, InputDigest, Runner, Store, remembered, sha256_file
 from harness.qemu_build.found import BINARY_REL, MANIFEST, store_root
 from harness.qemu_build.spec import (
     RECIPE_VERSION,
@@ -86,11 +86,21 @@ class QemuRecipe:
 
     # --- sources ----------------------------------------------------------------------------------
     def offers(self) -> list[SourceOffer]:
-        """The Debian sources of qemu the private deb-src lines offer."""
+        """The Debian sources of qemu the private deb-src lines offer, remembered until the private index
+        changes: apt-cache parses five suites' source indexes (seconds), and a cached build must answer at once.
+        """
         if not self.apt_conf.is_file():
             raise QemuBuildError(f"no private apt configuration at {self.apt_conf}: {SETUP_HINT}")
-        env = {"APT_CONFIG": str(self.apt_conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        return parse_madison(_runner().query(["apt-cache", "madison", "qemu"], what="apt-cache madison", env=env))
+        apt_dir = self.apt_conf.parent
+        stamps = [f"{p.name}:{p.stat().st_mtime_ns}" for p in (apt_dir / "lists", apt_dir / "sources.list")]
+
+        def ask() -> dict[str, object]:
+            env = {"APT_CONFIG": str(self.apt_conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            out = _runner().query(["apt-cache", "madison", "qemu"], what="apt-cache madison", env=env)
+            return {"offers": [[o.version, o.suite] for o in parse_madison(out)]}
+
+        answer = remembered(self.root / "offers.json", "|".join(stamps), ask)
+        return [SourceOffer(str(v), str(s)) for v, s in answer["offers"]]
 
     def debian_source(self, spec_text: str) -> Source:
         offer = choose(parse_spec(spec_text), self.offers())
@@ -117,13 +127,7 @@ class QemuRecipe:
                 "qemu", offer.version, src, what=f"apt-get source qemu={offer.version}"
             )
         except BuildError as exc:
-            if "404" in str(exc):
-                raise QemuBuildError(
-                    f"Debian's mirror no longer has the source files of qemu {offer.version} ({offer.suite}): "
-                    "apt's index lists the version but the download answers 404 Not Found. Build another "
-                    f"version, or refresh the index (scripts/setup-qemu-build.sh --refresh).\n{exc.log_tail}"
-                ) from None
-            raise
+            raise missing_from_mirror(exc, offer) from None
         found = sorted(src.glob(f"qemu_{stem}.orig.tar.*"))
         if not found:
             raise QemuBuildError(f"apt-get source left no qemu_{stem}.orig.tar.* in {src}")
@@ -231,6 +235,18 @@ class QemuRecipe:
         finally:
             stop.set()
             thread.join()
+
+
+def missing_from_mirror(exc: BuildError, offer: SourceOffer) -> BuildError:
+    """``exc`` said plainly when apt's download answered 404: the index lists a version whose files the mirror
+    no longer holds (seen for superseded and backported versions), which no retry fixes."""
+    if "404" not in str(exc):
+        return exc
+    return QemuBuildError(
+        f"Debian's mirror no longer has the source files of qemu {offer.version} ({offer.suite}): apt's index "
+        "lists the version but the download answers 404 Not Found. Build another version, or refresh the "
+        f"index (scripts/setup-qemu-build.sh --refresh).\n{exc.log_tail}"
+    )
 
 
 def ninja_progress(log: Path) -> tuple[int, int] | None:

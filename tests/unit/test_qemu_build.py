@@ -22,7 +22,7 @@ from harness.binaries import QemuBinary, _layout_for, built_layout, is_version_r
 from harness.buildkit import BuildError, Runner
 from harness.errors import UsageError
 from harness.qemu_build.found import BINARY_REL, MANIFEST, built_qemus
-from harness.qemu_build.recipe import QemuRecipe, ninja_progress
+from harness.qemu_build.recipe import QemuRecipe, missing_from_mirror, ninja_progress
 from harness.qemu_build.spec import (
     CONFIGURE_ARGS,
     DEFAULT_WHEELS,
@@ -182,6 +182,17 @@ def test_edk2_unpacking_turned_off_everywhere() -> None:
     assert fixed.count("unpack_edk2_blobs = false") == 2 and "bzip2.found()" not in fixed
     with pytest.raises(BuildError, match="new QEMU layout"):
         turn_off_edk2("project('qemu')\n")
+
+
+def test_a_404_from_the_mirror_is_said_plainly() -> None:
+    offer = SourceOffer("1:10.1.0+ds-1", "sid")
+    tail = "E: Failed to fetch http://mirror/debian/pool/main/q/qemu/qemu_10.1.0+ds.orig.tar.xz  404  Not Found"
+    failed = BuildError(f"apt-get source qemu=1:10.1.0+ds-1: failed with exit status 100:\n{tail}", log_tail=tail)
+    said = missing_from_mirror(failed, offer)
+    assert "no longer has the source files of qemu 1:10.1.0+ds-1 (sid)" in str(said)
+    assert "404 Not Found" in str(said) and tail in str(said)
+    other = BuildError("apt-get source: failed with exit status 100:\nE: Unable to find a source package")
+    assert missing_from_mirror(other, offer) is other
 
 
 def test_ninja_progress(tmp_path: Path) -> None:
