@@ -12,6 +12,7 @@ are dropped once the binary is published: ccache makes a rebuild cheap, and an e
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -95,7 +96,7 @@ class QemuRecipe:
         stamps = [f"{p.name}:{p.stat().st_mtime_ns}" for p in (apt_dir / "lists", apt_dir / "sources.list")]
 
         def ask() -> dict[str, object]:
-            env = {"APT_CONFIG": str(self.apt_conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            env = {**os.environ, "APT_CONFIG": str(self.apt_conf)}
             out = _runner().query(["apt-cache", "madison", "qemu"], what="apt-cache madison", env=env)
             return {"offers": [[o.version, o.suite] for o in parse_madison(out)]}
 
