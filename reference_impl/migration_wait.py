@@ -150,8 +150,6 @@ def _source_path(v: int, m: Migration, ctx: WaitContext) -> tuple[str, ...]:
     if m.postcopy:
         if v >= N10_2 and RETURN_PATH(ctx):
             return ("active", "device", "postcopy-device", "postcopy-active", "completed")
-        if v >= N10_2:
-            return ("active", "device", "postcopy-active", "completed")
         if v >= N10_0:
             return ("active", "device", "postcopy-active", "completed")
         return ("active", "postcopy-active", "completed")
