@@ -19,7 +19,9 @@ from pathlib import Path
 
 from contract.versions import Version
 from harness import settings
-from harness.errors import BinaryError, HostEnvironmentError
+from harness.errors import BinaryError, HostEnvironmentError, UsageError
+from harness.qemu_build.found import built_qemus, is_built_root
+from harness.qemu_build.spec import FIRMWARE_DIRS
 
 QEMU_PROGRAM = "qemu-system-x86_64"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,11 +90,29 @@ def unpacked_layout(root: Path) -> tuple[dict[str, str], tuple[str, ...]]:
     return env, tuple(args)
 
 
+def built_layout(root: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+    """``-L`` arguments for a QEMU ``migconform qemu build`` made: Debian's firmware folders the tree lacks.
+
+    Why: a built tree holds only the binary (Debian's +ds source has no firmware blobs), and a QEMU whose data
+    folders hold no SeaBIOS dies with "could not load PC BIOS 'bios-256k.bin'". The recipe compiles these
+    folders in as its firmware path too; passing them keeps a binary working whose compiled-in path differs
+    (a --source tree configured by hand).
+    """
+    args: list[str] = []
+    for firmware in FIRMWARE_DIRS:
+        if not (root / firmware.lstrip("/")).is_dir() and Path(firmware).is_dir():
+            args += ["-L", firmware]
+    return {}, tuple(args)
+
+
 def _layout_for(path: Path) -> tuple[dict[str, str], tuple[str, ...]]:
-    """A binary at ``<root>/usr/bin/qemu-system-x86_64`` outside the system prefix is an unpacked one."""
+    """A binary at ``<root>/usr/bin/qemu-system-x86_64`` outside the system prefix is an unpacked one, or a
+    built one when ``root`` holds a build manifest."""
     resolved = path.resolve()
     if resolved.parent.name == "bin" and resolved.parent.parent.name == "usr":
         root = resolved.parent.parent.parent
+        if is_built_root(root):
+            return built_layout(root)
         if root != Path("/"):
             return unpacked_layout(root)
     return {}, ()
@@ -166,7 +186,8 @@ def load_binary(
 
 
 def _candidates() -> list[tuple[str, str]]:
-    """(path, origin) in discovery order: $QEMU_BINARY, the set-up script's versions, then PATH."""
+    """(path, origin) in discovery order: $QEMU_BINARY, the set-up script's versions, the QEMUs
+    ``migconform qemu build`` made (oldest first), then PATH."""
     out: list[tuple[str, str]] = []
     out.extend((item, settings.QEMU_BINARY) for item in settings.qemu_binaries())
     qemu_cache = settings.cache_root() / "qemu"
@@ -175,6 +196,7 @@ def _candidates() -> list[tuple[str, str]]:
             candidate = version_dir / "usr/bin" / QEMU_PROGRAM
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 out.append((str(candidate), "set-up script"))
+    out.extend((path, origin) for path, origin, _ in built_qemus())
     on_path = shutil.which(QEMU_PROGRAM)
     if on_path:
         out.append((on_path, "PATH"))
@@ -204,3 +226,24 @@ def discover_binaries(*, strict: bool = False) -> list[QemuBinary]:
         seen.add(real)
         found.append(binary)
     return found
+
+
+def is_version_request(text: str) -> bool:
+    """``--qemu 10.2`` or ``--qemu 10.2.2`` names a version, unless a file of that name exists."""
+    parts = text.split(".")
+    return 2 <= len(parts) <= 3 and all(p.isdigit() for p in parts) and not Path(text).exists()
+
+
+def select_version(text: str, found: Iterable[QemuBinary]) -> QemuBinary:
+    """The first binary (discovery order) whose version is ``text`` or starts with ``text.``; a
+    :class:`UsageError` naming the versions found when none is."""
+    binaries = list(found)
+    for binary in binaries:
+        version = str(binary.version)
+        if version == text or version.startswith(text + "."):
+            return binary
+    have = ", ".join(str(b.version) for b in binaries) or "none"
+    raise UsageError(
+        f"--qemu {text}: no QEMU {text} found (versions found: {have}); "
+        f"`migconform qemu build {text}` builds one from Debian's source"
+    )

@@ -35,7 +35,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         action="append",
         default=[],
         metavar="BINARY",
-        help="QEMU binary to test (repeatable; default: $QEMU_BINARY, the set-up script's versions, PATH)",
+        help="QEMU binary, or version among those found (10.2), to test (repeatable; default: $QEMU_BINARY, the "
+        "set-up script's versions, built QEMUs, PATH)",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="both", help="default: both (QEMU and the model)")
     parser.add_argument(
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "mutants", help="mutation check: QEMU built from source with deliberate bugs must be caught (docs/mutants.md)"
     )
     mutants_run.add_arguments(mutants)
+
+    from harness.qemu_build import command as qemu_command
+
+    qemu = sub.add_parser("qemu", help="build a QEMU from Debian's source or a local one (docs/qemu-builds.md)")
+    qemu_command.add_arguments(qemu)
     return parser
 
 
@@ -206,6 +212,12 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     return mutants_run.cmd_mutants(args)
 
 
+def cmd_qemu(args: argparse.Namespace) -> int:
+    from harness.qemu_build import command as qemu_command
+
+    return qemu_command.cmd_qemu(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "conformance": cmd_conformance,
@@ -216,6 +228,7 @@ COMMANDS = {
     "certify": cmd_certify,
     "mutants": cmd_mutants,
     "fuzz": cmd_fuzz,
+    "qemu": cmd_qemu,
 }
 
 

@@ -208,6 +208,23 @@ def _mapped_ram_ignore_shared_file(scenario: Scenario) -> bool:
     return {"mapped-ram", "x-ignore-shared"} <= source and to_file
 
 
+def _removed_vdagent_then_migrate(scenario: Scenario) -> bool:
+    """A qemu-vdagent chardev is added and removed (chardev-add, chardev-remove) on the source, then it migrates."""
+    added: set[str] = set()
+    removed = False
+    for step in expand_steps(scenario):
+        if step.action == "qmp" and step.side in ("source", "both"):
+            backend = step.arguments.get("backend")
+            vdagent = isinstance(backend, Mapping) and backend.get("type") == "qemu-vdagent"
+            if step.command == "chardev-add" and vdagent:
+                added.add(str(step.arguments.get("id")))
+            elif step.command == "chardev-remove" and str(step.arguments.get("id")) in added:
+                removed = True
+        elif step.action == "migrate" and removed:
+            return True
+    return False
+
+
 _YANK_ABORT = matches(
     r"^destination QEMU exited with status -6: .*yank_unregister_instance: "
     r"Assertion `QLIST_EMPTY\(&entry->yankfns\)' failed"
@@ -219,6 +236,20 @@ _SOURCE_EVENTS_STUCK = Value(
     "the source's events end in active or postcopy-active",
     lambda events: list(events["source"])[-1] in ("active", "postcopy-active"),
 )
+_VDAGENT_SAVE_ABORT = matches(
+    r"^source QEMU exited with status -6: .*vmstate_save_state_v: "
+    r"Assertion `first_elem \|\| !n_elems \|\| !size' failed"
+)
+# What else the abort changes: the failed verdict, both sides gone (the destination may still be reading).
+_VDAGENT_SAVE_ABORT_ALSO: dict[str, Value] = {
+    "verdict": equals("failed"),
+    "stage": equals("migration"),
+    "source.status": equals(None),
+    "source.runstate": equals(None),
+    "destination.status": one_of(_DESTINATION_GONE, equals("failed"), equals("active")),
+    "destination.runstate": one_of(_DESTINATION_GONE, equals("inmigrate")),
+    "events": Value("any events", lambda _events: True),
+}
 # The intended end of a postcopy migration is known to the model; the bug changes only what comes after the
 # source completed (or, with postcopy-preempt, keeps the source waiting for the destination that died).
 _ANY_ACCEL = frozenset({"tcg", "kvm"})
@@ -354,6 +385,21 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
                     "events": _SOURCE_EVENTS_COMPLETED,
                 },
             ),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-10.2-removed-vdagent-aborts-save",
+        scenarios=frozenset({"blocker-chardev-remove-unblocks"}),
+        configuration=_removed_vdagent_then_migrate,
+        versions=(("10.2", "10.2"),),
+        accels=_ANY_ACCEL,  # a use after free in ui/vdagent.c, whatever the accelerator
+        reason=(
+            "QEMU 10.2 keeps a removed qemu-vdagent chardev's vmstate section registered (vdagent_chr_fini has no "
+            "vmstate_unregister): the source aborts saving it in vmstate_save_state_v (docs/qemu-bugs.md section 11)"
+        ),
+        shapes=(
+            # The source dies when it saves the device states; the destination's stream then breaks.
+            Shape(required={"error": _VDAGENT_SAVE_ABORT}, optional=_VDAGENT_SAVE_ABORT_ALSO),
         ),
     ),
 )

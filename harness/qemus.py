@@ -48,7 +48,7 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
         details.append(f"{binary.label}")
         if binary.env or binary.extra_args:
             env = " ".join(f"{k}={v}" for k, v in binary.env.items())
-            details.append(f"  runs with: {env} {' '.join(binary.extra_args)}".rstrip())
+            details.append(f"  runs with: {' '.join(filter(None, (env, *binary.extra_args)))}")
         details.append(f"  accel auto -> {auto}: {why}")
         details.append(f"  KVM: {probe.kvm.reason}")
         for cpu, result in probe.kvm.attempts:

@@ -100,10 +100,17 @@ AUTO_NODE_NAME = "#block<N>"
 
 # Chardev backends whose open adds a migration blocker: backend -> (reason, first version without it).
 # ui/vdagent.c vdagent_chr_open: migrate_add_blocker(&vd->migration_blocker, ...). Measured on 10.0.2 and
-# 7.2.22 (measured: 7.2.22 has it too, docs/real-qemu-facts.md qmp-steps); 10.1 made vdagent migratable.
+# 7.2.22 (measured: 7.2.22 has it too, docs/real-qemu-facts.md qmp-steps); 10.1 made vdagent migratable: its
+# vdagent_chr_init registers the "vdagent" vmstate section instead (reference_impl.loadvm).
 CHARDEV_BLOCKERS: dict[str, tuple[str, Version]] = {
     "qemu-vdagent": ("The vdagent chardev doesn't yet support migration", V10_1),
 }
+
+
+# The vmstate section a PCI device's state travels in is "<qdev path>/<vmsd name>"; the names measured in the
+# destination's "Unknown section or instance" (10.2.2, precopy-device-mismatch). A virtio-*-pci proxy's
+# state is its inner virtio device's vmsd (VMSTATE_VIRTIO_DEVICE), registered under the proxy's path.
+SECTION_NAMES: dict[str, str] = {"virtio-rng-pci": "virtio-rng"}
 
 
 def chardev_blocker(backend: str, version: Version) -> str | None:

@@ -296,6 +296,12 @@ def _take_pci_slot(buses: _Buses, device: DeviceSpec) -> tuple[str | None, str |
     return path, None
 
 
+def pci_paths(devices: tuple[DeviceSpec, ...]) -> list[str | None]:
+    """Each device's qdev path on the PCI buses (None off PCI), as _take_pci_slot assigns them in realize order."""
+    buses = _Buses()
+    return [_take_pci_slot(buses, d)[0] if catalog.is_pci_driver(d.driver) else None for d in devices]
+
+
 def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     """``device_add`` once the machine is ready (qdev_device_add_from_qdict, system/qdev-monitor.c).
 

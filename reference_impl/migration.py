@@ -16,14 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reference_impl.capabilities import IN_PROGRESS, N8_2, N10_0, CapsCheckContext, apply_capability_request
+from reference_impl.capabilities import IN_PROGRESS, N8_2, N10_0, N10_1, CapsCheckContext, apply_capability_request
+from reference_impl.loadvm import SECTION_FOOTER_ERROR, load_failure
 from reference_impl.machine import Machine
 from reference_impl.migration_prechecks import migrate as migrate
 from reference_impl.migration_prechecks import migrate_incoming as migrate_incoming
-from reference_impl.migration_state import DESTINATION_LOAD_FAILURE, emit, kill, reads_stream
 from reference_impl.migration_state import SOCKET_TRANSPORTS as SOCKET_TRANSPORTS
 from reference_impl.migration_state import Migration as Migration
 from reference_impl.migration_state import Scene as Scene
+from reference_impl.migration_state import emit, kill, reads_stream
 from reference_impl.migration_state import left_setup as left_setup
 from reference_impl.migration_wait import finish as finish
 from reference_impl.migration_wait import leave_pending as leave_pending
@@ -84,11 +85,22 @@ def start_postcopy(vm: Machine) -> str | None:
     m = vm.migration
     if m is not None:
         m.postcopy_requested = True
-        # With only dirty-bitmaps (no bitmap to send), nothing is postcopiable: the request is accepted but
-        # the migration never enters postcopy-active and completes as precopy (measured on 10.0.2 and 7.2.22
-        # with max-bandwidth 1,000,000: setup, active, [device,] completed).
-        m.postcopy = "postcopy-ram" in vm.caps and int(vm.params.get("max-bandwidth", 134217728)) <= SLOW_BANDWIDTH
+        slow = int(vm.params.get("max-bandwidth", 134217728)) <= SLOW_BANDWIDTH
+        m.postcopy = slow and ("postcopy-ram" in vm.caps or _switches_without_postcopiable(vm))
     return None
+
+
+def _switches_without_postcopiable(vm: Machine) -> bool:
+    """With only dirty-bitmaps (no bitmap to send) nothing is postcopiable (can_postcopy 0).
+
+    Up to 10.0, migration_iteration_run checks completion first: once must_precopy is under the threshold so
+    is the whole pending size, and the migration completes as precopy (measured on 10.0.2 and 7.2.22 with
+    max-bandwidth 1,000,000: setup, active, [device,] completed). Peter Xu's commit 7aaa1fc072 ("migration:
+    Rewrite the migration complete detect logic", 10.1) asks "Should we switch to postcopy now?" first, so
+    postcopy_start runs: device, postcopy-active (no postcopy-device without a return path), completed
+    (measured on 10.2.2, postcopy-dirty-bitmaps-only).
+    """
+    return vm.vn >= N10_1 and "dirty-bitmaps" in vm.caps
 
 
 def cancel(scene: Scene, vm: Machine) -> str | None:
@@ -125,7 +137,8 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
     if m.postcopy_requested and vm.vn >= N10_0:
         kill(peer, 1, "load of migration failed: Input/output error")
     else:
-        kill(peer, 1, DESTINATION_LOAD_FAILURE)
+        # The cut stream fails RAM's section footer check; 10.2 appends it (reference_impl.loadvm).
+        kill(peer, 1, load_failure(vm.vn, SECTION_FOOTER_ERROR))
     return None
 
 

@@ -14,14 +14,10 @@ from typing import Any
 from contract import messages
 from contract.messages import SOURCE_MIGRATION_END, vm_exited
 from contract.policy import DEFAULT_WAIT_TIMEOUT_S
+from reference_impl.loadvm import DESTINATION_LOAD_FAILURE
 from reference_impl.machine import Machine
 
 SOCKET_TRANSPORTS = frozenset({"tcp", "unix"})
-
-# What the destination prints when its incoming stream breaks (cancel, source failure): QEMU 10.0.2 and
-# 7.2.22 exit with status 1 and this last stderr line (docs/real-qemu-facts.md#cancel--failure).
-DESTINATION_LOAD_FAILURE = "load of migration failed: Invalid argument"
-
 
 
 @dataclass
@@ -33,7 +29,7 @@ class Migration:
     source_runstate: str  # runstate when migrate ran: decides the destination's runstate
     left_setup: bool = False  # a step waited for the migration to leave setup (start-postcopy, cancel)
     # How the destination ends when the migration fails: (exit status, last stderr line).
-    peer_exit: tuple[int, str] = (1, "load of migration failed: Invalid argument")
+    peer_exit: tuple[int, str] = (1, DESTINATION_LOAD_FAILURE)
     # The failure comes after setup -> active (a broken stream), not in setup (connect, channel setup).
     fails_when_active: bool = False
     postcopy: bool = False  # the migration switches to postcopy (start-postcopy came while precopy ran)

@@ -8,12 +8,12 @@ reference_impl.quirks, applied in the order its docstring gives.
 
 from __future__ import annotations
 
-from contract.sizes import parse_mib
 from reference_impl.capabilities import N10_0, N10_2
+from reference_impl.limits import NotModelled
+from reference_impl.loadvm import config_mismatch, missing_vdagent
 from reference_impl.machine import Machine
 from reference_impl.migration_prechecks import migrate_incoming
 from reference_impl.migration_state import (
-    DESTINATION_LOAD_FAILURE,
     SOCKET_TRANSPORTS,
     Migration,
     Scene,
@@ -23,7 +23,17 @@ from reference_impl.migration_state import (
     reads_stream,
     wait_timed_out,
 )
-from reference_impl.quirks import LOAD, STREAM, SWITCHOVER, EndsWait, Fails, LoadFails, WaitContext, first_quirk
+from reference_impl.quirks import (
+    LOAD,
+    RETURN_PATH,
+    STREAM,
+    SWITCHOVER,
+    EndsWait,
+    Fails,
+    LoadFails,
+    WaitContext,
+    first_quirk,
+)
 
 
 def finish(scene: Scene, vm: Machine) -> None:
@@ -97,7 +107,7 @@ def _fail(scene: Scene, vm: Machine, m: Migration, peer: Machine) -> None:
 def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitContext) -> None:
     """migration_completion on the source, then the destination: it reads the socket stream, or the executor
     loads the file the source wrote (file:F / exec:cat F) once the source completed."""
-    path = _source_path(vm.vn, m)
+    path = _source_path(vm.vn, m, ctx)
     if m.continued:
         # After pre-switchover: device, then the rest (migration_maybe_pause's new state is device).
         path = ("device", *(s for s in path if s not in ("active", "device")))
@@ -112,11 +122,13 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         if migrate_incoming(peer, m.transport) is not None:
             return
         load_error = _load_failure(vm, peer, ctx)
-        if load_error is not None:
-            emit(peer, "active")
-            emit(peer, "failed")
-            kill(peer, 1, load_error)
-            return
+    else:
+        load_error = _socket_load_failure(vm, peer, ctx)
+    if load_error is not None:
+        emit(peer, "active")
+        emit(peer, "failed")
+        kill(peer, 1, load_error)
+        return
     emit(peer, "active")
     if m.postcopy and not m.background:
         # postcopy_ram_listen_thread: postcopy-active -> completed, then migration_incoming_state_destroy.
@@ -129,13 +141,14 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
     peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
 
 
-def _source_path(v: int, m: Migration) -> tuple[str, ...]:
+def _source_path(v: int, m: Migration, ctx: WaitContext) -> tuple[str, ...]:
     """The statuses after setup on a successful run (migration_completion; measured 10.0.2 / 7.2.22 in
-    docs/real-qemu-facts.md flow-precopy)."""
+    docs/real-qemu-facts.md flow-precopy). 10.2's postcopy_start goes device -> postcopy-device only with a
+    return path (rp_thread_created), else straight to postcopy-active (dirty-bitmaps alone, measured 10.2.2)."""
     if m.background:
         return ("active", "completed")
     if m.postcopy:
-        if v >= N10_2:
+        if v >= N10_2 and RETURN_PATH(ctx):
             return ("active", "device", "postcopy-device", "postcopy-active", "completed")
         if v >= N10_0:
             return ("active", "device", "postcopy-active", "completed")
@@ -154,7 +167,7 @@ def _load_failure(source: Machine, destination: Machine, ctx: WaitContext) -> st
     parse_ramblock_mapped_ram without reading the GPA: a known QEMU bug (harness/known_bugs.py,
     docs/qemu-bugs.md "9."), not a prediction.
     """
-    mismatch = _config_mismatch(source, destination)
+    mismatch = config_mismatch(source, destination)
     if mismatch is not None:
         return mismatch
     quirk = first_quirk(LOAD, ctx, source.vn)
@@ -163,33 +176,15 @@ def _load_failure(source: Machine, destination: Machine, ctx: WaitContext) -> st
     return None
 
 
-def _config_mismatch(source: Machine, destination: Machine) -> str | None:
-    """A destination configured unlike the source cannot load its stream (qemu_loadvm_state, exit 1):
-    - another RAM size: ram_load_precopy "Length mismatch" for the RAM block -> EINVAL;
-    - a device the source has and the destination lacks: "Unknown savevm section or instance" -> EINVAL;
-    - an unmigratable device on the destination: qemu_loadvm_state starts with qemu_savevm_state_blocked.
-    Measured on 10.0.2 and 7.2.22 over exec (precopy-memory-mismatch, precopy-device-mismatch,
-    unmigratable-savevm-load-destination): "load of migration failed: Invalid argument", source completed.
-    A device only on the destination that is migratable is assumed harmless (its state just is not sent).
-    """
-    if _mib(source.memory) != _mib(destination.memory):
-        return DESTINATION_LOAD_FAILURE
-    if destination.blockers.unmigratable:
-        return DESTINATION_LOAD_FAILURE
-    remaining = [d.driver for d in destination.devices]
-    for device in source.devices:
-        if device.driver not in remaining:
-            return DESTINATION_LOAD_FAILURE
-        remaining.remove(device.driver)
-    return None
-
-
-def _mib(size: str) -> float | None:
-    """-m SIZE in MiB, None for a size the parser does not read (two such sizes are taken as equal)."""
-    try:
-        return parse_mib(size)
-    except ValueError:
-        return None
+def _socket_load_failure(source: Machine, destination: Machine, ctx: WaitContext) -> str | None:
+    """Why the destination cannot load a socket stream whose source completed. Only the vdagent section is
+    modelled (loadvm.missing_vdagent): it comes with the final device states, after which a precopy source
+    without a return path has completed. A return path would carry the destination's failure back to the
+    source (migration_completion waits for it), and postcopy sends those states in its package: not modelled."""
+    line = missing_vdagent(source, destination)
+    if line is not None and (RETURN_PATH(ctx) or ctx.postcopy):
+        raise NotModelled("a destination that cannot load the final device states, with a return path or postcopy")
+    return line
 
 
 def leave_pending(scene: Scene, vm: Machine) -> None:

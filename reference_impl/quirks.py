@@ -33,8 +33,9 @@ from typing import Literal
 
 from contract.versions import Version
 from reference_impl.capabilities import vnum
+from reference_impl.loadvm import DESTINATION_LOAD_FAILURE
 from reference_impl.machine import Machine
-from reference_impl.migration_state import DESTINATION_LOAD_FAILURE, SOCKET_TRANSPORTS, Migration
+from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration
 
 Phase = Literal["stream", "switchover", "load"]
 STREAM: Phase = "stream"

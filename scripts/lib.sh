@@ -58,3 +58,36 @@ debian_mirror() {
     | awk '/security/ {next} /^URIs:/ {print $2; exit} /^deb / {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
     || true
 }
+
+# private_deb_src DIR SUITE...: a PRIVATE apt configuration in DIR (DIR/apt.conf, for APT_CONFIG) with a deb-src
+# line per suite on the machine's own mirror, its source index fetched into DIR/lists when missing (delete
+# DIR/lists to fetch it again). Why private: `apt-get source` then finds Debian's QEMU sources without touching the system's
+# sources, lists or caches (other tools on the machine keep seeing exactly the apt state they saw before).
+private_deb_src() {
+  local dir=$1
+  shift
+  local mirror suite want=""
+  mirror=$(debian_mirror)
+  if [ -z "$mirror" ]; then
+    log "no Debian mirror found in /etc/apt/sources.list{,.d}: add the machine's bookworm source first"
+    exit 1
+  fi
+  mkdir -p "$dir/sources.list.d" "$dir/lists/partial" "$dir/cache/archives/partial"
+  for suite in "$@"; do want+="deb-src $mirror $suite main"$'\n'; done
+  if [ ! -f "$dir/sources.list" ] || [ "$(cat "$dir/sources.list")"$'\n' != "$want" ]; then
+    printf '%s' "$want" > "$dir/sources.list"
+    rm -f "$dir/lists/"*Sources* 2>/dev/null || true
+  fi
+  cat > "$dir/apt.conf" <<CONF
+Dir::Etc::SourceList "$dir/sources.list";
+Dir::Etc::SourceParts "$dir/sources.list.d";
+Dir::State::Lists "$dir/lists";
+Dir::Cache "$dir/cache";
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+CONF
+  if ! ls "$dir/lists/"*Sources* >/dev/null 2>&1; then
+    log "fetching the source index of $* into $dir/lists (private)"
+    APT_CONFIG="$dir/apt.conf" apt-get update -qq
+  fi
+}

@@ -1,8 +1,8 @@
 """The build kit: what every builder of migconform (a recipe) shares, so each recipe says only what it builds.
 
-Recipes today: the guest image (harness.guest.image), the VFIO lab's L1 image (harness.vfio_lab.build) and the
-mutant QEMUs (harness.mutants.build). Standard library only: scripts/setup-guest.sh builds the guest image
-before the project's virtual environment exists.
+Recipes today: the guest image (harness.guest.image), the VFIO lab's L1 image (harness.vfio_lab.build), the
+mutant QEMUs (harness.mutants.build) and any QEMU (harness.qemu_build.recipe). Standard library only:
+scripts/setup-guest.sh builds the guest image before the project's virtual environment exists.
 
 The pieces, each in its own module:
 
@@ -34,10 +34,9 @@ A recipe is a function (or class) of the shape::
 
 Keys: name every part of the digest, including a recipe version string bumped when a change to the recipe
 alters what it builds (hashing the recipe's source instead would rebuild on every comment edit, which costs
-minutes for a kernel and an hour for QEMU). A QEMU built from an upstream or Debian source tarball (the
-"any QEMU" recipe) fits the same shape: tarball from :meth:`Apt.source_tarball` or a download, key from the
-tarball's hash, the configure line and the patches, and the binary published as ``<key>/``; the mutant recipe
-shows the ccache environment and the logged configure and ninja steps such a build needs.
+minutes for a kernel and an hour for QEMU). The "any QEMU" recipe (harness.qemu_build.recipe,
+``migconform qemu build``) has exactly this shape: tarball from :meth:`Apt.source_tarball`, key from the
+tarball's hash and the configure line, the binary published as ``<key>/``.
 """
 
 from harness.buildkit.apt import Apt, apt_state

@@ -57,12 +57,16 @@ def _floor(
 
 
 def qemu_binaries(paths: Sequence[str]) -> list[QemuBinary]:
-    from harness.binaries import discover_binaries, load_binary
+    from harness.binaries import discover_binaries, is_version_request, load_binary, select_version
     from harness.errors import BinaryError
 
     try:
         if paths:
-            return [load_binary(p, origin="--qemu") for p in paths]
+            # A version (--qemu 10.2) picks among the binaries discovery finds; anything else is a path.
+            found = discover_binaries() if any(is_version_request(p) for p in paths) else []
+            return [
+                select_version(p, found) if is_version_request(p) else load_binary(p, origin="--qemu") for p in paths
+            ]
         found = discover_binaries()
     except BinaryError as exc:
         raise UsageError(f"unusable QEMU binary: {exc}") from None

@@ -19,55 +19,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.buildkit import Apt, BuildError, Runner, Store, sha256_file
+from harness.qemu_build.spec import CONFIGURE_ARGS, upstream_version
+from harness.qemu_build.tree import BINARY_NAME, NICE, ccache_env, check_binary, make_buildable, unpack
 from harness.settings import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MUTANTS_DIR = REPO_ROOT / "mutants"
 UNMODIFIED = "unmodified"
-BINARY_NAME = "qemu-system-x86_64"
-
-# The Debian +ds tarball leaves out the Python wheels that configure installs offline; these are the
-# versions QEMU 10.0's python/wheels folder pins.
-WHEELS = ("meson==1.5.0", "pycotap==1.3.1")
-# Debian's firmware folders, so the binary finds SeaBIOS, iPXE and the option ROMs without -L.
-FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
-_FEATURES = (
-    *("vvfat", "qcow1", "bochs", "cloop", "dmg", "vdi", "vhdx", "vmdk", "vpc", "qed", "parallels"),
-    *("replication", "colo-proxy", "spice-protocol", "gio"),
-    *("vhost-user", "vhost-kernel", "vhost-net", "vhost-vdpa", "vhost-crypto", "tpm", "multiprocess", "keyring"),
-)
-CONFIGURE_ARGS = (
-    "--target-list=x86_64-softmmu",
-    "--disable-docs",
-    "--without-default-features",
-    "--enable-kvm",
-    "--enable-tcg",
-    "--enable-pixman",
-    "--enable-fdt=system",
-    "--disable-install-blobs",
-    f"--firmwarepath={FIRMWARE_PATH}",
-    "--cc=ccache cc",
-    # Features Debian's binary has and the bundled suite uses (without them the unmodified build refuses
-    # at startup where Debian's QEMU reaches the migration check): vvfat and qcow1 (vvfat's rw overlay),
-    # the other built-in image formats, COLO/replication, the qemu-vdagent chardev (spice-protocol
-    # headers), gio (dbus-vmstate), vhost, TPM, multiprocess and the keyring secret.
-    *(f"--enable-{feature}" for feature in _FEATURES),
-)
 # Bumped whenever the preparation of the pristine tree changes, so old trees are rebuilt.
 PREPARATION_VERSION = "2"
-NICE = ("nice", "-n", "19")
 
 
 # harness.mutants.run catches the kit's BuildError from here, as it always has.
@@ -127,14 +94,6 @@ def installed_qemu_version() -> str:
     return version
 
 
-def upstream_version(debian_version: str) -> str:
-    """1:10.0.2+ds-2+deb13u1~bpo12+1 -> 10.0.2 (what `qemu-system-x86_64 --version` reports)."""
-    m = re.match(r"(?:\d+:)?(\d+\.\d+\.\d+)", debian_version)
-    if not m:
-        raise BuildError(f"cannot read an upstream version from {debian_version!r}")
-    return m.group(1)
-
-
 class MutantBuilder:
     """Owns the cache folders above; builds are serialised by a lock file in the cache."""
 
@@ -178,17 +137,6 @@ class MutantBuilder:
             raise BuildError(f"apt-get source left no qemu_*.orig.tar.* in {self.src_dir}")
         return found[0]
 
-    def fetch_wheels(self) -> list[Path]:
-        self.wheels_dir.mkdir(parents=True, exist_ok=True)
-        have = list(self.wheels_dir.glob("*.whl"))
-        names = {w.split("==")[0] for w in WHEELS}
-        if {p.name.split("-")[0].lower() for p in have} >= names:
-            return have
-        self.log("downloading the meson and pycotap wheels that the +ds tarball leaves out")
-        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:"]
-        _runner().run([*pip, "-d", str(self.wheels_dir), *WHEELS], what="pip download of " + " ".join(WHEELS))
-        return list(self.wheels_dir.glob("*.whl"))
-
     def prepare_pristine(self, tarball: Path) -> str:
         """Unpack and fix the tarball once; returns the source key (tarball hash + preparation version)."""
         source_key = f"{sha256_file(tarball)}+prep{PREPARATION_VERSION}"
@@ -201,22 +149,10 @@ class MutantBuilder:
         tmp = self.root / "pristine.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        with tarfile.open(tarball) as tar:
-            tar.extractall(tmp, filter="tar")
-        (top,) = [p for p in tmp.iterdir() if p.is_dir()]
-        wheels = top / "python" / "wheels"
-        wheels.mkdir(parents=True, exist_ok=True)
-        for whl in self.fetch_wheels():
-            shutil.copy2(whl, wheels / whl.name)
-        # The +ds tarball has no pc-bios/edk2-*.fd.bz2, and meson fails looking for them.
-        meson_build = top / "meson.build"
-        text = meson_build.read_text()
-        # Every assignment goes (10.0 sets it false, then to bzip2.found() when an edk2 target is built).
-        fixed, n = re.subn(r"^(\s*)unpack_edk2_blobs = .*$", r"\1unpack_edk2_blobs = false", text, flags=re.M)
-        if n == 0:
-            raise BuildError(f"{meson_build}: no 'unpack_edk2_blobs = ...' line to turn off (new QEMU layout?)")
-        meson_build.write_text(fixed)
+        # The pinned wheels (pythondeps.toml's) in python/wheels, the edk2 blob unpacking off (the +ds tarball
+        # has no pc-bios/edk2-*.fd.bz2): harness.qemu_build.tree, shared with `migconform qemu build`.
+        top = unpack(tarball, tmp)
+        make_buildable(_runner(), top, self.wheels_dir, self.log)
         top.rename(self.pristine)
         shutil.rmtree(tmp)
         marker.write_text(source_key)
@@ -271,11 +207,7 @@ class MutantBuilder:
 
     # --- build ------------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        self.ccache_dir.mkdir(parents=True, exist_ok=True)
-        # BASEDIR and NOHASHDIR make hits independent of where the cache folder is (another checkout,
-        # another MIGCONFORM_CACHE): ccache then hashes relative paths and ignores the build's cwd.
-        ccache = {"CCACHE_DIR": str(self.ccache_dir), "CCACHE_MAXSIZE": "5G", "CCACHE_BASEDIR": str(self.root)}
-        return {**os.environ, **ccache, "CCACHE_NOHASHDIR": "1"}
+        return ccache_env(self.ccache_dir, self.root)
 
     def configure(self) -> None:
         key = json.dumps(CONFIGURE_ARGS)
@@ -401,29 +333,3 @@ def patch_files(patch: Path) -> list[str]:
     if not files:
         raise BuildError(f"{patch}: not a unified diff (no '+++ ' lines)")
     return files
-
-
-def check_binary(binary: Path) -> str:
-    """Start the binary the way the harness does (q35, no -L) and quit over QMP: proves it finds SeaBIOS.
-
-    Returns the version it reports.
-    """
-    ver = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False, timeout=30)
-    m = re.search(r"version (\d+\.\d+\.\d+)", ver.stdout)
-    if ver.returncode != 0 or not m:
-        raise BuildError(f"{binary} --version failed: {ver.stdout}{ver.stderr}")
-    qmp_in = '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
-    res = subprocess.run(
-        [str(binary), "-machine", "q35", "-accel", "tcg", "-nodefaults", "-display", "none", "-S", "-qmp", "stdio"],
-        input=qmp_in,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if res.returncode != 0 or '"return"' not in res.stdout:
-        raise BuildError(
-            f"{binary} does not start a q35 machine (firmware path {FIRMWARE_PATH}; is seabios "
-            f"installed?): exit {res.returncode}: {res.stderr.strip()}"
-        )
-    return m.group(1)

@@ -316,3 +316,46 @@ def test_the_mapped_ram_load_failure_signature() -> None:
     other = Comparison("sweep.m", "10.0.2", agree=False, differences=differences)
     classify(other, scenario, Version(10, 0, 2), "tcg")
     assert other.diverges
+
+
+VDAGENT_BUG = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-10.2-removed-vdagent-aborts-save")
+VDAGENT_ADD = Step("qmp", command="chardev-add", arguments={"id": "vd0", "backend": {"type": "qemu-vdagent"}})
+VDAGENT_REMOVE = Step("qmp", command="chardev-remove", arguments={"id": "vd0"})
+V102 = Version(10, 2, 2)
+VDAGENT_ABORT = (
+    "source QEMU exited with status -6: ../src/qemu-10.2.2/migration/vmstate.c:473: vmstate_save_state_v: "
+    "Assertion `first_elem || !n_elems || !size' failed."
+)
+
+
+def _vdagent(*steps: Step) -> Scenario:
+    return Scenario("sweep.v", steps=steps)
+
+
+def test_the_removed_vdagent_abort_applies_by_configuration() -> None:
+    migrate = (Step("migrate"), Step("wait"))
+    assert known_divergence(_vdagent(VDAGENT_ADD, VDAGENT_REMOVE, *migrate), V102, "tcg") is VDAGENT_BUG
+    assert known_divergence("blocker-chardev-remove-unblocks", V102, "kvm") is VDAGENT_BUG
+    assert known_divergence(_vdagent(VDAGENT_ADD, *migrate), V102, "tcg") is None  # still there: no bug
+    assert known_divergence(_vdagent(VDAGENT_ADD, *migrate, VDAGENT_REMOVE), V102, "tcg") is None
+    assert known_divergence(_vdagent(VDAGENT_ADD, VDAGENT_REMOVE, *migrate), Version(10, 0, 2), "tcg") is None
+
+
+def test_the_removed_vdagent_abort_signature() -> None:
+    scenario = _vdagent(VDAGENT_ADD, VDAGENT_REMOVE, Step("migrate"), Step("wait"))
+    differences: dict[str, list[Any]] = {  # real 10.2.2, blocker-chardev-remove-unblocks
+        "verdict": ["completed", "failed"],
+        "stage": [None, "migration"],
+        "error": [None, VDAGENT_ABORT],
+        "source.status": ["completed", None],
+        "source.runstate": ["postmigrate", None],
+        "destination.status": ["completed", None],
+        "destination.runstate": ["running", None],
+    }
+    comparison = Comparison("sweep.v", "10.2.2", agree=False, differences=dict(differences))
+    classify(comparison, scenario, V102, "tcg")
+    assert comparison.known_bug == VDAGENT_BUG.reason
+    differences["error"] = [None, VDAGENT_ABORT.replace("status -6", "status -11")]  # another crash
+    other = Comparison("sweep.v", "10.2.2", agree=False, differences=differences)
+    classify(other, scenario, V102, "tcg")
+    assert other.diverges
