@@ -168,9 +168,15 @@ class MigrationPair:
         await self.destination.launch()
 
     async def close(self) -> None:
-        """End both QEMUs (in parallel: nothing depends on the order) and remove the private folder."""
-        await asyncio.gather(self.source.shutdown(), self.destination.shutdown(), return_exceptions=True)
-        shutil.rmtree(self.private, ignore_errors=True)
+        """End both QEMUs (in parallel: nothing depends on the order) and remove the private folder.
+
+        The folder goes even when the close itself is cancelled: a SIGINT/SIGTERM that arrives while a run is
+        already closing its pair cancels this await (procutil's handler has killed every QEMU by then), and
+        the folder must not outlive the run (seen: sockets and the stream file left in TMPDIR)."""
+        try:
+            await asyncio.gather(self.source.shutdown(), self.destination.shutdown(), return_exceptions=True)
+        finally:
+            shutil.rmtree(self.private, ignore_errors=True)
 
     def side(self, name: str) -> QemuMachine:
         if name == "source":

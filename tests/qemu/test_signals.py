@@ -188,7 +188,8 @@ def _assert_interrupted_cleanly(run: Run, status: int, expected: int, signame: s
         assert text not in stderr, stderr[-3000:]
     qemus, files = run.leftovers()
     assert qemus == [], f"QEMUs of the run still alive: {[_cmdline(p) for p in qemus]}"
-    assert files == [], f"left in TMPDIR: {files}"
+    contents = {name: sorted(os.listdir(run.tmpdir / name)) for name in files if (run.tmpdir / name).is_dir()}
+    assert files == [], f"left in TMPDIR: {files} {contents}"
 
 
 @pytest.mark.parametrize(
