@@ -54,6 +54,18 @@ V10_2 = Version(10, 2)
 PROFILES: tuple[Version, ...] = (V7_2, V8_0, V8_1, V8_2, V9_0, V9_1, V9_2, V10_0, V10_1, V10_2)
 
 
+def profile_note(version: Version | str) -> str | None:
+    """What a user must know when the model predicts ``version`` from an older profile because no profile
+    is as new ("no profile for 11.1: using 10.2"); None when a profile of that major.minor exists or the
+    version is between two profiles (the newest older profile is then the rule, documented in
+    docs/scenario-format.md)."""
+    v = Version.parse(version) if isinstance(version, str) else version
+    newest = PROFILES[-1]
+    if Version(v.major, v.minor) <= newest:
+        return None
+    return f"no profile for {v.major}.{v.minor}: using {newest.short}"
+
+
 def profile_for(version: Version | str) -> Version:
     """The newest profile not newer than ``version``; raises ValueError for versions older than 7.2."""
     v = Version.parse(version) if isinstance(version, str) else version

@@ -31,7 +31,7 @@ from contract.host import HostFacts
 from contract.outcome import Outcome
 from contract.policy import DEFAULT_WAIT_TIMEOUT_S
 from contract.scenario import Scenario
-from contract.versions import Version
+from contract.versions import Version, profile_note
 from harness import procutil
 from harness.errors import VfioSetupError
 from harness.host_commands import refuse_host_commands
@@ -212,7 +212,11 @@ class _Run:
 
     async def run_model(self, scenario: Scenario, target: Target, accel: str) -> Outcome:
         host = await self.facts(target, accel)
-        return _with_kernel(self.predict_fn()(scenario, target.version, host), host)
+        outcome = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
+        note = profile_note(target.version)
+        if note is not None:
+            outcome.extra["profile_note"] = note
+        return outcome
 
     async def run_item(self, scenario: Scenario, target: Target, semaphore: asyncio.Semaphore) -> None:
         async with semaphore:

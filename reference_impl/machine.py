@@ -61,6 +61,7 @@ class CommandLine:
     only_migratable: bool
     start_paused: bool  # -S
     accel: str
+    objects: tuple[str, ...] = ()  # -object ids, in order
 
 
 # Parsed command lines per VmSpec object. VmSpec is frozen, so its parse never changes; the entry keeps the
@@ -85,6 +86,7 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
     drives: list[tuple[bool, dict[str, str]]] = []
     chardevs: list[tuple[str, str]] = []
     devices: list[DeviceSpec] = []
+    objects: list[str] = []
     only_migratable = spec.only_migratable
     start_paused = False
     accel = spec.accel
@@ -110,6 +112,8 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
             dev_id = options.pop("id", None)
             options.pop("driver", None)
             devices.append(DeviceSpec(driver=driver, id=dev_id, properties=options))
+        elif norm == "-object":
+            objects.append(parse_options(value)[1].get("id", ""))
         elif norm == "-chardev":
             backend, options = parse_options(value)
             chardevs.append((backend, options.get("id", "")))
@@ -118,7 +122,9 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
         elif norm == "-blockdev":
             drives.append((True, parse_options("," + value)[1]))
     devices.extend(spec.devices)
-    return CommandLine(tuple(drives), tuple(chardevs), tuple(devices), only_migratable, start_paused, accel)
+    return CommandLine(
+        tuple(drives), tuple(chardevs), tuple(devices), only_migratable, start_paused, accel, tuple(objects)
+    )
 
 
 @dataclass(slots=True)
@@ -149,6 +155,8 @@ class Machine:
     memory: str = "256M"  # -m: the RAM block size a stream carries (a destination of another size cannot load it)
     devices: tuple[DeviceSpec, ...] = ()  # realized -device items, hot-added ones appended
     chardevs: dict[str, str] = field(default_factory=dict)  # chardev id -> backend
+    # ids of the user-creatable objects (-object, object-add): children of /objects, one name each
+    objects: set[str] = field(default_factory=set)
 
 
 def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:
@@ -238,6 +246,7 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         memory=spec.memory,
         devices=line.devices,
         chardevs={chardev_id: backend for backend, chardev_id in line.chardevs},
+        objects=set(line.objects),
     )
 
 
@@ -318,14 +327,20 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     scratch = Machine(version=vm.version, host=vm.host, role=vm.role, vn=vm.vn, runstate=vm.runstate,
                       blockers=MigrationBlockers())
     _realize_devices(scratch, vm.devices, buses)
-    error = _realize_devices(vm, (device,), buses)
+    taken = {d.id for d in vm.devices if d.id is not None}
+    error = _realize_devices(vm, (device,), buses, taken)
     if error is None:
         vm.devices = (*vm.devices, device)
     return error
 
 
-def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...], buses: _Buses | None = None) -> str | None:
+def _realize_devices(
+    vm: Machine, devices: tuple[DeviceSpec, ...], buses: _Buses | None = None, taken_ids: set[str] | None = None
+) -> str | None:
+    """Realize ``devices`` in order; QEMU's error for the first that fails. ``taken_ids``: device ids already
+    in use (the devices realized before a hot-plug)."""
     buses = buses if buses is not None else _Buses()
+    taken = set(taken_ids or ())
     vfio_state: VfioMachineState | None = None
     viommu = False
     unnamed_vfio = 0
@@ -334,6 +349,14 @@ def _realize_devices(vm: Machine, devices: tuple[DeviceSpec, ...], buses: _Buses
         model = catalog.model_for(driver)
         if model is not None and model.since is not None and vm.version < model.since:
             return f"'{driver}' is not a valid device model name"
+        if device.id is not None:
+            # qdev_device_add_from_qdict: the bus is looked up before the device is created, its id set
+            # (qdev_set_id: "Duplicate device ID") before it is realized (where a PCI slot is taken).
+            if device.id in taken:
+                if catalog.is_usb_device(driver) and buses.usb_controller is None:
+                    return f"No 'usb-bus' bus found for device '{driver}'"
+                return f"Duplicate device ID '{device.id}'"
+            taken.add(device.id)
         path: str | None = None
         if catalog.is_pci_driver(driver):
             path, error = _take_pci_slot(buses, device)

@@ -207,7 +207,10 @@ def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
 
 
 def object_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
-    """``qmp_object_add`` (qom/object_interfaces.c) for the qom-types in :data:`MODELLED_OBJECTS`."""
+    """``qmp_object_add`` (qom/object_interfaces.c) for the qom-types in :data:`MODELLED_OBJECTS`. The new
+    object becomes a child of /objects named by its id (user_creatable_add_type ->
+    object_property_try_add_child): an id already taken is refused by object_property_try_add, with the same
+    text in 7.2.22's and 10.0.2's qom/object.c."""
     qom_type = str(arguments.get("qom-type", ""))
     modelled = MODELLED_OBJECTS.get(qom_type)
     if modelled is None:
@@ -215,6 +218,10 @@ def object_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     unknown = sorted(set(arguments) - modelled)
     if unknown or "id" not in arguments or "size" not in arguments:
         raise NotModelled(f"object-add {qom_type} with arguments {sorted(arguments)}")
+    object_id = str(arguments["id"])
+    if object_id in vm.objects:
+        return f"attempt to add duplicate property '{object_id}' to object (type 'container')"
+    vm.objects.add(object_id)
     return None
 
 

@@ -78,6 +78,16 @@ def render(results: Results, matrix: Matrix | None = None) -> str:
     if results.stability:
         out.append("")
         out.extend(render_stability(results.stability))
+    notes = sorted(
+        {
+            f"model for {outcome.qemu_version}: {outcome.extra['profile_note']}"
+            for outcome in results.outcomes
+            if outcome.backend == "reference" and outcome.extra.get("profile_note")
+        }
+    )
+    if notes:
+        out.append("")
+        out.extend(notes)
     out.append("")
     out.append(summary_line(matrix))
     kept = results.kept_logs()
