@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,12 @@ def test_kernel_fault_line_of_a_real_segfault_is_recorded() -> None:
     assert record is not None and record.signal == "SIGSEGV"
     if record.note.startswith("the kernel log could not be read"):
         pytest.skip(record.note)
+    # Whether the kernel reports user faults at all is a host setting (debug.exception-trace): read it, do not
+    # assume the host this was written on. Without it, the record must say that nothing was found.
+    trace = Path("/proc/sys/debug/exception-trace")
+    if trace.exists() and trace.read_text().strip() == "0":
+        assert record.kernel == [] and record.note.startswith("no fault report"), record
+        return
     assert any(f"[{child.pid}]: segfault at 0 " in line for line in record.kernel), record
 
 
@@ -60,7 +67,8 @@ def test_qemu_threads_are_named(qemu_binary: QemuBinary) -> None:
             return vm.thread_names()
 
     got = asyncio.run(names())
-    assert any(name.startswith("CPU 0/") for name in got), got
+    # "CPU 0/TCG" with multi-threaded TCG, "ALL CPUs/TCG" without: either way a named vCPU thread.
+    assert any(name.endswith("/TCG") for name in got), got
 
 
 def test_no_destination_query_while_the_listen_thread_may_tear_down(qemu_binary: QemuBinary) -> None:
