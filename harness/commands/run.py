@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
     if args.backend != "reference" and args.keep_logs != "none":
         logs_dir = _logs_root(args, json_path)
         check_writable_dir(logs_dir, "--logs-dir")
-    scenarios = shard_option(args.shard, scenarios)
+    scenarios = shard_option(args.shard, scenarios, getattr(args, "balance", None))
     targets = _targets(args)
     vfio_provider, vfio_options = _vfio_source(args)
     require_all, min_compared, floor_meta = _floor(args, scenarios, targets)
@@ -153,6 +153,8 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         meta={
             "argv": sys.argv[1:],
             "shard": args.shard,
+            **({"balance": args.balance} if getattr(args, "balance", None) else {}),
+            **({"cell": args.cell} if getattr(args, "cell", None) else {}),
             **floor_meta,
             **({"repeat": args.repeat} if args.repeat > 1 else {}),
         },
