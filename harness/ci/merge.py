@@ -17,6 +17,7 @@ from typing import Any
 
 from harness import results as results_io
 from harness.ci.plan import Cell, Plan, column_label
+from harness.commands.outputs import load_results
 from harness.errors import UsageError
 from harness.results import Results
 
@@ -25,15 +26,6 @@ from harness.results import Results
 class PlanMerge:
     merged: Results
     missing: list[str]  # one line per missing cell, naming it and the file its job writes
-
-
-def _load(path: Path) -> Results:
-    try:
-        return results_io.load(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def merge_with_plan(plan: Plan, inputs: Sequence[Path]) -> PlanMerge:
@@ -49,7 +41,7 @@ def merge_with_plan(plan: Plan, inputs: Sequence[Path]) -> PlanMerge:
             if path.is_file():
                 paths.append(path)
     for path in paths:
-        part = _load(path)
+        part = load_results(path)
         cell_id = part.meta.get("cell")
         if not cell_id:
             raise UsageError(f"{path}: records no cell (its run had no --cell): not a job of the plan")
@@ -81,7 +73,11 @@ def merge_with_plan(plan: Plan, inputs: Sequence[Path]) -> PlanMerge:
     merged.meta["ci"] = {
         "plan": plan.to_json()["axes"],
         "cells": {
-            cell_id: {"dir": str(path.parent), "results": str(path), "columns": part.meta.get("versions") or []}
+            cell_id: {
+                "dir": str(path.parent.resolve()),
+                "results": str(path),
+                "columns": part.meta.get("versions") or [],
+            }
             for cell_id, (path, part) in found.items()
         },
         "items": _item_cells(parts),
@@ -141,4 +137,4 @@ def _moved_logs(value: str | None, logs_root: Any, results_path: Path) -> str | 
     except ValueError:
         return value
     moved = results_path.parent / Path(str(logs_root)).name / relative
-    return str(moved) if moved.exists() else value
+    return str(moved.resolve()) if moved.exists() else value

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from harness import results as results_io
-from harness.commands.outputs import write_reports
+from harness.commands.outputs import load_results, write_reports
 from harness.errors import UsageError
 from harness.report import console
-from harness.results import EXIT_FAILED, Results
-
-
-def _load_results(path: Path) -> Results:
-    try:
-        return results_io.load(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+from harness.results import EXIT_FAILED
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -27,7 +17,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         return _merge_plan(args)
     if not args.inputs:
         raise UsageError("merge: name the results files (or --plan PLAN.json)")
-    merged = results_io.merge(_load_results(p) for p in args.inputs)
+    merged = results_io.merge(load_results(p) for p in args.inputs)
     write_reports(merged, args.output, args.junit, args.html)
     sys.stdout.write(console.render(merged))
     return 0
@@ -51,12 +41,12 @@ def _merge_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    res = _load_results(args.results)
+    res = load_results(args.results)
     changes = None
     if args.baseline is not None:
         from harness.report.baseline import compare_runs
 
-        changes = compare_runs(_load_results(args.baseline), res, str(args.baseline))
+        changes = compare_runs(load_results(args.baseline), res, str(args.baseline))
         res.meta["baseline"] = changes.to_json()
     write_reports(res, None, args.junit, args.html)
     sys.stdout.write(console.render(res))

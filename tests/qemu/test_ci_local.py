@@ -73,7 +73,7 @@ def run_matrix(
     plan_path = tmp_path / "plan.json"
     argv = ["ci", "plan", "--suite", str(suite), "--shards", str(shards), "--format", "json", "-o", str(plan_path)]
     argv += ["--qemu", ",".join(VERSIONS), "--durations", str(tmp_path / f"ref-{kernels[0]}.json")]
-    argv += ["--migconform", " ".join(MIGCONFORM), "--run-args", "--jobs 1 --quiet"]
+    argv += ["--migconform", " ".join(MIGCONFORM), "--run-args", "--jobs 1 --quiet", "--keep-logs", "all"]
     if any(kernels):
         argv += ["--kernels", ",".join(k for k in kernels if k)]
     assert cli.main(argv) == 0
@@ -90,8 +90,11 @@ def run_matrix(
     assert _cells(merged) == expected
     assert len(expected) == len(subset) * len(VERSIONS) * len(kernels)
     assert (work / "ci-results" / "report.html").is_file()
-    meta = json.loads(merged.read_text())["meta"]["ci"]
-    assert sorted(meta["cells"]) == sorted(c.id for c in plan.cells)
+    data = json.loads(merged.read_text())
+    assert sorted(data["meta"]["ci"]["cells"]) == sorted(c.id for c in plan.cells)
+    # The jobs' folders were moved like artifacts: each kept logs folder is found again beside its results.
+    logs = [Path(o["logs"]) for o in data["outcomes"] if o["backend"] == "qemu"]
+    assert len(logs) == len(expected) and all(p.is_dir() and work / "ci-results" in p.parents for p in logs)
     return plan, plan_path, work
 
 
