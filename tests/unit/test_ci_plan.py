@@ -268,3 +268,16 @@ def test_html_links_each_cell_to_its_job(tmp_path: Path) -> None:
     res.meta["ci"] = {"cells": {"c1": {"dir": str(tmp_path / "ci-results" / "c1")}}, "items": {"10.0.2": {"s": "c1"}}}
     page: Any = html.render(res, base=tmp_path)
     assert 'href="ci-results/c1/"' in page
+
+
+def test_run_shard_with_balance_runs_the_plans_slice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = plan(kernels=[], shards=3)
+    out = tmp_path / "r.json"
+    argv = ["run", str(SUITE_DIR), "--backend", "reference", "--profile", "10.0", "--quiet", "--json", str(out)]
+    cli.main([*argv, "--shard", "2/3", "--balance", "counts", "--cell", "c2"])
+    ran = json.loads(out.read_text())
+    assert sorted({o["scenario"] for o in ran["outcomes"]}) == p.shard_members[1]
+    assert ran["meta"]["balance"] == "counts" and ran["meta"]["cell"] == "c2"
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--balance", "counts"])
+    assert exc.value.code == 2 and "--balance applies to --shard" in capsys.readouterr().err
