@@ -54,6 +54,13 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
     )
     parser.add_argument("--shard", metavar="K/N", help="run only the K-th of N stable slices of the scenarios")
     parser.add_argument(
+        "--balance",
+        metavar="FILE|counts",
+        help="with --shard: slices balanced by the durations of an earlier results file (or counts), as "
+        "`migconform ci plan` computes them",
+    )
+    parser.add_argument("--cell", metavar="ID", help="the `migconform ci plan` cell this run is (meta.cell)")
+    parser.add_argument(
         "--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, metavar="S", help="bound of each wait (default 60)"
     )
     parser.add_argument("--vfio-provider", metavar="NAME", help="where VFIO devices come from (e.g. mtty)")
@@ -138,15 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--results-dir", type=Path, default=Path("results"), metavar="DIR", help="default: results/")
 
     merge = sub.add_parser("merge", help="merge results files (e.g. shards)")
-    merge.add_argument("inputs", nargs="+", type=Path, metavar="RESULTS.json")
+    merge.add_argument(
+        "inputs", nargs="*", type=Path, metavar="RESULTS.json", help="default with --plan: its jobs' files"
+    )
     merge.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json")
     merge.add_argument("--junit", type=Path, metavar="FILE")
     merge.add_argument("--html", type=Path, metavar="FILE")
+    merge.add_argument(
+        "--plan", type=Path, metavar="PLAN.json", help="`migconform ci plan` JSON: every cell exactly once, or fail"
+    )
 
     report = sub.add_parser("report", help="render a results file")
     report.add_argument("results", type=Path, metavar="RESULTS.json")
     report.add_argument("--html", type=Path, metavar="OUT.html")
     report.add_argument("--junit", type=Path, metavar="OUT.xml")
+    report.add_argument(
+        "--baseline", type=Path, metavar="OLD.json", help="what changed against an earlier results file"
+    )
 
     sub.add_parser("qemus", help="the QEMU binaries found, their accelerators and host facts")
 
@@ -187,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     qemu = sub.add_parser("qemu", help="build a QEMU from Debian's source or a local one (docs/qemu-builds.md)")
     qemu_command.add_arguments(qemu)
+    from harness.commands import ci as ci_command
+
+    ci = sub.add_parser(
+        "ci", help="CI matrices: a pipeline of QEMU x kernel x shard jobs, run here or in CI (docs/ci.md)"
+    )
+    ci_command.add_arguments(ci)
     return parser
 
 
@@ -222,6 +243,12 @@ def cmd_qemu(args: argparse.Namespace) -> int:
     return qemu_command.cmd_qemu(args)
 
 
+def cmd_ci(args: argparse.Namespace) -> int:
+    from harness.commands import ci as ci_command
+
+    return ci_command.cmd_ci(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "conformance": cmd_conformance,
@@ -233,6 +260,7 @@ COMMANDS = {
     "mutants": cmd_mutants,
     "fuzz": cmd_fuzz,
     "qemu": cmd_qemu,
+    "ci": cmd_ci,
 }
 
 

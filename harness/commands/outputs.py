@@ -15,6 +15,16 @@ from harness.report import html, junit
 from harness.results import Results
 
 
+def load_results(path: Path) -> Results:
+    """A results file, or a usage error (exit 2) saying why it cannot be read."""
+    try:
+        return results_io.load(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def write_reports(res: Results, json_path: Path | None, junit_path: Path | None, html_path: Path | None) -> None:
     """Every report asked for; a host that cannot take one (full disk) is an environment error."""
     for path, kind in ((json_path, "json"), (junit_path, "junit"), (html_path, "html")):

@@ -144,7 +144,7 @@ def _run(
     if args.backend != "reference" and args.keep_logs != "none":
         logs_dir = _logs_root(args, json_path)
         check_writable_dir(logs_dir, "--logs-dir")
-    scenarios = shard_option(args.shard, scenarios)
+    scenarios = shard_option(args.shard, scenarios, getattr(args, "balance", None))
     targets = _targets(args)
     items = run_items(args, scenarios, targets)
     if cross_scenarios and len({t.version for t in targets}) >= 2:
@@ -164,6 +164,8 @@ def _run(
         meta={
             "argv": sys.argv[1:],
             "shard": args.shard,
+            **({"balance": args.balance} if getattr(args, "balance", None) else {}),
+            **({"cell": args.cell} if getattr(args, "cell", None) else {}),
             **floor_meta,
             **({"repeat": args.repeat} if args.repeat > 1 else {}),
         },

@@ -16,7 +16,16 @@ from pathlib import Path
 
 from contract.outcome import Outcome
 from harness.cross_matrix import split_column
-from harness.report import Cell, Matrix, build_matrix, cross_cells, plain_columns, summary_line, verdict_text
+from harness.report import (
+    Cell,
+    Matrix,
+    baseline,
+    build_matrix,
+    cross_cells,
+    plain_columns,
+    summary_line,
+    verdict_text,
+)
 from harness.results import Results
 
 _CSS = """
@@ -144,11 +153,14 @@ def _extras(cell: Cell, base: Path | None) -> str:
     return "".join(parts)
 
 
-def _cell_html(cell: Cell | None, base: Path | None = None) -> str:
+def _cell_html(cell: Cell | None, base: Path | None = None, job: str | None = None) -> str:
     if cell is None:
         return '<td class="skip">-</td>'
     html = _cell_body(cell)
     extras = _extras(cell, base)
+    if job:
+        href = escape(logs_href(job, base), quote=True)
+        extras += f'<div class="logs"><a href="{href}" title="{escape(job, quote=True)}">job</a></div>'
     return html[: -len("</td>")] + extras + "</td>" if extras else html
 
 
@@ -256,6 +268,43 @@ def _cross_html(matrix: Matrix, descriptions: dict[str, str], base: Path | None)
     return "".join(parts)
 
 
+_ATTENTION = ("diverge", "error", "environment", "not-run")
+
+
+def _attention_first(matrix: Matrix) -> list[str]:
+    """Rows with a divergence first, then other rows needing attention, then the rest (each by name)."""
+
+    def rank(scenario: str) -> int:
+        kinds = {cell.kind for c in matrix.columns if (cell := matrix.cell(scenario, c)) is not None}
+        return 0 if "diverge" in kinds else 1 if kinds & set(_ATTENTION) else 2
+
+    return sorted(matrix.scenarios, key=lambda s: (rank(s), s))
+
+
+def _job_folders(results: Results) -> dict[tuple[str, str], str]:
+    """(scenario, column) -> the folder of the CI job that ran it (``merge --plan``'s ``meta.ci``)."""
+    ci = results.meta.get("ci")
+    if not isinstance(ci, dict):
+        return {}
+    cells = ci.get("cells") or {}
+    out: dict[tuple[str, str], str] = {}
+    for column, scenarios in (ci.get("items") or {}).items():
+        for scenario, cell_id in scenarios.items():
+            folder = (cells.get(cell_id) or {}).get("dir")
+            if folder:
+                out[(str(scenario), str(column))] = str(folder)
+    return out
+
+
+def _missing_cells(results: Results) -> str:
+    ci = results.meta.get("ci")
+    missing = ci.get("missing") if isinstance(ci, dict) else None
+    if not missing:
+        return ""
+    items = "".join(f"<li>{escape(str(line))}</li>" for line in missing)
+    return f'<div class="diverge"><b>{len(missing)} cells of the CI plan are missing:</b><ul>{items}</ul></div>'
+
+
 def render(
     results: Results, matrix: Matrix | None = None, title: str = "migconform results", base: Path | None = None
 ) -> str:
@@ -271,12 +320,13 @@ def render(
     columns = plain_columns(matrix)
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = []
-    for scenario in matrix.scenarios:
+    jobs = _job_folders(results)
+    for scenario in _attention_first(matrix):
         if not any((scenario, c) in matrix.cells for c in columns):
             continue  # cross-version items only: its square below
         desc = descriptions.get(scenario, "")
         desc_html = f'<div class="desc">{escape(desc)}</div>' if desc else ""
-        cells = "".join(_cell_html(matrix.cell(scenario, c), base) for c in columns)
+        cells = "".join(_cell_html(matrix.cell(scenario, c), base, jobs.get((scenario, c))) for c in columns)
         rows.append(f'<tr id="{escape(scenario)}"><td class="scenario">{escape(scenario)}{desc_html}</td>{cells}</tr>')
     table = (
         f'<table class="matrix"><thead><tr><th class="scenario">scenario</th>{head}</tr></thead>'
@@ -294,6 +344,7 @@ def render(
         f"{_fuzz_html(results)}"
         f'<div class="summary">{"".join(badges)}</div>'
         f'<p class="meta">{escape(summary_line(matrix))}</p>'
+        f"{_missing_cells(results)}{baseline.html_section(results)}"
         f"{_jump_list(matrix)}"
         f"{table}{_cross_html(matrix, descriptions, base)}"
         "</body></html>\n"

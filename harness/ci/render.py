@@ -1,0 +1,222 @@
+"""A plan as a GitLab pipeline (``parallel:matrix``), a GitHub Actions workflow (``strategy.matrix``) or JSON.
+
+Both CI files list every cell explicitly (one matrix entry per cell, with its id), so a reader finds each
+job by name, and run one command template whose ``$CELL``/``${{ matrix.cell }}`` values expand to exactly
+the plan's ``argv`` for that cell (tests/unit/test_ci_plan.py checks the expansion). Cells' jobs keep their
+folder ``ci-results/<cell>/`` as an artifact even when they fail; the merge job runs after all of them,
+whatever their status, re-creates the plan with the same options and merges with ``--plan``, so a missing or
+doubled cell fails it by name. The YAML is written here (no YAML library needed at run time): every string
+is double-quoted JSON, which YAML reads as the same string.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Any
+
+from harness.ci.plan import RESULTS_ROOT, Cell, Plan
+
+GITLAB_CELL_JOB = "migconform:cell"
+GITLAB_MERGE_JOB = "migconform:merge"
+GITHUB_CELL_JOB = "cell"
+GITHUB_MERGE_JOB = "merge"
+CACHE_ENV = "MIGCONFORM_CACHE"
+# The jobs' migconform cache, in the checkout (CI caches keep only paths inside it): QEMU builds live there.
+CI_CACHE = ".migconform-cache"
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.-]*$")
+# Words YAML 1.1 readers (PyYAML, GitHub's ``on:``) take for booleans or null unless quoted.
+_YAML11_WORDS = {"on", "off", "yes", "no", "y", "n", "true", "false", "null"}
+
+
+def _key(key: str) -> str:
+    return key if _PLAIN_KEY.match(key) and key.lower() not in _YAML11_WORDS else _scalar(key)
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if '"' in text and "\n" not in text:
+        return "'" + text.replace("'", "''") + "'"  # a shell line reads better single-quoted
+    return json.dumps(text)
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """Block-style YAML of dicts, lists and scalars (the subset a CI file needs)."""
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{_key(key)}:")
+                lines.append(to_yaml(item, indent + 2))
+            else:
+                lines.append(f"{pad}{_key(key)}: {_empty(item)}")
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)) and item:
+                body = to_yaml(item, indent + 2)
+                lines.append(f"{pad}- {body[indent + 2 :]}")
+            else:
+                lines.append(f"{pad}- {_empty(item)}")
+    else:
+        lines.append(pad + _scalar(value))
+    return "\n".join(lines)
+
+
+def _empty(item: Any) -> str:
+    if isinstance(item, dict):
+        return "{}"
+    if isinstance(item, list):
+        return "[]"
+    return _scalar(item)
+
+
+def _template(plan: Plan, values: dict[str, str]) -> str:
+    """The run command of every cell as one shell line, each cell's own values as variables (double-quoted
+    words, so that the shell or the CI expands them; every other word quoted as it is)."""
+    kernel = "series=" + values["kernel"] if any(c.kernel for c in plan.cells) else None
+    words = plan.run_words(values["qemu"], kernel, values["shard"], values["cell"])
+    marks = set(values.values())
+    return " ".join(f'"{w}"' if any(m in w for m in marks) else shlex.quote(w) for w in words)
+
+
+def _cell_vars(plan: Plan, cell: Cell) -> dict[str, str]:
+    out = {"CELL": cell.id, "QEMU": cell.qemu_arg, "SHARD": cell.shard_text}
+    if cell.kernel:
+        out["KERNEL"] = cell.kernel
+    if cell.build:
+        out["QEMU_BUILD"] = cell.build
+    return out
+
+
+def _builds(plan: Plan) -> bool:
+    """Whether a cell builds its QEMU: only then do the jobs get a cache folder the CI keeps (a runner's own
+    ``MIGCONFORM_CACHE``, with the QEMUs its set-up unpacked, is left alone otherwise)."""
+    return any(c.build for c in plan.cells)
+
+
+def _setup_lines(setup: list[str]) -> list[str]:
+    return [line for line in setup if line.strip()]
+
+
+def gitlab(plan: Plan, *, setup: list[str], stage: str, header: str) -> str:
+    prefix = " ".join(shlex.quote(a) for a in plan.migconform)
+    gl_vars = {"qemu": "$QEMU", "shard": "$SHARD", "cell": "$CELL", "kernel": "$KERNEL"}
+    cell_job: dict[str, Any] = {
+        "stage": stage,
+        "variables": {CACHE_ENV: f"$CI_PROJECT_DIR/{CI_CACHE}"} if _builds(plan) else {},
+        "parallel": {"matrix": [_cell_vars(plan, c) for c in plan.cells]},
+        "script": [
+            *_setup_lines(setup),
+            f'if [ -n "${{QEMU_BUILD:-}}" ]; then {prefix} qemu build "$QEMU_BUILD"; fi',
+            _template(plan, gl_vars),
+        ],
+        "artifacts": {"when": "always", "expire_in": "1 week", "paths": [f"{RESULTS_ROOT}/"]},
+    }
+    if _builds(plan):
+        cell_job["cache"] = {"key": "migconform-qemu-$QEMU_BUILD", "paths": [f"{CI_CACHE}/qemu-builds/"]}
+    merge_cmd = plan.to_json()["merge"]
+    merge_job = {
+        "stage": stage,
+        "needs": [{"job": GITLAB_CELL_JOB, "artifacts": True}],
+        "when": "always",
+        "script": [*_setup_lines(setup), shlex.join(merge_cmd["plan_argv"]), shlex.join(merge_cmd["argv"])],
+        "artifacts": {
+            "when": "always",
+            "expire_in": "4 weeks",
+            "paths": [f"{RESULTS_ROOT}/"],
+            "reports": {"junit": f"{RESULTS_ROOT}/merged.xml"},
+        },
+    }
+    doc = {GITLAB_CELL_JOB: cell_job, GITLAB_MERGE_JOB: merge_job}
+    return header + to_yaml(doc) + "\n"
+
+
+def github(plan: Plan, *, setup: list[str], runs_on: str, header: str) -> str:
+    include = []
+    for cell in plan.cells:
+        entry = {k.lower(): v for k, v in _cell_vars(plan, cell).items()}
+        entry.setdefault("qemu_build", "")
+        include.append(entry)
+    gh_vars = {
+        "qemu": "${{ matrix.qemu }}",
+        "shard": "${{ matrix.shard }}",
+        "cell": "${{ matrix.cell }}",
+        "kernel": "${{ matrix.kernel }}",
+    }
+    prefix = shlex.join(plan.migconform)
+    checkout = {"uses": "actions/checkout@v4"}
+    setup_steps = [{"name": "set up migconform", "run": line} for line in _setup_lines(setup)]
+    steps: list[dict[str, Any]] = [checkout, *setup_steps]
+    if _builds(plan):
+        steps.append(
+            {
+                "uses": "actions/cache@v4",
+                "if": "matrix.qemu_build != ''",
+                "with": {"path": f"{CI_CACHE}/qemu-builds", "key": "migconform-qemu-${{ matrix.qemu_build }}"},
+            }
+        )
+        steps.append(
+            {
+                "name": "build QEMU",
+                "if": "matrix.qemu_build != ''",
+                "run": f'{prefix} qemu build "${{{{ matrix.qemu_build }}}}"',
+            }
+        )
+    steps.append({"name": "run the cell", "run": _template(plan, gh_vars)})
+    steps.append(
+        {
+            "uses": "actions/upload-artifact@v4",
+            "if": "always()",
+            "with": {"name": "migconform-${{ matrix.cell }}", "path": f"{RESULTS_ROOT}/"},
+        }
+    )
+    merge_cmd = plan.to_json()["merge"]
+    merge_steps: list[dict[str, Any]] = [
+        checkout,
+        *setup_steps,
+        {
+            "uses": "actions/download-artifact@v4",
+            "with": {"pattern": "migconform-*", "path": f"{RESULTS_ROOT}/", "merge-multiple": True},
+        },
+        {"name": "merge", "run": shlex.join(merge_cmd["plan_argv"]) + "\n" + shlex.join(merge_cmd["argv"])},
+        {
+            "uses": "actions/upload-artifact@v4",
+            "if": "always()",
+            "with": {"name": "migconform-merged", "path": f"{RESULTS_ROOT}/"},
+        },
+    ]
+    env = {CACHE_ENV: "${{ github.workspace }}/" + CI_CACHE} if _builds(plan) else {}
+    doc = {
+        "name": "migconform",
+        "on": {"push": {}, "pull_request": {}, "workflow_dispatch": {}},
+        "jobs": {
+            GITHUB_CELL_JOB: {
+                "runs-on": runs_on,
+                "env": env,
+                "strategy": {"fail-fast": False, "matrix": {"include": include}},
+                "steps": steps,
+            },
+            GITHUB_MERGE_JOB: {
+                "runs-on": runs_on,
+                "needs": [GITHUB_CELL_JOB],
+                "if": "always()",
+                "env": env,
+                "steps": merge_steps,
+            },
+        },
+    }
+    return header + to_yaml(doc) + "\n"
+
+
+def as_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=2) + "\n"
