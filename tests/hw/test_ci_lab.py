@@ -5,9 +5,8 @@ unsharded run per kernel (tests/qemu/test_ci_local.py: the same without the lab)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import pytest
 
