@@ -14,6 +14,7 @@ from contract.actions import resolve_handlers
 from contract.policy import POSTCOPY_PACING_BYTES_PER_S, paced_for_postcopy
 from contract.scenario import Scenario, Step, expand_steps, migrate_transport
 from reference_impl import migration as mig
+from reference_impl import qmp_tls
 from reference_impl.machine import Machine
 from reference_impl.qmp_commands import run_qmp
 
@@ -82,6 +83,8 @@ def step_migrate(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None
     dst = scene.destination
     listening = dst.alive and dst.runstate == "inmigrate" and dst.incoming in mig.SOCKET_TRANSPORTS
     error = mig.migrate(vm, transport, peer_listening=listening or vm is dst)
+    if error is None and listening:
+        qmp_tls.connect(scene)
     if error is None and vm.migration is not None and vm.migration.failure is None:
         # The executor waits (bounded) until the migration has left setup before the next step.
         mig.left_setup(vm)
