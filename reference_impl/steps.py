@@ -17,6 +17,7 @@ from reference_impl import migration as mig
 from reference_impl import qmp_tls
 from reference_impl.machine import Machine
 from reference_impl.qmp_commands import run_qmp
+from reference_impl.qmp_jobs import load_action
 
 StepHandler = Callable[[mig.Scene, Scenario, Step], "str | None"]
 
@@ -138,6 +139,10 @@ def step_migrate_continue(scene: mig.Scene, scenario: Scenario, step: Step) -> s
 
 def step_snapshot_save(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
     return _on_sides(scene, step, mig.snapshot_save)
+
+
+def step_snapshot_load(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
+    return _on_sides(scene, step, load_action)
 
 
 def step_qmp(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:

@@ -101,6 +101,7 @@ FUZZ_ACTIONS = (
     "stop",
     "migrate-continue",
     "snapshot-save",
+    "snapshot-load",
     "qmp",
 )
 
@@ -165,6 +166,7 @@ def step_strategies(vocab: Vocabulary) -> dict[str, st.SearchStrategy[Step]]:
         "cont": _sides("source", "destination", "both").map(lambda side: Step("cont", side)),
         "stop": _sides("source", "destination", "both").map(lambda side: Step("stop", side)),
         "snapshot-save": _sides("source", "destination").map(lambda side: Step("snapshot-save", side)),
+        "snapshot-load": _sides("source", "destination").map(lambda side: Step("snapshot-load", side)),
         "qmp": _qmp(vocab),
     }
     for action in ("start-postcopy", "cancel", "wait", "migrate-continue"):

@@ -201,3 +201,17 @@ def test_runstates_after_migrating_a_stopped_source(version: str) -> None:
     assert summary(stopped)[3] == ("active", "paused")
     cancelled = run(*HELD, Step("stop"), Step("cancel"), WAIT, version=version)
     assert summary(cancelled)[3:] == (("cancelled", "paused"), None)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_snapshot_load_action_without_a_disk(version: str) -> None:
+    # snapshot-load-no-disk, -paused, -destination: the job's error is the refusal; a running VM stays in
+    # restore-vm (snapshot_load_job_bh resumes only after a successful load), others keep their runstate.
+    error = "At least one device is required for snapshot"
+    running = run(Step("snapshot-load"), version=version)
+    assert summary(running) == ("refused", "snapshot-load", error, ("none", "restore-vm"), ("none", "inmigrate"))
+    assert summary(run(Step("stop"), Step("snapshot-load"), version=version))[3] == ("none", "paused")
+    destination = run(Step("snapshot-load", side="destination"), version=version)
+    assert summary(destination)[2:] == (error, ("none", "running"), ("none", "inmigrate"))
+    disk = ("-drive", "file=/nonexistent-migconform/d.qcow2,format=qcow2,if=none,id=d0")
+    assert run(Step("snapshot-load"), version=version, args=disk).not_modelled is not None
