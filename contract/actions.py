@@ -42,6 +42,7 @@ STEP_ACTIONS: tuple[StepAction, ...] = (
     StepAction("cont", "cont", "step_cont", "step_vm_command"),
     StepAction("stop", "stop", "step_stop", "step_vm_command"),
     StepAction("snapshot-save", "snapshot-save", "step_snapshot_save", "step_snapshot_save"),
+    StepAction("snapshot-load", "snapshot-load", "step_snapshot_load", "step_snapshot_load"),
     StepAction("qmp", "qmp", "step_qmp", "step_qmp"),
     StepAction("migrate-continue", "migrate-continue", "step_migrate_continue", "step_migrate_continue"),
 )

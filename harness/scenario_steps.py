@@ -23,6 +23,7 @@ STEP_KEYS: dict[str, tuple[str, ...]] = {
     "cont": (),
     "stop": (),
     "snapshot-save": ("tag",),
+    "snapshot-load": ("tag",),
     "qmp": ("command", "arguments"),
     "migrate-continue": (),
 }

@@ -9,6 +9,7 @@ blocker, or (vfio-pci) register savevm handlers through the VFIO model.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,6 @@ _VALUE_OPTIONS = frozenset(
         "-semihosting-config", "-compat", "-audio", "-qmp-pretty", "-device-help",
     }
 )  # fmt: skip
-
 
 
 def parse_options(text: str) -> tuple[str, dict[str, str]]:
@@ -61,7 +61,9 @@ class CommandLine:
     only_migratable: bool
     start_paused: bool  # -S
     accel: str
-    objects: tuple[str, ...] = ()  # -object ids, in order
+    objects: tuple[tuple[str, str], ...] = ()  # -object (id, qom-type), in order
+    # every KEY=VALUE value of the arguments that are not an -object's own (what may use an object by id)
+    referenced: frozenset[str] = frozenset()
 
 
 # Parsed command lines per VmSpec object. VmSpec is frozen, so its parse never changes; the entry keeps the
@@ -86,7 +88,7 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
     drives: list[tuple[bool, dict[str, str]]] = []
     chardevs: list[tuple[str, str]] = []
     devices: list[DeviceSpec] = []
-    objects: list[str] = []
+    objects: list[tuple[str, str]] = []
     only_migratable = spec.only_migratable
     start_paused = False
     accel = spec.accel
@@ -113,7 +115,8 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
             options.pop("driver", None)
             devices.append(DeviceSpec(driver=driver, id=dev_id, properties=options))
         elif norm == "-object":
-            objects.append(parse_options(value)[1].get("id", ""))
+            qom_type, options = parse_options(value)
+            objects.append((options.get("id", ""), options.get("qom-type", qom_type)))
         elif norm == "-chardev":
             backend, options = parse_options(value)
             chardevs.append((backend, options.get("id", "")))
@@ -122,8 +125,20 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
         elif norm == "-blockdev":
             drives.append((True, parse_options("," + value)[1]))
     devices.extend(spec.devices)
+    referenced = {str(v) for d in devices for v in d.properties.values()}
+    object_values = {a for o, a in itertools.pairwise(args) if o.lstrip("-") == "object"}
+    for item in args:
+        if item not in object_values:
+            referenced.update(part.partition("=")[2] for part in item.split(",") if "=" in part)
     return CommandLine(
-        tuple(drives), tuple(chardevs), tuple(devices), only_migratable, start_paused, accel, tuple(objects)
+        tuple(drives),
+        tuple(chardevs),
+        tuple(devices),
+        only_migratable,
+        start_paused,
+        accel,
+        tuple(objects),
+        frozenset(referenced),
     )
 
 
@@ -155,16 +170,16 @@ class Machine:
     memory: str = "256M"  # -m: the RAM block size a stream carries (a destination of another size cannot load it)
     devices: tuple[DeviceSpec, ...] = ()  # realized -device items, hot-added ones appended
     chardevs: dict[str, str] = field(default_factory=dict)  # chardev id -> backend
-    # ids of the user-creatable objects (-object, object-add): children of /objects, one name each
-    objects: set[str] = field(default_factory=set)
+    # the user-creatable objects (-object, object-add): children of /objects, one name each; id -> qom-type
+    # (TLS parameters name them: reference_impl.qmp_tls)
+    objects: dict[str, str] = field(default_factory=dict)
+    referenced: frozenset[str] = frozenset()  # CommandLine.referenced: object-del refuses an object in use
 
 
 def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:
     if blockdev:
         return options.get("driver") == "qcow2"
-    return options.get("format") == "qcow2" or (
-        "format" not in options and options.get("file", "").endswith(".qcow2")
-    )
+    return options.get("format") == "qcow2" or ("format" not in options and options.get("file", "").endswith(".qcow2"))
 
 
 @dataclass(frozen=True)
@@ -195,8 +210,14 @@ def _realize_cached(spec: VmSpec, line: CommandLine, version: Version, vn: int, 
 
 def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _Realized:
     blockers = MigrationBlockers(only_migratable=line.only_migratable)
-    vm = Machine(version=version, host=host, role="source", vn=version.major * 100 + version.minor,
-                 runstate="prelaunch", blockers=blockers)
+    vm = Machine(
+        version=version,
+        host=host,
+        role="source",
+        vn=version.major * 100 + version.minor,
+        runstate="prelaunch",
+        blockers=blockers,
+    )
     # qemu_create_early_backends opens every -chardev before the block backends (qemu_create_late_backends).
     for backend, _chardev_id in line.chardevs:
         reason = catalog.chardev_blocker(backend, version)
@@ -246,7 +267,8 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         memory=spec.memory,
         devices=line.devices,
         chardevs={chardev_id: backend for backend, chardev_id in line.chardevs},
-        objects=set(line.objects),
+        objects=dict(line.objects),
+        referenced=line.referenced,
     )
 
 
@@ -324,8 +346,9 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
         return "device_add not allowed while migrating"
     buses = _Buses()
     # Replay the existing devices on a scratch machine to rebuild the bus occupancy.
-    scratch = Machine(version=vm.version, host=vm.host, role=vm.role, vn=vm.vn, runstate=vm.runstate,
-                      blockers=MigrationBlockers())
+    scratch = Machine(
+        version=vm.version, host=vm.host, role=vm.role, vn=vm.vn, runstate=vm.runstate, blockers=MigrationBlockers()
+    )
     _realize_devices(scratch, vm.devices, buses)
     taken = {d.id for d in vm.devices if d.id is not None}
     error = _realize_devices(vm, (device,), buses, taken)

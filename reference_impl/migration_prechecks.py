@@ -7,6 +7,7 @@ None; a migration ``migrate`` accepts is resolved by the contract's wait (refere
 
 from __future__ import annotations
 
+from reference_impl import qmp_tls
 from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_1, N8_2, N9_0
 from reference_impl.machine import Machine
 from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
@@ -34,7 +35,7 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
     if vm.vn >= N8_0:
         # qemu_start_incoming_migration checks the channels against the caps like migrate does (measured on
         # 10.0.2 by the harness sweep: mapped-ram + tcp refused with the seekable message, status stays none).
-        error = _transport_check(vm, transport)
+        error = transport_check(vm, transport)
         if error is not None:
             return error
     if vm.vn >= N8_1:
@@ -47,7 +48,7 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
     return None
 
 
-def _transport_check(vm: Machine, transport: str) -> str | None:
+def transport_check(vm: Machine, transport: str) -> str | None:
     """``migration_channels_and_transport_compatible`` (8.0+): seekable first, then multi-channel."""
     caps = vm.caps
     if "mapped-ram" in caps and transport != "file":
@@ -78,7 +79,7 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
     v = vm.vn
     caps = vm.caps
     if v >= N8_0:
-        error = _transport_check(vm, transport)
+        error = transport_check(vm, transport)
         if error is not None:
             return error
     # migrate_prepare (migration/migration.c).
@@ -135,6 +136,9 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
     elif transport in SOCKET_TRANSPORTS and not peer_listening:
         desc = path_error if path_error is not None else connect_refused(transport)
         migration.failure = (desc, desc)
+    elif (tls_error := qmp_tls.outgoing_error(vm)) is not None:
+        # migration_channel_connect: the TLS lookup fails once the channel exists, in setup.
+        migration.failure = (tls_error, tls_error)
     else:
         migration.failure = _vfio_failure(vm)
         # A VFIO failure comes from qemu_savevm_state_setup (ram_save_setup: the dirty-log start fails);

@@ -40,6 +40,8 @@ class Migration:
     # Statuses a failing migration passes through after active, before failed (10.0: device on a switchover
     # that fails reading the return path).
     fails_after: tuple[str, ...] = ()
+    # The destination dropped the connection at accept (its own tls-creds failed, 7.2: it stays listening).
+    peer_refused: bool = False
 
 
 @dataclass
@@ -68,7 +70,13 @@ def kill(vm: Machine, status: int, line: str) -> None:
 def reads_stream(m: Migration, peer: Machine) -> bool:
     """The destination is reading ``m``'s socket stream (alive, still incoming, migrate-incoming done): only
     then does it see what happens to the stream."""
-    return m.transport in SOCKET_TRANSPORTS and peer.alive and peer.runstate == "inmigrate" and bool(peer.incoming)
+    return (
+        m.transport in SOCKET_TRANSPORTS
+        and not m.peer_refused
+        and peer.alive
+        and peer.runstate == "inmigrate"
+        and bool(peer.incoming)
+    )
 
 
 def incoming_runstate(source_runstate: str, autostart: bool) -> str:

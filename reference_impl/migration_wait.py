@@ -138,6 +138,12 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         # bug (harness/known_bugs.py, docs/qemu-bugs.md "5."), not a prediction.
         emit(peer, "postcopy-active")
     emit(peer, "completed")
+    if m.postcopy and not m.background:
+        # loadvm_postcopy_handle_run_bh (7.2, 10.0, 10.2 savevm.c) starts the VM on autostart alone: unlike
+        # process_incoming_migration_bh it never reads the source's runstate (measured: a source stopped before
+        # migrate, postcopy, and the destination runs on 7.2.22, 10.0.2, 10.2.2; rs-postcopy-stopped).
+        peer.runstate = "running" if peer.autostart else "paused"
+        return
     peer.runstate = incoming_runstate(m.source_runstate, peer.autostart)
 
 

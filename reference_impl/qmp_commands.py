@@ -17,9 +17,11 @@ from typing import Any
 from contract.scenario import DeviceSpec
 from reference_impl import catalog
 from reference_impl import migration as mig
+from reference_impl import qmp_migrate_args as migrate_args
 from reference_impl.capabilities import N8_0, N8_2
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
+from reference_impl.migration_prechecks import transport_check
 from reference_impl.qmp_jobs import ARGUMENTS as JOB_ARGUMENTS
 from reference_impl.qmp_jobs import HANDLERS as JOB_HANDLERS
 from reference_impl.qmp_postcopy import ARGUMENTS as POSTCOPY_ARGUMENTS
@@ -88,10 +90,23 @@ def device_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
 
 def device_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     """``qmp_device_del``: only a request to the guest; without a guest OS a PCIe unplug never completes, so
-    the device (and any blocker it added) stays (measured: ivshmem hot-added then deleted still blocks)."""
+    the device (and any blocker it added) stays (measured: ivshmem hot-added then deleted still blocks).
+
+    qdev_unplug checks the bus's and the device's hotplug support, then refuses while this VM's outgoing
+    migration runs: "device_del not allowed while migrating" (7.2: !migration_is_idle(); 10.0/10.2:
+    migration_is_running(); both spare a device with allow_unplug_during_migration, the virtio-net failover
+    primary). The incoming side does not count: device_del on a destination during the migration is accepted
+    (measured on 7.2.22, 10.0.2, 10.2.2). Only devices on a PCIe root port are modelled: another bus's hotplug
+    support decides first."""
     dev_id = arguments.get("id")
-    if not any(d.id == dev_id for d in vm.devices):
+    device = next((d for d in vm.devices if d.id == dev_id), None)
+    if device is None:
         return f"Device '{dev_id}' not found"
+    ports = {d.id for d in vm.devices if d.driver == "pcie-root-port"}
+    if device.properties.get("bus") not in ports or "failover" in device.properties:
+        raise NotModelled(f"device_del of a {device.driver} that is not on a pcie-root-port")
+    if vm.migration is not None:
+        return "device_del not allowed while migrating"
     return None
 
 
@@ -100,19 +115,25 @@ URI_SCHEMES = frozenset({"tcp", "unix", "file", "exec", "fd", "rdma", "vsock"})
 # Of those, the ones the model follows: fd needs a descriptor passed with getfd, rdma an RDMA device (and a
 # build with it), vsock a vsock transport; their failure texts come from code the model does not mirror.
 MODELLED_SCHEMES = frozenset({"tcp", "unix", "file", "exec"})
-# Arguments each migration command's handler reads. migrate's ``detach`` is documented as ignored
-# (qapi/migration.json: "this argument exists only for compatibility reasons and is ignored by QEMU");
-# ``resume`` (postcopy recovery), ``channels`` (8.2+), ``blk``/``inc`` (block migration, 7.2) are not modelled.
+# Arguments each migration command's handler reads; migrate and migrate-incoming check their own
+# (reference_impl.qmp_migrate_args: QAPI's "unexpected" refusals depend on the version).
 MODELLED_ARGUMENTS: dict[str, frozenset[str]] = {
-    "migrate": frozenset({"uri", "detach"}),
-    "migrate-incoming": frozenset({"uri"}),
     **POSTCOPY_ARGUMENTS,
     **JOB_ARGUMENTS,
 }
-# qom-types whose object-add the model follows: a RAM backend adds no blocker and succeeds with an id and a
-# size (host_memory_backend_memory_complete); the arguments it reads are listed.
+# qom-types whose object-add the model follows, with the arguments it reads and those each needs. A RAM
+# backend adds no blocker and succeeds with an id and a size (host_memory_backend_memory_complete); an
+# authz-simple with an identity, a secret with inline data, neither of which migration looks at (object-add
+# has no migration check: accepted during a migration, measured on 7.2.22, 10.0.2, 10.2.2).
 MODELLED_OBJECTS: dict[str, frozenset[str]] = {
     "memory-backend-ram": frozenset({"qom-type", "id", "size", "share"}),
+    "authz-simple": frozenset({"qom-type", "id", "identity"}),
+    "secret": frozenset({"qom-type", "id", "data"}),
+}
+REQUIRED_OBJECT_ARGUMENTS: dict[str, frozenset[str]] = {
+    "memory-backend-ram": frozenset({"id", "size"}),
+    "authz-simple": frozenset({"id", "identity"}),
+    "secret": frozenset({"id", "data"}),
 }
 # Commands that exist in every profiled version (7.2+) and only read state: they answer their data and never
 # refuse without arguments; the model predicts their ``{}``-equivalent (no error) and no change.
@@ -171,6 +192,41 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
     return mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
 
 
+def migrate_command(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_migrate`` with the scenario's arguments (reference_impl.qmp_migrate_args), then the URI model.
+
+    ``resume`` on 10.0+: the URI parse (migrate_uri_parse) and migration_channels_and_transport_compatible
+    come before migrate_prepare's "Cannot resume if there is no paused migration" (measured with bogus:x:
+    10.0.2 and 10.2.2 "unknown migration protocol: bogus:x", 7.2.22 the resume refusal)."""
+    error, uri = migrate_args.migrate(vm, arguments)
+    if error is not None or uri is None:
+        return error
+    if arguments.get("resume") is True:
+        scheme = uri.partition(":")[0]
+        if scheme not in URI_SCHEMES:
+            return f"unknown migration protocol: {uri}"
+        if scheme not in MODELLED_SCHEMES:
+            raise NotModelled(f"migrate URI scheme {scheme!r}")
+        if vm.params.get("mode", "normal") != "normal":
+            raise NotModelled("migrate resume in a CPR mode")
+        return transport_check(vm, scheme) or migrate_args.NO_PAUSED_MIGRATION
+    return migrate_uri(vm, uri)
+
+
+def migrate_incoming_command(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_migrate_incoming``: QAPI's refusals, then the 'once' flag and the runstate, then the arguments'
+    own checks (qemu_start_incoming_migration)."""
+    error = migrate_args.incoming_qapi_error(vm, arguments)
+    if error is not None:
+        return error
+    if vm.incoming is not None or vm.runstate != "inmigrate":
+        return mig.migrate_incoming(vm, "tcp")
+    error, uri = migrate_args.migrate_incoming(vm, arguments)
+    if error is not None or uri is None:
+        return error
+    return migrate_incoming_uri(vm, uri)
+
+
 def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
     """``qmp_migrate_incoming`` with the scenario's URI (see migration.migrate_incoming): the 'once' flag and the
     runstate first, then qemu_start_incoming_migration. Measured on 7.2.22 and 10.0.2 (docs/real-qemu-facts.md,
@@ -216,12 +272,27 @@ def object_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     if modelled is None:
         raise NotModelled(f"object-add of qom-type {qom_type!r}")
     unknown = sorted(set(arguments) - modelled)
-    if unknown or "id" not in arguments or "size" not in arguments:
+    if unknown or not REQUIRED_OBJECT_ARGUMENTS[qom_type] <= set(arguments):
         raise NotModelled(f"object-add {qom_type} with arguments {sorted(arguments)}")
     object_id = str(arguments["id"])
     if object_id in vm.objects:
         return f"attempt to add duplicate property '{object_id}' to object (type 'container')"
-    vm.objects.add(object_id)
+    vm.objects[object_id] = qom_type
+    return None
+
+
+def object_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_object_del`` -> user_creatable_del (qom/object_interfaces.c, same in 7.2, 10.0, 10.2): an id
+    that is not a child of /objects is "object '<id>' not found"; one in use (a memory backend a device or
+    the machine maps: user_creatable_can_be_deleted) is refused: not modelled. No migration check: deleting an
+    unused object during a migration is accepted (measured on 7.2.22, 10.0.2, 10.2.2)."""
+    object_id = str(arguments.get("id", ""))
+    if object_id not in vm.objects:
+        return f"object '{object_id}' not found"
+    users = set(vm.referenced) | {str(v) for d in vm.devices for v in d.properties.values()}
+    if object_id in users:
+        raise NotModelled(f"object-del of an object something may use ({object_id!r})")
+    del vm.objects[object_id]
     return None
 
 
@@ -231,9 +302,10 @@ _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
     "blockdev-add": blockdev_add,
     "device_add": device_add,
     "device_del": device_del,
-    "migrate": lambda vm, a: migrate_uri(vm, str(a.get("uri", ""))),
-    "migrate-incoming": lambda vm, a: migrate_incoming_uri(vm, str(a.get("uri", ""))),
+    "migrate": migrate_command,
+    "migrate-incoming": migrate_incoming_command,
     "object-add": object_add,
+    "object-del": object_del,
 }
 
 

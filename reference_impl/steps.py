@@ -14,8 +14,10 @@ from contract.actions import resolve_handlers
 from contract.policy import POSTCOPY_PACING_BYTES_PER_S, paced_for_postcopy
 from contract.scenario import Scenario, Step, expand_steps, migrate_transport
 from reference_impl import migration as mig
+from reference_impl import qmp_tls
 from reference_impl.machine import Machine
 from reference_impl.qmp_commands import run_qmp
+from reference_impl.qmp_jobs import load_action
 
 StepHandler = Callable[[mig.Scene, Scenario, Step], "str | None"]
 
@@ -82,6 +84,8 @@ def step_migrate(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None
     dst = scene.destination
     listening = dst.alive and dst.runstate == "inmigrate" and dst.incoming in mig.SOCKET_TRANSPORTS
     error = mig.migrate(vm, transport, peer_listening=listening or vm is dst)
+    if error is None and listening:
+        qmp_tls.connect(scene)
     if error is None and vm.migration is not None and vm.migration.failure is None:
         # The executor waits (bounded) until the migration has left setup before the next step.
         mig.left_setup(vm)
@@ -135,6 +139,10 @@ def step_migrate_continue(scene: mig.Scene, scenario: Scenario, step: Step) -> s
 
 def step_snapshot_save(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
     return _on_sides(scene, step, mig.snapshot_save)
+
+
+def step_snapshot_load(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
+    return _on_sides(scene, step, load_action)
 
 
 def step_qmp(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:

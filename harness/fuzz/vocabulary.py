@@ -51,6 +51,8 @@ PARAMETER_VALUES: Mapping[str, tuple[Any, ...]] = {
     "zero-page-detection": ("none", "legacy", "multifd"),
     "mode": ("normal", "cpr-reboot"),
     "tls-creds": ("", "nope"),
+    "tls-authz": ("", "nope"),
+    "tls-hostname": ("", "nohost.invalid"),
 }
 
 # Blocker devices to hot-plug (reference_impl/catalog.py): an unmigratable vmsd (nvme, rocker), a migrate_add_blocker
@@ -62,6 +64,9 @@ HOTPLUG_DEVICES: tuple[Mapping[str, Any], ...] = (
     {"driver": "rocker", "bus": "rp0", "id": "dev0"},
     {"driver": "virtio-rng-pci", "bus": "rp0", "id": "dev0"},
 )
+
+_INET_PORT_1 = {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "1"}
+_INET_PORT_0 = {**_INET_PORT_1, "port": "0"}
 
 # Raw qmp steps: (command, sides, arguments).
 QMP_COMMANDS: tuple[tuple[str, tuple[str, ...], Mapping[str, Any]], ...] = (
@@ -75,6 +80,13 @@ QMP_COMMANDS: tuple[tuple[str, tuple[str, ...], Mapping[str, Any]], ...] = (
     ("chardev-add", ("source", "destination"), {"id": "vd0", "backend": {"type": "qemu-vdagent", "data": {}}}),
     ("chardev-remove", ("source",), {"id": "vd0"}),
     ("device_del", ("source",), {"id": "dev0"}),
+    # migrate / migrate-incoming arguments and objects during a migration (docs/real-qemu-facts.md "QMP surface").
+    ("migrate", ("source",), {"uri": "tcp:127.0.0.1:1", "resume": True}),
+    ("migrate", ("source",), {"uri": "tcp:127.0.0.1:1", "blk": True}),
+    ("migrate", ("source",), {"channels": [{"channel-type": "main", "addr": _INET_PORT_1}]}),
+    ("migrate-incoming", ("destination",), {"channels": [{"channel-type": "main", "addr": _INET_PORT_0}]}),
+    ("object-del", ("source",), {"id": "mem0"}),
+    ("object-add", ("source",), {"qom-type": "authz-simple", "id": "az0", "identity": "bob"}),
 )
 
 # Every action the fuzzer composes (contract.actions' whole table).
@@ -89,6 +101,7 @@ FUZZ_ACTIONS = (
     "stop",
     "migrate-continue",
     "snapshot-save",
+    "snapshot-load",
     "qmp",
 )
 
@@ -153,6 +166,7 @@ def step_strategies(vocab: Vocabulary) -> dict[str, st.SearchStrategy[Step]]:
         "cont": _sides("source", "destination", "both").map(lambda side: Step("cont", side)),
         "stop": _sides("source", "destination", "both").map(lambda side: Step("stop", side)),
         "snapshot-save": _sides("source", "destination").map(lambda side: Step("snapshot-save", side)),
+        "snapshot-load": _sides("source", "destination").map(lambda side: Step("snapshot-load", side)),
         "qmp": _qmp(vocab),
     }
     for action in ("start-postcopy", "cancel", "wait", "migrate-continue"):

@@ -108,7 +108,12 @@ class VfioEvents:
         )
 
     def after(
-        self, step: Step, error: str | None, snap: _Snapshot, source: Machine, destination: Machine,
+        self,
+        step: Step,
+        error: str | None,
+        snap: _Snapshot,
+        source: Machine,
+        destination: Machine,
         timed_out: bool,
     ) -> None:
         """Apply QEMU's device-state rules for what ``step`` did (``error``: the step's refusal, if any)."""
@@ -129,13 +134,14 @@ class VfioEvents:
             self._wait(snap, source, destination, timed_out)
         elif action in ("stop", "cont"):
             self._runstates(snap, source, destination)
-        elif action == "qmp":
+        elif action in ("qmp", "snapshot-load"):
             changed = snap.runstates != (source.runstate, destination.runstate) or snap.status != (
                 source.status,
                 destination.status,
             )
             if changed:
-                self.give_up(f"qmp {step.command} changed a run or migration state")
+                what = f"qmp {step.command}" if action == "qmp" else action
+                self.give_up(f"{what} changed a run or migration state")
 
     def finished(self, source: Machine) -> None:
         """The scenario ended: a migration still running leaves the device mid-walk (racy)."""
