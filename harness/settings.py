@@ -37,12 +37,13 @@ REQUIRE_RESOURCES = "MIGCONFORM_REQUIRE_RESOURCES"
 COMPARED_DIR = "MIGCONFORM_COMPARED_DIR"
 MIN_COMPARED = "MIGCONFORM_MIN_COMPARED"
 MUTANTS = "MIGCONFORM_MUTANTS"
+CI_LAB_TEST = "MIGCONFORM_CI_LAB_TEST"
 VFIO_ALLOW_REBIND = "MIGCONFORM_VFIO_ALLOW_REBIND"
 VFIO_DIRTY_REPORT = "MIGCONFORM_VFIO_DIRTY_REPORT"
 
 VARIABLES: tuple[str, ...] = (
     QEMU_BINARY, CACHE, SUITE, VFIO_DEVICES, LAB_ACCEL, LAB_VERBOSE, LAB_PYOPTS, VFIO_PROVIDER, VFIO_OPTIONS,
-    REQUIRE_RESOURCES, COMPARED_DIR, MIN_COMPARED, MUTANTS, VFIO_ALLOW_REBIND, VFIO_DIRTY_REPORT,
+    REQUIRE_RESOURCES, COMPARED_DIR, MIN_COMPARED, MUTANTS, CI_LAB_TEST, VFIO_ALLOW_REBIND, VFIO_DIRTY_REPORT,
 )
 
 
@@ -139,6 +140,12 @@ def min_compared() -> int | None:
 def mutants_build() -> bool:
     """``$MIGCONFORM_MUTANTS=1``: tests/mutants builds missing or stale mutant QEMUs instead of skipping."""
     return _value(MUTANTS) == "1"
+
+
+def ci_lab_test() -> bool:
+    """``$MIGCONFORM_CI_LAB_TEST=1``: tests/hw/test_ci_lab.py runs the CI plan's VFIO cells in the lab (8 nested
+    boots, ~6 min); off by default, the plan itself is tested without the lab."""
+    return _value(CI_LAB_TEST) == "1"
 
 
 def vfio_allow_rebind() -> bool:

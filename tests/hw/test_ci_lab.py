@@ -5,11 +5,11 @@ unsharded run per kernel (tests/qemu/test_ci_local.py: the same without the lab)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from harness import settings
 from harness.vfio_lab.build import LabImage
 from tests.qemu.test_ci_local import KERNELS, run_matrix, versions  # noqa: F401 - versions: the fixture
 
@@ -19,7 +19,7 @@ SUBSET = ("caps-x-colo-alone", "vfio-postcopy-migratable")
 # Eight nested lab boots one after another: ~6 min on the 2-core development host, which is a quarter of the
 # CI's test time for what tests/qemu/test_ci_local.py already proves without the lab (the plan, the shards,
 # the merge); this test adds only that the kernel reaches the lab job. Opt-in, run before a release.
-LAB_MATRIX = os.environ.get("MIGCONFORM_CI_LAB_TEST") == "1"
+LAB_MATRIX = settings.ci_lab_test()
 
 
 @pytest.mark.skipif(not LAB_MATRIX, reason="opt-in (MIGCONFORM_CI_LAB_TEST=1): 8 nested lab boots, ~6 min")

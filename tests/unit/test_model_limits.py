@@ -36,9 +36,12 @@ def qmp(command: str, **arguments: Any) -> Step:
         (qmp("calc-dirty-rate"), "QMP command 'calc-dirty-rate'"),
         (qmp("migrate", uri="rdma:127.0.0.1:4444"), "migrate URI scheme 'rdma'"),
         (qmp("migrate", uri="fd:mig"), "migrate URI scheme 'fd'"),
-        (qmp("migrate", uri="tcp:127.0.0.1:1", resume=True), "migrate argument 'resume'"),
-        (qmp("migrate-incoming", uri="vsock:3:4444"), "migrate-incoming URI scheme 'vsock'"),
-        (qmp("object-add", **{"qom-type": "secret", "id": "s0", "data": "x"}), "object-add of qom-type 'secret'"),
+        (qmp("migrate", uri="vsock:3:4444"), "migrate URI scheme 'vsock'"),
+        (
+            Step("qmp", side="destination", command="migrate-incoming", arguments={"uri": "vsock:3:4444"}),
+            "migrate-incoming URI scheme 'vsock'",
+        ),
+        (qmp("object-add", **{"qom-type": "tls-creds-anon", "id": "t0"}), "object-add of qom-type 'tls-creds-anon'"),
         (qmp("query-status", bogus=1), "QMP command 'query-status'"),
     ],
 )
