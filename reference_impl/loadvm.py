@@ -11,6 +11,7 @@ from __future__ import annotations
 from contract.sizes import parse_mib
 from reference_impl import catalog
 from reference_impl.capabilities import N10_1, N10_2
+from reference_impl.cross import configuration_error
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, pci_paths
 
@@ -65,9 +66,13 @@ def config_mismatch(source: Machine, destination: Machine) -> str | None:
     the cause (:func:`load_failure`). A device only on the destination that is migratable is assumed harmless
     (its state just is not sent).
     """
-    vn = source.vn
+    vn = destination.vn  # the destination prints the line (cross-version: its own version's form)
     if destination.blockers.unmigratable:
         return load_failure(vn, state_blocked(destination.blockers.unmigratable[0]))
+    # qemu_loadvm_state_header: the configuration section (machine type, validated caps) comes first.
+    configuration = configuration_error(source, destination)
+    if configuration is not None:
+        return configuration
     if _mib(source.memory) != _mib(destination.memory):
         return load_failure(vn, RAM_LOAD_ERROR)
     missing = _missing_device(source, destination)
@@ -84,12 +89,12 @@ def _missing_device(source: Machine, destination: Machine) -> str | None:
         if device.driver in remaining:
             remaining.remove(device.driver)
             continue
-        if source.vn < N10_2:
+        if destination.vn < N10_2:
             return DESTINATION_LOAD_FAILURE
         name = catalog.SECTION_NAMES.get(device.driver)
         if name is None or path is None:
             raise NotModelled(f"the vmstate section name of -device {device.driver}")
-        return load_failure(source.vn, unknown_section(f"{path}/{name}"))
+        return load_failure(destination.vn, unknown_section(f"{path}/{name}"))
     return None
 
 
@@ -103,10 +108,13 @@ def missing_vdagent(source: Machine, destination: Machine) -> str | None:
     if source.vn < N10_1:
         return None
     count = sum(1 for backend in source.chardevs.values() if backend == "qemu-vdagent")
-    present = sum(1 for backend in destination.chardevs.values() if backend == "qemu-vdagent")
+    # A destination before 10.1 registers no vdagent section (cross-version; measured 10.2.2 -> 7.2.22 over exec).
+    present = 0
+    if destination.vn >= N10_1:
+        present = sum(1 for backend in destination.chardevs.values() if backend == "qemu-vdagent")
     if count <= present:
         return None
-    return load_failure(source.vn, unknown_section(VDAGENT_SECTION, present))
+    return load_failure(destination.vn, unknown_section(VDAGENT_SECTION, present))
 
 
 def _mib(size: str) -> float | None:

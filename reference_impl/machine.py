@@ -17,6 +17,7 @@ from contract.scenario import DeviceSpec, VmSpec
 from contract.versions import Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
+from reference_impl.cross import machine_error, machine_type
 from reference_impl.savevm import SaveVMHandlers
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
 
@@ -157,6 +158,7 @@ class Machine:
     chardevs: dict[str, str] = field(default_factory=dict)  # chardev id -> backend
     # ids of the user-creatable objects (-object, object-add): children of /objects, one name each
     objects: set[str] = field(default_factory=set)
+    machine_type: str = ""  # the -machine type QEMU resolved (an alias gives the version's newest: cross.py)
 
 
 def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:
@@ -218,6 +220,10 @@ def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _
 
 def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machine | str:
     """Start one VM: the Machine, or QEMU's startup error (the message after the option prefix)."""
+    # select_machine comes before every backend and device (qemu_init).
+    machine_refused = machine_error(spec, version)
+    if machine_refused is not None:
+        return machine_refused
     line = parse_vm(spec)
     vn = version.major * 100 + version.minor
     if line.drives or line.devices or line.chardevs:
@@ -247,6 +253,7 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         devices=line.devices,
         chardevs={chardev_id: backend for backend, chardev_id in line.chardevs},
         objects=set(line.objects),
+        machine_type=machine_type(spec, version, line.devices),
     )
 
 

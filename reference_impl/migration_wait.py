@@ -9,6 +9,7 @@ reference_impl.quirks, applied in the order its docstring gives.
 from __future__ import annotations
 
 from reference_impl.capabilities import N10_0, N10_2
+from reference_impl.cross import check_quirk, socket_configuration
 from reference_impl.limits import NotModelled
 from reference_impl.loadvm import config_mismatch, missing_vdagent
 from reference_impl.machine import Machine
@@ -44,8 +45,11 @@ def finish(scene: Scene, vm: Machine) -> None:
     peer = scene.destination if vm is scene.source else scene.source
     ctx = WaitContext.of(vm, peer, m)
     if m.failure is None:
+        if reads_stream(m, peer):
+            socket_configuration(vm, peer)
         quirk = first_quirk(STREAM, ctx, vm.vn) or first_quirk(SWITCHOVER, ctx, vm.vn)
         if quirk is not None:
+            check_quirk(quirk.id, vm, peer)
             if isinstance(quirk.effect, EndsWait):
                 _end_wait(scene, vm, m, peer, quirk.effect)
                 return
@@ -172,6 +176,7 @@ def _load_failure(source: Machine, destination: Machine, ctx: WaitContext) -> st
         return mismatch
     quirk = first_quirk(LOAD, ctx, source.vn)
     if quirk is not None and isinstance(quirk.effect, LoadFails):
+        check_quirk(quirk.id, source, destination)
         return quirk.effect.line
     return None
 
