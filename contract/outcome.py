@@ -13,6 +13,7 @@ from typing import Any
 VERDICTS = ("completed", "refused", "failed", "skipped")
 # Optional fields beyond the contract, in the order the JSON lists them.
 _EXTENSIONS = (
+    "destination_qemu_version",
     "binary",
     "accel",
     "kernel",
@@ -56,6 +57,9 @@ class Outcome:
     destination: VmState | None = None
     skip_reason: str | None = None
     # --- extensions (not in the original contract; omitted when None/empty) ---
+    # A cross-version item: the destination's QEMU version (qemu_version stays the source's); None when both
+    # sides run one version, so same-version results keep their old JSON byte for byte.
+    destination_qemu_version: str | None = None
     binary: str | None = None  # path of the QEMU binary (qemu backend)
     accel: str | None = None  # accelerator the result came from: kvm | tcg
     kernel: str | None = None  # kernel the scenario ran on (host, or the VFIO lab's guest kernel)
@@ -102,6 +106,7 @@ class Outcome:
             source=VmState.from_json(data.get("source")),
             destination=VmState.from_json(data.get("destination")),
             skip_reason=data.get("skip_reason"),
+            destination_qemu_version=data.get("destination_qemu_version"),
             binary=data.get("binary"),
             accel=data.get("accel"),
             kernel=data.get("kernel"),

@@ -94,6 +94,9 @@ class VmSpec:
     only_migratable: bool = False
     args: tuple[str, ...] = ()
     devices: tuple[DeviceSpec, ...] = ()
+    # Extension: the QEMU this side runs (``[source] qemu`` / ``[destination] qemu``): a version prefix of a
+    # found binary ("7.2") or a binary's path; None runs the side on the run's binary (or pair) like before.
+    qemu: str | None = None
 
     @property
     def vfio_devices(self) -> tuple[DeviceSpec, ...]:

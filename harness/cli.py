@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run scenario files or folders")
     run.add_argument("paths", nargs="+", metavar="PATH", help="scenario files or folders of them")
     _add_run_options(run)
+    run.add_argument("--cross", action="store_true", help="every ordered pair of the QEMU versions (7.2->10.0, ...)")
+    run.add_argument(
+        "--pair", action="append", default=[], metavar="SRC:DST", help="one cross-version pair (repeatable): 7.2:10.0"
+    )
 
     conf = sub.add_parser("conformance", help="run the bundled suite; results/ gets JSON, JUnit and HTML")
     _add_run_options(conf)

@@ -81,9 +81,11 @@ class _ScenarioRun:
         plan: Plan,
         outcome: Outcome,
         guest_hook: GuestHook | None,
+        destination_binary: QemuBinary | None = None,
     ) -> None:
         self.scenario = scenario
         self.binary = binary
+        self.destination_binary = destination_binary
         self.workdir = workdir
         self.timeout = timeout
         self.plan = plan
@@ -104,6 +106,7 @@ class _ScenarioRun:
             launch_timeout=self.timeout,
             # A QMP command answers in milliseconds; one that takes this long has hung QEMU's monitor.
             command_timeout=min(self.timeout, COMMAND_TIMEOUT_S),
+            destination_binary=self.destination_binary,
         )
         if self.guest is not None:
             self.guest.add_args(pair)
@@ -170,9 +173,12 @@ async def execute(
     allocator: VfioDeviceAllocator | None = None,
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     guest_hook: GuestHook | None = None,
+    destination_binary: QemuBinary | None = None,
 ) -> Outcome:
-    """Run ``scenario`` on ``binary``; logs of both QEMUs go to ``workdir``. ``timeout`` bounds each wait
-    (QMP commands get at most :data:`COMMAND_TIMEOUT_S`). Never leaves a QEMU running, whatever happens
+    """Run ``scenario`` on ``binary`` (the destination on ``destination_binary`` when given: a cross-version
+    item, ``Outcome.destination_qemu_version``; each side probed and started as its own binary); logs of
+    both QEMUs go to ``workdir``. ``timeout`` bounds each wait (QMP commands get at most
+    :data:`COMMAND_TIMEOUT_S`). Never leaves a QEMU running, whatever happens
     (including cancellation).
 
     A scenario with a guest (``[guest]`` or ``requires = ["guest"]``) boots the guest image on both sides,
@@ -198,7 +204,10 @@ async def execute(
         verdict="completed",
         binary=binary.path,
     )
-    plan = await preflight(scenario, binary, allocator, timeout)
+    if destination_binary is not None:
+        outcome.destination_qemu_version = str(destination_binary.version)
+        outcome.extra["destination_binary"] = destination_binary.path
+    plan = await preflight(scenario, binary, allocator, timeout, destination_binary)
     outcome.kernel = plan.kernel
     if allocator is not None:
         outcome.vfio_provider = allocator.name
@@ -210,7 +219,7 @@ async def execute(
         outcome.duration_s = round(time.monotonic() - started, 3)
         return outcome
     workdir.mkdir(parents=True, exist_ok=True)
-    run = _ScenarioRun(scenario, binary, workdir, allocator, timeout, plan, outcome, guest_hook)
+    run = _ScenarioRun(scenario, binary, workdir, allocator, timeout, plan, outcome, guest_hook, destination_binary)
     await run.run()
     outcome.duration_s = round(time.monotonic() - started, 3)
     return conclude(outcome)
@@ -224,6 +233,7 @@ def run_scenario(
     allocator: VfioDeviceAllocator | None = None,
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     guest_hook: GuestHook | None = None,
+    destination_binary: QemuBinary | None = None,
 ) -> Outcome:
     """Synchronous :func:`execute` (tests, scripts). Inside a running event loop it runs on a fresh
     thread with its own loop, so it can be called from anywhere."""
@@ -232,6 +242,7 @@ def run_scenario(
         "allocator": allocator,
         "timeout": timeout,
         "guest_hook": guest_hook,
+        "destination_binary": destination_binary,
     }
     try:
         asyncio.get_running_loop()

@@ -29,6 +29,8 @@ def _stamp(outcome: Outcome, target: Target) -> Outcome:
     if outcome.backend == "reference" and outcome.qemu_version != str(target.version):
         outcome.extra.setdefault("profile", outcome.qemu_version)
     outcome.qemu_version = str(target.version)
+    if target.destination_version is not None:
+        outcome.destination_qemu_version = str(target.destination_version)
     if target.column != outcome.qemu_version:
         outcome.extra["column"] = target.column
     return outcome

@@ -31,8 +31,9 @@ from contract.host import HostFacts
 from contract.outcome import Outcome
 from contract.policy import DEFAULT_WAIT_TIMEOUT_S
 from contract.scenario import Scenario
-from contract.versions import Version, profile_note
+from contract.versions import profile_note
 from harness import procutil
+from harness.cross_targets import cross_meta, missing_outcome
 from harness.errors import VfioSetupError
 from harness.host_commands import refuse_host_commands
 from harness.item_logs import ItemLogs, provider_log_folder
@@ -49,7 +50,8 @@ BACKENDS = ("both", "reference", "qemu")
 KEEP_LOGS = ("all", "failed", "none")
 
 ExecuteFn = Callable[..., Awaitable[Outcome]]
-PredictFn = Callable[[Scenario, Version, HostFacts], Outcome]
+# (scenario, version, host), and the destination's version 4th for a cross-version item only.
+PredictFn = Callable[..., Outcome]
 HostFactsFn = Callable[["QemuBinary", str], HostFacts]
 
 
@@ -127,19 +129,31 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+Item = tuple[Scenario, Target]
+
+
 class _Run:
-    def __init__(self, scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions):
+    def __init__(
+        self,
+        scenarios: Sequence[Scenario],
+        targets: Sequence[Target],
+        options: RunOptions,
+        items: Sequence[Item] | None = None,
+    ):
         if options.backend not in BACKENDS:
             raise ValueError(f"unknown backend {options.backend!r} (allowed: {', '.join(BACKENDS)})")
         if options.keep_logs not in KEEP_LOGS:
             raise ValueError(f"unknown --keep-logs {options.keep_logs!r} (allowed: {', '.join(KEEP_LOGS)})")
         self.scenarios = list(scenarios)
         self.targets = list(targets)
+        # harness.cross_targets' items (pinned sides, cross-version pairs); default: every scenario on every target
+        self.items = list(items) if items is not None else [(s, t) for s in self.scenarios for t in self.targets]
         self.options = options
         self.results = Results(meta=self._meta())
         floor = Floor(options.require_all, options.min_compared)
         self.results.floor = floor if floor.active else None
-        self.results.not_run = [WorkItem(s.id, t.column) for t in self.targets for s in self.scenarios]
+        pairs = self.items if items is not None else [(s, t) for t in self.targets for s in self.scenarios]
+        self.results.not_run = [WorkItem(s.id, t.column) for s, t in pairs]
         self.progress = Progress(options.progress, len(self.results.not_run))
         self._facts: dict[tuple[str, str], HostFacts] = {}
         self._facts_lock = asyncio.Lock()
@@ -159,6 +173,7 @@ class _Run:
                 if t.binary is not None
             ],
             "versions": [t.column for t in self.targets],
+            **cross_meta(self.items),
             "host": platform.node(),
             "kernel": platform.release(),
             "python": platform.python_version(),
@@ -202,7 +217,11 @@ class _Run:
         allocator = self.options.allocator if needs_vfio(scenario) else None
         execute = self.execute_fn()
         # The executor bounds every wait itself; this outer bound only catches a hung executor.
-        coro = execute(scenario, target.binary, workdir=workdir, allocator=allocator, timeout=self.options.timeout)
+        # The destination's binary only for a cross-version item: plain items call the executor as before.
+        cross = {"destination_binary": target.destination_binary} if target.destination_binary is not None else {}
+        coro = execute(
+            scenario, target.binary, workdir=workdir, allocator=allocator, timeout=self.options.timeout, **cross
+        )
         bound = self.options.timeout * 3 + 30
         if allocator is None:
             return await asyncio.wait_for(coro, timeout=bound)
@@ -212,13 +231,23 @@ class _Run:
 
     async def run_model(self, scenario: Scenario, target: Target, accel: str) -> Outcome:
         host = await self.facts(target, accel)
-        outcome = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
+        outcome = _with_kernel(self._predict_item(scenario, target, host), host)
         note = profile_note(target.version)
         if note is not None:
             outcome.extra["profile_note"] = note
         return outcome
 
+    def _predict_item(self, scenario: Scenario, target: Target, host: HostFacts) -> Outcome:
+        """The model's outcome; a cross-version item's destination version goes to the model as well."""
+        if target.destination_version is None:
+            return self.predict_fn()(scenario, target.version, host)
+        return self.predict_fn()(scenario, target.version, host, target.destination_version)
+
     async def run_item(self, scenario: Scenario, target: Target, semaphore: asyncio.Semaphore) -> None:
+        if target.missing is not None:
+            # A pinned QEMU this run lacks: nothing runs, and the skip says what is missing.
+            self.recorder.record(scenario, target, {"qemu": missing_outcome(scenario, target)})
+            return
         async with semaphore:
             outcomes: dict[str, Outcome | BaseException] = {}
             backend = self.options.backend
@@ -309,16 +338,17 @@ class _Run:
         provider = self.options.provider
         if provider is None and self.options.vfio_provider:
             provider = get_provider(self.options.vfio_provider, self.options.vfio_options)
-        vfio = [s for s in self.scenarios if needs_vfio(s)] if provider is not None else []
-        plain = [s for s in self.scenarios if s not in vfio]
+        # The provider runs a batch of scenarios on every binary of the run: items of one version each only.
+        batched = {s.id for s, t in self.items if t.cross or t.missing is not None}
+        vfio = [s for s in self.scenarios if needs_vfio(s) and s.id not in batched] if provider is not None else []
         tasks: list[asyncio.Task[None]] = []
         self.recorder.save()
         try:
             if vfio and provider is not None:
                 tasks.append(asyncio.create_task(self.run_vfio_batch(vfio, provider)))
             # scenario-major order: with several binaries, the columns of one scenario finish together
-            for scenario in plain:
-                for target in self.targets:
+            for scenario, target in self.items:
+                if scenario not in vfio:
                     tasks.append(asyncio.create_task(self.run_item(scenario, target, semaphore)))
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
@@ -376,15 +406,20 @@ def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:
     return provider
 
 
-async def run(scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions) -> Results:
-    """Raises harness.scenario_error.ScenarioError, before any QEMU starts, for a scenario --no-exec refuses."""
+async def run(
+    scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions, items: Sequence[Item] | None = None
+) -> Results:
+    """Raises harness.scenario_error.ScenarioError, before any QEMU starts, for a scenario --no-exec refuses.
+    ``items``: harness.cross_targets.plan_items' (default: every scenario on every target)."""
     if options.no_exec:
         for scenario in scenarios:
             refuse_host_commands(scenario)
-    return await _Run(scenarios, targets, options).run()
+    return await _Run(scenarios, targets, options, items).run()
 
 
-def run_sync(scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions) -> Results:
+def run_sync(
+    scenarios: Sequence[Scenario], targets: Sequence[Target], options: RunOptions, items: Sequence[Item] | None = None
+) -> Results:
     """:func:`run` from synchronous code (the CLI, pytest).
 
     SIGINT/SIGTERM (harness.procutil's one policy): every QEMU is killed by the handler, the run's task is
@@ -405,7 +440,7 @@ def run_sync(scenarios: Sequence[Scenario], targets: Sequence[Target], options: 
             loop.call_soon_threadsafe(lambda: None)  # wake the selector if it sleeps in a long wait
 
         with procutil.on_interrupt(stop):
-            return await run(scenarios, targets, options)
+            return await run(scenarios, targets, options, items)
 
     return asyncio.run(main())
 

@@ -26,6 +26,7 @@ from contract.scenario import (
     VmSpec,
 )
 from contract.sizes import parse_mib, whole_mib
+from harness.qemu_pin import qemu_pin
 from harness.scenario_steps import parse_step
 from harness.toml_reader import INT64_MAX, TomlReader, join_key, type_name
 
@@ -35,6 +36,9 @@ ID_PATTERN = re.compile(r"[a-z0-9._-]+")
 TOP_KEYS = ("id", "description", "requires", "tags", "vm", "source", "destination", "migration", "step", "guest")
 GUEST_KEYS = ("memory", "dirty-rate", "image")
 VM_KEYS = ("machine", "memory", "accel", "cpu", "only-migratable", "args", "device")
+# [source] and [destination] may also name the QEMU of their side (a cross-version scenario): [vm] is both
+# sides, and one QEMU for both is what the run's binary already is.
+SIDE_KEYS = (*VM_KEYS, "qemu")
 DEVICE_KEYS = ("driver", "id", "properties", "personality")
 MIGRATION_KEYS = ("capabilities", "parameters", "transport", "mode")
 
@@ -82,8 +86,10 @@ def _device(reader: TomlReader, table: Mapping[str, Any], key: str) -> DeviceSpe
 def _vm_overrides(reader: TomlReader, value: Any, key: str) -> dict[str, Any]:
     """One of [vm] / [source] / [destination] as VmSpec field overrides (only the keys present)."""
     table = reader.table(value, key)
-    reader.check_keys(table, VM_KEYS, key)
+    reader.check_keys(table, VM_KEYS if key == "vm" else SIDE_KEYS, key)
     out: dict[str, Any] = {}
+    if "qemu" in table:
+        out["qemu"] = qemu_pin(reader, table["qemu"], join_key(key, "qemu"))
     if "machine" in table:
         out["machine"] = reader.string(table["machine"], join_key(key, "machine"))
     if "memory" in table:

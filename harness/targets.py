@@ -16,11 +16,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Target:
-    """A column of the results: a binary (model at its version) or a model profile without a binary."""
+    """A column of the results: a binary (model at its version) or a model profile without a binary.
+
+    A cross-version column (harness.cross_targets) also names the destination's version and binary; its
+    column carries both ("7.2.22->10.0.2"), so its items stay apart from the same-version ones everywhere
+    (results, merge, logs). ``missing``: a scenario pinned a QEMU this run does not have; the item is a skip
+    with this reason and nothing runs.
+    """
 
     column: str
     version: Version
     binary: QemuBinary | None = None
+    destination_version: Version | None = None
+    destination_binary: QemuBinary | None = None
+    missing: str | None = None
+
+    @property
+    def cross(self) -> bool:
+        return self.destination_version is not None
 
 
 def targets_for_binaries(binaries: Sequence[QemuBinary]) -> list[Target]:
@@ -49,31 +62,43 @@ class _AnyDevice:
     name = "any"
 
 
-def host_capable_items(scenarios: Sequence[Scenario], targets: Sequence[Target]) -> tuple[int, list[str]]:
+def host_capable_items(
+    scenarios: Sequence[Scenario], targets: Sequence[Target], items: Sequence[tuple[Scenario, Target]] | None = None
+) -> tuple[int, list[str]]:
     """For ``--min-compared auto``: how many items this host can compare (every item but those whose
     declared ``requires`` capabilities (kvm, uffd, uffd-wp) or explicit accelerator it lacks, by the same
-    checks the executor skips with), and why each other item cannot. Resources (a VFIO provider, a guest
-    image) never lower the count: a run without them shrank. VFIO scenarios are judged against this host's
-    probe too (the suite's declare no capability but ``vfio``)."""
+    checks the executor skips with, or whose pinned QEMU it does not have), and why each other item cannot.
+    Resources (a VFIO provider, a guest image) never lower the count: a run without them shrank. VFIO
+    scenarios are judged against this host's probe too (the suite's declare no capability but ``vfio``).
+    ``items``: the run's items when they are not every scenario on every target (harness.cross_targets); a
+    cross-version item needs both of its binaries to qualify."""
+    if items is None:
+        items = [(s, t) for t in targets for s in scenarios]
+    capable = 0
+    lacking: list[str] = []
+    for scenario, target in items:
+        if target.binary is None and target.missing is None:
+            continue  # a model profile alone compares nothing
+        why = target.missing
+        for binary in (target.binary, target.destination_binary):
+            if why is None and binary is not None:
+                why = _host_lacks(scenario, binary)
+        if why is None:
+            capable += 1
+        else:
+            lacking.append(f"{scenario.id} [{target.column}]: {why}")
+    return capable, lacking
+
+
+def _host_lacks(scenario: Scenario, binary: QemuBinary) -> str | None:
     from harness.execution.preflight import unmet_requirement
     from harness.probe import choose_accel, probe_binary, probe_host
 
-    host = probe_host()
-    capable = 0
-    lacking: list[str] = []
-    for target in targets:
-        if target.binary is None:
-            continue  # a model profile alone compares nothing
-        probe = probe_binary(target.binary)
-        for scenario in scenarios:
-            why = unmet_requirement(scenario, probe, host, _AnyDevice())  # type: ignore[arg-type]
-            for spec in (scenario.source, scenario.destination):
-                requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
-                if why is None and requested == "kvm":
-                    accel, reason = choose_accel(requested, probe, host)
-                    why = None if accel is not None else reason
-            if why is None:
-                capable += 1
-            else:
-                lacking.append(f"{scenario.id} [{target.column}]: {why}")
-    return capable, lacking
+    probe = probe_binary(binary)
+    why = unmet_requirement(scenario, probe, probe_host(), _AnyDevice())  # type: ignore[arg-type]
+    for spec in (scenario.source, scenario.destination):
+        requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
+        if why is None and requested == "kvm":
+            accel, reason = choose_accel(requested, probe, probe_host())
+            why = None if accel is not None else reason
+    return why

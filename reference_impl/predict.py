@@ -7,6 +7,7 @@ command ends the scenario. A VM that died is ``null`` and makes the verdict ``fa
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from contract.actions import stage_of
@@ -55,27 +56,73 @@ def _outcome(
     dst: Machine | None,
     events: dict[str, list[str]] | None = None,
 ) -> Outcome:
-    return Outcome(scenario=scenario.id, backend=BACKEND, qemu_version=short, verdict=verdict, stage=stage,
-                   error=error, source=_state(src), destination=_state(dst), events=events)
+    return Outcome(
+        scenario=scenario.id,
+        backend=BACKEND,
+        qemu_version=short,
+        verdict=verdict,
+        stage=stage,
+        error=error,
+        source=_state(src),
+        destination=_state(dst),
+        events=events,
+    )
 
 
-def predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
+def predict(
+    scenario: Scenario, version: Version | str, host: HostFacts, destination_version: Version | str | None = None
+) -> Outcome:
     """The model's Outcome for ``scenario`` on QEMU ``version`` (mapped to its profile) and ``host``.
+
+    ``destination_version``: the destination's QEMU in a cross-version item (None: the source's, and the
+    prediction is exactly the same-version one). Two different profiles need the cross-version rules
+    (:func:`cross_profile`); without them the item is not modelled rather than guessed.
 
     A scenario with vfio-pci devices also gets ``vfio_states`` (reference_impl.vfio.events): ``{}`` when no
     device sends VFIO_MIGRATION events, the sequences when the model follows every step, else null with
     ``extra["vfio_states_unpredicted"]`` saying why (the comparison then leaves the field out).
     """
     try:
-        outcome = _predict(scenario, version, host)
+        destination = cross_profile(version, destination_version)
+        outcome = _predict(scenario, version, host, destination)
     except NotModelled as limit:
-        return not_modelled(scenario, _profile(version)[1], limit.what)
+        outcome = not_modelled(scenario, _profile(version)[1], limit.what)
+        _mark_destination(outcome, destination_version)
+        return outcome
+    _mark_destination(outcome, destination_version)
     if guest_runs(scenario):
         # reference_impl.guest (the guest workload's prediction) is imported only for scenarios with a guest.
         from reference_impl.guest import predict_guest
 
         outcome.guest = predict_guest(scenario, outcome)
     return outcome
+
+
+def cross_profile(version: Version | str, destination_version: Version | str | None) -> Version | None:
+    """The destination's profile when it differs from the source's, else None (one profile for both).
+
+    Raises NotModelled for a pair of profiles until the cross-version rules say how the two versions' streams
+    and commands meet (reference_impl.cross, when present, lifts this by defining ``supported``)."""
+    if destination_version is None:
+        return None
+    source, _ = _profile(version)
+    destination, _ = _profile(destination_version)
+    if destination == source:
+        return None
+    try:
+        cross: object = importlib.import_module("reference_impl.cross")
+    except ModuleNotFoundError:
+        cross = None
+    supported = getattr(cross, "supported", None)
+    if supported is None or not supported(source, destination):
+        raise NotModelled(f"cross-version pair {source.short} -> {destination.short}")
+    return destination
+
+
+def _mark_destination(outcome: Outcome, destination_version: Version | str | None) -> None:
+    """A cross-version item's outcome names the destination's version (None/absent for one version)."""
+    if destination_version is not None:
+        outcome.destination_qemu_version = str(destination_version)
 
 
 def not_modelled(scenario: Scenario, short: str, what: str) -> Outcome:
@@ -91,7 +138,9 @@ def not_modelled(scenario: Scenario, short: str, what: str) -> Outcome:
     )
 
 
-def _predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Outcome:
+def _predict(
+    scenario: Scenario, version: Version | str, host: HostFacts, destination_profile: Version | None = None
+) -> Outcome:
     profile, short = _profile(version)
     vfio_scenario = bool(scenario.source.vfio_devices or scenario.destination.vfio_devices)
     source = realize(scenario.source, profile, host, "source")
@@ -100,7 +149,7 @@ def _predict(scenario: Scenario, version: Version | str, host: HostFacts) -> Out
         outcome = _outcome(scenario, short, "refused", "startup", source, None, None)
         outcome.vfio_states = {} if vfio_scenario else None
         return outcome
-    destination = realize(scenario.destination, profile, host, "destination")
+    destination = realize(scenario.destination, destination_profile or profile, host, "destination")
     if isinstance(destination, str):
         # The source ran, but its start (the only thing it did) happened before QMP was negotiated.
         outcome = _outcome(scenario, short, "refused", "startup", destination, source, None)

@@ -14,9 +14,11 @@ from contract.versions import profile_for
 from harness import procutil, settings
 from harness.commands.outputs import check_writable, check_writable_dir, write_reports
 from harness.commands.usage import AUTO, shard_option
+from harness.cross_targets import plan_items
 from harness.errors import UsageError
 from harness.loader import load_scenarios
 from harness.report import console
+from harness.run_pairs import Item, cross_suite, pair_plan, run_items
 from harness.runner import RunOptions, run_sync
 from harness.suite import SUITE_DIR
 from harness.targets import Target, target_for_profile, targets_for_binaries
@@ -37,9 +39,7 @@ def suite_path() -> Path:
     raise UsageError(f"cannot find the bundled suite ({SUITE_DIR}); set {SUITE_ENV}")
 
 
-def _floor(
-    args: argparse.Namespace, scenarios: Sequence[Scenario], targets: Sequence[Target]
-) -> tuple[bool, int | None, dict[str, Any]]:
+def _floor(args: argparse.Namespace, items: Sequence[Item]) -> tuple[bool, int | None, dict[str, Any]]:
     """(require_all, min_compared, what to record in meta) from --require-all and --min-compared."""
     require_all = bool(getattr(args, "require_all", False))
     minimum = getattr(args, "min_compared", None)
@@ -50,8 +50,8 @@ def _floor(
         return require_all, 0, {"floor_auto": {"capable": 0, "total": 0, "host_lacks": [], "backend": args.backend}}
     from harness.targets import host_capable_items
 
-    capable, lacking = host_capable_items(scenarios, targets)
-    total = len(scenarios) * sum(1 for t in targets if t.binary is not None)
+    capable, lacking = host_capable_items([], [], items)
+    total = sum(1 for _, t in items if t.binary is not None or t.missing is not None)
     info = {"capable": capable, "total": total, "host_lacks": lacking}
     return require_all or capable == total, capable, {"floor_auto": info}
 
@@ -129,7 +129,13 @@ def _vfio_source(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
     return "host", options
 
 
-def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Path | None, ...]) -> int:
+def _run(
+    args: argparse.Namespace,
+    scenarios: list[Scenario],
+    outputs: tuple[Path | None, ...],
+    cross_scenarios: Sequence[Scenario] = (),
+) -> int:
+    """``cross_scenarios``: scenarios run over every ordered pair of versions (conformance's cross set)."""
     json_path, junit_path, html_path = outputs
     for path, flag in ((json_path, "--json"), (junit_path, "--junit"), (html_path, "--html")):
         if path is not None:
@@ -140,8 +146,13 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         check_writable_dir(logs_dir, "--logs-dir")
     scenarios = shard_option(args.shard, scenarios)
     targets = _targets(args)
+    items = run_items(args, scenarios, targets)
+    if cross_scenarios and len({t.version for t in targets}) >= 2:
+        cross = shard_option(args.shard, list(cross_scenarios))
+        scenarios = scenarios + cross
+        items += plan_items(cross, pair_plan(args, targets, cross=True))
     vfio_provider, vfio_options = _vfio_source(args)
-    require_all, min_compared, floor_meta = _floor(args, scenarios, targets)
+    require_all, min_compared, floor_meta = _floor(args, items)
     options = RunOptions(
         backend=args.backend,
         jobs=args.jobs,
@@ -163,7 +174,9 @@ def _run(args: argparse.Namespace, scenarios: list[Scenario], outputs: tuple[Pat
         min_compared=min_compared,
         repeat=args.repeat,
     )
-    res = run_sync(scenarios, targets, options)
+    plain = items == [(s, t) for s in scenarios for t in targets]
+    # Every scenario on every target is the runner's default: such a run calls it exactly as before.
+    res = run_sync(scenarios, targets, options) if plain else run_sync(scenarios, targets, options, items)
     write_reports(res, json_path, junit_path, html_path)
     if not args.quiet:
         sys.stdout.write(console.render(res))
@@ -199,14 +212,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
-    scenarios = _load([suite_path()], args.no_exec)
+    suite = suite_path()
+    scenarios = _load([suite], args.no_exec)
+    cross = cross_suite(args, suite, scenarios)
     out: Path = args.results_dir
     outputs = (
         args.json or out / "results.json",
         args.junit or out / "junit.xml",
         args.html or out / "report.html",
     )
-    status = _run(args, scenarios, outputs)
+    status = _run(args, scenarios, outputs, cross)
     if not args.quiet:
         sys.stderr.write("results: " + ", ".join(str(p) for p in outputs if p is not None) + "\n")
     return status

@@ -117,17 +117,27 @@ def unmet_requirement(
 
 
 async def preflight(
-    scenario: Scenario, binary: QemuBinary, allocator: VfioDeviceAllocator | None, timeout: float
+    scenario: Scenario,
+    binary: QemuBinary,
+    allocator: VfioDeviceAllocator | None,
+    timeout: float,
+    destination_binary: QemuBinary | None = None,
 ) -> Plan:
     """Probe the binary and the host, build the guest image the scenario needs, and choose each side's
     accelerator. Starts no QEMU of the scenario (the probes may boot their own, cached per binary).
+    A cross-version item (``destination_binary``) probes each binary on its own: the CPU model KVM takes
+    (and whether KVM works at all) is a property of the binary, not of the host.
 
     Raises :class:`ResourceUnavailable` for a guest image that cannot be built: a guest the scenario needs and
     the run could not build is an error of the item, never a skip."""
-    probe, host = await asyncio.gather(
-        asyncio.to_thread(probe_binary, binary, min(timeout, PROBE_LAUNCH_TIMEOUT_S)), asyncio.to_thread(probe_host)
-    )
+    bound = min(timeout, PROBE_LAUNCH_TIMEOUT_S)
+    probe, host = await asyncio.gather(asyncio.to_thread(probe_binary, binary, bound), asyncio.to_thread(probe_host))
+    probes = (probe, probe)
+    if destination_binary is not None:
+        probes = (probe, await asyncio.to_thread(probe_binary, destination_binary, bound))
     reason = unmet_requirement(scenario, probe, host, allocator)
+    if reason is None and probes[1] is not probe:
+        reason = unmet_requirement(scenario, probes[1], host, allocator)
     kind = RESOURCE_SKIP if reason == NO_VFIO_PROVIDER else HOST_SKIP
     guest_spec = effective_guest(scenario)
     guest: tuple[GuestSpec, GuestImage] | None = None
@@ -138,19 +148,19 @@ async def preflight(
             raise ResourceUnavailable("the guest image", str(exc)) from exc
     accels: list[str] = []
     cpus: list[str | None] = []
-    for spec in (scenario.source, scenario.destination):
+    for spec, side_probe in zip((scenario.source, scenario.destination), probes, strict=True):
         # A scenario that requires KVM means its VMs to run on it, even when auto would pick TCG here.
         requested = "kvm" if spec.accel == "auto" and "kvm" in scenario.requires else spec.accel
         if guest_spec is not None and requested == "auto":
-            guest_accelerator, guest_cpu = await asyncio.to_thread(guest_accel, spec, probe, host)
+            guest_accelerator, guest_cpu = await asyncio.to_thread(guest_accel, spec, side_probe, host)
             accels.append(guest_accelerator)
             cpus.append(guest_cpu)
             continue
-        accel, why = choose_accel(requested, probe, host)
+        accel, why = choose_accel(requested, side_probe, host)
         if accel is None:
             reason = reason or why
         accels.append(accel or "tcg")
-        cpus.append(probe.kvm.cpu if accel == "kvm" else None)
+        cpus.append(side_probe.kvm.cpu if accel == "kvm" else None)
     specs = (scenario.source, scenario.destination)
     sides = tuple(zip(SIDES, specs, accels, cpus, strict=True))
     return Plan(
