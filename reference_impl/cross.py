@@ -237,7 +237,18 @@ def socket_configuration(source: Machine, destination: Machine) -> None:
     """A tcp/unix stream whose configuration section the destination refuses: it exits at once, and the
     source's migration fails on its next write with a text the kernel's timing picks (measured over 20 runs
     of q35 on 5 pairs of 7.2.22, 10.0.2 and 10.2.2: "Unable to write to socket: Broken pipe" 7 times,
-    "... Connection reset by peer" 13 times, both on 4 of the pairs). A race is not a prediction: not modelled (file:/exec: streams
-    are: the source completes, then the destination fails to load)."""
+    "... Connection reset by peer" 13 times, both on 4 of the pairs). A race is not a prediction: not
+    modelled (file:/exec: streams are: the source completes, then the destination fails to load)."""
     if configuration_cause(source, destination) is not None:
         raise NotModelled("the source's error when the destination refuses the configuration section over tcp/unix")
+
+
+def ram_section_footer(source: Machine) -> str:
+    """check_section_footer's text for a stream cut inside RAM's section: the id is the source's numbering
+    (register_savevm_live gives each entry global_section_id++). migration_object_init registers "block"
+    (blk_mig_init) right before "ram" until block migration went away in 9.1: RAM is section 2 from 7.2.22,
+    1 from 10.0.2 and 10.2.2 (measured: a cancel over tcp into a 10.2.2 destination)."""
+    from reference_impl.capabilities import N9_1
+    from reference_impl.loadvm import SECTION_FOOTER_ERROR
+
+    return SECTION_FOOTER_ERROR if source.vn >= N9_1 else "Section footer error, section_id: 2"

@@ -124,6 +124,10 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         return
     if m.transport not in SOCKET_TRANSPORTS:
         if migrate_incoming(peer, m.transport) is not None:
+            if vm.vn != peer.vn:
+                # A file: stream from 8.2+ into a 7.2 destination: the executor's load is refused (at its
+                # "migrate" stage, after 7.2's setup event): not followed by the model's steps.
+                raise NotModelled("a destination that refuses the stream's transport when it is loaded")
             return
         load_error = _load_failure(vm, peer, ctx)
     else:
