@@ -32,6 +32,7 @@ from typing import Any
 
 from contract.outcome import Outcome
 from harness.compare import Comparison
+from harness.cross_matrix import cross_matrices
 from harness.stability import Stability
 
 
@@ -301,7 +302,23 @@ class Results:
         }
         if self.stability:
             out["stability"] = [s.to_json() for s in self.stability]
+        cross = cross_matrices(self._item_states())
+        if cross:
+            out["cross"] = cross  # derived (so not read back): scenario -> source -> destination -> state
         return out
+
+    def _item_states(self) -> list[tuple[str, str, str]]:
+        """(scenario, column, state) per item, the state as the reports name it (agree, diverge, ...)."""
+        states = [(w.scenario, w.column, "not-run") for w in self.not_run]
+        states += [
+            (s.scenario, s.column, "not-modelled" if s.kind == NOT_MODELLED_SKIP else "skip") for s in self.skips
+        ]
+        states += [(e.scenario, e.column, e.kind if e.kind == "environment" else "error") for e in self.errors]
+        for c in self.comparisons:
+            states.append(
+                (c.scenario, comparison_column(c), "agree" if c.agree else ("known-bug" if c.known_bug else "diverge"))
+            )
+        return states
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Results:
@@ -416,6 +433,9 @@ def _merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
                     united.append(item)
         if united:
             out[key] = united
+    cross = {k: v for meta in metas for k, v in dict(meta.get("cross") or {}).items()}
+    if cross:
+        out["cross"] = cross  # every part's cross-version columns (harness.runner's meta)
     starts = [m["start"] for m in metas if m.get("start")]
     ends = [m["end"] for m in metas if m.get("end")]
     if starts:

@@ -37,7 +37,7 @@ def pair_plan(args: argparse.Namespace, targets: Sequence[Target], *, cross: boo
     if pairs_given:
         pairs = [_pair(text, pool) for text in pairs_given]
         pool += [t for pair in pairs for t in pair if t not in pool]
-        return PairPlan(pairs=pairs, cross=True, pool=pool, more=more)
+        return PairPlan(pairs=pairs, pool=pool, more=more)  # as named: 10.0:10.0 included
     if cross:
         pairs = every_ordered_pair(pool)
         if not pairs and getattr(args, "cross", False):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from contract.outcome import Outcome
 from contract.versions import Version
 from harness.compare import Comparison
+from harness.cross_matrix import axes, cross_matrices, split_column
 from harness.results import NOT_MODELLED_SKIP, Results, comparison_column, outcome_column
 
 KINDS = ("agree", "diverge", "known-bug", "not-modelled", "skip", "error", "environment", "not-run", "outcome")
@@ -163,3 +164,21 @@ def summary_line(matrix: Matrix) -> str:
     if counts["outcome"]:
         parts.append(f"{counts['outcome']} single-backend outcomes")
     return ", ".join(parts)
+
+
+def plain_columns(matrix: Matrix) -> list[str]:
+    """The columns of one QEMU version each: the main table's (cross-version ones get a square each)."""
+    return [c for c in matrix.columns if split_column(c) is None]
+
+
+def cross_cells(matrix: Matrix) -> dict[str, tuple[list[str], list[str], dict[tuple[str, str], Cell]]]:
+    """scenario -> (sources, destinations, (source, destination) -> cell) for each cross-version scenario."""
+    states = [(s, c, c) for (s, c) in matrix.cells if split_column(c) is not None]
+    out: dict[str, tuple[list[str], list[str], dict[tuple[str, str], Cell]]] = {}
+    for scenario, rows in cross_matrices(states).items():
+        sources, destinations = axes(rows)
+        cells = {
+            (src, dst): matrix.cells[(scenario, column)] for src, row in rows.items() for dst, column in row.items()
+        }
+        out[scenario] = (sources, destinations, cells)
+    return out

@@ -3,7 +3,7 @@ log folder and how its QEMUs had to be ended when ``quit`` did not do it; last, 
 
 from __future__ import annotations
 
-from harness.report import Cell, Matrix, build_matrix, summary_line
+from harness.report import Cell, Matrix, build_matrix, cross_cells, plain_columns, summary_line
 from harness.results import Results
 from harness.stability import Stability
 
@@ -51,21 +51,48 @@ def _details(scenario: str, column: str, cell: Cell) -> list[str]:
     return lines
 
 
+def _table(matrix: Matrix, columns: list[str]) -> list[str]:
+    """Scenarios x the columns of one version each (none: a run of cross-version items only)."""
+    scenarios = [s for s in matrix.scenarios if any((s, c) in matrix.cells for c in columns)]
+    labels = {key: cell.label for key, cell in matrix.cells.items()}
+    return _grid("scenario", scenarios, columns, labels, 60)
+
+
+def _square(
+    scenario: str, sources: list[str], destinations: list[str], cells: dict[tuple[str, str], Cell]
+) -> list[str]:
+    """One cross-version scenario: a row per source version, a column per destination version."""
+    labels = {key: cell.label for key, cell in cells.items()}
+    return [f"{scenario} (cross-version)", *_grid("source \\ destination", sources, destinations, labels, 40)]
+
+
+def _grid(corner: str, rows: list[str], columns: list[str], labels: dict[tuple[str, str], str], cap: int) -> list[str]:
+    """A text table, each cell cut at ``cap`` characters ("-" where there is none)."""
+    if not rows or not columns:
+        return []
+    first = max(len(corner), *(len(r) for r in rows))
+    widths = [min(cap, max(len(c), *(len(labels.get((r, c), "-")) for r in rows))) for c in columns]
+    out = ["  ".join([corner.ljust(first), *(c.ljust(w) for c, w in zip(columns, widths, strict=True))])]
+    out.append("  ".join(["-" * first, *("-" * w for w in widths)]))
+    for r in rows:
+        line = [r.ljust(first)]
+        for c, w in zip(columns, widths, strict=True):
+            text = labels.get((r, c), "-")
+            line.append((text if len(text) <= w else text[: w - 1] + "…").ljust(w))
+        out.append("  ".join(line).rstrip())
+    return out
+
+
 def render(results: Results, matrix: Matrix | None = None) -> str:
     matrix = matrix or build_matrix(results)
     if not matrix.scenarios:
         return "no results\n"
-    labels = {key: cell.label for key, cell in matrix.cells.items()}
-    first = max(len("scenario"), *(len(s) for s in matrix.scenarios))
-    widths = [min(60, max(len(c), *(len(labels.get((s, c), "-")) for s in matrix.scenarios))) for c in matrix.columns]
-    out = ["  ".join(["scenario".ljust(first), *(c.ljust(w) for c, w in zip(matrix.columns, widths, strict=True))])]
-    out.append("  ".join(["-" * first, *("-" * w for w in widths)]))
-    for s in matrix.scenarios:
-        row = [s.ljust(first)]
-        for c, w in zip(matrix.columns, widths, strict=True):
-            text = labels.get((s, c), "-")
-            row.append((text if len(text) <= w else text[: w - 1] + "…").ljust(w))
-        out.append("  ".join(row).rstrip())
+    out = _table(matrix, plain_columns(matrix))
+    squares = cross_cells(matrix)
+    for scenario, (sources, destinations, cells) in squares.items():
+        if out:
+            out.append("")
+        out.extend(_square(scenario, sources, destinations, cells))
     details: list[str] = []
     for s in matrix.scenarios:
         for c in matrix.columns:

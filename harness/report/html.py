@@ -15,13 +15,15 @@ from html import escape
 from pathlib import Path
 
 from contract.outcome import Outcome
-from harness.report import Cell, Matrix, build_matrix, summary_line, verdict_text
+from harness.cross_matrix import split_column
+from harness.report import Cell, Matrix, build_matrix, cross_cells, plain_columns, summary_line, verdict_text
 from harness.results import Results
 
 _CSS = """
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em; color: #1d1d1f;
        background: #fff; }
 h1 { font-size: 1.5em; margin: 0 0 .3em; }
+h2 { font-size: 1.15em; margin: 1.5em 0 0; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
 .meta { color: #555; margin-bottom: 1em; }
 .meta code { background: #f3f3f3; padding: 0 .25em; }
 .summary span { display: inline-block; padding: .2em .6em; margin-right: .4em; border-radius: 4px;
@@ -226,10 +228,32 @@ def _jump_list(matrix: Matrix) -> str:
             if cell is not None and (cell.kind in attention or cell.known_bug_gone):
                 label = f"{scenario} [{column}]"
                 kind = cell.kind if not cell.known_bug_gone else "known-bug"
-                links.append(f'<a class="{kind}" href="#{escape(scenario)}">{escape(label)}</a>')
+                anchor = f"cross-{scenario}" if split_column(column) is not None else scenario
+                links.append(f'<a class="{kind}" href="#{escape(anchor)}">{escape(label)}</a>')
     if not links:
         return ""
     return f'<p class="jump"><b>attention:</b> {" ".join(links)}</p>'
+
+
+def _cross_html(matrix: Matrix, descriptions: dict[str, str], base: Path | None) -> str:
+    """A table per cross-version scenario: a row per source version, a column per destination version."""
+    parts = []
+    for scenario, (sources, destinations, cells) in cross_cells(matrix).items():
+        desc = descriptions.get(scenario, "")
+        head = "".join(f"<th>to {escape(d)}</th>" for d in destinations)
+        rows = "".join(
+            f'<tr><td class="scenario">from {escape(s)}</td>'
+            + "".join(_cell_html(cells.get((s, d)), base) for d in destinations)
+            + "</tr>"
+            for s in sources
+        )
+        parts.append(
+            f'<h2 id="cross-{escape(scenario)}">{escape(scenario)} <small>(cross-version)</small></h2>'
+            + (f'<p class="meta">{escape(desc)}</p>' if desc else "")
+            + f'<table class="matrix cross"><thead><tr><th class="scenario">source \\ destination</th>{head}'
+            f"</tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return "".join(parts)
 
 
 def render(
@@ -244,13 +268,22 @@ def render(
             fg, bg = _SUMMARY_COLOURS[kind]
             badges.append(f'<span style="color:{fg};background:{bg}">{count} {escape(kind)}</span>')
     descriptions = {str(k): str(v) for k, v in dict(results.meta.get("descriptions") or {}).items()}
-    head = "".join(f"<th>{escape(c)}</th>" for c in matrix.columns)
+    columns = plain_columns(matrix)
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = []
     for scenario in matrix.scenarios:
+        if not any((scenario, c) in matrix.cells for c in columns):
+            continue  # cross-version items only: its square below
         desc = descriptions.get(scenario, "")
         desc_html = f'<div class="desc">{escape(desc)}</div>' if desc else ""
-        cells = "".join(_cell_html(matrix.cell(scenario, c), base) for c in matrix.columns)
+        cells = "".join(_cell_html(matrix.cell(scenario, c), base) for c in columns)
         rows.append(f'<tr id="{escape(scenario)}"><td class="scenario">{escape(scenario)}{desc_html}</td>{cells}</tr>')
+    table = (
+        f'<table class="matrix"><thead><tr><th class="scenario">scenario</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else ""
+    )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -262,7 +295,6 @@ def render(
         f'<div class="summary">{"".join(badges)}</div>'
         f'<p class="meta">{escape(summary_line(matrix))}</p>'
         f"{_jump_list(matrix)}"
-        f'<table class="matrix"><thead><tr><th class="scenario">scenario</th>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"{table}{_cross_html(matrix, descriptions, base)}"
         "</body></html>\n"
     )

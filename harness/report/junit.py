@@ -5,7 +5,8 @@ interrupted run never finished is an ``error`` (``type`` ``harness`` or ``not-ru
 ``error`` of type ``environment``; a skip carries its reason. A known QEMU bug is a ``skipped`` of type
 ``known-qemu-bug``; a known bug that no longer reproduces passes (QEMU is right) with a ``known-bug-gone``
 property and its message in ``system-out``. An item whose logs were kept has a ``logs`` property and a
-``logs:`` line in its system-out; a QEMU that ``quit`` did not end, a ``shutdown`` line there too.
+``logs:`` line in its system-out; a QEMU that ``quit`` did not end, a ``shutdown`` line there too. A
+cross-version item ("7.2.22->10.0.2") has ``source-qemu`` and ``destination-qemu`` properties.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from contract.outcome import Outcome
+from harness.cross_matrix import split_column
 from harness.report import Cell, Matrix, build_matrix, verdict_text
 from harness.results import Results
 
@@ -87,6 +89,10 @@ def render(results: Results, matrix: Matrix | None = None, suite_name: str = "mi
             lines.extend(f"shutdown ({side}): {note}" for side, note in cell.shutdown.items())
             # Properties come first in a testcase (the JUnit schema's order), system-out last.
             properties = ET.Element("properties")
+            pair = split_column(column)
+            if pair is not None:  # a cross-version item: CI can pivot on the two versions
+                ET.SubElement(properties, "property", name="source-qemu", value=pair[0])
+                ET.SubElement(properties, "property", name="destination-qemu", value=pair[1])
             if cell.known_bug_gone:
                 ET.SubElement(properties, "property", name="known-bug-gone", value=cell.known_bug_gone)
             if cell.logs:

@@ -219,6 +219,37 @@ def test_cli_pair_naming_an_absent_version_is_a_usage_error(
     assert info.value.code == 2 and "--pair 7.2:9.0: no QEMU 9.0 in this run" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("binaries", [[BIN7, BIN10], [BIN10]], ids=["two versions", "one version"])
+def test_conformance_adds_the_cross_set_only_with_two_versions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, binaries: list[QemuBinary]
+) -> None:
+    suite = tmp_path / "suite"
+    (suite / "cross").mkdir(parents=True)
+    _write(suite, "plain", "[migration]\n")
+    _write(suite / "cross", "pinned", '[source]\nqemu = "10.0"\n[destination]\nqemu = "7.2"\n')
+    _write(suite / "cross", "free", "[migration]\n")
+    monkeypatch.setenv("MIGCONFORM_SUITE", str(suite))
+    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: binaries)
+    fakes = CrossFakes()
+    real_options = run_command.RunOptions
+
+    def options(**kw: Any) -> RunOptions:
+        options = real_options(**kw)
+        options.execute, options.predict, options.host_facts = fakes.execute, fakes.predict, lambda b, a: HostFacts()
+        return options
+
+    monkeypatch.setattr(run_command, "RunOptions", options)
+    assert cli.main(["conformance", "--quiet", "--results-dir", str(tmp_path / "out"), "--keep-logs", "none"]) == 0
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    items = sorted((c["scenario"], c.get("column") or c["qemu_version"]) for c in data["comparisons"])
+    plain = [("plain", str(b.version)) for b in binaries]
+    if len(binaries) == 1:
+        assert items == plain  # the same-version suite alone, as before
+    else:
+        cross = [("free", "10.0.2->7.2.22"), ("free", "7.2.22->10.0.2"), ("pinned", "10.0.2->7.2.22")]
+        assert items == sorted(plain + cross)
+
+
 def test_cross_of_profiles_runs_the_cross_rules() -> None:
     """The default scenario (q35, tcp) across versions: the q35 aliases differ, the destination refuses the
     configuration section, and the source's socket error is a race (reference_impl.cross)."""
