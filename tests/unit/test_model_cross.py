@@ -223,3 +223,41 @@ def test_a_quirk_the_destination_decides_is_not_modelled_across_versions() -> No
 
 def test_every_pair_of_profiles_is_supported() -> None:
     assert supported(V72, V102) and supported(V102, V72)
+
+
+# ---- capabilities both sides must share (tcp/unix streams) ---------------------------------------------------
+def _source_caps(caps: dict[str, bool], *, stop: bool = False) -> tuple[Step, ...]:
+    first = (Step("stop"),) if stop else ()
+    return (*first, Step("set-capabilities", capabilities=caps), Step("migrate", transport="tcp"), Step("wait"))
+
+
+def test_switchover_ack_the_destination_never_sends_keeps_both_sides_active() -> None:
+    """loadvm_process_command acks at MIG_CMD_OPEN_RETURN_PATH only with the capability on the destination;
+    migration_can_switchover waits for it while the source runs."""
+    caps = {"return-path": True, "switchover-ack": True}
+    outcome = _run("10.2", "7.2", transport="tcp", steps=_source_caps(caps))
+    assert (outcome.verdict, outcome.stage) == ("failed", "migration")
+    error = outcome.error or ""
+    assert error.startswith("timed out after") and error.endswith("(last seen: active)")
+    assert outcome.source is not None and (outcome.source.status, outcome.source.runstate) == ("active", "running")
+    assert outcome.destination is not None and outcome.destination.status == "active"
+    paused = _run("10.0", "10.2", transport="tcp", steps=_source_caps(caps, stop=True))
+    assert paused.verdict == "completed" and paused.destination is not None
+    assert paused.destination.runstate == "paused"
+
+
+@pytest.mark.parametrize(
+    ("cap", "what"), [("multifd", "multifd on one side"), ("postcopy-ram", "postcopy-ram on the source")]
+)
+def test_racy_one_sided_capabilities_are_not_modelled(cap: str, what: str) -> None:
+    outcome = _run("10.0", "10.0", transport="tcp", steps=_source_caps({cap: True}))
+    assert (outcome.not_modelled or "").startswith(what)
+
+
+def test_postcopy_ram_on_the_destination_only_changes_nothing() -> None:
+    steps = (
+        Step("set-capabilities", side="destination", capabilities={"postcopy-ram": True}),
+        Step("migrate"),
+        Step("wait"),
+    )
+    assert _run("10.2", "7.2", transport="tcp", steps=steps).verdict == "completed"
