@@ -17,7 +17,7 @@ from contract.scenario import DeviceSpec, VmSpec
 from contract.versions import Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
-from reference_impl.cross import machine_error, machine_type
+from reference_impl.machine_types import machine_error, machine_type
 from reference_impl.savevm import SaveVMHandlers
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
 
@@ -158,7 +158,7 @@ class Machine:
     chardevs: dict[str, str] = field(default_factory=dict)  # chardev id -> backend
     # ids of the user-creatable objects (-object, object-add): children of /objects, one name each
     objects: set[str] = field(default_factory=set)
-    machine_type: str = ""  # the -machine type QEMU resolved (an alias gives the version's newest: cross.py)
+    machine_type: str = ""  # the -machine type QEMU resolved (an alias gives the version's newest: machine_types)
 
 
 def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:

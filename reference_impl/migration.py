@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from reference_impl.capabilities import IN_PROGRESS, N8_2, N10_0, N10_1, CapsCheckContext, apply_capability_request
-from reference_impl.cross import ram_section_footer
 from reference_impl.limits import NotModelled
-from reference_impl.loadvm import load_failure
+from reference_impl.loadvm import load_failure, ram_section_footer
 from reference_impl.machine import Machine
 from reference_impl.migration_prechecks import migrate as migrate
 from reference_impl.migration_prechecks import migrate_incoming as migrate_incoming

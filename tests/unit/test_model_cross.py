@@ -13,9 +13,16 @@ from contract.messages import vm_exited
 from contract.outcome import Outcome
 from contract.scenario import DeviceSpec, MigrationSpec, Scenario, Step, VmSpec
 from contract.versions import Version
-from reference_impl.cross import CONFIGURATION_POST_LOAD, machine_error, resolve_machine, supported
+from reference_impl.cross import supported
 from reference_impl.limits import NotModelled
-from reference_impl.loadvm import DESTINATION_LOAD_FAILURE, SECTION_FOOTER_ERROR, load_failure, unknown_section
+from reference_impl.loadvm import (
+    CONFIGURATION_POST_LOAD,
+    DESTINATION_LOAD_FAILURE,
+    SECTION_FOOTER_ERROR,
+    load_failure,
+    unknown_section,
+)
+from reference_impl.machine_types import machine_error, resolve_machine
 from reference_impl.predict import predict
 
 HOST = HostFacts()
