@@ -339,8 +339,8 @@ class _Run:
         if provider is None and self.options.vfio_provider:
             provider = get_provider(self.options.vfio_provider, self.options.vfio_options)
         # The provider runs a batch of scenarios on every binary of the run: items of one version each only.
-        batched = {s.id for s, t in self.items if t.cross or t.missing is not None}
-        vfio = [s for s in self.scenarios if needs_vfio(s) and s.id not in batched] if provider is not None else []
+        unbatchable = {s.id for s, t in self.items if t.cross or t.missing is not None}
+        vfio = [s for s in self.scenarios if needs_vfio(s) and s.id not in unbatchable] if provider is not None else []
         tasks: list[asyncio.Task[None]] = []
         self.recorder.save()
         try:

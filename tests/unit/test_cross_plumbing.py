@@ -186,18 +186,22 @@ def test_same_version_items_call_the_backends_as_before(tmp_path: Path) -> None:
 
 
 # ---- the command line -------------------------------------------------------------------------------
-def _cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
+def _fake_backends(monkeypatch: pytest.MonkeyPatch, binaries: list[QemuBinary]) -> None:
+    """The CLI's run with these binaries and CrossFakes' backends."""
     fakes = CrossFakes()
-    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: [BIN7, BIN10, BIN102])
+    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: binaries)
     real_options = run_command.RunOptions
 
     def options(**kw: Any) -> RunOptions:
         options = real_options(**kw)
-        options.execute, options.predict = fakes.execute, fakes.predict
-        options.host_facts = lambda b, a: HostFacts()
+        options.execute, options.predict, options.host_facts = fakes.execute, fakes.predict, lambda b, a: HostFacts()
         return options
 
     monkeypatch.setattr(run_command, "RunOptions", options)
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    _fake_backends(monkeypatch, [BIN7, BIN10, BIN102])
     path = _write(tmp_path, "s", "[migration]\n")
     out = tmp_path / "r.json"
     status = cli.main(["run", str(path), "--quiet", "--json", str(out), "--keep-logs", "none", *args])
@@ -229,16 +233,7 @@ def test_conformance_adds_the_cross_set_only_with_two_versions(
     _write(suite / "cross", "pinned", '[source]\nqemu = "10.0"\n[destination]\nqemu = "7.2"\n')
     _write(suite / "cross", "free", "[migration]\n")
     monkeypatch.setenv("MIGCONFORM_SUITE", str(suite))
-    monkeypatch.setattr(run_command, "qemu_binaries", lambda paths: binaries)
-    fakes = CrossFakes()
-    real_options = run_command.RunOptions
-
-    def options(**kw: Any) -> RunOptions:
-        options = real_options(**kw)
-        options.execute, options.predict, options.host_facts = fakes.execute, fakes.predict, lambda b, a: HostFacts()
-        return options
-
-    monkeypatch.setattr(run_command, "RunOptions", options)
+    _fake_backends(monkeypatch, binaries)
     assert cli.main(["conformance", "--quiet", "--results-dir", str(tmp_path / "out"), "--keep-logs", "none"]) == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     items = sorted((c["scenario"], c.get("column") or c["qemu_version"]) for c in data["comparisons"])
