@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from contract.sizes import parse_mib
 from reference_impl import catalog
-from reference_impl.capabilities import N10_1, N10_2
+from reference_impl.capabilities import N9_1, N10_1, N10_2
+from reference_impl.cross import configuration_cause
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, pci_paths
 
@@ -28,6 +29,8 @@ RAM_LOAD_ERROR = (
 )
 # ui/vdagent.c: the section vdagent_chr_init registers (vmstate_register_any) since 10.1.
 VDAGENT_SECTION = "vdagent"
+# 10.2's vmstate_load_state wraps a failing post_load (vmstate_configuration: version_id 1, no minimum).
+CONFIGURATION_POST_LOAD = "post load hook failed for: configuration, version_id: 1, minimum_version: 0, ret: -22"
 
 
 def load_failure(vn: int, cause: str) -> str:
@@ -65,9 +68,13 @@ def config_mismatch(source: Machine, destination: Machine) -> str | None:
     the cause (:func:`load_failure`). A device only on the destination that is migratable is assumed harmless
     (its state just is not sent).
     """
-    vn = source.vn
+    vn = destination.vn  # the destination prints the line (cross-version: its own version's form)
     if destination.blockers.unmigratable:
         return load_failure(vn, state_blocked(destination.blockers.unmigratable[0]))
+    # qemu_loadvm_state_header: the configuration section (machine type, validated caps) comes first.
+    configuration = configuration_error(source, destination)
+    if configuration is not None:
+        return configuration
     if _mib(source.memory) != _mib(destination.memory):
         return load_failure(vn, RAM_LOAD_ERROR)
     missing = _missing_device(source, destination)
@@ -84,12 +91,12 @@ def _missing_device(source: Machine, destination: Machine) -> str | None:
         if device.driver in remaining:
             remaining.remove(device.driver)
             continue
-        if source.vn < N10_2:
+        if destination.vn < N10_2:
             return DESTINATION_LOAD_FAILURE
         name = catalog.SECTION_NAMES.get(device.driver)
         if name is None or path is None:
             raise NotModelled(f"the vmstate section name of -device {device.driver}")
-        return load_failure(source.vn, unknown_section(f"{path}/{name}"))
+        return load_failure(destination.vn, unknown_section(f"{path}/{name}"))
     return None
 
 
@@ -103,10 +110,13 @@ def missing_vdagent(source: Machine, destination: Machine) -> str | None:
     if source.vn < N10_1:
         return None
     count = sum(1 for backend in source.chardevs.values() if backend == "qemu-vdagent")
-    present = sum(1 for backend in destination.chardevs.values() if backend == "qemu-vdagent")
+    # A destination before 10.1 registers no vdagent section (cross-version; measured 10.2.2 -> 7.2.22 over exec).
+    present = 0
+    if destination.vn >= N10_1:
+        present = sum(1 for backend in destination.chardevs.values() if backend == "qemu-vdagent")
     if count <= present:
         return None
-    return load_failure(source.vn, unknown_section(VDAGENT_SECTION, present))
+    return load_failure(destination.vn, unknown_section(VDAGENT_SECTION, present))
 
 
 def _mib(size: str) -> float | None:
@@ -115,3 +125,26 @@ def _mib(size: str) -> float | None:
         return parse_mib(size)
     except ValueError:
         return None
+
+
+def configuration_error(source: Machine, destination: Machine) -> str | None:
+    """The destination's last line when the configuration section fails (reference_impl.cross.configuration_cause
+    says why; that error_report line comes first). 10.2 appends vmstate_load_state's post_load text (measured on
+    10.2.2 from 7.2.22 and 10.0.2); an unknown capability fails in the field's get, before post_load: only a
+    destination older than 9.0 meets one."""
+    cause = configuration_cause(source, destination)
+    if cause is None:
+        return None
+    if destination.vn < N10_2:
+        return DESTINATION_LOAD_FAILURE
+    if cause.startswith("Received unknown capability"):
+        raise NotModelled("a capability the 10.2 destination does not know")
+    return load_failure(destination.vn, CONFIGURATION_POST_LOAD)
+
+
+def ram_section_footer(source: Machine) -> str:
+    """check_section_footer's text for a stream cut inside RAM's section: the id is the source's numbering
+    (register_savevm_live: global_section_id++). migration_object_init registers "block" (blk_mig_init) right
+    before "ram" until block migration went away in 9.1: RAM is section 2 from 7.2.22, 1 from 10.0.2 and
+    10.2.2 (measured: a cancel over tcp into a 10.2.2 destination)."""
+    return SECTION_FOOTER_ERROR if source.vn >= N9_1 else "Section footer error, section_id: 2"

@@ -18,6 +18,7 @@ from contract.scenario import DeviceSpec, VmSpec
 from contract.versions import Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
+from reference_impl.machine_types import machine_error, machine_type
 from reference_impl.savevm import SaveVMHandlers
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
 
@@ -174,6 +175,7 @@ class Machine:
     # (TLS parameters name them: reference_impl.qmp_tls)
     objects: dict[str, str] = field(default_factory=dict)
     referenced: frozenset[str] = frozenset()  # CommandLine.referenced: object-del refuses an object in use
+    machine_type: str = ""  # the -machine type QEMU resolved (an alias gives the version's newest: machine_types)
 
 
 def _is_qcow2(options: dict[str, str], *, blockdev: bool) -> bool:
@@ -239,6 +241,10 @@ def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _
 
 def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machine | str:
     """Start one VM: the Machine, or QEMU's startup error (the message after the option prefix)."""
+    # select_machine comes before every backend and device (qemu_init).
+    machine_refused = machine_error(spec, version)
+    if machine_refused is not None:
+        return machine_refused
     line = parse_vm(spec)
     vn = version.major * 100 + version.minor
     if line.drives or line.devices or line.chardevs:
@@ -269,6 +275,7 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         chardevs={chardev_id: backend for backend, chardev_id in line.chardevs},
         objects=dict(line.objects),
         referenced=line.referenced,
+        machine_type=machine_type(spec, version, line.devices),
     )
 
 

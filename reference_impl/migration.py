@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from reference_impl.capabilities import IN_PROGRESS, N8_2, N10_0, N10_1, CapsCheckContext, apply_capability_request
-from reference_impl.loadvm import SECTION_FOOTER_ERROR, load_failure
+from reference_impl.limits import NotModelled
+from reference_impl.loadvm import load_failure, ram_section_footer
 from reference_impl.machine import Machine
 from reference_impl.migration_prechecks import migrate as migrate
 from reference_impl.migration_prechecks import migrate_incoming as migrate_incoming
@@ -135,10 +136,13 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
     emit(peer, "active")
     emit(peer, "failed")
     if m.postcopy_requested and vm.vn >= N10_0:
+        if peer.vn != vm.vn:
+            raise NotModelled("a cancel after migrate-start-postcopy across QEMU versions")
         kill(peer, 1, "load of migration failed: Input/output error")
     else:
-        # The cut stream fails RAM's section footer check; 10.2 appends it (reference_impl.loadvm).
-        kill(peer, 1, load_failure(vm.vn, SECTION_FOOTER_ERROR))
+        # The cut stream fails RAM's section footer check; 10.2 (the destination prints it) appends it
+        # (reference_impl.loadvm).
+        kill(peer, 1, load_failure(peer.vn, ram_section_footer(vm)))
     return None
 
 

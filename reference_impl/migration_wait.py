@@ -9,6 +9,7 @@ reference_impl.quirks, applied in the order its docstring gives.
 from __future__ import annotations
 
 from reference_impl.capabilities import N10_0, N10_2
+from reference_impl.cross import ack_never_comes, check_quirk
 from reference_impl.limits import NotModelled
 from reference_impl.loadvm import config_mismatch, missing_vdagent
 from reference_impl.machine import Machine
@@ -44,8 +45,12 @@ def finish(scene: Scene, vm: Machine) -> None:
     peer = scene.destination if vm is scene.source else scene.source
     ctx = WaitContext.of(vm, peer, m)
     if m.failure is None:
+        if reads_stream(m, peer) and ack_never_comes(vm, peer, vm.runstate == "running"):
+            _end_wait(scene, vm, m, peer, EndsWait(destination=("active",), timeout=True, last_seen="active"))
+            return
         quirk = first_quirk(STREAM, ctx, vm.vn) or first_quirk(SWITCHOVER, ctx, vm.vn)
         if quirk is not None:
+            check_quirk(quirk.id, vm, peer)
             if isinstance(quirk.effect, EndsWait):
                 _end_wait(scene, vm, m, peer, quirk.effect)
                 return
@@ -120,6 +125,10 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         return
     if m.transport not in SOCKET_TRANSPORTS:
         if migrate_incoming(peer, m.transport) is not None:
+            if vm.vn != peer.vn:
+                # A file: stream from 8.2+ into a 7.2 destination: the executor's load is refused (at its
+                # "migrate" stage, after 7.2's setup event): not followed by the model's steps.
+                raise NotModelled("a destination that refuses the stream's transport when it is loaded")
             return
         load_error = _load_failure(vm, peer, ctx)
     else:
@@ -178,6 +187,7 @@ def _load_failure(source: Machine, destination: Machine, ctx: WaitContext) -> st
         return mismatch
     quirk = first_quirk(LOAD, ctx, source.vn)
     if quirk is not None and isinstance(quirk.effect, LoadFails):
+        check_quirk(quirk.id, source, destination)
         return quirk.effect.line
     return None
 

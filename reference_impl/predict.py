@@ -17,6 +17,7 @@ from contract.outcome import Outcome, VmState
 from contract.scenario import Scenario
 from contract.versions import Version, profile_for
 from reference_impl import migration as mig
+from reference_impl.cross import check_pair
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, realize
 from reference_impl.steps import expanded, run_step
@@ -155,6 +156,7 @@ def _predict(
         outcome = _outcome(scenario, short, "refused", "startup", destination, source, None)
         outcome.vfio_states = {} if vfio_scenario else None
         return outcome
+    check_pair(source, destination)
     scene = mig.Scene(source, destination)
     vfio = _vfio_events(scenario, source, destination)
     refused: tuple[str, str] | None = None
