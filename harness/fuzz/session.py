@@ -250,6 +250,8 @@ class FuzzSession:
                 self.delete_steps(self._target)
         finally:
             self._suppressed |= set(self.findings)
+            # Written after every round, so that a long run's findings can be triaged while it goes on.
+            self.write_findings()
             if self.progress is not None:
                 c = self.counts
                 self.progress.write(

@@ -102,17 +102,21 @@ class FakeRunner:
         return Check("agree", 0.0)
 
 
-def test_session_finds_shrinks_and_writes_the_planted_gap(tmp_path: Path) -> None:
-    runner = FakeRunner()
-    session = FuzzSession(
+def fake_session(runner: FakeRunner, vocab: Vocabulary, tmp_path: Path, budget_s: float, seed: int) -> FuzzSession:
+    return FuzzSession(
         runner,  # type: ignore[arg-type]
-        VOCAB,
-        budget_s=5.0,
-        seed=5,
+        vocab,
+        budget_s=budget_s,
+        seed=seed,
         found_dir=tmp_path / "found",
         db_dir=tmp_path / "db",
         max_examples=300,
     )
+
+
+def test_session_finds_shrinks_and_writes_the_planted_gap(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    session = fake_session(runner, VOCAB, tmp_path, 5.0, 5)
     session.run()
     summary = session.summary()
     assert summary["steps"] > 0 and summary["sequences"] > 0
@@ -176,15 +180,7 @@ class RacingRunner(FakeRunner):
 def test_a_racing_prefix_goes_on_only_with_a_wait_and_a_race_is_recorded_as_unstable(tmp_path: Path) -> None:
     vocab = Vocabulary((), ("max-bandwidth",), actions=("migrate", "wait", "stop", "cancel"))
     runner = RacingRunner()
-    session = FuzzSession(
-        runner,  # type: ignore[arg-type]
-        vocab,
-        budget_s=3.0,
-        seed=3,
-        found_dir=tmp_path / "found",
-        db_dir=None,
-        max_examples=200,
-    )
+    session = fake_session(runner, vocab, tmp_path, 3.0, 3)
     session.run()
     summary = session.summary()
     assert summary["racing"] > 0
