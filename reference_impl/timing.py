@@ -23,6 +23,7 @@ requested only a throttled max-postcopy-bandwidth keeps it predictable.
 
 from __future__ import annotations
 
+from contract.policy import END_RACE
 from contract.scenario import Step
 from contract.sizes import parse_mib
 from reference_impl.limits import NotModelled
@@ -46,9 +47,6 @@ MIN_FILLED_STREAM_S = 5.0
 DEFAULT_MAX_BANDWIDTH = 128 << 20
 # Statuses in which a migration is still moving on its own (pre-switchover waits for migrate-continue).
 _MOVING = frozenset({"setup", "active"})
-# The start of the not-modelled reason for the scenario's end: the fuzzer (harness.fuzz.lockstep) lets a
-# sequence go on past such a prefix (a wait step may follow and make it predictable again).
-END_RACE = "the final states while a migration runs at full speed"
 
 
 def _rate(value: object) -> int:

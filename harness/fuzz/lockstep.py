@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from contract.outcome import Outcome
+from contract.policy import END_RACE
 from contract.scenario import Scenario, Step, VmSpec
 from harness import procutil
 from harness.compare import Comparison
 from harness.results import NOT_MODELLED_SKIP, Results
 from harness.runner import RunOptions, run_sync
 from harness.targets import Target
-from reference_impl.timing import END_RACE
 
 FUZZ_SCENARIO_ID = "fuzz"
 # Each wait's bound: the VMs are tiny, so a wait that takes longer is stuck (a paused postcopy, a hung monitor).

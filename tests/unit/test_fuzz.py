@@ -193,9 +193,9 @@ def test_a_racing_prefix_goes_on_only_with_a_wait_and_a_race_is_recorded_as_unst
 
 
 def test_only_the_end_race_is_a_racing_prefix() -> None:
+    from contract.policy import END_RACE
     from harness.fuzz.lockstep import classify
     from harness.results import NOT_MODELLED_SKIP, Results, Skip
-    from reference_impl.timing import END_RACE
 
     def kind(reason: str) -> str:
         return classify(Results(skips=[Skip("fuzz", "10.0.2", reason, NOT_MODELLED_SKIP)]), 0.0).kind

@@ -86,6 +86,12 @@ def test_chardev_add(version: str) -> None:
         qmp("chardev-add", **VDAGENT), qmp("chardev-remove", id="vd0"), Step("migrate"), Step("wait"), version=version
     )
     assert outcome.verdict == "completed"
+    # qmp-chardev-add-duplicate-id, qmp-chardev-add-id-of-command-line (found by migconform fuzz): qemu_chr_find
+    # refuses a taken id first, without chardev-add's prefix.
+    taken = "Chardev with id 'vd0' already exists"
+    assert run(qmp("chardev-add", **VDAGENT), qmp("chardev-add", **VDAGENT), version=version).error == taken
+    cli = VmSpec(args=("-chardev", "qemu-vdagent,id=vd0,name=vdagent"))
+    assert run(qmp("chardev-add", **VDAGENT), vm=cli, version=version).error == taken
 
 
 @pytest.mark.parametrize("version", ["10.0", "7.2"])
