@@ -195,8 +195,15 @@ def _realize_cached(spec: VmSpec, line: CommandLine, version: Version, vn: int, 
 
 def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _Realized:
     blockers = MigrationBlockers(only_migratable=line.only_migratable)
-    vm = Machine(version=version, host=host, role="source", vn=version.major * 100 + version.minor,
-                 runstate="prelaunch", blockers=blockers, objects=set(line.objects))
+    vm = Machine(
+        version=version,
+        host=host,
+        role="source",
+        vn=version.major * 100 + version.minor,
+        runstate="prelaunch",
+        blockers=blockers,
+        objects=set(line.objects),
+    )
     # qemu_create_early_backends opens every -chardev before the block backends (qemu_create_late_backends).
     for backend, _chardev_id in line.chardevs:
         reason = catalog.chardev_blocker(backend, version)
@@ -324,8 +331,15 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
         return "device_add not allowed while migrating"
     buses = _Buses()
     # Replay the existing devices on a scratch machine to rebuild the bus occupancy.
-    scratch = Machine(version=vm.version, host=vm.host, role=vm.role, vn=vm.vn, runstate=vm.runstate,
-                      blockers=MigrationBlockers(), objects=vm.objects)
+    scratch = Machine(
+        version=vm.version,
+        host=vm.host,
+        role=vm.role,
+        vn=vm.vn,
+        runstate=vm.runstate,
+        blockers=MigrationBlockers(),
+        objects=vm.objects,
+    )
     _realize_devices(scratch, vm.devices, buses)
     taken = {d.id for d in vm.devices if d.id is not None}
     error = _realize_devices(vm, (device,), buses, taken)
