@@ -16,7 +16,8 @@ Beyond the contract's list, so that a state the executor reads never depends on 
 CPU first (docs/scenario-format.md, "How a scenario is executed", lists these rules):
 
 - ``migrate`` waits (bounded) until the source has left setup and, when that proves a connection, until the
-  destination has started its incoming migration (MigrationPair.wait_incoming_started);
+  destination has started its incoming migration (MigrationPair.wait_incoming_started); a ``migrate`` issued
+  on the destination waits (bounded) until the destination has left setup;
 - cancel, start-postcopy and migrate-continue wait (bounded) until the source has left cancelling / active /
   pre-switchover;
 - wait: after a source that did not complete, a destination that is loading (active) gets the full bound;

@@ -77,6 +77,8 @@ _PCI_DRIVERS = frozenset(
 
 # ivshmem_common_realize (hw/misc/ivshmem-pci.c): peer mode (master=off, the default) adds this blocker.
 IVSHMEM_DRIVERS = frozenset({"ivshmem-plain", "ivshmem-doorbell"})
+# Drivers whose "memdev" is a link<memory-backend> (ivshmem-plain: DEFINE_PROP_LINK in hw/misc/ivshmem-pci.c).
+MEMDEV_DRIVERS = frozenset({"ivshmem-plain"})
 IVSHMEM_PEER_BLOCKER = "Migration is disabled when using feature 'peer mode' in device 'ivshmem'"
 
 # Block drivers whose open adds "The <name> format used by node '<node>' does not support live migration"

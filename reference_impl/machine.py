@@ -219,6 +219,7 @@ def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _
         vn=version.major * 100 + version.minor,
         runstate="prelaunch",
         blockers=blockers,
+        objects=dict(line.objects),
     )
     # qemu_create_early_backends opens every -chardev before the block backends (qemu_create_late_backends).
     for backend, _chardev_id in line.chardevs:
@@ -354,7 +355,13 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     buses = _Buses()
     # Replay the existing devices on a scratch machine to rebuild the bus occupancy.
     scratch = Machine(
-        version=vm.version, host=vm.host, role=vm.role, vn=vm.vn, runstate=vm.runstate, blockers=MigrationBlockers()
+        version=vm.version,
+        host=vm.host,
+        role=vm.role,
+        vn=vm.vn,
+        runstate=vm.runstate,
+        blockers=MigrationBlockers(),
+        objects=vm.objects,
     )
     _realize_devices(scratch, vm.devices, buses)
     taken = {d.id for d in vm.devices if d.id is not None}
@@ -387,6 +394,11 @@ def _realize_devices(
                     return f"No 'usb-bus' bus found for device '{driver}'"
                 return f"Duplicate device ID '{device.id}'"
             taken.add(device.id)
+        memdev = device.properties.get("memdev") if driver in catalog.MEMDEV_DRIVERS else None
+        if memdev is not None and memdev not in vm.objects:
+            # object_set_properties_from_keyval sets the link before realize: object_resolve_link (qom/object.c,
+            # read in 7.2.22 and 10.0.2) finds no memory-backend of that name anywhere in the QOM tree.
+            return f"Device '{memdev}' not found"
         path: str | None = None
         if catalog.is_pci_driver(driver):
             path, error = _take_pci_slot(buses, device)

@@ -31,6 +31,7 @@ from reference_impl.migration_wait import finish as finish
 from reference_impl.migration_wait import leave_pending as leave_pending
 from reference_impl.parameters import apply_parameter_request
 from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
+from reference_impl.timing import DEFAULT_MAX_BANDWIDTH, throttled
 
 
 def caps_context(vm: Machine) -> CapsCheckContext:
@@ -70,11 +71,9 @@ def set_parameters(vm: Machine, request: Mapping[str, Any]) -> str | None:
     return error
 
 
-# At or below this max-bandwidth (bytes/s) the precopy of the tiny scenario VMs is still running when
-# migrate-start-postcopy arrives; above it (e.g. the 128 MiB/s default) precopy has usually completed first
-# (harness sweep: postcopy-ram + events with the default bandwidth showed no postcopy-active on either
-# version; with max-bandwidth 1000 both entered postcopy-active). The threshold between is a model choice.
-SLOW_BANDWIDTH = 10_000_000
+# reference_impl.timing.SWITCH_BANDWIDTH: at or below it the precopy of the tiny scenario VMs is still running when
+# migrate-start-postcopy arrives (harness sweep: with max-bandwidth 1000 both versions entered postcopy-active);
+# above it, or at 0 (no limit), whether it did is timing, and the step is not modelled (reference_impl.timing).
 
 
 def start_postcopy(vm: Machine) -> str | None:
@@ -86,7 +85,7 @@ def start_postcopy(vm: Machine) -> str | None:
     m = vm.migration
     if m is not None:
         m.postcopy_requested = True
-        slow = int(vm.params.get("max-bandwidth", 134217728)) <= SLOW_BANDWIDTH
+        slow = throttled(vm.params.get("max-bandwidth", DEFAULT_MAX_BANDWIDTH))
         m.postcopy = slow and ("postcopy-ram" in vm.caps or _switches_without_postcopiable(vm))
     return None
 

@@ -15,12 +15,14 @@ from contract.guest_rules import guest_runs
 from contract.host import HostFacts
 from contract.outcome import Outcome, VmState
 from contract.scenario import Scenario
+from contract.sizes import whole_mib
 from contract.versions import Version, profile_for
 from reference_impl import migration as mig
 from reference_impl.cross import check_pair
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, realize
 from reference_impl.steps import expanded, run_step
+from reference_impl.timing import check_end, check_step
 
 if TYPE_CHECKING:
     from reference_impl.vfio.events import VfioEvents
@@ -158,11 +160,14 @@ def _predict(
         return outcome
     check_pair(source, destination)
     scene = mig.Scene(source, destination)
+    # Memory a guest workload fills: the stream is that big, so a throttled migration outlasts the next step.
+    filled = whole_mib(scenario.guest.memory) if scenario.guest is not None and guest_runs(scenario) else 0
     vfio = _vfio_events(scenario, source, destination)
     refused: tuple[str, str] | None = None
     for step in expanded(scenario):
         if "ended" in scene.extra:
             break
+        check_step(source, destination, step, filled)
         snap = vfio.before(source, destination) if vfio is not None else None
         error = run_step(scene, scenario, step)
         if vfio is not None and snap is not None:
@@ -172,6 +177,8 @@ def _predict(
             break
         if "timeout" in scene.extra:
             break
+    if refused is None and "timeout" not in scene.extra:
+        check_end(source, destination, filled)
     if vfio is not None:
         vfio.finished(source)
     if source.migration is not None and "timeout" not in scene.extra:

@@ -46,6 +46,10 @@ def chardev_add(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     """``qmp_chardev_add`` (chardev/char.c): the backend's open may add a blocker; a failure is prefixed
     "Failed to add chardev '<id>': " (measured: qemu-vdagent during a migration, both versions)."""
     chardev_id = str(arguments.get("id", ""))
+    if chardev_id in vm.chardevs:
+        # qmp_chardev_add checks qemu_chr_find first, before the "Failed to add chardev" prefix applies (read in
+        # 7.2.22, 10.0.2 and 10.2.2 chardev/char.c; measured on 7.2.22, found by migconform fuzz).
+        return f"Chardev with id '{chardev_id}' already exists"
     backend = arguments.get("backend", {})
     kind = str(backend.get("type", "")) if isinstance(backend, Mapping) else ""
     reason = catalog.chardev_blocker(kind, vm.version)

@@ -20,6 +20,8 @@ from reference_impl.qmp_commands import run_qmp
 from reference_impl.qmp_jobs import load_action
 
 StepHandler = Callable[[mig.Scene, Scenario, Step], "str | None"]
+# migrate from the destination over unix: the executor's socket path does not exist (connect: ENOENT).
+DESTINATION_UNIX_MISSING = "Failed to connect to '<path>': No such file or directory"
 
 # Per Scenario object (frozen, so neither ever changes): its expanded steps and whether the executor paces it
 # for postcopy. The entry keeps the scenario alive so that its id() is not reused while cached. Bounded:
@@ -70,8 +72,20 @@ def step_migrate(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None
     transport = migrate_transport(scenario, step)
     if step.side == "destination":
         # harness/pair.py migrate_from_destination: issued on the destination, to a target nobody reads
-        # (tcp port 1); its pre-checks ("Guest is waiting for an incoming migration") are the point.
-        return mig.migrate(scene.destination, transport, peer_listening=False)
+        # (tcp port 1, a unix path that does not exist); its pre-checks ("Guest is waiting for an incoming
+        # migration") are the point. Once accepted, the executor waits (bounded) until it has left setup: the
+        # connect has failed by then (socket_outgoing_migration -> migration_channel_connect, then 7.2
+        # migrate_fd_connect -> migrate_fd_error, 10.0 migration_connect -> migration_connect_set_error: setup ->
+        # failed; found by migconform fuzz on 10.0.2), or a file/exec stream is being written.
+        dst = scene.destination
+        missing = DESTINATION_UNIX_MISSING if transport == "unix" else None
+        error = mig.migrate(dst, transport, peer_listening=False, path_error=missing)
+        if error is None and dst.migration is not None:
+            if dst.migration.failure is not None:
+                mig.finish(scene, dst)
+            else:
+                mig.left_setup(dst)
+        return error
     vm = scene.source
     if _expansion(scenario)[1]:
         mig.set_parameters(vm, {"max-bandwidth": POSTCOPY_PACING_BYTES_PER_S})

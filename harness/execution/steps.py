@@ -147,6 +147,10 @@ async def step_migrate(ctx: StepContext, step: Step, stage: str, sides: Sides) -
             # Migrating out of the destination: the pre-checks (e.g. "Guest is waiting for an
             # incoming migration") are what such a step tests; the stream goes nowhere useful.
             await command(stage, pair.migrate_from_destination(transport))
+            # As for the source: until it has left setup, so that the final read does not depend on when the
+            # connect's failure callback ran (tcp port 1, a missing unix path: setup -> failed).
+            with contextlib.suppress(MigrationTimeout):
+                await pair.wait_status_left("destination", "setup", ctx.settle_bound)
             continue
         await pace_for_postcopy(ctx)
         await command(stage, pair.migrate(transport))

@@ -4,7 +4,9 @@ lockstep (harness.fuzz.lockstep) and raises on a divergence, so that hypothesis 
 
 A sequence the model cannot follow (a ``not-modelled`` skip), an item the harness could not compare, or a new
 divergence the round does not shrink ends the sequence: the machine then has only the ``idle`` rule, which runs
-nothing, until hypothesis ends the example (at most :data:`~harness.fuzz.vocabulary.MAX_STEPS` rules).
+nothing, until hypothesis ends the example (at most :data:`~harness.fuzz.vocabulary.MAX_STEPS` rules). A prefix
+that ends while a migration runs at full speed (``racing``, reference_impl.timing) leaves only the ``wait`` rule:
+the model follows no other step there, so drawing one would only end the sequence.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from harness.fuzz.vocabulary import Vocabulary, step_strategies
 class Sink(Protocol):
     """What the machine reports to (harness.fuzz.session.FuzzSession)."""
 
-    def on_prefix(self, steps: list[Step]) -> bool:
-        """Compare ``steps``; True when the sequence cannot go on. Raises on a divergence."""
+    def on_prefix(self, steps: list[Step]) -> bool | str:
+        """Compare ``steps``; True when the sequence cannot go on, ``"wait"`` when only a wait step may follow
+        (a migration runs at full speed: the model follows no other step, reference_impl.timing), False
+        otherwise. Raises on a divergence."""
         ...
 
     def on_sequence_end(self, steps: list[Step]) -> None: ...
@@ -37,21 +41,32 @@ class FuzzMachineBase(RuleBasedStateMachine):
         super().__init__()
         self.steps: list[Step] = []
         self.ended = False
+        self.wait_only = False
 
     def add(self, step: Step) -> None:
         self.steps.append(step)
-        self.ended = self.sink.on_prefix(list(self.steps))
+        answer = self.sink.on_prefix(list(self.steps))
+        self.wait_only = answer == "wait"
+        self.ended = answer is True
 
     def teardown(self) -> None:
         self.sink.on_sequence_end(list(self.steps))
 
 
 def _open(machine: Any) -> bool:
+    return not machine.ended and not machine.wait_only
+
+
+def _open_for_wait(machine: Any) -> bool:
     return not machine.ended
 
 
 def _closed(machine: Any) -> bool:
-    return bool(machine.ended)
+    return bool(machine.ended) or (machine.wait_only and not _has_wait(machine))
+
+
+def _has_wait(machine: Any) -> bool:
+    return hasattr(machine, "wait")
 
 
 def _rule_for(action: str) -> Callable[[FuzzMachineBase, Step], None]:
@@ -72,6 +87,7 @@ def machine_class(vocab: Vocabulary, sink: Sink) -> type[FuzzMachineBase]:
     namespace: dict[str, Any] = {"sink": sink}
     for action, strategy in step_strategies(vocab).items():
         name = action.replace("-", "_")
-        namespace[name] = precondition(_open)(rule(step=strategy)(_rule_for(action)))
+        gate = _open_for_wait if action == "wait" else _open
+        namespace[name] = precondition(gate)(rule(step=strategy)(_rule_for(action)))
     namespace["idle"] = precondition(_closed)(rule()(_idle))
     return type("FuzzMachine", (FuzzMachineBase,), namespace)

@@ -72,7 +72,10 @@ class Counts:
     repeats: int = 0
     deferred: int = 0
     unstable: int = 0
+    racing: int = 0
     rounds: int = 0
+    # Each unstable sequence: its steps and how the fresh re-run differed (what raced).
+    unstable_details: list[dict[str, Any]] = field(default_factory=list)
     not_modelled_reasons: dict[str, int] = field(default_factory=dict)
     error_details: list[str] = field(default_factory=list)
 
@@ -114,7 +117,7 @@ class FuzzSession:
         self.seconds = 0.0
 
     # ---- the machine's sink ---------------------------------------------------------------------------
-    def on_prefix(self, steps: list[Step]) -> bool:
+    def on_prefix(self, steps: list[Step]) -> bool | str:
         now = time.monotonic()
         if now >= self.deadline or (self._target is None and now >= self.search_deadline):
             raise StopFuzzing("budget")
@@ -127,6 +130,10 @@ class FuzzSession:
         if check.kind == "known-bug":
             self.counts.known_bug += 1
             return False
+        if check.kind == "racing":
+            # Only a wait may follow (harness.fuzz.machine): any other step meets the same race.
+            self.counts.racing += 1
+            return "wait"
         if check.kind == "not-modelled":
             self.counts.not_modelled += 1
             reasons = self.counts.not_modelled_reasons
@@ -163,6 +170,16 @@ class FuzzSession:
         confirm = self.runner.check(steps, fresh=True)
         if confirm.kind != "diverge" or confirm.signature != signature:
             self.counts.unstable += 1
+            if len(self.counts.unstable_details) < 50:
+                self.counts.unstable_details.append(
+                    {
+                        "steps": [repr(step) for step in steps],
+                        "first": signature,
+                        "rerun": confirm.signature or confirm.kind,
+                        "qemu": outcome_line(check.qemu) if check.qemu else None,
+                        "qemu_rerun": outcome_line(confirm.qemu) if confirm.qemu else None,
+                    }
+                )
             return False
         self.findings[signature] = Finding(signature, list(steps), check, self._round_seed)
         return True
@@ -184,7 +201,7 @@ class FuzzSession:
                     check = self.runner.check(candidate[:end])
                     # As in the search: a divergence an earlier round found does not end the sequence.
                     known = check.kind == "diverge" and check.signature in self._suppressed
-                    if check.kind not in ("agree", "known-bug") and not known:
+                    if check.kind not in ("agree", "known-bug", "racing") and not known:
                         break
                 if check.kind == "diverge" and check.signature == signature:
                     before = self.findings[signature].key
@@ -233,6 +250,8 @@ class FuzzSession:
                 self.delete_steps(self._target)
         finally:
             self._suppressed |= set(self.findings)
+            # Written after every round, so that a long run's findings can be triaged while it goes on.
+            self.write_findings()
             if self.progress is not None:
                 c = self.counts
                 self.progress.write(
@@ -284,6 +303,8 @@ class FuzzSession:
             "repeats": c.repeats,
             "deferred": c.deferred,
             "unstable": c.unstable,
+            "unstable_details": c.unstable_details,
+            "racing": c.racing,
             "rounds": c.rounds,
             "divergences": [finding_json(f) for f in self.findings.values()],
         }

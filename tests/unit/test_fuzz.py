@@ -102,17 +102,21 @@ class FakeRunner:
         return Check("agree", 0.0)
 
 
-def test_session_finds_shrinks_and_writes_the_planted_gap(tmp_path: Path) -> None:
-    runner = FakeRunner()
-    session = FuzzSession(
+def fake_session(runner: FakeRunner, vocab: Vocabulary, tmp_path: Path, budget_s: float, seed: int) -> FuzzSession:
+    return FuzzSession(
         runner,  # type: ignore[arg-type]
-        VOCAB,
-        budget_s=5.0,
-        seed=5,
+        vocab,
+        budget_s=budget_s,
+        seed=seed,
         found_dir=tmp_path / "found",
         db_dir=tmp_path / "db",
         max_examples=300,
     )
+
+
+def test_session_finds_shrinks_and_writes_the_planted_gap(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    session = fake_session(runner, VOCAB, tmp_path, 5.0, 5)
     session.run()
     summary = session.summary()
     assert summary["steps"] > 0 and summary["sequences"] > 0
@@ -145,3 +149,57 @@ def test_the_html_report_shows_a_fuzz_section_only_for_fuzz_results() -> None:
     meta = {"fuzz": {"seeds": [1], "workers": [worker], "total": {"steps": 120, "divergences": 1}}}
     page = html.render(Results(meta=meta))
     assert "fuzz (seeds 1)" in page and "120 steps" in page and "fuzz-10.0.2-abc.toml</code> (2 steps)" in page
+
+
+class RacingRunner(FakeRunner):
+    """A migrate leaves a prefix "racing" (a migration at full speed, reference_impl.timing) until a wait; every
+    step drawn in between is recorded, and a cancel diverges on the first run only (a race)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_racing: list[str] = []
+        self.cancels = 0
+
+    def check(self, steps: Sequence[Step], *, fresh: bool = False) -> Check:
+        self.runs += 1
+        racing = False
+        for step in steps[:-1]:
+            racing = (racing or step.action == "migrate") and step.action != "wait"
+        if racing:
+            self.after_racing.append(steps[-1].action)
+        if steps[-1].action == "cancel":
+            self.cancels += 1
+            first = self.cancels % 2 == 1
+            comparison = Comparison("fuzz", "10.0.2", False, {"verdict": ["completed", "failed" if first else "x"]})
+            return Check("diverge", 0.0, comparison)
+        if steps[-1].action == "migrate" or (racing and steps[-1].action != "wait"):
+            return Check("racing", 0.0, detail="not modelled: the final states while a migration runs at full speed")
+        return Check("agree", 0.0)
+
+
+def test_a_racing_prefix_goes_on_only_with_a_wait_and_a_race_is_recorded_as_unstable(tmp_path: Path) -> None:
+    vocab = Vocabulary((), ("max-bandwidth",), actions=("migrate", "wait", "stop", "cancel"))
+    runner = RacingRunner()
+    session = fake_session(runner, vocab, tmp_path, 3.0, 3)
+    session.run()
+    summary = session.summary()
+    assert summary["racing"] > 0
+    # After a racing prefix the machine draws only wait: the model follows no other step there.
+    assert runner.after_racing and set(runner.after_racing) == {"wait"}
+    # The cancel's divergence did not repeat on the fresh re-run: unstable, with both signatures kept.
+    assert summary["unstable"] > 0 and not session.findings
+    detail = summary["unstable_details"][0]
+    assert detail["first"] != detail["rerun"] and detail["steps"]
+
+
+def test_only_the_end_race_is_a_racing_prefix() -> None:
+    from contract.policy import END_RACE
+    from harness.fuzz.lockstep import classify
+    from harness.results import NOT_MODELLED_SKIP, Results, Skip
+
+    def kind(reason: str) -> str:
+        return classify(Results(skips=[Skip("fuzz", "10.0.2", reason, NOT_MODELLED_SKIP)]), 0.0).kind
+
+    assert kind(f"reference: not modelled: {END_RACE} (max-bandwidth 0)") == "racing"
+    # A step the model cannot follow during the race ends the sequence like any not-modelled step.
+    assert kind("reference: not modelled: cancel step while a migration runs at full speed") == "not-modelled"

@@ -16,6 +16,8 @@ from contract.scenario import MigrationSpec, Scenario, Step, VmSpec
 from reference_impl import predict
 
 HOST = HostFacts()
+# A migration held active (reference_impl.timing): the steps after it meet it still running.
+SLOW = Step("set-parameters", parameters={"max-bandwidth": 1000})
 
 
 def steps(*items: Step, source: VmSpec | None = None, destination: VmSpec | None = None,
@@ -174,17 +176,17 @@ def test_migrate_from_the_destination() -> None:
 
 def test_migration_in_progress() -> None:
     # real #checks / #caps-check during an active migration.
-    outcome = steps(Step("migrate"), Step("migrate"))
+    outcome = steps(SLOW, Step("migrate"), Step("migrate"))
     assert outcome.error == "There's a migration process in progress"
-    outcome = steps(Step("migrate"), Step("set-capabilities", capabilities={"xbzrle": True}))
+    outcome = steps(SLOW, Step("migrate"), Step("set-capabilities", capabilities={"xbzrle": True}))
     assert (outcome.stage, outcome.error) == ("set-capabilities", "There's a migration process in progress")
-    assert steps(Step("migrate"), Step("set-parameters", parameters={"max-bandwidth": 2000}), Step("wait")).verdict == (
-        "completed")
+    assert steps(SLOW, Step("migrate"), Step("set-parameters", parameters={"max-bandwidth": 2000}),
+                 Step("wait")).verdict == "completed"
 
 
 def test_destination_caps_after_incoming() -> None:
     # real 10.0.2 #caps-check: multifd on the destination after migrate-incoming is refused; 7.2.22 accepts.
-    plan = (Step("migrate"), Step("set-capabilities", side="destination", capabilities={"multifd": True}))
+    plan = (SLOW, Step("migrate"), Step("set-capabilities", side="destination", capabilities={"multifd": True}))
     assert steps(*plan).error == "Multifd must be set before incoming starts"
     # real 7.2.22 (docs/real-qemu-facts.md#harness-runs): accepted. With a wait the real destination crashes
     # (SIGSEGV), a known QEMU bug: the model predicts the intended completion
@@ -197,19 +199,23 @@ def test_destination_caps_after_incoming() -> None:
 
 def test_cancel() -> None:
     # real #cancel--failure: source cancelled/running; the destination exits 1.
-    outcome = steps(Step("migrate"), Step("cancel"), Step("wait"))
+    outcome = steps(SLOW, Step("migrate"), Step("cancel"), Step("wait"))
     assert (outcome.verdict, outcome.stage) == ("failed", "migration")
     assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
     assert states(outcome) == (("cancelled", "running"), None)
     # idle cancel is a no-op (real: {})
     assert steps(Step("cancel")).verdict == "completed"
-    # real 10.0.2 harness run: cancel right after start-postcopy still lands before postcopy-active
+    # A cancel after the switch to postcopy was requested races the unthrottled postcopy phase (real 7.2.22 let
+    # the destination complete once): reference_impl.timing says so instead of guessing.
     pc = (Step("set-capabilities", side="both", capabilities={"postcopy-ram": True}), Step("migrate"),
           Step("start-postcopy"), Step("cancel"), Step("wait"))
-    outcome = steps(*pc)
+    assert "max-postcopy-bandwidth 0" in (steps(*pc).not_modelled or "")
+    # With the postcopy phase throttled too, the cancel lands before the end (real 10.0.2: destination exits 1).
+    slow_pc = (Step("set-parameters", parameters={"max-postcopy-bandwidth": 1000}), *pc)
+    outcome = steps(*slow_pc)
     assert (outcome.verdict, states(outcome)) == ("failed", (("cancelled", "running"), None))
     assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Input/output error"
-    outcome = steps(*pc, version="7.2")  # real 7.2.22 (2nd run; the 1st let the destination complete)
+    outcome = steps(*slow_pc, version="7.2")
     assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
 
 
@@ -371,12 +377,33 @@ def test_sweep_orderings_on_7_2() -> None:
     assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "failed"]
 
 
-def test_fast_precopy_finishes_before_postcopy() -> None:
-    # real (harness sweep, both versions): with the default bandwidth the idle VM's precopy completes before
-    # the switch; no postcopy-active event. A scenario that sets its own fast max-bandwidth keeps it.
-    outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True},
-                  parameters={"max-bandwidth": 134217728}, mode="postcopy")
-    assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "device", "completed"]
+def test_fast_precopy_races_postcopy() -> None:
+    # A scenario that sets its own fast max-bandwidth keeps it: the harness sweep saw the idle VM's precopy
+    # complete before the switch, but whether it does is timing (reference_impl.timing), so not modelled.
+    for fast in (134217728, 0):  # 0 disables the rate limit (migration_rate_exceeded: RATE_LIMIT_DISABLED)
+        outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True},
+                      parameters={"max-bandwidth": fast}, mode="postcopy")
+        assert outcome.verdict == "skipped" and f"max-bandwidth {fast}" in (outcome.not_modelled or "")
+
+
+def test_unthrottled_migration_is_not_guessed() -> None:
+    # migconform fuzz, 7.2.22 and 10.0.2: [migrate] alone and [migrate, cancel] read completed on most runs and
+    # active on some. A throttled migration of a 64M VM is still active at the final read at 200,000 B/s (the
+    # suite's); 1 MiB/s completed on 1 run of 9 (7.2.22, 10.0.2, 10.2.2).
+    end = steps(Step("migrate"))
+    assert end.verdict == "skipped" and "final states" in (end.not_modelled or "")
+    cancel = steps(Step("migrate", transport="exec"), Step("cancel"))
+    assert cancel.verdict == "skipped" and (cancel.not_modelled or "").startswith("cancel step")
+    vm = VmSpec(memory="64M")
+    for rate, modelled in ((200_000, True), (1 << 20, False), (0, False)):
+        outcome = steps(Step("set-parameters", parameters={"max-bandwidth": rate}), Step("migrate"), source=vm)
+        assert (outcome.not_modelled is None) is modelled
+        if modelled:
+            assert states(outcome) == (("active", "running"), ("active", "inmigrate"))
+    small = steps(Step("set-parameters", parameters={"max-bandwidth": 1000}), Step("migrate"),
+                  source=VmSpec(memory="16M"))
+    assert small.verdict == "skipped"  # a smaller VM's stream was not measured
+    assert steps(Step("migrate"), Step("wait")).verdict == "completed"
 
 
 def test_executor_paces_postcopy() -> None:
@@ -491,6 +518,7 @@ def test_7_2_multifd_set_on_a_live_destination_does_not_change_the_running_migra
     # side only), but capabilities are meant to stay fixed for a running migration. Real 7.2.22 dies with
     # SIGSEGV in multifd_recv_sync_main: a known QEMU bug (docs/qemu-bugs.md "8."), not a prediction.
     outcome = steps(
+        SLOW,
         Step("migrate"),
         Step("set-capabilities", side="destination", capabilities={"multifd": True}),
         Step("wait"),

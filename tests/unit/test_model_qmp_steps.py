@@ -22,6 +22,7 @@ VDAGENT_BLOCKER = "The vdagent chardev doesn't yet support migration"
 IVSHMEM_BLOCKER = "Migration is disabled when using feature 'peer mode' in device 'ivshmem'"
 ROOT_PORT = ("-device", "pcie-root-port,id=rp0,chassis=1")
 SLOW = Step("set-parameters", parameters={"max-bandwidth": 1000})
+BACKEND = ("-object", "memory-backend-ram,id=hb0,size=1M,share=on")
 
 
 def run(
@@ -85,6 +86,12 @@ def test_chardev_add(version: str) -> None:
         qmp("chardev-add", **VDAGENT), qmp("chardev-remove", id="vd0"), Step("migrate"), Step("wait"), version=version
     )
     assert outcome.verdict == "completed"
+    # qmp-chardev-add-duplicate-id, qmp-chardev-add-id-of-command-line (found by migconform fuzz): qemu_chr_find
+    # refuses a taken id first, without chardev-add's prefix.
+    taken = "Chardev with id 'vd0' already exists"
+    assert run(qmp("chardev-add", **VDAGENT), qmp("chardev-add", **VDAGENT), version=version).error == taken
+    cli = VmSpec(args=("-chardev", "qemu-vdagent,id=vd0,name=vdagent"))
+    assert run(qmp("chardev-add", **VDAGENT), vm=cli, version=version).error == taken
 
 
 @pytest.mark.parametrize("version", ["10.0", "7.2"])
@@ -100,14 +107,22 @@ def test_device_add(version: str) -> None:
     )
     assert (outcome.stage, outcome.error) == ("qmp", "device_add not allowed while migrating")
     # only-migratable-hotplug: the ivshmem blocker is refused by -only-migratable.
-    outcome = run(ivshmem, vm=VmSpec(only_migratable=True, args=ROOT_PORT), version=version)
+    outcome = run(ivshmem, vm=VmSpec(only_migratable=True, args=ROOT_PORT + BACKEND), version=version)
     assert (outcome.stage, outcome.error) == (
         "qmp",
         f"disallowing migration blocker (--only-migratable) for: {IVSHMEM_BLOCKER}",
     )
     # blocker-hotplug-then-unplug: device_del without a guest never completes, the blocker stays.
-    outcome = run(ivshmem, qmp("device_del", id="iv0"), Step("migrate"), vm=VmSpec(args=ROOT_PORT), version=version)
+    outcome = run(
+        ivshmem, qmp("device_del", id="iv0"), Step("migrate"), vm=VmSpec(args=ROOT_PORT + BACKEND), version=version
+    )
     assert (outcome.stage, outcome.error) == ("migrate", IVSHMEM_BLOCKER)
+    # qmp-device-add-memdev-not-found (found by migconform fuzz): object_resolve_link finds no such backend.
+    outcome = run(ivshmem, vm=VmSpec(args=ROOT_PORT), version=version)
+    assert (outcome.stage, outcome.error) == ("qmp", "Device 'hb0' not found")
+    # The link is set after qdev_set_id: a taken id is reported first.
+    twice = run(qmp("device_add", driver="virtio-rng-pci", bus="rp0", id="iv0"), ivshmem, vm=VmSpec(args=ROOT_PORT))
+    assert twice.error == "Duplicate device ID 'iv0'"
 
 
 def test_device_add_unmigratable_path() -> None:

@@ -109,7 +109,10 @@ def test_a_path_without_rules_is_not_predicted(tmp_path: Path) -> None:
     assert outcome.verdict == "failed"
     assert outcome.vfio_states is None
     assert "fails" in outcome.extra[VFIO_UNPREDICTED]
-    cancel = DEVICE + EVENTS_ON + '[[step]]\naction = "migrate"\ntransport = "unix"\n[[step]]\naction = "cancel"\n'
+    slow = '[[step]]\naction = "set-parameters"\nparameters = { max-bandwidth = 1000 }\n'
+    cancel = (
+        DEVICE + EVENTS_ON + slow + '[[step]]\naction = "migrate"\ntransport = "unix"\n[[step]]\naction = "cancel"\n'
+    )
     outcome = predict(_scenario(tmp_path, cancel), "10.0", LAB)
     assert outcome.vfio_states is None and "cancel" in outcome.extra[VFIO_UNPREDICTED]
 
