@@ -9,8 +9,9 @@ reports work (docs/vfio-lab.md P3), so the provider is built for one initramfs v
   stubs make every DMA-logging report fail. This is what a user of Debian's kernel gets.
 - ``variant="iovabm"`` (also ``dirty-report="works"``): the lab's rebuilt vfio.ko, reports work.
 
-Other options: ``qemu`` (the L1 QEMU binary), ``series`` (Debian kernel series of the guest),
-``timeout`` (seconds for the whole batch; default scales with its size).
+Other options: ``qemu`` (the L1 QEMU binary), ``series`` (Debian kernel series of the guest, a row of
+harness.vfio_lab.kernels; ``migconform run --lab-kernel S`` sets it), ``timeout`` (seconds for the whole batch;
+default scales with its size).
 """
 
 from __future__ import annotations
@@ -97,9 +98,11 @@ class MttyLabProvider:
     ) -> None:
         if variant not in VARIANT_ALIASES:
             raise ValueError(f"unknown lab variant {variant!r}: use stock (dirty reports fail) or iovabm (they work)")
+        from harness.vfio_lab.kernels import lab_kernel
+
         self.variant = VARIANT_ALIASES[variant]
         self.qemu = qemu
-        self.series = series
+        self.series = lab_kernel(series).series  # ValueError naming the known series
         self.timeout = timeout
         self._image: LabImage | None = None
         self.last_boot: BootResult | None = None
@@ -113,9 +116,9 @@ class MttyLabProvider:
     def image(self) -> LabImage:
         """The lab build (cached on disk; built on first use)."""
         if self._image is None:
-            from harness.vfio_lab.build import KERNEL_SERIES, build
+            from harness.vfio_lab.build import build
 
-            self._image = build(self.series or KERNEL_SERIES)
+            self._image = build(self.series)
         return self._image
 
     @property
@@ -192,6 +195,7 @@ class MttyLabProvider:
         for outcome in outcomes:
             outcome.extra.setdefault("lab_l1_accel", result.accel.accel)
             outcome.extra.setdefault("lab_run", str(share))
+            outcome.extra.setdefault("lab_kernel", image.series)
         if not outcomes and not self.last_errors:
             why = (
                 f"timed out after {budget:.0f} s"
