@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import settings
 from harness.buildkit import Apt, InputDigest, Store, extract_vmlinux
 from harness.vfio_lab.kernel import (
     KERNEL_SERIES,
@@ -56,6 +55,7 @@ from harness.vfio_lab.kernels import (
     LabKernel,
     Recipe,
     available_lab_kernels,
+    lab_cache,
     lab_kernel,
     lab_kernels,
 )
@@ -120,11 +120,6 @@ class LabImage:
     @classmethod
     def load(cls, path: Path) -> LabImage:
         return cls(**json.loads(path.read_text()))
-
-
-def lab_cache() -> Path:
-    """The lab's folder in the set-up script's cache (harness.settings.cache_root)."""
-    return settings.cache_root() / "lab"
 
 
 def _inputs_hash(pkgs: KernelPackages, busybox_version: str, compiler: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contract.scenario import PERSONALITIES
+from harness import settings
 
 FLAVOUR = "amd64"
 ALL_PERSONALITIES = PERSONALITIES  # every personality a scenario may ask for
@@ -151,6 +152,11 @@ def private_suites() -> tuple[str, ...]:
     return tuple(seen)
 
 
+def lab_cache() -> Path:
+    """The lab's folder in the set-up script's cache (harness.settings.cache_root)."""
+    return settings.cache_root() / "lab"
+
+
 def built_image(series: str, cache: Path) -> dict[str, Any] | None:
     """The manifest of the newest finished lab build of ``series`` in ``cache`` (the lab folder), or None.
 
@@ -175,12 +181,10 @@ def available_lab_kernels(cache: Path | None = None) -> list[dict[str, Any]]:
     is in the cache), ``release`` (its ``uname -r`` when built), ``suites``, ``compiler``, ``toolchain``,
     ``cheap`` (buildable with the host's tools alone), ``personalities``, ``note``.
 
-    ``cache``: the lab folder (default ``harness.vfio_lab.build.lab_cache()``). What a CI planner calls to
+    ``cache``: the lab folder (default :func:`lab_cache`). What a CI planner calls to
     decide which kernels get a job: a job for a kernel whose lab is not built pays its cold build.
     """
     if cache is None:
-        from harness.vfio_lab.build import lab_cache
-
         cache = lab_cache()
     rows = []
     for kernel in lab_kernels():

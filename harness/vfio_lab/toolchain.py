@@ -18,6 +18,7 @@ A row without a toolchain builds with the host's compiler, exactly as before (:c
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -88,7 +89,7 @@ def private_apt(cache: Path, runner: Runner, *, refresh: bool = False) -> Path:
     if refresh or not any((folder / "lists").glob("*_Packages*")):
         for old in (folder / "lists").glob("*_Packages*"):
             old.unlink()
-        env = {"APT_CONFIG": str(conf), "PATH": INSIDE_PATH}
+        env = {**os.environ, "APT_CONFIG": str(conf)}
         what = f"fetching the package index of {', '.join(private_suites())} (private, {folder})"
         runner.run(["apt-get", "update", "-qq"], what=what, env=env)
     return conf
