@@ -45,6 +45,7 @@ VARIANT_ALIASES = {"stock": "stock", "iovabm": "iovabm", "fails": "stock", "work
 BOOT_BUDGET_S = 90.0
 PER_SCENARIO_BUDGET_S = 45.0
 KEEP_RUNS = 20
+ACTIVE_RUN_S = 2 * 3600.0
 
 
 class VfioProvider(Protocol):
@@ -221,11 +222,24 @@ def _precompile(repo: Path) -> None:
         compileall.compile_dir(repo / package, quiet=1)
 
 
-def _prune_runs(runs: Path) -> None:
-    """Keeps the newest KEEP_RUNS run folders (serial logs, dmesg, outcomes) for diagnosis."""
-    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+def _last_write(folder: Path) -> float:
+    """When the run last wrote: the runner appends to outcomes.jsonl after every scenario, which does not
+    touch the folder's own mtime."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir() if p.is_file())])
+    except OSError:
+        return 0.0
+
+
+def _prune_runs(runs: Path, now: float | None = None) -> None:
+    """Keeps the newest KEEP_RUNS run folders (serial logs, dmesg, outcomes) for diagnosis, and every folder
+    written to within ACTIVE_RUN_S: with a shared cache, other checkouts start batches while a long one
+    (the bundled VFIO set on three QEMUs: half an hour under load) is still writing its outcomes."""
+    now = time.time() if now is None else now
+    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=_last_write, reverse=True)
     for old in folders[KEEP_RUNS:]:
-        shutil.rmtree(old, ignore_errors=True)
+        if now - _last_write(old) > ACTIVE_RUN_S:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def get_provider(name: str, options: Mapping[str, Any] | None = None) -> VfioProvider:
