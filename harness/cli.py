@@ -72,6 +72,12 @@ def _add_run_options(parser: argparse.ArgumentParser, *, outputs_default: bool =
         help="an option of the VFIO provider (repeatable), e.g. variant=iovabm for mtty",
     )
     parser.add_argument(
+        "--lab-kernel",
+        metavar="SERIES",
+        help="kernel series of the VFIO lab, e.g. 7.3 (implies --vfio-provider mtty; the same as --vfio-option "
+        "series=SERIES; list: python -m harness.vfio_lab.build --list)",
+    )
+    parser.add_argument(
         "--vfio-device",
         action="append",
         default=[],

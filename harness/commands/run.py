@@ -116,6 +116,12 @@ def _vfio_source(args: argparse.Namespace) -> tuple[str | None, dict[str, Any]]:
     from harness.vfio.host import configured_devices
 
     options = _vfio_options(args.vfio_option)
+    lab_kernel = getattr(args, "lab_kernel", None)
+    if lab_kernel:
+        # The lab's kernel (harness.vfio_lab.kernels): a shorthand for the mtty provider's series option.
+        if args.vfio_provider not in (None, "mtty") or args.vfio_device:
+            raise UsageError("--lab-kernel selects the mtty lab's kernel: it does not go with another VFIO source")
+        return "mtty", {**options, "series": lab_kernel}
     names = configured_devices(args.vfio_device)
     if not names:
         return args.vfio_provider, options

@@ -9,8 +9,9 @@ reports work (docs/vfio-lab.md P3), so the provider is built for one initramfs v
   stubs make every DMA-logging report fail. This is what a user of Debian's kernel gets.
 - ``variant="iovabm"`` (also ``dirty-report="works"``): the lab's rebuilt vfio.ko, reports work.
 
-Other options: ``qemu`` (the L1 QEMU binary), ``series`` (Debian kernel series of the guest),
-``timeout`` (seconds for the whole batch; default scales with its size).
+Other options: ``qemu`` (the L1 QEMU binary), ``series`` (Debian kernel series of the guest, a row of
+harness.vfio_lab.kernels; ``migconform run --lab-kernel S`` sets it), ``timeout`` (seconds for the whole batch;
+default scales with its size).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ VARIANT_ALIASES = {"stock": "stock", "iovabm": "iovabm", "fails": "stock", "work
 BOOT_BUDGET_S = 90.0
 PER_SCENARIO_BUDGET_S = 45.0
 KEEP_RUNS = 20
+ACTIVE_RUN_S = 2 * 3600.0
 
 
 class VfioProvider(Protocol):
@@ -97,9 +99,11 @@ class MttyLabProvider:
     ) -> None:
         if variant not in VARIANT_ALIASES:
             raise ValueError(f"unknown lab variant {variant!r}: use stock (dirty reports fail) or iovabm (they work)")
+        from harness.vfio_lab.kernels import lab_kernel
+
         self.variant = VARIANT_ALIASES[variant]
         self.qemu = qemu
-        self.series = series
+        self.series = lab_kernel(series).series  # ValueError naming the known series
         self.timeout = timeout
         self._image: LabImage | None = None
         self.last_boot: BootResult | None = None
@@ -113,9 +117,9 @@ class MttyLabProvider:
     def image(self) -> LabImage:
         """The lab build (cached on disk; built on first use)."""
         if self._image is None:
-            from harness.vfio_lab.build import KERNEL_SERIES, build
+            from harness.vfio_lab.build import build
 
-            self._image = build(self.series or KERNEL_SERIES)
+            self._image = build(self.series)
         return self._image
 
     @property
@@ -192,6 +196,7 @@ class MttyLabProvider:
         for outcome in outcomes:
             outcome.extra.setdefault("lab_l1_accel", result.accel.accel)
             outcome.extra.setdefault("lab_run", str(share))
+            outcome.extra.setdefault("lab_kernel", image.series)
         if not outcomes and not self.last_errors:
             why = (
                 f"timed out after {budget:.0f} s"
@@ -217,11 +222,24 @@ def _precompile(repo: Path) -> None:
         compileall.compile_dir(repo / package, quiet=1)
 
 
-def _prune_runs(runs: Path) -> None:
-    """Keeps the newest KEEP_RUNS run folders (serial logs, dmesg, outcomes) for diagnosis."""
-    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+def _last_write(folder: Path) -> float:
+    """When the run last wrote: the runner appends to outcomes.jsonl after every scenario, which does not
+    touch the folder's own mtime."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir() if p.is_file())])
+    except OSError:
+        return 0.0
+
+
+def _prune_runs(runs: Path, now: float | None = None) -> None:
+    """Keeps the newest KEEP_RUNS run folders (serial logs, dmesg, outcomes) for diagnosis, and every folder
+    written to within ACTIVE_RUN_S: with a shared cache, other checkouts start batches while a long one
+    (the bundled VFIO set on three QEMUs: half an hour under load) is still writing its outcomes."""
+    now = time.time() if now is None else now
+    folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=_last_write, reverse=True)
     for old in folders[KEEP_RUNS:]:
-        shutil.rmtree(old, ignore_errors=True)
+        if now - _last_write(old) > ACTIVE_RUN_S:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def get_provider(name: str, options: Mapping[str, Any] | None = None) -> VfioProvider:

@@ -12,9 +12,11 @@ Layout under ``$MIGCONFORM_CACHE/lab`` (default ``<repo>/.cache/lab``)::
     debs/                       downloaded .deb files (kept, shared by all builds)
     kernel/<version>/           unpacked packages of one kernel version (shared by builds)
     busybox/<version>/          the unpacked busybox-static the initramfs carries
+    apt/, toolchain/<key>/      the private apt index and the newer suites' chroots (harness.vfio_lab.toolchain)
     <hash>/manifest.json        the finished image (see LabImage), plus vmlinuz and the initramfs files
 
-Run ``python -m harness.vfio_lab.build`` to build (or find) the image and print its manifest.
+Run ``python -m harness.vfio_lab.build [--series S]`` to build (or find) the image and print its manifest;
+``--list`` prints the table of lab kernels (harness.vfio_lab.kernels) and which are built.
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from contract.scenario import PERSONALITIES
-from harness import settings
 from harness.buildkit import Apt, InputDigest, Store, extract_vmlinux
 from harness.vfio_lab.kernel import (
     KERNEL_SERIES,
@@ -43,11 +43,23 @@ from harness.vfio_lab.kernel import (
     KernelPackages,
     LabBuildError,
     module_closure,
+    modules_path,
     resolve_cached,
     resolve_kernel,
     runner,
     unpack_kernel,
+    vmlinuz_path,
 )
+from harness.vfio_lab.kernels import (
+    ALL_PERSONALITIES,
+    LabKernel,
+    Recipe,
+    available_lab_kernels,
+    lab_cache,
+    lab_kernel,
+    lab_kernels,
+)
+from harness.vfio_lab.toolchain import Toolchain, private_apt, toolchain_for
 
 # What other modules use; KERNEL_SERIES, KernelPackages, LabBuildError and resolve_kernel live in
 # harness.vfio_lab.kernel and are offered here too, where callers have always found them.
@@ -83,31 +95,8 @@ KERNEL_MODULES = (
 OPTIONAL_KERNEL_MODULES = ("kernel/drivers/virtio/virtio_pci.ko",)
 # Initramfs variants: the stock vfio.ko (device dirty reports fail) and the rebuilt one (they work).
 VARIANTS = ("stock", "iovabm")
-ALL_PERSONALITIES = PERSONALITIES  # every personality a scenario may ask for
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What the lab builds for one kernel series."""
-
-    kbuild_dir: str  # folder under images/lab with the Kbuild of the mdev samples
-    personality_patch: str | None  # patch applied to mtty.c (None: build the samples as shipped)
-    rebuild_vfio: bool  # also build vfio.ko with iova_bitmap (the "iovabm" initramfs variant)
-    personalities: tuple[str, ...]  # what harness.vfio_lab.mdev may hand out on this kernel
-    note: str = ""
-
-
-RECIPES = {
-    KERNEL_SERIES: Recipe("mtty", "mtty/personality.patch", True, ALL_PERSONALITIES),
-    # bookworm's own kernel: mtty gained migration in 6.7, so only mdpy-like devices exist here.
-    "6.1": Recipe(
-        "mtty-plain",
-        None,
-        False,
-        ("no-migration",),
-        note="the 6.1 kernel's mtty has no migration support (mtty.c gained it in 6.7)",
-    ),
-}
+# Each series' recipe, from the table of lab kernels (harness.vfio_lab.kernels).
+RECIPES: dict[str, Recipe] = {k.series: k.recipe for k in lab_kernels()}
 
 
 @dataclass
@@ -133,15 +122,10 @@ class LabImage:
         return cls(**json.loads(path.read_text()))
 
 
-def lab_cache() -> Path:
-    """The lab's folder in the set-up script's cache (harness.settings.cache_root)."""
-    return settings.cache_root() / "lab"
-
-
 def _inputs_hash(pkgs: KernelPackages, busybox_version: str, compiler: str) -> str:
     return (
         InputDigest()
-        .text("kernel", json.dumps(asdict(pkgs), sort_keys=True))
+        .text("kernel", json.dumps(pkgs.identity(), sort_keys=True))
         .text("busybox", busybox_version)
         .text("compiler", compiler)
         .text("builder", RECIPE_VERSION)
@@ -150,20 +134,13 @@ def _inputs_hash(pkgs: KernelPackages, busybox_version: str, compiler: str) -> s
     )
 
 
-def _kernel_make(headers: Path, moddir: Path, log: Path) -> None:
-    # P2: Debian's config wants pahole for module BTF; the lab does not need BTF.
-    runner().run(
-        ["make", "-C", str(headers), f"M={moddir}", "CONFIG_DEBUG_INFO_BTF_MODULES=", "-j2", "modules"],
-        what=f"building {moddir.name}",
-        log=log,
-    )
-
-
-def _build_mtty(recipe: Recipe, kernel: Path, headers: Path, work: Path, log: Path) -> list[Path]:
+def _build_mtty(
+    recipe: Recipe, kernel: Path, pkgs: KernelPackages, tools: Toolchain, work: Path, log: Path
+) -> list[Path]:
     """Builds the mtty personalities and mdpy; returns the .ko files in load order."""
     moddir = work / "mtty"
     moddir.mkdir()
-    src = kernel / "src" / f"linux-source-{_series_of(headers)}"
+    src = kernel / "src" / f"linux-source-{pkgs.series}"
     for rel in MTTY_SOURCES:
         shutil.copy(src / rel, moddir)
     if recipe.personality_patch:
@@ -180,23 +157,19 @@ def _build_mtty(recipe: Recipe, kernel: Path, headers: Path, work: Path, log: Pa
     for module in modules:
         if module.startswith("mtty") and module != "mtty":
             shutil.copy(moddir / "mtty.c", moddir / f"{module}.c")
-    _kernel_make(headers, moddir, log)
+    tools.make_modules(runner(), kernel / "x", pkgs.release, moddir, log)
     return [moddir / f"{m}.ko" for m in modules]
 
 
-def _build_vfio(kernel: Path, headers: Path, work: Path, log: Path) -> Path:
+def _build_vfio(kernel: Path, pkgs: KernelPackages, tools: Toolchain, work: Path, log: Path) -> Path:
     moddir = work / "vfio-iovabm"
     moddir.mkdir()
-    src = kernel / "src" / f"linux-source-{_series_of(headers)}"
+    src = kernel / "src" / f"linux-source-{pkgs.series}"
     for rel in VFIO_SOURCES:
         shutil.copy(src / rel, moddir)
     shutil.copy(IMAGES / "vfio-iovabm/Kbuild", moddir / "Kbuild")
-    _kernel_make(headers, moddir, log)
+    tools.make_modules(runner(), kernel / "x", pkgs.release, moddir, log)
     return moddir / "vfio.ko"
-
-
-def _series_of(headers: Path) -> str:
-    return re.sub(r"^linux-headers-(\d+\.\d+).*$", r"\1", headers.name)
 
 
 def _strip(src: Path, dest: Path) -> None:
@@ -232,32 +205,39 @@ def _write_initramfs(work: Path, busybox: Path, modules: Sequence[tuple[Path, st
         fh.write(f"initramfs {out}: {len(files)} entries, {out.stat().st_size} bytes\n")
 
 
-def _compiler() -> str:
-    what = "checking gcc-12 (the compiler Debian built the 6.12 kernel with)"
-    return runner().query(["gcc-12", "--version"], what=what).splitlines()[0]
-
-
-def build(series: str = KERNEL_SERIES, *, force: bool = False) -> LabImage:
-    """Builds the lab image (or returns the cached one with the same inputs); one build at a time per cache."""
+def build(series: str | None = KERNEL_SERIES, *, force: bool = False) -> LabImage:
+    """Builds the lab image of a kernel series (a row of harness.vfio_lab.kernels; None: the default) or
+    returns the cached one with the same inputs; one build at a time per cache."""
     started = time.monotonic()
-    if series not in RECIPES:
-        raise LabBuildError(f"the lab has no recipe for kernel series {series} (known: {', '.join(RECIPES)})")
-    recipe = RECIPES[series]
+    try:
+        row = lab_kernel(series)
+    except ValueError as exc:
+        raise LabBuildError(str(exc)) from None
     store = Store(lab_cache())
     with store.locked():
-        pkgs, busybox_version = resolve_cached(store.root, series, force=force)
-        key = _inputs_hash(pkgs, busybox_version, _compiler())
+        apt = _apt_for(row, store.root)
+        pkgs, busybox_version = resolve_cached(store.root, row, apt, force=force)
+        tools = toolchain_for(row, store.root, runner())
+        key = _inputs_hash(pkgs, busybox_version, tools.describe(runner()))
         found = store.find(key)
         if found is not None and not force:
             with contextlib.suppress(TypeError, ValueError, KeyError):  # a manifest from an older builder: rebuild
                 return LabImage.load(found / "manifest.json")
-        kernel = unpack_kernel(store.root, pkgs, with_vfio=recipe.rebuild_vfio)
+        kernel = unpack_kernel(store.root, pkgs, with_vfio=row.recipe.rebuild_vfio, apt=apt)
         busybox = _unpack_busybox(busybox_version, store.root / "debs")
         with store.publishing(key) as work:
-            image = _assemble(work, store.path(key), recipe, pkgs, kernel, busybox, busybox_version, started)
+            image = _assemble(work, store.path(key), row, pkgs, kernel, busybox, busybox_version, tools)
+            image.build_seconds = round(time.monotonic() - started, 2)
             (work / "manifest.json").write_text(json.dumps(asdict(image), indent=2) + "\n")
         _prune(image)
     return image
+
+
+def _apt_for(row: LabKernel, cache: Path, *, refresh: bool = False) -> Apt:
+    """The machine's apt, or the lab's private one for a row from a suite the machine does not list."""
+    if row.apt == "system":
+        return Apt(runner())
+    return Apt(runner(), config=private_apt(cache, runner(), refresh=refresh))
 
 
 def _unpack_busybox(version: str, debs: Path) -> Path:
@@ -275,19 +255,19 @@ def _unpack_busybox(version: str, debs: Path) -> Path:
 def _assemble(
     work: Path,
     out: Path,
-    recipe: Recipe,
+    row: LabKernel,
     pkgs: KernelPackages,
     kernel: Path,
     busybox: Path,
     busybox_version: str,
-    started: float,
+    tools: Toolchain,
 ) -> LabImage:
     """Builds the modules, initramfs variants and kernel files into ``work`` (published as ``out``)."""
     log = work / "build.log"
-    headers = kernel / "x/usr/src" / f"linux-headers-{pkgs.release}"
-    modroot = kernel / "x/lib/modules" / pkgs.release
-    mtty = _build_mtty(recipe, kernel, headers, work, log)
-    iovabm_vfio = _build_vfio(kernel, headers, work, log) if recipe.rebuild_vfio else None
+    recipe = row.recipe
+    modroot = modules_path(kernel / "x", pkgs.release)
+    mtty = _build_mtty(recipe, kernel, pkgs, tools, work, log)
+    iovabm_vfio = _build_vfio(kernel, pkgs, tools, work, log) if recipe.rebuild_vfio else None
     variants = VARIANTS if iovabm_vfio is not None else ("stock",)
     present = [rel for rel in OPTIONAL_KERNEL_MODULES if any(modroot.glob(rel + "*"))]
     stock = module_closure(modroot, (*present, *KERNEL_MODULES))
@@ -298,7 +278,7 @@ def _assemble(
         if variant == "iovabm" and iovabm_vfio is not None:
             mods = [((iovabm_vfio if p.name.startswith("vfio.ko") else p), "") for p in stock]
         _write_initramfs(work, busybox, [*mods, *lab], work / f"initramfs-{variant}.gz", log)
-    shutil.copy(kernel / "x/boot" / f"vmlinuz-{pkgs.release}", work / "vmlinuz")
+    shutil.copy(vmlinuz_path(kernel / "x", pkgs.release), work / "vmlinuz")
     for sub in ("mtty", "vfio-iovabm"):
         if not (work / sub).exists():
             continue
@@ -320,7 +300,7 @@ def _assemble(
         personalities=list(recipe.personalities),
         unavailable_note=recipe.note,
         busybox_version=busybox_version,
-        build_seconds=round(time.monotonic() - started, 2),
+        extra={"compiler": tools.compiler, "toolchain": row.toolchain or "host", "suites": ",".join(row.suites)},
     )
 
 
@@ -343,17 +323,31 @@ def _prune(current: LabImage) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--series", default=KERNEL_SERIES, help=f"Debian kernel series (default {KERNEL_SERIES})")
+    known = ", ".join(k.series for k in lab_kernels())
+    parser.add_argument("--series", default=KERNEL_SERIES, help=f"kernel series: {known} (default {KERNEL_SERIES})")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")
     parser.add_argument("--resolve-only", action="store_true", help="print the kernel release that would be used")
+    parser.add_argument("--list", action="store_true", help="print the lab kernels and which are built (JSON)")
+    parser.add_argument(
+        "--refresh-apt", action="store_true", help="fetch the private apt index of the newer suites again"
+    )
     args = parser.parse_args(argv)
+    if args.list:
+        print(json.dumps(available_lab_kernels(), indent=2))
+        return 0
     try:
+        row = lab_kernel(args.series)
+        if args.refresh_apt and row.apt == "private":
+            with Store(lab_cache()).locked():
+                _apt_for(row, lab_cache(), refresh=True)
         if args.resolve_only:
-            print(json.dumps(asdict(resolve_kernel(args.series)), indent=2))
+            with Store(lab_cache()).locked():
+                apt = _apt_for(row, lab_cache())
+            print(json.dumps(asdict(resolve_kernel(row, apt)), indent=2))
             return 0
         started = time.monotonic()
         image = build(args.series, force=args.force)
-    except LabBuildError as exc:
+    except (LabBuildError, ValueError) as exc:
         print(f"vfio lab build failed: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(image), indent=2))

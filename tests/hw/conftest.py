@@ -54,10 +54,3 @@ def stock_lab(lab_image: LabImage) -> Iterator[MttyLabProvider]:
 def iovabm_lab(lab_image: LabImage) -> Iterator[MttyLabProvider]:
     provider = MttyLabProvider("iovabm")
     yield provider
-
-
-@pytest.fixture(scope="session")
-def old_kernel_lab(lab_image: LabImage) -> Iterator[MttyLabProvider]:
-    """The kernel matrix's second column: bookworm's own 6.1 (built on first use, about 40 s)."""
-    provider = MttyLabProvider("stock", series="6.1")
-    yield provider

@@ -208,3 +208,27 @@ def test_kernel_log_maps_mtty_state_arcs_to_devices(monkeypatch: pytest.MonkeyPa
         "source:vfio0": ["RUNNING->PRE_COPY"],
         "destination:vfio0": ["STOP->RESUMING"],
     }
+
+
+def test_pruning_keeps_a_run_that_is_still_writing(tmp_path: Path) -> None:
+    """A long batch's folder (outcomes appended, folder mtime old) survives other checkouts' newer runs."""
+    import os
+
+    from harness.vfio.provider import ACTIVE_RUN_S, KEEP_RUNS, _prune_runs
+
+    now = 1_000_000_000.0
+    long_run = tmp_path / "long"
+    long_run.mkdir()
+    (long_run / "outcomes.jsonl").write_text("{}\n")
+    os.utime(long_run, (now - 3000, now - 3000))
+    os.utime(long_run / "outcomes.jsonl", (now - 10, now - 10))
+    for i in range(KEEP_RUNS + 2):
+        folder = tmp_path / f"new-{i}"
+        folder.mkdir()
+        os.utime(folder, (now - 5 + i / 10, now - 5 + i / 10))
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    os.utime(stale, (now - ACTIVE_RUN_S - 1, now - ACTIVE_RUN_S - 1))
+    _prune_runs(tmp_path, now=now)
+    assert long_run.exists()
+    assert not stale.exists()
