@@ -250,6 +250,14 @@ _VDAGENT_SAVE_ABORT_ALSO: dict[str, Value] = {
     "destination.runstate": one_of(_DESTINATION_GONE, equals("inmigrate")),
     "events": Value("any events", lambda _events: True),
 }
+# qmp_migrate (10.0.2, 10.2.2) reads channelv[MAIN]->addr before its "no main entry" check: the source dies
+# inside the migrate command (a read at address 8), the destination waits on untouched.
+_NO_MAIN_CHANNEL_SEGV: dict[str, Value] = {
+    "verdict": equals("failed"),
+    "stage": equals("migration"),
+    "source.status": equals(None),
+    "source.runstate": equals(None),
+}
 # The intended end of a postcopy migration is known to the model; the bug changes only what comes after the
 # source completed (or, with postcopy-preempt, keeps the source waiting for the destination that died).
 _ANY_ACCEL = frozenset({"tcg", "kvm"})
@@ -400,6 +408,23 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
         shapes=(
             # The source dies when it saves the device states; the destination's stream then breaks.
             Shape(required={"error": _VDAGENT_SAVE_ABORT}, optional=_VDAGENT_SAVE_ABORT_ALSO),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-10-migrate-channels-no-main",
+        scenarios=frozenset({"qmp-migrate-channels-cpr-only"}),
+        versions=(("10.0", "10.2"),),
+        accels=_ANY_ACCEL,  # a NULL read in qmp_migrate, before anything is sent
+        reason=(
+            "QEMU 10.x qmp_migrate reads channelv[MIGRATION_CHANNEL_TYPE_MAIN]->addr before checking that a main "
+            "channel was given: migrate with only a cpr channel kills the source with SIGSEGV instead of refusing "
+            "'Channel list has no main entry' (docs/qemu-bugs.md section 12)"
+        ),
+        shapes=(
+            Shape(
+                required={"error": matches(r"^source QEMU exited with status -11: ")},
+                optional=_NO_MAIN_CHANNEL_SEGV,
+            ),
         ),
     ),
 )

@@ -21,6 +21,7 @@ from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 
 NEED_URI_OR_CHANNELS = "need either 'uri' or 'channels' argument"
+NO_MAIN_CHANNEL = "Channel list has no main entry"  # qmp_migrate (10.0.2, 10.2.2), after the NULL read
 NO_PAUSED_MIGRATION = "Cannot resume if there is no paused migration"
 # The QAPI schema of 7.2 (uri mandatory) and of 10.0+ (both optional, channels added, blk/inc removed).
 MIGRATE_ARGS = {"old": ("uri", "blk", "inc", "detach", "resume"), "new": ("uri", "channels", "detach", "resume")}
@@ -91,7 +92,7 @@ def migrate(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str 
     10.0+: ``uri`` xor ``channels``; a channel type twice; the URI parse and migration_channels_and_transport_
     compatible; only then migrate_prepare's resume check. A list without a ``main`` channel dereferences NULL
     (channelv[MIGRATION_CHANNEL_TYPE_MAIN]->addr) and the source dies with SIGSEGV on 10.0.2 and 10.2.2: a QEMU
-    bug, not a prediction (NotModelled).
+    bug; the model predicts the refusal the code goes on to make (known bug qemu-10-migrate-channels-no-main).
     """
     schema = _schema(vm, "migrate", arguments)
     error = _qapi_error("migrate", arguments, MIGRATE_ARGS[schema], schema)
@@ -120,7 +121,11 @@ def migrate(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str 
                 return f"Channel list has more than one {kind} entry", None
             seen.add(kind)
         if "main" not in seen:
-            raise NotModelled("migrate channels without a main channel (QEMU dereferences NULL: SIGSEGV)")
+            if vm.vn < N10_0:
+                raise NotModelled("migrate channels without a main channel before 10.0 (no cpr type: not read)")
+            # What qmp_migrate means (10.0.2, 10.2.2): its "no main entry" check comes after it has read
+            # channelv[MAIN]->addr through NULL, so real QEMU dies instead (docs/qemu-bugs.md section 12).
+            return NO_MAIN_CHANNEL, None
         if "cpr" in seen:
             raise NotModelled("migrate with a cpr channel")
         uri = _channel_uri("migrate", channels[0])

@@ -132,7 +132,10 @@ def test_migrate_main_channel_is_its_uri(version: str) -> None:
 
 def test_migrate_argument_limits() -> None:
     cpr = {"channel-type": "cpr", "addr": MAIN["addr"]}
-    assert "SIGSEGV" in str(run(qmp("migrate", channels=[cpr])).not_modelled)
+    # qmp_migrate's intended refusal (real 10.0.2/10.2.2 die first: known bug qemu-10-migrate-channels-no-main)
+    for version in ("10.0", "10.2"):
+        assert run(qmp("migrate", channels=[cpr]), version=version).error == "Channel list has no main entry"
+    assert run(qmp("migrate", channels=[cpr]), version="7.2").error == "Parameter 'uri' is missing"
     assert run(qmp("migrate", uri="tcp:127.0.0.1:1", blk=True, inc=True)).not_modelled is not None
     assert run(qmp("migrate", channels=[MAIN]), version="9.0").not_modelled is not None
     blocked = run(
