@@ -7,8 +7,9 @@ Read from qmp_migrate / migrate_prepare / qmp_migrate_incoming / qemu_start_inco
 
 The versions between (8.0 to 9.2) are modelled only at the QAPI layer (the generated marshaller refuses a
 missing mandatory member or an unexpected one before any handler runs), from the schema each version has
-(:data:`SCHEMAS`; docs/real-qemu-facts.md, "8.x and 9.x rules: sources"). Their handlers (migrate_prepare's
-``blk``/``inc``/``resume`` checks, the ``channels`` parse, whose messages changed in 9.0) were not read: an
+(:data:`SCHEMAS`; docs/real-qemu-facts.md, "8.x and 9.x rules: sources"), and on 9.1/9.2 the handler checks the
+9.1 development tree shares with 10.0.2 (:func:`_same_as_10_0`). The other handlers of 8.0-9.0 (migrate_prepare's
+``blk``/``inc``/``resume`` checks, 8.2's ``channels`` parse, whose messages changed in 9.0) were not read: an
 argument that reaches them is :class:`~reference_impl.limits.NotModelled` there.
 
 Each function turns the arguments into the ``uri`` the existing URI model follows (a ``main`` channel of socket
@@ -87,9 +88,29 @@ def _schema(vm: Machine, command: str, arguments: Mapping[str, Any]) -> str:
     # is 9.1's default (mis->exit_on_error). Both inferred for the versions between, not read there.
     defaults = {"resume": False, "exit-on-error": True}
     extra = sorted(a for a in set(arguments) - {"uri", "detach"} if defaults.get(a) is not arguments[a])
+    if vm.vn >= N9_1:
+        if _same_as_10_0(command, arguments):
+            return "new"
+        if "channels" in arguments and not extra[1:]:
+            raise NotModelled(f"{command} with several channels on {vm.version} (message not read for 9.1/9.2)")
     if extra or "uri" not in arguments:
         raise NotModelled(f"{command} argument {extra[0] if extra else 'uri (missing)'!r} on {vm.version}")
     return "new"
+
+
+def _same_as_10_0(command: str, arguments: Mapping[str, Any]) -> bool:
+    """9.1/9.2: the handler checks whose text is the same in the 9.1 development tree (qemu/qemu at
+    dbea1c89dad3, May 2024, after 9.0.0) and in 10.0.2, so the releases between run them too (inferred: 9.1.0
+    and 9.2.x themselves were not read). qmp_migrate / qemu_start_incoming_migration: "need either 'uri' or
+    'channels' argument" first, a single channel's address used as its URI would be, then the URI parse and
+    migration_channels_and_transport_compatible, then (migrate) migrate_prepare's resume check. Not the same:
+    a list of several channels ("Channel list has more than one entries" there; 10.0.2 names the type, and
+    migrate-incoming says "Channel list must have only one entry, for type 'main'"), nor anything after the
+    first check of a resumed migration that exists."""
+    channels = arguments.get("channels")
+    if isinstance(channels, list) and len(channels) > 1:
+        return False
+    return set(arguments) <= {"uri", "channels", "detach", "resume", "exit-on-error"}
 
 
 def _version_schema(vm: Machine, command: str) -> Schema:

@@ -1,7 +1,8 @@
 """migrate / migrate-incoming arguments on the profiles between 7.2 and 10.0 (reference_impl.qmp_migrate_args).
 
-Only the QAPI layer is modelled there (each version's schema: docs/real-qemu-facts.md, "8.x and 9.x rules:
-sources"); what reaches a handler that was not read for that version stays NotModelled. No real QEMU of these
+The QAPI layer is modelled there (each version's schema), and on 9.1/9.2 the handler checks whose text is the
+same in the 9.1 development tree and in 10.0.2 (docs/real-qemu-facts.md, "8.x and 9.x rules: sources"); what
+reaches a handler that was not read for that version stays NotModelled. No real QEMU of these
 versions runs here: the expectations are the source's, not measurements.
 """
 
@@ -86,10 +87,30 @@ def test_resume_false_is_the_default(version: str) -> None:
     with_false = run(qmp("migrate", uri="tcp:127.0.0.1:1", resume=False), version=version)
     plain = run(qmp("migrate", uri="tcp:127.0.0.1:1"), version=version)
     assert (with_false.verdict, with_false.error, with_false.source) == (plain.verdict, plain.error, plain.source)
-    assert not_modelled("migrate", version, uri="tcp:127.0.0.1:1", resume=True)
+    if version not in POST_BLK:  # 9.1+: test_9_1_runs_the_checks_10_0_2_shares_with_the_9_1_tree
+        assert not_modelled("migrate", version, uri="tcp:127.0.0.1:1", resume=True)
 
 
 @pytest.mark.parametrize("version", PRE_CHANNELS)
 def test_blk_and_inc_reach_an_unread_migrate_prepare(version: str) -> None:
     assert not_modelled("migrate", version, uri="tcp:127.0.0.1:1", blk=True)
     assert not_modelled("migrate", version, uri="tcp:127.0.0.1:1", inc=True)
+
+
+@pytest.mark.parametrize("version", POST_BLK)
+def test_9_1_runs_the_checks_10_0_2_shares_with_the_9_1_tree(version: str) -> None:
+    need = "need either 'uri' or 'channels' argument"
+    assert refusal("migrate", version) == need
+    assert refusal("migrate", version, channels=[]) == need
+    assert refusal("migrate", version, uri="tcp:127.0.0.1:1", channels=[MAIN]) == need
+    assert refusal("migrate-incoming", version, "destination") == need
+    resumed = refusal("migrate", version, uri="tcp:127.0.0.1:1", resume=True)
+    assert resumed == "Cannot resume if there is no paused migration"
+    assert refusal("migrate", version, uri="bogus:x", resume=True) == "unknown migration protocol: bogus:x"
+    # A main channel is its URI.
+    by_channel = run(qmp("migrate", channels=[MAIN]), version=version)
+    by_uri = run(qmp("migrate", uri="tcp:127.0.0.1:1"), version=version)
+    assert (by_channel.verdict, by_channel.error, by_channel.source) == (by_uri.verdict, by_uri.error, by_uri.source)
+    # Several channels: the message changed between the 9.1 tree and 10.0.2.
+    assert not_modelled("migrate", version, channels=[MAIN, MAIN])
+    assert not_modelled("migrate-incoming", version, "destination", channels=[MAIN, MAIN])
