@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     qemu = sub.add_parser("qemu", help="build a QEMU from Debian's source or a local one (docs/qemu-builds.md)")
     qemu_command.add_arguments(qemu)
+
+    from harness.commands import bisect as bisect_command
+
+    bisect = sub.add_parser("bisect", help="the first commit of a QEMU git tree whose outcomes go wrong")
+    bisect_command.add_arguments(bisect)
     return parser
 
 
@@ -218,6 +223,12 @@ def cmd_qemu(args: argparse.Namespace) -> int:
     return qemu_command.cmd_qemu(args)
 
 
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from harness.commands import bisect as bisect_command
+
+    return bisect_command.cmd_bisect(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "conformance": cmd_conformance,
@@ -229,6 +240,7 @@ COMMANDS = {
     "mutants": cmd_mutants,
     "fuzz": cmd_fuzz,
     "qemu": cmd_qemu,
+    "bisect": cmd_bisect,
 }
 
 

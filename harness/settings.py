@@ -39,10 +39,11 @@ MIN_COMPARED = "MIGCONFORM_MIN_COMPARED"
 MUTANTS = "MIGCONFORM_MUTANTS"
 VFIO_ALLOW_REBIND = "MIGCONFORM_VFIO_ALLOW_REBIND"
 VFIO_DIRTY_REPORT = "MIGCONFORM_VFIO_DIRTY_REPORT"
+BISECT = "MIGCONFORM_BISECT"
 
 VARIABLES: tuple[str, ...] = (
     QEMU_BINARY, CACHE, SUITE, VFIO_DEVICES, LAB_ACCEL, LAB_VERBOSE, LAB_PYOPTS, VFIO_PROVIDER, VFIO_OPTIONS,
-    REQUIRE_RESOURCES, COMPARED_DIR, MIN_COMPARED, MUTANTS, VFIO_ALLOW_REBIND, VFIO_DIRTY_REPORT,
+    REQUIRE_RESOURCES, COMPARED_DIR, MIN_COMPARED, MUTANTS, VFIO_ALLOW_REBIND, VFIO_DIRTY_REPORT, BISECT,
 )
 
 
@@ -139,6 +140,12 @@ def min_compared() -> int | None:
 def mutants_build() -> bool:
     """``$MIGCONFORM_MUTANTS=1``: tests/mutants builds missing or stale mutant QEMUs instead of skipping."""
     return _value(MUTANTS) == "1"
+
+
+def bisect_end_to_end() -> bool:
+    """``$MIGCONFORM_BISECT=1``: tests/mutants/test_bisect_e2e.py bisects a QEMU history, building QEMU at
+    each step (several builds of minutes each)."""
+    return _value(BISECT) == "1"
 
 
 def vfio_allow_rebind() -> bool:
