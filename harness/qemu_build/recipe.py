@@ -206,7 +206,7 @@ class QemuRecipe:
                 top = unpack(source.tarball, src)
             else:
                 assert source.tree is not None
-                top = src / source.tree.name
+                top = src / tree_folder(source.tree)
                 shutil.copytree(source.tree, top, symlinks=True, ignore=_IGNORED)
             make_buildable(runner, top, self.wheels_dir, self.log)
             build = staging / "build"
@@ -290,6 +290,17 @@ def ninja_progress(log: Path) -> tuple[int, int] | None:
         return None
     found = re.findall(r"^\[(\d+)/(\d+)\]", tail, flags=re.M)
     return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def tree_folder(tree: Path) -> str:
+    """The folder a local tree is copied to: ``qemu-<VERSION>``, the name Debian's orig tarball unpacks to,
+    whatever the user's folder is called. ccache hashes paths relative to the staging folder (tree.ccache_env),
+    so a tree of 10.2.2 hits what the tarball's build compiled, and every commit of a bisection hits the last."""
+    try:
+        version = (tree / "VERSION").read_text().strip()
+    except OSError:
+        return tree.name
+    return f"qemu-{version}" if re.fullmatch(r"[0-9][0-9A-Za-z.+~-]*", version) else tree.name
 
 
 def _ignored(rel: Path) -> bool:

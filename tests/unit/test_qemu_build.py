@@ -22,7 +22,7 @@ from harness.binaries import QemuBinary, _layout_for, built_layout, is_version_r
 from harness.buildkit import BuildError, Runner
 from harness.errors import UsageError
 from harness.qemu_build.found import BINARY_REL, MANIFEST, built_qemus
-from harness.qemu_build.recipe import QemuRecipe, missing_from_mirror, ninja_progress
+from harness.qemu_build.recipe import QemuRecipe, missing_from_mirror, ninja_progress, tree_folder
 from harness.qemu_build.spec import (
     CONFIGURE_ARGS,
     DEFAULT_WHEELS,
@@ -319,3 +319,13 @@ def test_qemu_option_accepts_a_version() -> None:
     assert select_version("10.0.2", found).path == "/q/10.0.2"
     with pytest.raises(UsageError, match=r"no QEMU 11\.1 found \(versions found: 7\.2\.19, 10\.0\.2, 10\.2\.2\)"):
         select_version("11.1", found)
+
+
+def test_a_local_tree_is_built_under_the_tarballs_folder_name(tmp_path: Path) -> None:
+    tree = tmp_path / "my-checkout"
+    tree.mkdir()
+    assert tree_folder(tree) == "my-checkout"  # no VERSION file: the folder's own name
+    (tree / "VERSION").write_text("10.2.2\n")
+    assert tree_folder(tree) == "qemu-10.2.2"  # what qemu_10.2.2+ds.orig.tar.xz unpacks to: ccache hits
+    (tree / "VERSION").write_text("../../etc\n")
+    assert tree_folder(tree) == "my-checkout"
