@@ -24,11 +24,11 @@ from harness import procutil
 from harness.binaries import QemuBinary, load_binary
 from harness.bisect.driver import Evaluation
 from harness.bisect.git import GitTree
-from harness.buildkit import BuildError
+from harness.buildkit import BuildError, InputDigest
 from harness.compare import compare, skip_reason
 from harness.errors import HostEnvironmentError
 from harness.qemu_build.found import store_root
-from harness.qemu_build.recipe import QemuRecipe
+from harness.qemu_build.recipe import QemuRecipe, Source
 from harness.results import Results
 from harness.settings import cache_root
 
@@ -122,8 +122,9 @@ class QemuStepEvaluator:
 
     def __call__(self, rev: str) -> Evaluation:
         started = time.monotonic()
-        source = self.recipe.local_source(self.tree.path)
-        source = replace(source, origin=f"built from {self.tree.path} at {rev[:12]}")
+        # The git tree id stands for the content: hashing every file of a QEMU tree costs a minute a step.
+        digest = InputDigest().text("git-content", self.tree.content_id()).key(64)
+        source = Source(origin=f"built from {self.tree.path} at {rev[:12]}", digest=digest, tree=self.tree.path)
         try:
             built = self.recipe.build(source)
         except BuildError as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 from collections.abc import Iterator
@@ -97,6 +98,19 @@ class GitTree:
             raise GitError("--good and --bad are the same commit")
         if self._run("merge-base", "--is-ancestor", good, bad).returncode != 0:
             raise GitError(f"--good {good[:12]} is not an ancestor of --bad {bad[:12]}")
+
+    def content_id(self) -> str:
+        """What the checked-out tree holds, cheaply: the commit's tree object (git already hashed every
+        tracked file) plus the names, sizes and times of untracked files (e.g. downloaded subprojects), which
+        a build copies too. Tracked files are unmodified (check_ready), so nothing else can differ."""
+        tree_id = self.git("rev-parse", "HEAD^{tree}").strip()
+        untracked = sorted(self.git("ls-files", "--others", "--exclude-standard", "-z").split("\0"))
+        stamps = []
+        for name in filter(None, untracked):
+            with contextlib.suppress(OSError):
+                st = (self.path / name).stat()
+                stamps.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+        return f"{tree_id}|" + "|".join(stamps)
 
     def checkout(self, rev: str) -> None:
         self.git("checkout", "-q", "--detach", rev)

@@ -155,3 +155,14 @@ def test_judge_against_the_good_revision() -> None:
     changed = judge("b", Results(outcomes=[_outcome("qemu", "none")]), "good", {"s1": good})
     assert changed.verdict == "bad" and changed.changes[0].startswith("s1: verdict: good revision 'failed'")
     assert judge("c", Results(outcomes=[good]), "good", {"s1": good}).verdict == "good"
+
+
+def test_the_content_id_follows_the_checked_out_tree(history: tuple[GitTree, list[str]]) -> None:
+    tree, commits = history
+    at_head = tree.content_id()
+    assert tree.content_id() == at_head
+    tree.checkout(commits[5])
+    assert tree.content_id() != at_head  # another commit's files
+    before = tree.content_id()
+    (tree.path / "downloaded").write_text("an untracked file the build copies too\n")
+    assert tree.content_id() != before
