@@ -47,6 +47,10 @@ class Offered:
     netdevs: frozenset[str] | None = None
     block_drivers: frozenset[str] | None = None
 
+    @property
+    def has_rdma(self) -> bool:
+        return RDMA_TYPE in self.types
+
     def has(self, need: Need) -> bool | None:
         """Whether the binary offers ``need`` (None: not known)."""
         if need.kind in ("device", "object"):
@@ -56,7 +60,7 @@ class Offered:
         if need.kind == "accel":
             return f"{need.name}-accel" in self.types
         if need.kind == "transport":
-            return RDMA_TYPE in self.types if need.name == "rdma" else True
+            return self.has_rdma if need.name == "rdma" else True
         if need.kind == "netdev":
             return None if self.netdevs is None else need.name in self.netdevs
         if need.kind == "block-driver":
