@@ -2,7 +2,7 @@
 a mutant (mutants/core-bgsnap-conflict-list.patch), bisected by building QEMU at each step and running the
 mutant's scenario; the bisection must name the mutant commit and leave the tree where it was.
 
-Opt-in: it builds QEMU four or five times (3 to 4 minutes each with ccache warm, 23 cold; docs/qemu-builds.md),
+Opt-in: it builds QEMU five times (4 to 8 minutes each with ccache warm under load, 23 cold; docs/qemu-builds.md),
 so it runs only with MIGCONFORM_BISECT=1 and needs the orig tarball of a `migconform qemu build` in the cache.
 The driver's logic is tested without builds in tests/unit/test_bisect.py.
 """
@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         not settings.bisect_end_to_end(),
-        reason=f"builds QEMU at every bisection step (~15 min): set {settings.BISECT}=1 to run it",
+        reason=f"builds QEMU at every bisection step (5 builds, 4 to 8 min each): set {settings.BISECT}=1 to run it",
     ),
     pytest.mark.skipif(not TARBALLS, reason=f"no QEMU 10.x orig tarball in {store_root() / 'src'}"),
 ]
