@@ -214,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ci", help="CI matrices: a pipeline of QEMU x kernel x shard jobs, run here or in CI (docs/ci.md)"
     )
     ci_command.add_arguments(ci)
+
+    from harness.commands import bisect as bisect_command
+
+    bisect = sub.add_parser("bisect", help="the first commit of a QEMU git tree whose outcomes go wrong")
+    bisect_command.add_arguments(bisect)
     return parser
 
 
@@ -253,6 +258,10 @@ def cmd_ci(args: argparse.Namespace) -> int:
     from harness.commands import ci as ci_command
 
     return ci_command.cmd_ci(args)
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from harness.commands import bisect as bisect_command
+
+    return bisect_command.cmd_bisect(args)
 
 
 COMMANDS = {
@@ -267,6 +276,7 @@ COMMANDS = {
     "fuzz": cmd_fuzz,
     "qemu": cmd_qemu,
     "ci": cmd_ci,
+    "bisect": cmd_bisect,
 }
 
 

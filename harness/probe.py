@@ -7,8 +7,9 @@ differs from the next one (docs/real-qemu-facts.md, "Probes"):
 - per host: userfaultfd (syscall, and /dev/userfaultfd, which QEMU 10 tries first and 7.2 never uses),
   UFFD write-protect (UFFDIO_API's feature word, what QEMU's background-snapshot check reads), KVM
   (/dev/kvm, and whether it is PVM: the paravirtual KVM whose quirks made the CPU model a probe);
-- per binary: version, migration capabilities, device types (qom-list-types), vfio-pci's properties, and
-  whether KVM runs a paused/firmware-only VM (the executor's VMs have no guest OS) and with which -cpu;
+- per binary: version, migration capabilities, device types (qom-list-types), vfio-pci's properties,
+  whether KVM runs a paused/firmware-only VM (the executor's VMs have no guest OS) and with which -cpu, and
+  the optional features the build has (harness.features: chardev backends, netdevs, block drivers, RDMA);
 - per binary, on demand (:func:`probe_linux_boot`): whether KVM boots the guest image's Linux kernel to
   its init, decided from what a bounded boot prints on the console.
 
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 from contract.host import HostFacts
 from harness.binaries import QemuBinary
 from harness.errors import HostEnvironmentError, MigconformError, QemuLaunchError
+from harness.features.offered import Offered, probe_offered
 from harness.machine import QemuMachine
 from harness.uffd import UFFD_FEATURE_PAGEFAULT_FLAG_WP, open_uffd_dev, open_uffd_syscall, uffd_features
 
@@ -99,6 +101,8 @@ class BinaryProbe:
     error: str | None = None  # the probe VM itself failed: probe_binary raises HostEnvironmentError
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The optional features it has (harness.features); None when not probed (the probe VM failed).
+    offered: Offered | None = None
 
     def has_device(self, driver: str) -> bool:
         return driver in self.device_types
@@ -252,7 +256,9 @@ async def _probe(binary: QemuBinary, launch_timeout: float) -> BinaryProbe:
     (caps, types, vfio_props, error), kvm = await asyncio.gather(
         _probe_tcg(binary, launch_timeout), _probe_kvm(binary, host, launch_timeout)
     )
-    return BinaryProbe(binary, caps, types, vfio_props, kvm, error, round(time.monotonic() - started, 3))
+    offered = None if error is not None else await asyncio.to_thread(probe_offered, binary, types)
+    seconds = round(time.monotonic() - started, 3)
+    return BinaryProbe(binary, caps, types, vfio_props, kvm, error, seconds, offered=offered)
 
 
 def _failed(probe: BinaryProbe) -> HostEnvironmentError:

@@ -56,6 +56,12 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
         cached = " (answer kept from an earlier boot probe)" if linux.from_disk else ""
         details.append(f"  boots Linux under KVM: {linux.detail}{cached}")
         details.append(f"  migration capabilities: {', '.join(probe.capabilities)}")
+        if probe.offered is not None:  # what a scenario may need of the build (harness.features)
+            chardevs = sorted(t.removeprefix("chardev-") for t in probe.offered.types if t.startswith("chardev-"))
+            details.append(f"  chardev backends: {', '.join(chardevs)}")
+            if probe.offered.netdevs is not None:
+                details.append(f"  netdev backends: {', '.join(sorted(probe.offered.netdevs))}")
+            details.append(f"  RDMA migration: {'yes' if probe.offered.has_rdma else 'no'}")
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

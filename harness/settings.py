@@ -40,10 +40,11 @@ MUTANTS = "MIGCONFORM_MUTANTS"
 CI_LAB_TEST = "MIGCONFORM_CI_LAB_TEST"
 VFIO_ALLOW_REBIND = "MIGCONFORM_VFIO_ALLOW_REBIND"
 VFIO_DIRTY_REPORT = "MIGCONFORM_VFIO_DIRTY_REPORT"
+BISECT = "MIGCONFORM_BISECT"
 
 VARIABLES: tuple[str, ...] = (
     QEMU_BINARY, CACHE, SUITE, VFIO_DEVICES, LAB_ACCEL, LAB_VERBOSE, LAB_PYOPTS, VFIO_PROVIDER, VFIO_OPTIONS,
-    REQUIRE_RESOURCES, COMPARED_DIR, MIN_COMPARED, MUTANTS, CI_LAB_TEST, VFIO_ALLOW_REBIND, VFIO_DIRTY_REPORT,
+    REQUIRE_RESOURCES, COMPARED_DIR, MIN_COMPARED, MUTANTS, CI_LAB_TEST, VFIO_ALLOW_REBIND, VFIO_DIRTY_REPORT, BISECT,
 )
 
 
@@ -146,6 +147,12 @@ def ci_lab_test() -> bool:
     """``$MIGCONFORM_CI_LAB_TEST=1``: tests/hw/test_ci_lab.py runs the CI plan's VFIO cells in the lab (8 nested
     boots, ~6 min); off by default, the plan itself is tested without the lab."""
     return _value(CI_LAB_TEST) == "1"
+
+
+def bisect_end_to_end() -> bool:
+    """``$MIGCONFORM_BISECT=1``: tests/mutants/test_bisect_e2e.py bisects a QEMU history, building QEMU at
+    each step (several builds of minutes each)."""
+    return _value(BISECT) == "1"
 
 
 def vfio_allow_rebind() -> bool:

@@ -16,6 +16,7 @@ from contract.guest_rules import effective_guest
 from contract.scenario import Scenario, VmSpec
 from harness.binaries import QemuBinary
 from harness.errors import ResourceUnavailable
+from harness.features import Need, lacking, scenario_needs
 from harness.guest.image import GuestImage, GuestImageError, build_image
 from harness.linux_boot import probe_linux_boot
 from harness.probe import (
@@ -100,7 +101,9 @@ def guest_accel(
 def unmet_requirement(
     scenario: Scenario, probe: BinaryProbe, host: HostProbe, allocator: VfioDeviceAllocator | None
 ) -> str | None:
-    """Why the scenario cannot run here (the skip reason), or None."""
+    """Why the scenario cannot run here (the skip reason), or None: a ``requires`` the host does not meet, an
+    optional feature this QEMU build lacks (harness.features: "this QEMU has no spicevmc chardev ..."), or no
+    VFIO provider."""
     uffd = userfaultfd_for(probe.binary, host)
     for need in scenario.requires:
         if need == "kvm" and not probe.kvm.usable:
@@ -111,6 +114,10 @@ def unmet_requirement(
             return f"requires UFFD write-protect: {host.uffd_wp_detail}"
         if need == "vfio" and allocator is None:
             return NO_VFIO_PROVIDER
+    if probe.offered is not None:
+        missing = lacking(scenario_needs(scenario), probe.offered, probe.binary.version)
+        if missing is not None:
+            return missing.missing_text()
     if allocator is None and (scenario.source.vfio_devices or scenario.destination.vfio_devices):
         return NO_VFIO_PROVIDER
     return None
@@ -159,6 +166,8 @@ async def preflight(
         accel, why = choose_accel(requested, side_probe, host)
         if accel is None:
             reason = reason or why
+        elif probe.offered is not None and not probe.offered.has(Need("accel", accel, "auto")):
+            reason = reason or Need("accel", accel, f"[{SIDES[len(accels)]}] accel {requested}").missing_text()
         accels.append(accel or "tcg")
         cpus.append(side_probe.kvm.cpu if accel == "kvm" else None)
     specs = (scenario.source, scenario.destination)

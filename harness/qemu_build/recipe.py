@@ -32,6 +32,7 @@ from harness.qemu_build.spec import (
     configure_args,
     parse_madison,
     parse_spec,
+    ranked,
 )
 from harness.qemu_build.tree import BINARY_NAME, NICE, ccache_env, check_binary, make_buildable, unpack
 
@@ -42,6 +43,10 @@ _IGNORED = shutil.ignore_patterns(".git", "build", "_build")
 
 class QemuBuildError(BuildError):
     """A step of `migconform qemu build` failed (a harness.errors.BuildError, like every recipe's)."""
+
+
+class MissingFromMirror(QemuBuildError):
+    """apt's index lists a version whose source files the mirror answers 404 for."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +82,19 @@ class QemuRecipe:
         jobs: int = 2,
         log: Callable[[str], None] = print,
         progress: Callable[[int, int], None] | None = None,
+        ccache_dir: Path | None = None,
+        wheels_dir: Path | None = None,
     ) -> None:
+        """``ccache_dir`` and ``wheels_dir`` (default: in ``root``) let another Store share this one's compiler
+        cache and wheels (harness.bisect keeps its builds apart from the ones discovery runs)."""
         self.store = Store(root or store_root())
         self.root = self.store.root
         self.jobs = jobs
         self.log = log
         self.progress = progress
         self.apt_conf = self.root / "apt" / "apt.conf"
+        self.ccache_dir = ccache_dir or self.root / "ccache"
+        self.wheels_dir = wheels_dir or self.root / "wheels"
 
     # --- sources ----------------------------------------------------------------------------------
     def offers(self) -> list[SourceOffer]:
@@ -104,7 +115,26 @@ class QemuRecipe:
         return [SourceOffer(str(v), str(s)) for v, s in answer["offers"]]
 
     def debian_source(self, spec_text: str) -> Source:
-        offer = choose(parse_spec(spec_text), self.offers())
+        """The newest matching offer whose files the mirror still has: a release (``11.1``) falls back to
+        the older offers of that release when the newest answers 404; an exact Debian version does not."""
+        spec = parse_spec(spec_text)
+        offers = ranked(spec, self.offers()) if spec.debian is None else [choose(spec, self.offers())]
+        missing: list[tuple[SourceOffer, QemuBuildError]] = []
+        for offer in offers:
+            try:
+                return self._debian_source(offer)
+            except MissingFromMirror as exc:
+                missing.append((offer, exc))
+        if len(missing) == 1:
+            raise missing[0][1]
+        names = ", ".join(f"{o.version} ({o.suite})" for o, _ in missing)
+        raise QemuBuildError(
+            f"Debian's mirror has the source files of none of the {len(missing)} versions of qemu {spec_text} "
+            f"apt's index lists: {names} answer 404 Not Found. Build another version, or refresh the index "
+            "(scripts/setup-qemu-build.sh --refresh)."
+        )
+
+    def _debian_source(self, offer: SourceOffer) -> Source:
         tarball = self.fetch_tarball(offer)
         version = offer.version.split(":", 1)[-1]
         return Source(
@@ -176,12 +206,12 @@ class QemuRecipe:
                 top = unpack(source.tarball, src)
             else:
                 assert source.tree is not None
-                top = src / source.tree.name
+                top = src / tree_folder(source.tree)
                 shutil.copytree(source.tree, top, symlinks=True, ignore=_IGNORED)
-            make_buildable(runner, top, self.root / "wheels", self.log)
+            make_buildable(runner, top, self.wheels_dir, self.log)
             build = staging / "build"
             build.mkdir()
-            env = ccache_env(self.root / "ccache", staging) if ccache else None
+            env = ccache_env(self.ccache_dir, staging) if ccache else None
             self.log("configuring (x86_64-softmmu only)")
             runner.run([*NICE, str(top / "configure"), *args], what="configure", cwd=build, env=env, log=log)
             self.log(f"compiling with {self.jobs} jobs")
@@ -243,7 +273,7 @@ def missing_from_mirror(exc: BuildError, offer: SourceOffer) -> BuildError:
     no longer holds (seen for superseded and backported versions), which no retry fixes."""
     if "404" not in str(exc):
         return exc
-    return QemuBuildError(
+    return MissingFromMirror(
         f"Debian's mirror no longer has the source files of qemu {offer.version} ({offer.suite}): apt's index "
         "lists the version but the download answers 404 Not Found. Build another version, or refresh the "
         f"index (scripts/setup-qemu-build.sh --refresh).\n{exc.log_tail}"
@@ -260,6 +290,17 @@ def ninja_progress(log: Path) -> tuple[int, int] | None:
         return None
     found = re.findall(r"^\[(\d+)/(\d+)\]", tail, flags=re.M)
     return (int(found[-1][0]), int(found[-1][1])) if found else None
+
+
+def tree_folder(tree: Path) -> str:
+    """The folder a local tree is copied to: ``qemu-<VERSION>``, the name Debian's orig tarball unpacks to,
+    whatever the user's folder is called. ccache hashes paths relative to the staging folder (tree.ccache_env),
+    so a tree of 10.2.2 hits what the tarball's build compiled, and every commit of a bisection hits the last."""
+    try:
+        version = (tree / "VERSION").read_text().strip()
+    except OSError:
+        return tree.name
+    return f"qemu-{version}" if re.fullmatch(r"[0-9][0-9A-Za-z.+~-]*", version) else tree.name
 
 
 def _ignored(rel: Path) -> bool:

@@ -124,6 +124,12 @@ def parse_madison(text: str) -> list[SourceOffer]:
 
 def choose(spec: Spec, offers: Sequence[SourceOffer]) -> SourceOffer:
     """The newest offer ``spec`` matches (Debian's version order); the first suite of :data:`SUITES` on a tie."""
+    return ranked(spec, offers)[0]
+
+
+def ranked(spec: Spec, offers: Sequence[SourceOffer]) -> list[SourceOffer]:
+    """Every offer ``spec`` matches, the one :func:`choose` picks first, then the others in the same order (the
+    fallbacks when the mirror no longer holds the first one's files)."""
     matching = [o for o in offers if spec.matches(o.version)]
     if not matching:
         have = ", ".join(f"{o.version} ({o.suite})" for o in offers) or "none"
@@ -132,12 +138,17 @@ def choose(spec: Spec, offers: Sequence[SourceOffer]) -> SourceOffer:
             "(scripts/setup-qemu-build.sh --refresh fetches the source index again)"
         )
     rank = {suite: i for i, suite in enumerate(SUITES)}
-    best = matching[0]
-    for offer in matching[1:]:
-        order = compare_versions(offer.version, best.version)
-        if order > 0 or (order == 0 and rank.get(offer.suite, 99) < rank.get(best.suite, 99)):
-            best = offer
-    return best
+    left = list(matching)
+    order: list[SourceOffer] = []
+    while left:
+        best = left[0]
+        for offer in left[1:]:
+            newer = compare_versions(offer.version, best.version)
+            if newer > 0 or (newer == 0 and rank.get(offer.suite, 99) < rank.get(best.suite, 99)):
+                best = offer
+        order.append(best)
+        left.remove(best)
+    return order
 
 
 def _char_order(c: str) -> int:

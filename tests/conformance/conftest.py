@@ -22,8 +22,10 @@ from contract.scenario import Scenario
 from harness import results as results_io
 from harness import settings
 from harness.binaries import QemuBinary, discover_binaries
+from harness.cross_targets import PairPlan, every_ordered_pair, plan_items
 from harness.loader import load_scenarios
 from harness.results import NOT_MODELLED_SKIP, RESOURCE_SKIP, Results, Skip
+from harness.run_pairs import CROSS_SUITE
 from harness.runner import RunOptions, needs_vfio, run_sync
 from harness.suite import SUITE_DIR
 from harness.targets import Target, targets_for_binaries
@@ -33,6 +35,20 @@ SUITE = SUITE_DIR
 
 def suite() -> list[Scenario]:
     return load_scenarios([SUITE])
+
+
+def cross_suite() -> list[Scenario]:
+    """The bundled cross-version set (harness/suite/cross), run over every ordered pair of versions found."""
+    return load_scenarios([SUITE / CROSS_SUITE])
+
+
+def cross_cases(targets: list[Target]) -> list[tuple[Scenario, Target]]:
+    """Each cross scenario on every ordered pair of the versions found (none with fewer than two); a scenario
+    pinning a version this host lacks is one case whose real side skips, naming what is missing."""
+    pairs = every_ordered_pair(targets)
+    if not pairs:
+        return []
+    return plan_items(cross_suite(), PairPlan(pairs=pairs, cross=True, pool=list(targets), more=None))
 
 
 def binaries() -> list[QemuBinary]:
@@ -137,7 +153,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance_case" not in metafunc.fixturenames:
         return
     targets = targets_for_binaries(binaries())
-    cases = [(s, t) for s in suite() for t in targets]
+    cases = [(s, t) for s in suite() for t in targets] + cross_cases(targets)
     if not targets:
         metafunc.parametrize(
             "conformance_case",

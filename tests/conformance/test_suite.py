@@ -6,6 +6,8 @@ listed in harness/known_bugs.py (a documented QEMU bug) must still be there and 
 (versions, accelerator, the values real QEMU produced); it is then an expected failure. A known bug that no
 longer reproduces fails the test, so that its entry is removed (``migconform run`` only reports it).
 
+The cross-version set (harness/suite/cross) runs the same way over every ordered pair of the versions found.
+
 VFIO scenarios need a device: with ``MIGCONFORM_VFIO_PROVIDER=mtty`` they run in the mtty lab (one batch
 per worker), otherwise their real side is skipped with the executor's reason.
 """
@@ -34,7 +36,9 @@ def test_conformance(conformance_case: tuple[Scenario, Target], vfio_batch: Call
     if batch is not None:
         results = batch.select(scenario.id, target.column)
     else:
-        results = run_sync([scenario], [target], RunOptions(backend="both", jobs=1, timeout=60.0))
+        # items: a cross-version case runs its pair (each side on its own binary), a plain one as ever
+        options = RunOptions(backend="both", jobs=1, timeout=60.0)
+        results = run_sync([scenario], [target], options, items=[(scenario, target)])
     report = console.render(results)
     assert not results.errors, f"harness error:\n{report}"
     if results.skips:

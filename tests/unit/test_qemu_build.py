@@ -22,7 +22,7 @@ from harness.binaries import QemuBinary, _layout_for, built_layout, is_version_r
 from harness.buildkit import BuildError, Runner
 from harness.errors import UsageError
 from harness.qemu_build.found import BINARY_REL, MANIFEST, built_qemus
-from harness.qemu_build.recipe import QemuRecipe, missing_from_mirror, ninja_progress
+from harness.qemu_build.recipe import QemuRecipe, missing_from_mirror, ninja_progress, tree_folder
 from harness.qemu_build.spec import (
     CONFIGURE_ARGS,
     DEFAULT_WHEELS,
@@ -35,6 +35,7 @@ from harness.qemu_build.spec import (
     parse_madison,
     parse_spec,
     python_wheels,
+    ranked,
     turn_off_edk2,
     upstream_version,
 )
@@ -195,6 +196,34 @@ def test_a_404_from_the_mirror_is_said_plainly() -> None:
     assert missing_from_mirror(other, offer) is other
 
 
+def test_a_release_falls_back_to_older_offers_the_mirror_still_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offers = [SourceOffer("1:11.1.3+ds-2~bpo13+1", "trixie-backports"), SourceOffer("1:11.1.2+ds-3", "forky"),
+              SourceOffer("1:11.1.3+ds-1", "sid"), SourceOffer("1:10.2.2+ds-1", "sid")]  # fmt: skip
+    assert ranked(parse_spec("11.1"), offers) == [offers[0], offers[2], offers[1]]  # ds-2~bpo13+1 > ds-1
+    recipe = QemuRecipe(tmp_path, log=lambda _m: None)
+    monkeypatch.setattr(recipe, "offers", lambda: offers)
+    tried: list[str] = []
+
+    def fetch(offer: SourceOffer) -> Path:
+        tried.append(offer.version)
+        if offer.suite != "forky":
+            raise missing_from_mirror(BuildError("404  Not Found", log_tail="404  Not Found"), offer)
+        tarball = tmp_path / "qemu_11.1.2+ds.orig.tar.xz"
+        tarball.write_bytes(b"tarball")
+        return tarball
+
+    monkeypatch.setattr(recipe, "fetch_tarball", fetch)
+    assert recipe.debian_source("11.1").debian_version == "1:11.1.2+ds-3"
+    assert tried == ["1:11.1.3+ds-2~bpo13+1", "1:11.1.3+ds-1", "1:11.1.2+ds-3"]
+    monkeypatch.setattr(recipe, "offers", lambda: offers[:1] + offers[2:])
+    with pytest.raises(BuildError, match=r"none of the 2 versions of qemu 11.1 .*answer 404 Not Found"):
+        recipe.debian_source("11.1")
+    with pytest.raises(BuildError, match=r"no longer has the source files of qemu 1:11.1.3\+ds-1 \(sid\)"):
+        recipe.debian_source("1:11.1.3+ds-1")  # an exact version: no fallback
+
+
 def test_ninja_progress(tmp_path: Path) -> None:
     log = tmp_path / "build.log"
     assert ninja_progress(log) is None
@@ -290,3 +319,13 @@ def test_qemu_option_accepts_a_version() -> None:
     assert select_version("10.0.2", found).path == "/q/10.0.2"
     with pytest.raises(UsageError, match=r"no QEMU 11\.1 found \(versions found: 7\.2\.19, 10\.0\.2, 10\.2\.2\)"):
         select_version("11.1", found)
+
+
+def test_a_local_tree_is_built_under_the_tarballs_folder_name(tmp_path: Path) -> None:
+    tree = tmp_path / "my-checkout"
+    tree.mkdir()
+    assert tree_folder(tree) == "my-checkout"  # no VERSION file: the folder's own name
+    (tree / "VERSION").write_text("10.2.2\n")
+    assert tree_folder(tree) == "qemu-10.2.2"  # what qemu_10.2.2+ds.orig.tar.xz unpacks to: ccache hits
+    (tree / "VERSION").write_text("../../etc\n")
+    assert tree_folder(tree) == "my-checkout"
