@@ -71,10 +71,12 @@ def _in_project(project: Path, word: str) -> str:
 
 
 def run_local(
-    plan: Plan, root: Path, project: Path, jobs: int, report: TextIO = sys.stderr
+    plan: Plan, root: Path, project: Path, jobs: int, report: TextIO | None = None
 ) -> tuple[list[JobResult], int]:
     """Runs every cell (``jobs`` at a time), gathers their folders into ``root/ci-results`` and merges there;
-    returns the jobs' results and the merge's exit status."""
+    returns the jobs' results and the merge's exit status. ``report``: default the standard error of the
+    moment (not of import time, which a test's capture may have closed since)."""
+    report = report or sys.stderr
     root.mkdir(parents=True, exist_ok=True)
     results: list[JobResult] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:

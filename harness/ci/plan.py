@@ -60,9 +60,9 @@ class Cell:
         return list(dict.fromkeys(spec for spec in specs if spec))
 
     @property
-    def pair_arg(self) -> str | None:
-        """What ``--pair`` gets: each side as ``--qemu`` would (a built one found by its release)."""
-        return f"{_qemu_arg(self.qemu)}:{_qemu_arg(self.destination)}" if self.destination else None
+    def destination_arg(self) -> str | None:
+        """What a pair cell's destination side is given as (a built one found by its release)."""
+        return _qemu_arg(self.destination) if self.destination else None
 
     @property
     def shard_text(self) -> str:
@@ -146,8 +146,8 @@ class Plan:
 
     def run_argv(self, cell: Cell) -> list[str]:
         """The exact command of the cell's job (relative paths: the job runs in the project's folder)."""
-        if cell.pair_arg is not None:
-            return self.pair_words(cell.pair_arg, cell.shard_text, cell.id)
+        if cell.destination_arg is not None:
+            return self.pair_words(cell.qemu_arg, cell.destination_arg, cell.shard_text, cell.id)
         return self.run_words(cell.qemu_arg, cell.kernel, cell.shard_text, cell.id)
 
     def run_words(self, qemu: str, kernel: str | None, shard: str, cell_id: str) -> list[str]:
@@ -157,9 +157,12 @@ class Plan:
             argv += ["--lab-kernel", kernel]  # the same as --vfio-provider mtty --vfio-option series=K
         return argv + self._common_words(shard, cell_id)
 
-    def pair_words(self, pair: str, shard: str, cell_id: str) -> list[str]:
-        """A pair cell's command: the cross-version suite from one QEMU to another, sharded over that suite."""
-        return [*self.migconform, "run", self.cross_suite, "--pair", pair, *self._common_words(shard, cell_id)]
+    def pair_words(self, source: str, destination: str, shard: str, cell_id: str) -> list[str]:
+        """A pair cell's command: the cross-version suite from one QEMU to another, sharded over that suite.
+        Both are ``--qemu`` too, so that the run's QEMUs are the pair's (as in ``run --cross --qemu ...``),
+        not every QEMU the runner has."""
+        argv = [*self.migconform, "run", self.cross_suite, "--qemu", source, "--qemu", destination]
+        return [*argv, "--pair", f"{source}:{destination}", *self._common_words(shard, cell_id)]
 
     def _common_words(self, shard: str, cell_id: str) -> list[str]:
         out = f"{RESULTS_ROOT}/{cell_id}"

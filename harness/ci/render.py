@@ -2,11 +2,12 @@
 
 Both CI files list every cell explicitly (one matrix entry per cell, with its id), so a reader finds each
 job by name, and run one command template whose ``$CELL``/``${{ matrix.cell }}`` values expand to exactly
-the plan's ``argv`` for that cell (tests/unit/test_ci_plan.py checks the expansion). Cells' jobs keep their
-folder ``ci-results/<cell>/`` as an artifact even when they fail; the merge job runs after all of them,
-whatever their status, re-creates the plan with the same options and merges with ``--plan``, so a missing or
-doubled cell fails it by name. The YAML is written here (no YAML library needed at run time): every string
-is double-quoted JSON, which YAML reads as the same string.
+the plan's ``argv`` for that cell (tests/unit/test_ci_plan.py checks the expansion). Pair cells run another
+command (the cross-version suite, ``--pair``), so they are a second matrix job the merge also waits for.
+Cells' jobs keep their folder ``ci-results/<cell>/`` as an artifact even when they fail; the merge job runs
+after all of them, whatever their status, re-creates the plan with the same options and merges with
+``--plan``, so a missing or doubled cell fails it by name. The YAML is written here (no YAML library needed
+at run time): every string is double-quoted JSON, which YAML reads as the same string.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _template(plan: Plan, values: dict[str, str], *, pair: bool) -> str:
     (double-quoted words, so that the shell or the CI expands them; every other word quoted as it is).
     Pair cells (``pair``) run another command than the QEMU cells, so they are a job of their own."""
     if pair:
-        words = plan.pair_words(values["pair"], values["shard"], values["cell"])
+        words = plan.pair_words(values["src"], values["dst"], values["shard"], values["cell"])
     else:
         kernel = values["kernel"] if any(c.kernel for c in plan.cells) else None
         words = plan.run_words(values["qemu"], kernel, values["shard"], values["cell"])
@@ -97,8 +98,8 @@ def _template(plan: Plan, values: dict[str, str], *, pair: bool) -> str:
 
 def _cell_vars(plan: Plan, cell: Cell) -> dict[str, str]:
     out = {"CELL": cell.id, "SHARD": cell.shard_text}
-    if cell.pair_arg is not None:
-        out["PAIR"] = cell.pair_arg
+    if cell.destination_arg is not None:
+        out["SRC"], out["DST"] = cell.qemu_arg, cell.destination_arg
     else:
         out["QEMU"] = cell.qemu_arg
     if cell.kernel:
@@ -135,7 +136,8 @@ def _setup_lines(setup: list[str]) -> list[str]:
 
 def gitlab(plan: Plan, *, setup: list[str], stage: str, header: str) -> str:
     prefix = " ".join(shlex.quote(a) for a in plan.migconform)
-    gl_vars = {"qemu": "$QEMU", "pair": "$PAIR", "shard": "$SHARD", "cell": "$CELL", "kernel": "$KERNEL"}
+    names = ("qemu", "src", "dst", "shard", "cell", "kernel")
+    gl_vars = {name: f"${name.upper()}" for name in names}
     doc: dict[str, Any] = {}
     for pair, cells in _groups(plan):
         lab = _lab_line(plan, cells, "$KERNEL")
@@ -173,7 +175,7 @@ def gitlab(plan: Plan, *, setup: list[str], stage: str, header: str) -> str:
 def github(plan: Plan, *, setup: list[str], runs_on: str, header: str) -> str:
     gh_vars = {
         name: "${{ matrix.%s }}" % name  # noqa: UP031 - GitHub's braces
-        for name in ("qemu", "pair", "shard", "cell", "kernel")
+        for name in ("qemu", "src", "dst", "shard", "cell", "kernel")
     }
     prefix = shlex.join(plan.migconform)
     checkout = {"uses": "actions/checkout@v4"}

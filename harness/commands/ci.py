@@ -110,17 +110,20 @@ def _plan_args(args: argparse.Namespace) -> list[str]:
     if args.keep_logs != "failed":
         out += ["--keep-logs", args.keep_logs]
     if args.run_args:
-        out += ["--run-args", args.run_args]
+        out.append(f"--run-args={args.run_args}")  # one word: a value "--quiet" is no option
     return out
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.ci import render
-    from harness.ci.plan import make_plan
+    from harness.ci.plan import make_plan, plan_kernels
     from harness.commands.outputs import check_writable
 
     if args.output is not None:
         check_writable(args.output, "-o")
+    # ``available`` depends on this machine's cache: the merge job re-creates the plan with the series it meant.
+    kernels = [k for k in plan_kernels(args.kernels) if k]
+    args.kernels = [",".join(kernels)] if kernels else []
     plan = make_plan(
         suite=args.suite,
         qemus=args.qemu,
