@@ -103,7 +103,8 @@ def run_matrix(
 def test_run_local_matches_an_unsharded_run(
     versions: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The kernel axis is passed (``--vfio-option series=K``) and labels the columns; these scenarios need no
+    """The kernel axis is passed (the cells' ``--lab-kernel K`` after their lab's set-up, the unsharded runs'
+    ``--vfio-option series=K``: the two spellings must agree) and labels the columns; these scenarios need no
     VFIO device, so no lab boots (tests/hw/test_ci_lab.py runs VFIO cells in the lab)."""
     plan, plan_path, work = run_matrix(tmp_path, SUBSET, KERNELS, 3)
 
