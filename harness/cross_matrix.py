@@ -12,30 +12,41 @@ from collections.abc import Iterable
 from contract.versions import Version
 
 ARROW = "->"
+# A merged CI column's lab kernel (harness.ci.plan.column_label): "7.2.22->10.0.2 / kernel 6.12".
+KERNEL_MARK = " / kernel "
+
+
+def split_kernel(column: str) -> tuple[str, str]:
+    """(column without its lab kernel, the `` / kernel S`` suffix or "")."""
+    head, sep, series = column.partition(KERNEL_MARK)
+    return (head, sep + series) if sep else (column, "")
 
 
 def split_column(column: str) -> tuple[str, str] | None:
-    """(source, destination) of a cross-version column, None for a column of one version."""
-    source, sep, destination = column.partition(ARROW)
+    """(source, destination) of a cross-version column, None for a column of one version. A lab kernel suffix
+    is neither side's version (a CI merge adds it to every column of a kernel's cells)."""
+    source, sep, destination = split_kernel(column)[0].partition(ARROW)
     return (source, destination) if sep else None
 
 
 def version_key(text: str) -> tuple[Version, str]:
-    """Columns in version order ("10.0.2" after "7.2.22"); text that is no version sorts first."""
+    """Columns in version order ("10.0.2" after "7.2.22"); text that is no version sorts first; a lab kernel
+    suffix sorts after its version."""
     try:
-        return Version.parse(text), text
+        return Version.parse(split_kernel(text)[0]), text
     except ValueError:
         return Version(0, 0), text
 
 
 def cross_matrices(items: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, dict[str, str]]]:
     """scenario -> source -> destination -> state, from (scenario, column, state) of every item; items of
-    one version are left out. Sources and destinations are in version order."""
+    one version are left out. Sources and destinations are in version order; a source run on a lab kernel
+    (a CI merge's column) is the row ``7.2.22 / kernel 6.12``."""
     found: dict[str, dict[tuple[str, str], str]] = {}
     for scenario, column, state in items:
         pair = split_column(column)
-        if pair is not None:
-            found.setdefault(scenario, {})[pair] = state
+        if pair is not None:  # one row per source and lab kernel: two kernels do not overwrite each other
+            found.setdefault(scenario, {})[(pair[0] + split_kernel(column)[1], pair[1])] = state
     out: dict[str, dict[str, dict[str, str]]] = {}
     for scenario in sorted(found):
         cells = found[scenario]

@@ -42,10 +42,11 @@ def _run_job(plan: Plan, cell: Cell, root: Path, project: Path) -> JobResult:
     status = 0
     try:
         with (out / "job.log").open("w", encoding="utf-8") as log:
-            build = plan.build_argv(cell)
-            if build is not None:
-                status = _call(plan, build, work, env, log, project)
-            if status == 0:  # a QEMU that cannot be built cannot be run
+            lab = plan.lab_argv(cell)
+            before = ([lab] if lab else []) + plan.build_argvs(cell)
+            for argv in before:  # a lab or a QEMU that cannot be built cannot be run
+                status = status or _call(plan, argv, work, env, log, project)
+            if status == 0:
                 status = _call(plan, plan.run_argv(cell), work, env, log, project)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -55,7 +56,7 @@ def _run_job(plan: Plan, cell: Cell, root: Path, project: Path) -> JobResult:
 def _call(plan: Plan, argv: list[str], cwd: Path, env: dict[str, str], log: TextIO, project: Path) -> int:
     """One command, logged; the words that name the project's files (the suite, the durations file, a
     relative migconform) are made absolute, as they resolve in a CI job's checkout."""
-    files = {plan.suite, plan.balance, plan.migconform[0]}
+    files = {plan.suite, plan.cross_suite, plan.balance, plan.migconform[0], *(plan.lab_words() or [])}
     resolved = [_in_project(project, word) if word in files else word for word in argv]
     log.write("$ " + shlex.join(resolved) + "\n")
     log.flush()
@@ -70,10 +71,12 @@ def _in_project(project: Path, word: str) -> str:
 
 
 def run_local(
-    plan: Plan, root: Path, project: Path, jobs: int, report: TextIO = sys.stderr
+    plan: Plan, root: Path, project: Path, jobs: int, report: TextIO | None = None
 ) -> tuple[list[JobResult], int]:
     """Runs every cell (``jobs`` at a time), gathers their folders into ``root/ci-results`` and merges there;
-    returns the jobs' results and the merge's exit status."""
+    returns the jobs' results and the merge's exit status. ``report``: default the standard error of the
+    moment (not of import time, which a test's capture may have closed since)."""
+    report = report or sys.stderr
     root.mkdir(parents=True, exist_ok=True)
     results: list[JobResult] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -58,9 +58,10 @@ def merge_with_plan(plan: Plan, inputs: Sequence[Path]) -> PlanMerge:
         found[cell.id] = (path, part)
     for cell in plan.cells:
         if cell.id not in found:
+            what = f"pair {cell.label}" if cell.destination else f"QEMU {cell.label}"
             missing.append(
-                f"missing cell {cell.id} (QEMU {cell.qemu}, kernel {cell.kernel or 'none'}, shard "
-                f"{cell.shard_text}): no results from its job ({plan.results_path(cell)})"
+                f"missing cell {cell.id} ({what}, kernel {cell.kernel or 'none'}, shard {cell.shard_text}): "
+                f"no results from its job ({plan.results_path(cell)})"
             )
     parts = [_relabel(found[c.id][1], c, found[c.id][0]) for c in plan.cells if c.id in found]
     merged = results_io.merge(parts)

@@ -1,11 +1,13 @@
-"""A CI plan: the cells of a matrix (QEMU x lab kernel x shard) and the exact command each job runs.
+"""A CI plan: the cells of a matrix (QEMU x lab kernel x shard, and source:destination pair x shard) and the
+exact command each job runs.
 
 One plan is rendered three ways (harness.ci.render: GitLab, GitHub, JSON) and executed here by
 ``migconform ci run-local``; ``migconform merge --plan`` checks that the results it is given are exactly its
 cells. A cell's QEMU is whatever ``migconform run --qemu`` takes (a version among those found, a path), or
-``build:SPEC`` for a QEMU ``migconform qemu build SPEC`` makes first. The ``qemu`` field is the one place a
-later axis of source:destination pairs would go (``7.2:10.0``), with its own run options; everything else
-(ids, merge, columns) treats it as an opaque label.
+``build:SPEC`` for a QEMU ``migconform qemu build SPEC`` makes first. A pair cell migrates from one QEMU to
+another over the cross-version suite (``migconform run CROSS --pair SRC:DST``): its shards are computed over
+that suite, so the plan records two shard memberships. Pair cells have no lab kernel: no cross-version
+scenario has a VFIO device (a cross-version VFIO migration is not modelled), so a lab would never boot.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from typing import Any
 
 from harness.errors import UsageError
 from harness.shards import COUNTS, load_durations, shard_loads
+from harness.suite import SUITE_DIR
 
 PLAN_VERSION = 1
 BUILD_PREFIX = "build:"
 RESULTS_ROOT = "ci-results"
-LAB_PROVIDER = "mtty"
+LAB_SETUP = "bash scripts/setup-lab.sh"  # docs/vfio-lab.md: what a job for a kernel runs first
+NO_LAB_SETUP = "none"
+# The cross-version suite a pair cell runs (harness.run_pairs.CROSS_SUITE under the bundled suite).
+CROSS_SUITE = "harness/suite/cross"
 
 
 @dataclass(frozen=True)
@@ -34,11 +40,29 @@ class Cell:
     kernel: str | None
     shard: int
     shards: int
+    destination: str | None = None  # a pair cell's destination QEMU (``qemu`` is then its source)
 
     @property
     def id(self) -> str:
         kernel = self.kernel or "none"
-        return _slug(f"q{self.qemu}-k{kernel}-s{self.shard}of{self.shards}")
+        head = f"p{self.qemu}_{self.destination}" if self.destination else f"q{self.qemu}"
+        return _slug(f"{head}-k{kernel}-s{self.shard}of{self.shards}")
+
+    @property
+    def label(self) -> str:
+        """The QEMU as the plan names it: ``10.0.2``, or ``7.2.22:10.0.2`` for a pair."""
+        return f"{self.qemu}:{self.destination}" if self.destination else self.qemu
+
+    @property
+    def builds(self) -> list[str]:
+        """Every ``migconform qemu build`` SPEC the cell needs first (a pair may build both sides)."""
+        specs = [_build_spec(side) for side in (self.qemu, self.destination or "")]
+        return list(dict.fromkeys(spec for spec in specs if spec))
+
+    @property
+    def destination_arg(self) -> str | None:
+        """What a pair cell's destination side is given as (a built one found by its release)."""
+        return _qemu_arg(self.destination) if self.destination else None
 
     @property
     def shard_text(self) -> str:
@@ -46,16 +70,25 @@ class Cell:
 
     @property
     def build(self) -> str | None:
-        """The ``migconform qemu build`` SPEC of a built QEMU, None for one that is found as it is."""
-        return self.qemu.removeprefix(BUILD_PREFIX) if self.qemu.startswith(BUILD_PREFIX) else None
+        """The ``migconform qemu build`` SPECs of the built QEMUs (space-separated), None for found ones."""
+        return " ".join(self.builds) or None
 
     @property
     def qemu_arg(self) -> str:
         """What ``--qemu`` gets: a built QEMU is then found by its release, like an installed one."""
-        return self.build or self.qemu
+        return _qemu_arg(self.qemu)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "qemu": self.qemu, "kernel": self.kernel, "shard": self.shard_text}
+        out = {"id": self.id, "qemu": self.qemu, "kernel": self.kernel, "shard": self.shard_text}
+        return {**out, "destination": self.destination} if self.destination else out
+
+
+def _build_spec(qemu: str) -> str | None:
+    return qemu.removeprefix(BUILD_PREFIX) if qemu.startswith(BUILD_PREFIX) else None
+
+
+def _qemu_arg(qemu: str) -> str:
+    return _build_spec(qemu) or qemu
 
 
 def _slug(text: str) -> str:
@@ -80,18 +113,30 @@ class Plan:
     plan_args: list[str] = field(default_factory=list)
     shard_members: list[list[str]] = field(default_factory=list)
     shard_loads_ms: list[int] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    cross_suite: str = CROSS_SUITE
+    pair_shard_members: list[list[str]] = field(default_factory=list)
+    pair_shard_loads_ms: list[int] = field(default_factory=list)
+    lab_setup: str = LAB_SETUP
 
     @property
     def cells(self) -> list[Cell]:
-        return [
+        plain = [
             Cell(qemu, kernel, k, self.shards)
             for qemu in self.qemus
             for kernel in self.kernels
             for k in range(1, self.shards + 1)
         ]
+        pairs = [Cell(src, None, k, self.shards, dst) for src, dst in self.pairs for k in range(1, self.shards + 1)]
+        return plain + pairs
 
     def cell(self, cell_id: str) -> Cell | None:
         return next((c for c in self.cells if c.id == cell_id), None)
+
+    def members(self, cell: Cell) -> list[str]:
+        """The scenarios the cell's run picks (its suite's shard)."""
+        table = self.pair_shard_members if cell.destination else self.shard_members
+        return table[cell.shard - 1]
 
     def results_dir(self, cell: Cell) -> str:
         return f"{RESULTS_ROOT}/{cell.id}"
@@ -101,21 +146,46 @@ class Plan:
 
     def run_argv(self, cell: Cell) -> list[str]:
         """The exact command of the cell's job (relative paths: the job runs in the project's folder)."""
-        kernel = f"series={cell.kernel}" if cell.kernel else None
-        return self.run_words(cell.qemu_arg, kernel, cell.shard_text, cell.id)
+        if cell.destination_arg is not None:
+            return self.pair_words(cell.qemu_arg, cell.destination_arg, cell.shard_text, cell.id)
+        return self.run_words(cell.qemu_arg, cell.kernel, cell.shard_text, cell.id)
 
-    def run_words(self, qemu: str, kernel_option: str | None, shard: str, cell_id: str) -> list[str]:
+    def run_words(self, qemu: str, kernel: str | None, shard: str, cell_id: str) -> list[str]:
         """:meth:`run_argv` from its variable parts, so a CI file can write it once with variables."""
-        out = f"{RESULTS_ROOT}/{cell_id}"
         argv = [*self.migconform, "run", self.suite, "--qemu", qemu]
-        if kernel_option is not None:
-            argv += ["--vfio-provider", LAB_PROVIDER, "--vfio-option", kernel_option]
-        argv += ["--shard", shard, "--balance", self.balance, "--cell", cell_id]
+        if kernel is not None:
+            argv += ["--lab-kernel", kernel]  # the same as --vfio-provider mtty --vfio-option series=K
+        return argv + self._common_words(shard, cell_id)
+
+    def pair_words(self, source: str, destination: str, shard: str, cell_id: str) -> list[str]:
+        """A pair cell's command: the cross-version suite from one QEMU to another, sharded over that suite.
+        Both are ``--qemu`` too, so that the run's QEMUs are the pair's (as in ``run --cross --qemu ...``),
+        not every QEMU the runner has."""
+        argv = [*self.migconform, "run", self.cross_suite, "--qemu", source, "--qemu", destination]
+        return [*argv, "--pair", f"{source}:{destination}", *self._common_words(shard, cell_id)]
+
+    def _common_words(self, shard: str, cell_id: str) -> list[str]:
+        out = f"{RESULTS_ROOT}/{cell_id}"
+        argv = ["--shard", shard, "--balance", self.balance, "--cell", cell_id]
         argv += ["--json", f"{out}/results.json", "--junit", f"{out}/junit.xml", "--logs-dir", f"{out}/logs"]
         return [*argv, "--keep-logs", self.keep_logs, *self.run_args]
 
+    def build_argvs(self, cell: Cell) -> list[list[str]]:
+        return [[*self.migconform, "qemu", "build", spec] for spec in cell.builds]
+
     def build_argv(self, cell: Cell) -> list[str] | None:
-        return [*self.migconform, "qemu", "build", cell.build] if cell.build else None
+        builds = self.build_argvs(cell)
+        return builds[0] if builds else None
+
+    def lab_words(self) -> list[str] | None:
+        """The command that prepares a kernel's lab, without its ``--series S`` (None: the runners have it)."""
+        return None if self.lab_setup == NO_LAB_SETUP else shlex.split(self.lab_setup)
+
+    def lab_argv(self, cell: Cell) -> list[str] | None:
+        """What a lab kernel's job runs before its run: scripts/setup-lab.sh builds that kernel's lab (cached,
+        a no-op once built; docs/vfio-lab.md, "Kernel matrix")."""
+        words = self.lab_words()
+        return None if words is None or cell.kernel is None else [*words, "--series", cell.kernel]
 
     def plan_argv(self, output: str) -> list[str]:
         """The command that writes this plan as JSON: the merge job re-creates it rather than carrying a file."""
@@ -139,27 +209,33 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         jobs = []
         for cell in self.cells:
-            job: dict[str, Any] = {"id": cell.id, "cell": cell.to_json(), "argv": self.run_argv(cell)}
-            build = self.build_argv(cell)
-            if build:
-                job["build_argv"] = build
+            job: dict[str, Any] = {"id": cell.id, "cell": cell.to_json()}
+            lab = self.lab_argv(cell)
+            if lab:
+                job["lab_argv"] = lab
+            builds = self.build_argvs(cell)
+            if builds:
+                job["build_argv"] = builds[0]
+                job["build_argvs"] = builds
+            job["argv"] = self.run_argv(cell)
             job["results"] = self.results_path(cell)
             job["artifacts"] = [self.results_dir(cell) + "/"]
             jobs.append(job)
         plan_file = f"{RESULTS_ROOT}/plan.json"
+        axes = {"qemu": self.qemus, "kernel": self.kernels, "shards": self.shards}
         return {
             "migconform_ci_plan": PLAN_VERSION,
             "suite": self.suite,
-            "axes": {"qemu": self.qemus, "kernel": self.kernels, "shards": self.shards},
+            "cross_suite": self.cross_suite,
+            "axes": {**axes, "pairs": [f"{s}:{d}" for s, d in self.pairs]},
             "balance": self.balance,
             "migconform": self.migconform,
             "keep_logs": self.keep_logs,
+            "lab_setup": self.lab_setup,
             "run_args": self.run_args,
             "plan_args": self.plan_args,
-            "shards": [
-                {"shard": f"{i + 1}/{self.shards}", "scenarios": members, "expected_ms": load}
-                for i, (members, load) in enumerate(zip(self.shard_members, self.shard_loads_ms, strict=True))
-            ],
+            "shards": _shards_json(self.shard_members, self.shard_loads_ms),
+            "pair_shards": _shards_json(self.pair_shard_members, self.pair_shard_loads_ms),
             "jobs": jobs,
             "merge": {
                 "id": "merge",
@@ -175,6 +251,7 @@ class Plan:
             raise ValueError("not a `migconform ci plan --format json` file")
         axes = data["axes"]
         shards = data.get("shards") or []
+        pair_shards = data.get("pair_shards") or []
         return cls(
             suite=str(data["suite"]),
             qemus=[str(q) for q in axes["qemu"]],
@@ -187,11 +264,89 @@ class Plan:
             plan_args=[str(a) for a in data.get("plan_args") or []],
             shard_members=[[str(s) for s in entry["scenarios"]] for entry in shards],
             shard_loads_ms=[int(entry["expected_ms"]) for entry in shards],
+            pairs=[_split_pair(str(p)) for p in axes.get("pairs") or []],
+            cross_suite=str(data.get("cross_suite") or CROSS_SUITE),
+            pair_shard_members=[[str(s) for s in entry["scenarios"]] for entry in pair_shards],
+            pair_shard_loads_ms=[int(entry["expected_ms"]) for entry in pair_shards],
+            lab_setup=str(data.get("lab_setup") or LAB_SETUP),
         )
+
+
+def _shards_json(members: list[list[str]], loads: list[int]) -> list[dict[str, Any]]:
+    n = len(members)
+    return [
+        {"shard": f"{i + 1}/{n}", "scenarios": m, "expected_ms": load}
+        for i, (m, load) in enumerate(zip(members, loads, strict=True))
+    ]
 
 
 def _split_list(values: Sequence[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _split_pair(text: str) -> tuple[str, str]:
+    """``SRC:DST``, either side possibly ``build:SPEC`` (``build:10.2.2:7.2.22``)."""
+    words = text.split(":")
+    sides: list[str] = []
+    while words:
+        word = words.pop(0)
+        if word + ":" == BUILD_PREFIX and words:
+            word = BUILD_PREFIX + words.pop(0)
+        sides.append(word)
+    if len(sides) != 2 or not all(sides):
+        raise UsageError(f"ci plan: --pairs {text}: expected SOURCE:DESTINATION, e.g. 7.2.22:10.0.2")
+    return sides[0], sides[1]
+
+
+def plan_pairs(qemus: Sequence[str], pairs: Sequence[str], cross: bool) -> list[tuple[str, str]]:
+    """``--pairs`` as named, then (``--cross``) every ordered pair of the plan's QEMUs not named yet."""
+    out = [_split_pair(text) for text in _split_list(pairs)]
+    if cross:
+        if len(qemus) < 2:
+            raise UsageError("ci plan: --cross needs two QEMUs at least (--qemu 7.2.22,10.0.2)")
+        out += [(a, b) for a in qemus for b in qemus if a != b]
+    unique = list(dict.fromkeys(out))
+    if len(unique) != len(out) and not cross:
+        raise UsageError(f"ci plan: a pair is named twice in {', '.join(_split_list(pairs))}")
+    return unique
+
+
+def plan_kernels(kernels: Sequence[str]) -> list[str | None]:
+    """The kernel axis: series of the lab's table (harness.vfio_lab.kernels), ``all`` for every row, or
+    ``available`` for the rows whose lab is built in this machine's cache; none: no lab."""
+    from harness.vfio_lab.kernels import available_lab_kernels, lab_kernel, lab_kernels
+
+    out: list[str | None] = []
+    for name in _split_list(kernels):
+        if name == "all":
+            found = [k.series for k in lab_kernels()]
+        elif name == "available":
+            found = [str(row["series"]) for row in available_lab_kernels() if row["built"]]
+            if not found:
+                raise UsageError("ci plan: --kernels available: no lab kernel is built here (scripts/setup-lab.sh)")
+        else:
+            try:
+                found = [lab_kernel(name).series]
+            except ValueError as exc:
+                raise UsageError(f"ci plan: --kernels: {exc}") from None
+        out += [k for k in found if k not in out]
+    return out or [None]
+
+
+def _default_cross_suite(suite: str) -> str:
+    beside = Path(suite) / "cross"
+    return str(beside) if beside.is_dir() else CROSS_SUITE
+
+
+def _load(path: str) -> list[str]:
+    """Scenario ids of a folder as the jobs will see it; the bundled cross suite from the package when the
+    plan is written outside the project's folder."""
+    from harness.loader import load_scenarios
+
+    folder = Path(path)
+    if not folder.exists() and path == CROSS_SUITE:
+        folder = SUITE_DIR / "cross"
+    return [s.id for s in load_scenarios([folder])]
 
 
 def make_plan(
@@ -205,32 +360,41 @@ def make_plan(
     keep_logs: str,
     run_args: str,
     plan_args: Sequence[str],
+    pairs: Sequence[str] = (),
+    cross: bool = False,
+    cross_suite: str | None = None,
+    lab_setup: str = LAB_SETUP,
 ) -> Plan:
     """The plan for these axes; the shards are computed here exactly as each job's run computes its own."""
-    from harness.loader import load_scenarios
-
     qemu_list = _split_list(qemus)
     if not qemu_list:
         raise UsageError("ci plan: name the QEMUs of the matrix (--qemu 7.2.22,10.0.2 or build:10.2)")
     if len(set(qemu_list)) != len(qemu_list):
         raise UsageError(f"ci plan: a QEMU is named twice in {', '.join(qemu_list)}")
-    kernel_list: list[str | None] = list(dict.fromkeys(_split_list(kernels))) or [None]
+    pair_list = plan_pairs(qemu_list, pairs, cross)
     balance = durations or COUNTS
     try:
         weights = load_durations(balance)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    scenarios = load_scenarios([suite])
-    if not scenarios:
+    ids = _load(suite)
+    if not ids:
         raise UsageError(f"ci plan: no scenario found in {suite}")
-    loads = shard_loads([s.id for s in scenarios], weights, shards)
+    loads = shard_loads(ids, weights, shards)
+    cross_path = cross_suite or _default_cross_suite(suite)
+    pair_loads: list[tuple[list[str], int]] = []
+    if pair_list:
+        cross_ids = _load(cross_path)
+        if not cross_ids:
+            raise UsageError(f"ci plan: no cross-version scenario found in {cross_path} (--cross-suite)")
+        pair_loads = shard_loads(cross_ids, weights, shards)
     prefix = shlex.split(migconform)
     if not prefix:
         raise UsageError("ci plan: --migconform must name a command")
-    return Plan(
+    plan = Plan(
         suite=suite,
         qemus=qemu_list,
-        kernels=kernel_list,
+        kernels=plan_kernels(kernels),
         shards=shards,
         balance=balance,
         migconform=prefix,
@@ -239,7 +403,16 @@ def make_plan(
         plan_args=list(plan_args),
         shard_members=[members for members, _ in loads],
         shard_loads_ms=[load for _, load in loads],
+        pairs=pair_list,
+        cross_suite=cross_path,
+        pair_shard_members=[members for members, _ in pair_loads],
+        pair_shard_loads_ms=[load for _, load in pair_loads],
+        lab_setup=lab_setup,
     )
+    ids_seen = [c.id for c in plan.cells]
+    if len(set(ids_seen)) != len(ids_seen):
+        raise UsageError("ci plan: two cells would get the same id (QEMU names that differ only in punctuation)")
+    return plan
 
 
 def load_plan(path: Path) -> Plan:

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.ci.plan import LAB_SETUP
 from harness.commands.usage import positive_int
 from harness.errors import UsageError
 from harness.runner import KEEP_LOGS
@@ -16,7 +17,9 @@ FORMATS = ("gitlab", "github", "json")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ci_command", required=True, metavar="ACTION")
-    plan = sub.add_parser("plan", help="write a CI pipeline: one job per QEMU x kernel x shard, then a merge job")
+    plan = sub.add_parser(
+        "plan", help="write a CI pipeline: one job per QEMU x kernel x shard and pair x shard, then a merge job"
+    )
     plan.add_argument(
         "--qemu",
         action="append",
@@ -30,7 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="K[,K...]",
-        help="VFIO lab kernel series (6.1,6.12): each cell runs the mtty lab on one; default: no lab",
+        help="VFIO lab kernel series (6.1,6.12), `all` (every row of the lab's kernel table) or `available` "
+        "(those built here): each cell runs the mtty lab on one (--lab-kernel); default: no lab",
+    )
+    plan.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="SRC:DST[,...]",
+        help="source:destination pairs (7.2.22:10.0.2, build:10.2.2:7.2.22): each gets cells running the "
+        "cross-version suite with --pair, one per shard",
+    )
+    plan.add_argument("--cross", action="store_true", help="a pair for every ordered pair of the --qemu values")
+    plan.add_argument(
+        "--cross-suite",
+        metavar="PATH",
+        help="the pair cells' scenario folder (default: SUITE/cross, else harness/suite/cross)",
+    )
+    plan.add_argument(
+        "--lab-setup",
+        default=LAB_SETUP,
+        metavar="CMD",
+        help="what a lab kernel's job runs first, with --series S (default: bash scripts/setup-lab.sh; "
+        "`none`: the runners have their labs)",
     )
     plan.add_argument("--shards", type=positive_int, default=1, metavar="N", help="jobs per QEMU x kernel")
     plan.add_argument(
@@ -69,7 +94,15 @@ def _plan_args(args: argparse.Namespace) -> list[str]:
         out += ["--qemu", qemu]
     for kernels in args.kernels:
         out += ["--kernels", kernels]
+    for pairs in args.pairs:
+        out += ["--pairs", pairs]
+    if args.cross:
+        out.append("--cross")
     out += ["--shards", str(args.shards), "--suite", args.suite]
+    if args.cross_suite:
+        out += ["--cross-suite", args.cross_suite]
+    if args.lab_setup != LAB_SETUP:
+        out += ["--lab-setup", args.lab_setup]
     if args.durations:
         out += ["--durations", args.durations]
     if args.migconform != "migconform":
@@ -77,17 +110,20 @@ def _plan_args(args: argparse.Namespace) -> list[str]:
     if args.keep_logs != "failed":
         out += ["--keep-logs", args.keep_logs]
     if args.run_args:
-        out += ["--run-args", args.run_args]
+        out.append(f"--run-args={args.run_args}")  # one word: a value "--quiet" is no option
     return out
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from harness.ci import render
-    from harness.ci.plan import make_plan
+    from harness.ci.plan import make_plan, plan_kernels
     from harness.commands.outputs import check_writable
 
     if args.output is not None:
         check_writable(args.output, "-o")
+    # ``available`` depends on this machine's cache: the merge job re-creates the plan with the series it meant.
+    kernels = [k for k in plan_kernels(args.kernels) if k]
+    args.kernels = [",".join(kernels)] if kernels else []
     plan = make_plan(
         suite=args.suite,
         qemus=args.qemu,
@@ -98,6 +134,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         keep_logs=args.keep_logs,
         run_args=args.run_args,
         plan_args=_plan_args(args),
+        pairs=args.pairs,
+        cross=args.cross,
+        cross_suite=args.cross_suite,
+        lab_setup=args.lab_setup,
     )
     argv = shlex.join(["migconform", "ci", "plan", *_plan_args(args), "--format", args.format])
     header = (

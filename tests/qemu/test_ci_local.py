@@ -1,8 +1,9 @@
 """``migconform ci run-local`` on real QEMU: a plan of 2 QEMUs x 2 lab kernels x 3 shards over a few fast
 scenarios, each job its own process and folder, merged with ``--plan``, must give the verdicts of one
 unsharded run per kernel of the same scenarios; the same results merged with a cell doubled or left out
-must fail naming that cell. VFIO cells in the lab: tests/hw/test_ci_lab.py (each lab job boots a nested
-guest, minutes under load).
+must fail naming that cell. A plan with ``--cross`` adds pair cells over cross-version scenarios, which
+must give the verdicts of an unsharded ``run --cross``. VFIO cells in the lab: tests/hw/test_ci_lab.py (each
+lab job boots a nested guest, minutes under load).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from harness.suite import SUITE_DIR
 VERSIONS = ("7.2.22", "10.0.2")
 KERNELS = ("6.1", "6.12")
 SUBSET = ("caps-block-alone", "caps-x-colo-alone", "caps-preempt-without-postcopy")
+CROSS_SUBSET = ("cross-machine-7.2-tcp", "cross-caps-events-tcp")
 MIGCONFORM = [sys.executable, "-m", "harness"]
 
 
@@ -101,7 +103,8 @@ def run_matrix(
 def test_run_local_matches_an_unsharded_run(
     versions: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The kernel axis is passed (``--vfio-option series=K``) and labels the columns; these scenarios need no
+    """The kernel axis is passed (the cells' ``--lab-kernel K`` after their lab's set-up, the unsharded runs'
+    ``--vfio-option series=K``: the two spellings must agree) and labels the columns; these scenarios need no
     VFIO device, so no lab boots (tests/hw/test_ci_lab.py runs VFIO cells in the lab)."""
     plan, plan_path, work = run_matrix(tmp_path, SUBSET, KERNELS, 3)
 
@@ -116,3 +119,46 @@ def test_run_local_matches_an_unsharded_run(
     without = [str(p) for p in inputs if p != inputs[2]]
     assert cli.main(["merge", "--plan", str(plan_path), *without, "-o", str(tmp_path / "m.json")]) == 1
     assert f"missing cell {plan.cells[2].id}" in capsys.readouterr().err
+
+
+def test_run_local_pairs_match_unsharded_runs(versions: tuple[str, ...], tmp_path: Path) -> None:
+    """2 QEMUs with ``--cross``, 2 shards: the QEMU cells and the pair cells (each pair over the cross-version
+    scenarios, sharded over those) together give what ``run PLAIN`` and ``run CROSS --cross`` give."""
+    plain, cross = tmp_path / "plain", tmp_path / "cross"
+    plain.mkdir()
+    cross.mkdir()
+    for name in SUBSET[:2]:
+        shutil.copy(SUITE_DIR / f"{name}.toml", plain)
+    for name in CROSS_SUBSET:
+        shutil.copy(SUITE_DIR / "cross" / f"{name}.toml", cross)
+    qemus = [arg for v in VERSIONS for arg in ("--qemu", v)]
+    refs = {"plain": [str(plain)], "cross": [str(cross), "--cross"]}
+
+    def reference(name: str) -> subprocess.CompletedProcess[str]:
+        argv = [*MIGCONFORM, "run", *refs[name], *qemus, "--json", str(tmp_path / f"ref-{name}.json")]
+        argv += ["--jobs", "1", "--quiet", "--keep-logs", "none"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(zip(refs, pool.map(reference, refs), strict=True))
+    for name, run in done.items():
+        assert run.returncode == 0, f"unsharded {name} run: {run.stderr[-2000:]}"
+
+    plan_path = tmp_path / "plan.json"
+    argv = ["ci", "plan", "--suite", str(plain), "--cross-suite", str(cross), "--cross", "--shards", "2"]
+    argv += ["--qemu", ",".join(VERSIONS), "--format", "json", "-o", str(plan_path)]
+    argv += ["--migconform", " ".join(MIGCONFORM), "--run-args", "--jobs 1 --quiet", "--keep-logs", "none"]
+    assert cli.main(argv) == 0
+    plan = load_plan(plan_path)
+    assert len(plan.cells) == (len(VERSIONS) + 2) * 2 and sum(1 for c in plan.cells if c.destination) == 4
+    work = tmp_path / "ci"
+    status = cli.main(["ci", "run-local", str(plan_path), "--jobs", "2", "--work-dir", str(work)])
+    assert status == 0, (work / "ci-results" / "merge.log").read_text()[-3000:]
+    merged = work / "ci-results" / "merged.json"
+    expected = _cells(tmp_path / "ref-plain.json") | _cells(tmp_path / "ref-cross.json")
+    assert _cells(merged) == expected
+    assert len(expected) == 2 * len(VERSIONS) + len(CROSS_SUBSET) * 2  # each cross scenario: both directions
+    data = json.loads(merged.read_text())
+    assert sorted(data["meta"]["ci"]["cells"]) == sorted(c.id for c in plan.cells)
+    assert sorted(data["cross"]) == sorted(CROSS_SUBSET)  # the source x destination squares
+    assert sorted(data["meta"]["versions"]) == sorted(VERSIONS)  # a pair cell's QEMUs are its pair's only

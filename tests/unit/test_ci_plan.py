@@ -27,10 +27,11 @@ from harness.suite import SUITE_DIR
 QEMUS = ["7.2.22", "10.0.2", "build:10.2"]
 
 
-def plan(kernels: list[str] | None = None, shards: int = 3, durations: str | None = None) -> Plan:
+def plan(kernels: list[str] | None = None, shards: int = 3, durations: str | None = None, **more: Any) -> Plan:
+    """``more``: further make_plan options (``qemus``, the pair axis)."""
     return make_plan(
         suite=str(SUITE_DIR),
-        qemus=[",".join(QEMUS)],
+        qemus=more.pop("qemus", [",".join(QEMUS)]),
         kernels=kernels if kernels is not None else ["6.1,6.12"],
         shards=shards,
         durations=durations,
@@ -38,6 +39,7 @@ def plan(kernels: list[str] | None = None, shards: int = 3, durations: str | Non
         keep_logs="failed",
         run_args="",
         plan_args=["--shards", str(shards)],
+        **more,
     )
 
 
