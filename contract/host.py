@@ -15,6 +15,9 @@ class HostFacts:
     userfaultfd: bool = True  # postcopy on the destination (migrate_caps_check rule c)
     uffd_wp: bool = True  # background-snapshot (rule f)
     kvm: bool = False  # the accelerator the VMs run with is KVM
+    # KVM keeps the invtsc CPUID flag a vCPU asks for (probed: harness.probe, "+invtsc,enforce" starts); else
+    # QEMU drops it with a warning and kvm_arch_init_vcpu adds no invtsc blocker (reference_impl.cpu).
+    kvm_invtsc: bool = False
     dirty_ring: bool = False  # KVM with dirty-ring-size set (rule r)
     # VFIO: whether the kernel's DMA-logging report works for devices that advertise DMA logging.
     # False on Debian's stock 6.12 vfio.ko (IOMMUFD_DRIVER unset: iova_bitmap stubs return -EOPNOTSUPP),

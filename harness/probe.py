@@ -73,6 +73,9 @@ class KvmProbe:
     cpu: str | None
     reason: str
     attempts: tuple[tuple[str, str], ...] = ()  # (-cpu, result), in KVM_CPU_CANDIDATES order
+    # Whether KVM keeps the invtsc flag a vCPU asks for (:func:`invtsc_verdict`); None: not probed (no KVM).
+    invtsc: bool | None = None
+    invtsc_detail: str = "not probed: KVM is not usable"
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,27 @@ async def _kvm_runs(binary: QemuBinary, cpu: str, launch_timeout: float) -> str:
         await vm.shutdown()
 
 
+def invtsc_verdict(cpu: str, result: str) -> tuple[bool, str]:
+    """Whether KVM keeps invtsc, from :func:`_kvm_runs`' answer for ``cpu`` (the KVM model, +invtsc,enforce).
+
+    x86_cpu_filter_features (target/i386/cpu.c) drops a flag kvm_arch_get_supported_cpuid does not report,
+    and ``enforce`` turns that drop into a refusal to start; so a VM that runs kept the flag, and any other
+    answer (the refusal's text, or a VM that died) says it was not kept, with QEMU's words as the reason."""
+    if result == "ok":
+        return True, f"KVM keeps invtsc: a VM with -cpu {cpu} runs"
+    return False, f"KVM does not keep invtsc: -cpu {cpu}: {result}"
+
+
+def kvm_cpu_with(scenario_cpu: str, probed: str | None) -> str:
+    """A scenario's ``cpu`` under KVM: its "host" model is replaced by the probed KVM model (``probed``, e.g.
+    "host,-arch-capabilities"), its options kept after it, so a scenario says ``cpu = "host,+invtsc"`` and
+    never names this host's workaround. Any other model, or no probed model, is passed as written."""
+    model, sep, options = scenario_cpu.partition(",")
+    if model != "host" or probed is None or not probed.startswith("host"):
+        return scenario_cpu
+    return probed + sep + options
+
+
 async def _probe_kvm(binary: QemuBinary, host: HostProbe, launch_timeout: float) -> KvmProbe:
     if not host.kvm_device:
         return KvmProbe(False, None, host.kvm_detail)
@@ -245,7 +269,9 @@ async def _probe_kvm(binary: QemuBinary, host: HostProbe, launch_timeout: float)
             reason = f"runs a firmware-only VM with -cpu {cpu}"
             if host.pvm:
                 reason += " (PVM)"
-            return KvmProbe(True, cpu, reason, tuple(attempts))
+            invtsc_cpu = f"{cpu},+invtsc,enforce"
+            invtsc, invtsc_detail = invtsc_verdict(invtsc_cpu, await _kvm_runs(binary, invtsc_cpu, launch_timeout))
+            return KvmProbe(True, cpu, reason, tuple(attempts), invtsc, invtsc_detail)
     why = "; ".join(f"-cpu {cpu}: {result}" for cpu, result in attempts)
     return KvmProbe(False, None, f"KVM cannot run a firmware-only VM: {why}", tuple(attempts))
 
@@ -347,6 +373,7 @@ def host_facts(binary: QemuBinary, accel: str) -> HostFacts:
         userfaultfd=uffd,
         uffd_wp=host.uffd_wp and uffd,
         kvm=resolved == "kvm",
+        kvm_invtsc=resolved == "kvm" and probe.kvm.invtsc is True,
         dirty_ring=False,  # never enabled by the executor
         kernel=host.kernel,
     )

@@ -53,6 +53,7 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
         details.append(f"  KVM: {probe.kvm.reason}")
         for cpu, result in probe.kvm.attempts:
             details.append(f"    -cpu {cpu}: {result}")
+        details.append(f"  invtsc under KVM (requires kvm-invtsc): {probe.kvm.invtsc_detail}")
         cached = " (answer kept from an earlier boot probe)" if linux.from_disk else ""
         details.append(f"  boots Linux under KVM: {linux.detail}{cached}")
         details.append(f"  migration capabilities: {', '.join(probe.capabilities)}")

@@ -18,6 +18,7 @@ from contract.scenario import DeviceSpec, VmSpec
 from contract.versions import Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
+from reference_impl.cpu import INVTSC_ONLY_MIGRATABLE_ERROR, cpu_blocker
 from reference_impl.machine_types import machine_error, machine_type
 from reference_impl.savevm import SaveVMHandlers
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
@@ -63,6 +64,7 @@ class CommandLine:
     start_paused: bool  # -S
     accel: str
     objects: tuple[tuple[str, str], ...] = ()  # -object (id, qom-type), in order
+    cpu: str | None = None  # -cpu: [vm] cpu, then the args' last (reference_impl.cpu reads it)
     # every KEY=VALUE value of the arguments that are not an -object's own (what may use an object by id)
     referenced: frozenset[str] = frozenset()
 
@@ -93,6 +95,7 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
     only_migratable = spec.only_migratable
     start_paused = False
     accel = spec.accel
+    cpu = spec.cpu
     args = spec.args
     i = 0
     while i < len(args):
@@ -110,6 +113,8 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
             continue
         elif norm == "-accel":
             accel = parse_options(value)[0]
+        elif norm == "-cpu":
+            cpu = value
         elif norm == "-device":
             driver, options = parse_options(value)
             dev_id = options.pop("id", None)
@@ -131,16 +136,8 @@ def _parse_vm(spec: VmSpec) -> CommandLine:
     for item in args:
         if item not in object_values:
             referenced.update(part.partition("=")[2] for part in item.split(",") if "=" in part)
-    return CommandLine(
-        tuple(drives),
-        tuple(chardevs),
-        tuple(devices),
-        only_migratable,
-        start_paused,
-        accel,
-        tuple(objects),
-        frozenset(referenced),
-    )
+    parsed = (tuple(drives), tuple(chardevs), tuple(devices), only_migratable, start_paused, accel, tuple(objects))
+    return CommandLine(*parsed, cpu=cpu, referenced=frozenset(referenced))
 
 
 @dataclass(slots=True)
@@ -212,15 +209,8 @@ def _realize_cached(spec: VmSpec, line: CommandLine, version: Version, vn: int, 
 
 def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _Realized:
     blockers = MigrationBlockers(only_migratable=line.only_migratable)
-    vm = Machine(
-        version=version,
-        host=host,
-        role="source",
-        vn=version.major * 100 + version.minor,
-        runstate="prelaunch",
-        blockers=blockers,
-        objects=dict(line.objects),
-    )
+    vn = version.major * 100 + version.minor
+    vm = Machine(version, host, "source", vn, "prelaunch", blockers, objects=dict(line.objects))
     # qemu_create_early_backends opens every -chardev before the block backends (qemu_create_late_backends).
     for backend, _chardev_id in line.chardevs:
         reason = catalog.chardev_blocker(backend, version)
@@ -233,6 +223,10 @@ def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _
             error = blockers.add(reason)
             if error is not None:
                 return _Realized(error)
+    # The board's vCPUs (machine_run_board_init) are realized after every backend, before any -device.
+    cpu_reason = cpu_blocker(line.cpu, host.kvm and line.accel != "tcg", host.kvm_invtsc)
+    if cpu_reason is not None and blockers.add(cpu_reason) is not None:
+        return _Realized(INVTSC_ONLY_MIGRATABLE_ERROR)
     if line.devices:
         error = _realize_devices(vm, line.devices)
         if error is not None:
@@ -248,7 +242,7 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         return machine_refused
     line = parse_vm(spec)
     vn = version.major * 100 + version.minor
-    if line.drives or line.devices or line.chardevs:
+    if line.drives or line.devices or line.chardevs or line.cpu:
         done = _realize_cached(spec, line, version, vn, host)
         if done.error is not None:
             return done.error

@@ -25,6 +25,7 @@ from harness.probe import (
     HostProbe,
     LinuxBootProbe,
     choose_accel,
+    kvm_cpu_with,
     probe_binary,
     probe_host,
     userfaultfd_for,
@@ -64,9 +65,12 @@ class Plan:
 
 def vm_args(spec: VmSpec, accel: str, cpu: str | None) -> list[str]:
     """The argv of one VM after the driver's own options: [vm] machine, memory, accel (+cpu),
-    only-migratable, the scenario's ``args`` verbatim, then the structured devices (added by the caller)."""
+    only-migratable, the scenario's ``args`` verbatim, then the structured devices (added by the caller).
+    Under KVM a [vm] cpu of model "host" runs as the probed KVM model (``cpu``; harness.probe.kvm_cpu_with)."""
     args = ["-machine", spec.machine, "-m", spec.memory, "-accel", accel]
     use_cpu = spec.cpu if spec.cpu is not None else cpu
+    if spec.cpu is not None and accel == "kvm":
+        use_cpu = kvm_cpu_with(spec.cpu, cpu)
     if use_cpu:
         args += ["-cpu", use_cpu]
     if spec.only_migratable:
@@ -108,6 +112,8 @@ def unmet_requirement(
     for need in scenario.requires:
         if need == "kvm" and not probe.kvm.usable:
             return f"requires KVM: {probe.kvm.reason}"
+        if need == "kvm-invtsc" and not (probe.kvm.usable and probe.kvm.invtsc):
+            return f"requires KVM keeping invtsc: {probe.kvm.invtsc_detail}"
         if need == "uffd" and not uffd:
             return f"requires userfaultfd (as QEMU {probe.binary.version} opens it): {host.userfaultfd_detail}"
         if need == "uffd-wp" and not (uffd and host.uffd_wp):

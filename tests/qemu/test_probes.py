@@ -89,6 +89,21 @@ def test_kvm_probe_agrees_with_running_the_binary_itself(qemu_binary: QemuBinary
         assert auto == "tcg" and probe.kvm.reason in why
 
 
+def test_invtsc_probe_agrees_with_the_filters_warning(qemu_binary: QemuBinary) -> None:
+    """Our own look differs from the probe's (which starts the KVM model with +invtsc,enforce): without enforce,
+    x86_cpu_filter_features warns "host doesn't support requested feature: CPUID.80000007H:EDX.invtsc" exactly
+    when KVM drops the flag; no warning and a running VM is KVM keeping it. The model's host fact follows."""
+    probe = probe_binary(qemu_binary)
+    if not probe.kvm.usable or probe.kvm.cpu is None:
+        assert probe.kvm.invtsc is None and host_facts(qemu_binary, "kvm").kvm_invtsc is False
+        pytest.skip(f"KVM is not usable with this binary here: {probe.kvm.reason}")
+    running, detail = _runs_under_kvm(qemu_binary, f"{probe.kvm.cpu},+invtsc")
+    kept = running and "invtsc" not in detail
+    assert probe.kvm.invtsc is kept, (probe.kvm.invtsc_detail, detail)
+    assert host_facts(qemu_binary, "kvm").kvm_invtsc is kept
+    assert host_facts(qemu_binary, "tcg").kvm_invtsc is False
+
+
 # ------------------------------------------------------------------------------------------ Linux boot
 
 
