@@ -40,6 +40,7 @@ from harness.errors import (
     VmDied,
 )
 from harness.qemu_stderr import qemu_error_message, strip_qemu_prefixes
+from harness.qmp_close import close_qmp
 from harness.qmp_events import RECORDED_EVENTS, EventRecorder, RecordedEvents
 
 QMP_CHARDEV_ID = "migconform-qmp"
@@ -305,8 +306,7 @@ class QemuMachine(RecordedEvents):
         if self._client is None:
             return
         client, self._client = self._client, None
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), 5.0)
+        await close_qmp(client)
 
     def _cleanup_files(self) -> None:
         for handle in self._files:

@@ -11,6 +11,7 @@ net/net.c: ``user`` only with slirp) and ``-drive format=help`` (bdrv_iterate_fo
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,9 +80,17 @@ def modelled_absence(need: Need, version: Version) -> bool:
     return model is not None and model.since is not None and version < model.since
 
 
+# What a QOM type or backend name can be (type_register checks nothing, but every name QEMU registers is of this
+# form, and QemuOpts would split a name at a comma): anything else is no feature a build could lack.
+_FEATURE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]*$")
+
+
 def lacking(needs: Iterable[Need], offered: Offered, version: Version) -> Need | None:
-    """The first need the binary does not offer and the model does not expect ``version`` to lack."""
+    """The first need the binary does not offer and the model does not expect ``version`` to lack. A name no
+    QEMU could register (``virtio-net-pci,id=evil``) is not a missing feature: QEMU's refusal is compared."""
     for need in needs:
+        if not _FEATURE_NAME.match(need.name):
+            continue
         if offered.has(need) is False and not modelled_absence(need, version):
             return need
     return None

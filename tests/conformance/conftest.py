@@ -48,7 +48,9 @@ def cross_cases(targets: list[Target]) -> list[tuple[Scenario, Target]]:
     pairs = every_ordered_pair(targets)
     if not pairs:
         return []
-    return plan_items(cross_suite(), PairPlan(pairs=pairs, cross=True, pool=list(targets), more=None))
+    # more: nothing beyond the binaries found (None would word a missing pin as a model profile's)
+    plan = PairPlan(pairs=pairs, cross=True, pool=list(targets), more=lambda: [])
+    return plan_items(cross_suite(), plan)
 
 
 def binaries() -> list[QemuBinary]:

@@ -131,3 +131,11 @@ def test_help_listings_parse() -> None:
     formats = "Supported formats: file qcow2 vvfat\nSupported formats (read-only): file qcow2 vvfat\n"
     assert parse_format_help(formats) == frozenset({"file", "qcow2", "vvfat"})
     assert parse_netdev_help("qemu: crashed") is None and parse_format_help("") is None
+
+
+def test_a_name_no_qemu_could_register_is_compared_not_skipped() -> None:
+    # tests/qemu/test_scenario_semantics.py: a comma in a driver reaches QEMU as one name, which QEMU refuses.
+    evil = Scenario("s", source=VmSpec(devices=(DeviceSpec("virtio-net-pci,id=evil"),)))
+    assert lacking(scenario_needs(evil), OFFERED, V102) is None
+    missing = Scenario("s", source=VmSpec(devices=(DeviceSpec("no-such-device"),)))
+    assert lacking(scenario_needs(missing), OFFERED, V102) == Need("device", "no-such-device", "[source] device[0]")
