@@ -146,6 +146,9 @@ def ack_never_comes(source: Machine, destination: Machine, running: bool) -> boo
         raise NotModelled("multifd on one side of a tcp/unix migration only (the destination)")
     if "postcopy-ram" in source.caps and "postcopy-ram" not in destination.caps:
         raise NotModelled("postcopy-ram on the source of a tcp/unix migration only")
-    if source.vn >= N10_1 > destination.vn and "qemu-vdagent" in source.chardevs.values():
-        raise NotModelled("a vdagent section the older destination does not know, over tcp/unix")
+    # The same race between two 10.2.2 (a chardev-add'ed vdagent, the destination without one): the source
+    # failed with "Unable to write to socket: Broken pipe" in 1 of 3 runs (main job, 2026-12-03).
+    loads_vdagent = destination.vn >= N10_1 and "qemu-vdagent" in destination.chardevs.values()
+    if source.vn >= N10_1 and "qemu-vdagent" in source.chardevs.values() and not loads_vdagent:
+        raise NotModelled("a vdagent section the destination does not load, over tcp/unix")
     return "switchover-ack" in source.caps and "switchover-ack" not in destination.caps and running

@@ -99,8 +99,11 @@ def test_vdagent_blocks_migrate_before_10_1(version: str) -> None:
 
 @pytest.mark.parametrize("version", ["10.1", "10.2"])
 def test_a_vdagent_the_destination_lacks_fails_its_load(version: str) -> None:
-    # real 10.2.2, blocker-chardev-add-idle (with its wait): the source completes, the destination exits 1.
-    outcome = _run(VDAGENT, Step("migrate"), Step("wait"), version=version)
+    # real 10.2.2, blocker-chardev-add-idle (exec, with its wait): the source completes, the destination exits 1.
+    # Over tcp the source may still be writing when the destination exits (Broken pipe, 1 of 3 runs): a race.
+    tcp = _run(VDAGENT, Step("migrate", transport="tcp"), Step("wait"), version=version)
+    assert tcp.not_modelled == "a vdagent section the destination does not load, over tcp/unix"
+    outcome = _run(VDAGENT, Step("migrate", transport="exec"), Step("wait"), version=version)
     assert outcome.verdict == "failed"
     cause = f": {unknown_section('vdagent', 0)}" if version == "10.2" else ""
     assert outcome.error == f"{EINVAL_EXIT}{cause}"
