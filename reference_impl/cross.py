@@ -108,10 +108,9 @@ def check_quirk(quirk_id: str, source: Machine, destination: Machine) -> None:
         raise NotModelled(f"quirk '{quirk_id}' with a {destination.version.short} destination")
 
 
-def ack_never_comes(source: Machine, destination: Machine, running: bool) -> bool:
-    """What a tcp/unix stream to a destination configured unlike its source does, checked when the wait starts:
-    True when the source waits for a switchover ack that never comes (the caller ends the wait at its bound),
-    NotModelled where the outcome is a race.
+def check_stream_races(source: Machine, destination: Machine) -> None:
+    """The outcomes of a tcp/unix stream to a destination configured unlike its source that are races
+    (NotModelled), checked when the wait starts, before :func:`ack_never_comes`.
 
     - A configuration section the destination refuses (:func:`configuration_cause`): it exits at once, and the
       source fails on its next write with a text the kernel's timing picks (20 runs of q35 on 5 pairs of
@@ -130,10 +129,6 @@ def ack_never_comes(source: Machine, destination: Machine, running: bool) -> boo
       machine's devices, so the source still writes their sections when the destination exits; the source
       completed 5 times and failed once ("Unable to write to socket: Broken pipe") in 6 runs of 10.2.2 ->
       10.0.2 (over exec it always completes, modelled by reference_impl.loadvm.missing_vdagent).
-    - switchover-ack on the source, not on the destination (7.2 has none): loadvm_process_command sends the
-      ack at MIG_CMD_OPEN_RETURN_PATH only when the destination has the capability, so migration_can_switchover
-      stays false while the source runs: both sides stay active until the wait's bound (measured on 10.0.2 ->
-      10.0.2 and 10.2.2 -> 7.2.22). A stopped source switches over without it.
     """
     if configuration_cause(source, destination) is not None:
         raise NotModelled("the source's error when the destination refuses the configuration section over tcp/unix")
@@ -151,4 +146,13 @@ def ack_never_comes(source: Machine, destination: Machine, running: bool) -> boo
     loads_vdagent = destination.vn >= N10_1 and "qemu-vdagent" in destination.chardevs.values()
     if source.vn >= N10_1 and "qemu-vdagent" in source.chardevs.values() and not loads_vdagent:
         raise NotModelled("a vdagent section the destination does not load, over tcp/unix")
+
+
+def ack_never_comes(source: Machine, destination: Machine, running: bool) -> bool:
+    """True when the source of a tcp/unix stream waits for a switchover ack that never comes (the caller ends
+    the wait at its bound): switchover-ack on the source, not on the destination (7.2 has none).
+    loadvm_process_command sends the ack at MIG_CMD_OPEN_RETURN_PATH only when the destination has the
+    capability, so migration_can_switchover stays false while the source runs: both sides stay active until the
+    wait's bound (measured on 10.0.2 -> 10.0.2 and 10.2.2 -> 7.2.22). A stopped source switches over without it.
+    """
     return "switchover-ack" in source.caps and "switchover-ack" not in destination.caps and running

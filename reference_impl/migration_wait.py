@@ -9,7 +9,7 @@ reference_impl.quirks, applied in the order its docstring gives.
 from __future__ import annotations
 
 from reference_impl.capabilities import N10_0, N10_2
-from reference_impl.cross import ack_never_comes, check_quirk
+from reference_impl.cross import ack_never_comes, check_quirk, check_stream_races
 from reference_impl.limits import NotModelled
 from reference_impl.loadvm import config_mismatch, missing_vdagent
 from reference_impl.machine import Machine
@@ -45,9 +45,11 @@ def finish(scene: Scene, vm: Machine) -> None:
     peer = scene.destination if vm is scene.source else scene.source
     ctx = WaitContext.of(vm, peer, m)
     if m.failure is None:
-        if reads_stream(m, peer) and ack_never_comes(vm, peer, vm.runstate == "running"):
-            _end_wait(scene, vm, m, peer, EndsWait(destination=("active",), timeout=True, last_seen="active"))
-            return
+        if reads_stream(m, peer):
+            check_stream_races(vm, peer)
+            if ack_never_comes(vm, peer, vm.runstate == "running"):
+                _end_wait(scene, vm, m, peer, EndsWait(destination=("active",), timeout=True, last_seen="active"))
+                return
         quirk = first_quirk(STREAM, ctx, vm.vn) or first_quirk(SWITCHOVER, ctx, vm.vn)
         if quirk is not None:
             check_quirk(quirk.id, vm, peer)
