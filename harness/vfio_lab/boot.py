@@ -290,7 +290,8 @@ async def run_l1_retrying(
     while True:
         run = await _run_l1(argv, serial_log, timeout, ready_file=share / RUNNER)
         decision = abort_decision(run.status, runner_reported(share), len(failed) + 1)
-        if decision == "accept":
+        # A SIGINT/SIGTERM of the harness kills L1 (harness.procutil): that death is ours, and nothing new starts.
+        if decision == "accept" or procutil.interrupted() is not None:
             return run, failed
         failed.append(keep_failed_boot(share, inputs, len(failed) + 1, run.status))
         if decision == "raise":
