@@ -171,16 +171,16 @@ def probe_bound(boot_s: float | None) -> float:
 async def probe_first(binary: Any, bound: float) -> dict[str, Any]:
     """Probes ``binary`` once with ``bound`` before its first scenario. harness.probe caches the answer (a failure
     too) per binary, so the executor's own probe, bounded at 20 s, then finds it; a failure still makes every item
-    on that binary an error of kind environment, now only after the measured bound."""
-    from harness.errors import HostEnvironmentError
+    on that binary an error of kind environment, now only after the measured bound. Anything else it raises is
+    only noted: the executor's probe meets it again and reports it per item, as before."""
     from harness.probe import probe_binary
 
     started = time.monotonic()
     error: str | None = None
     try:
         await asyncio.to_thread(probe_binary, binary, bound)
-    except HostEnvironmentError as exc:
-        error = str(exc)
+    except Exception as exc:  # recorded here; the executor's probe raises it again per item
+        error = f"{type(exc).__name__}: {exc}"
     seconds = round(time.monotonic() - started, 2)
     return {
         "binary": str(getattr(binary, "path", binary)),
