@@ -51,6 +51,7 @@ Hierarchy::
         │                    works, a resource the run was promised): never QEMU's answer
         ├── ResourceUnavailable  a resource the run should have had (VFIO device, mdev, guest image)
         │   └── harness.vfio.provider.LabRunError  the lab returned no outcomes
+        ├── harness.vfio_lab.l1_abort.L1Aborted  the lab's L1 QEMU died by a signal before its runner, twice
         ├── harness.execution.verdict.HostResourceExhausted  QEMU failed for want of memory, disk or descriptors
         └── harness.binaries.BinaryRunError
 

@@ -169,6 +169,8 @@ class MttyLabProvider:
         budget = self.timeout or BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * len(scenarios) * len(binaries)
         result = await boot(image, self.variant, share, timeout=budget, qemu=self.qemu or DEFAULT_QEMU)
         self.last_boot = result
+        for failed in result.failed_boots:
+            print(f"mtty lab: L1 {failed.describe()}; booted again", file=sys.stderr)
         outcomes = []
         self.last_errors = {}
         self.item_errors = {}
@@ -197,6 +199,8 @@ class MttyLabProvider:
             outcome.extra.setdefault("lab_l1_accel", result.accel.accel)
             outcome.extra.setdefault("lab_run", str(share))
             outcome.extra.setdefault("lab_kernel", image.series)
+            if result.failed_boots:
+                outcome.extra.setdefault("lab_l1_failed_boots", [f.to_json() for f in result.failed_boots])
         if not outcomes and not self.last_errors:
             why = (
                 f"timed out after {budget:.0f} s"
@@ -204,6 +208,7 @@ class MttyLabProvider:
                 else f"L1 exited with status {result.returncode}, runner status {result.runner_exit}"
             )
             problems = f"; /init reported {result.problems}" if result.problems else ""
+            problems += "".join(f"; before it, L1 {failed.describe()}" for failed in result.failed_boots)
             raise LabRunError(
                 f"the VFIO lab returned no outcomes ({why}{problems}; runner {runner or 'never started'}); "
                 f"serial log: {result.serial_log}"

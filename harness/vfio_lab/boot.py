@@ -4,7 +4,8 @@ The guest sees the host's root file system read-only over 9p (so the repository,
 binaries are at the same paths inside, via chroot) and one writable 9p share for the request and the
 results. Its serial console goes to a log file; ``/init`` prints ``LAB:`` marker lines there, which give
 the boot-to-runner time. The L1 QEMU runs in its own process group with PR_SET_PDEATHSIG, and is killed
-on timeout, on cancellation and when the harness dies.
+on timeout, on cancellation and when the harness dies. An L1 that dies by a signal before its runner started is
+booted once more (harness.vfio_lab.l1_abort says why, and when not).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from harness import procutil, settings
 from harness.errors import LabError
 from harness.vfio_lab.build import REPO, LabImage, lab_cache
+from harness.vfio_lab.l1_abort import FailedBoot, L1Aborted, abort_decision, abort_line
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 L1_MEMORY_MB = 2048
@@ -52,6 +54,8 @@ class BootResult:
     total_s: float
     runner_exit: int | None  # the runner's exit status as /init saw it
     problems: list[str] = field(default_factory=list)  # "LAB:" failure markers from /init
+    # Boots that died by a signal before the runner started (harness.vfio_lab.l1_abort); this result is the retry's.
+    failed_boots: list[FailedBoot] = field(default_factory=list)
 
 
 def _kept_folders() -> list[str]:
@@ -246,13 +250,17 @@ async def boot(
     qemu: str = DEFAULT_QEMU,
     accel: AccelChoice | None = None,
 ) -> BootResult:
-    """Boots L1 once; its runner reads ``share/request.pickle`` and writes results to ``share``."""
+    """Boots L1 once; its runner reads ``share/request.pickle`` and writes results to ``share``.
+
+    An L1 that dies by a signal before the runner started is booted once more (``failed_boots`` then names the
+    first boot's log); a second such death raises :class:`harness.vfio_lab.l1_abort.L1Aborted`. ``timeout``
+    bounds each boot; ``total_s`` counts them all."""
     chosen: AccelChoice = accel if accel is not None else await asyncio.to_thread(choose_accel, image, qemu)
     serial_log = share / "serial.log"
     argv = l1_argv(image, variant, share, serial_log, chosen, qemu=qemu)
     (share / "l1-argv.json").write_text(json.dumps(argv, indent=1))
     started = time.monotonic()
-    run = await _run_l1(argv, serial_log, timeout, ready_file=share / "runner.json")
+    run, failed = await run_l1_retrying(argv, share, serial_log, timeout)
     text = serial_log.read_text(errors="replace")
     exit_match = re.search(r"LAB: runner-exit (\d+)", text)
     problems = re.findall(r"LAB: ((?:insmod|mount)-failed .*)", text)
@@ -266,4 +274,47 @@ async def boot(
         total_s=round(time.monotonic() - started, 2),
         runner_exit=int(exit_match.group(1)) if exit_match else None,
         problems=problems,
+        failed_boots=failed,
     )
+
+
+async def run_l1_retrying(
+    argv: list[str], share: Path, serial_log: Path, timeout: float
+) -> tuple[_L1Run, list[FailedBoot]]:
+    """:func:`_run_l1`, booted once more when L1 dies by a signal before the runner started
+    (harness.vfio_lab.l1_abort.abort_decision); raises L1Aborted when the second boot dies so too."""
+    from harness.vfio_lab.inside import RUNNER
+
+    inputs = {path.name for path in share.iterdir()}
+    failed: list[FailedBoot] = []
+    while True:
+        run = await _run_l1(argv, serial_log, timeout, ready_file=share / RUNNER)
+        decision = abort_decision(run.status, runner_reported(share), len(failed) + 1)
+        # A SIGINT/SIGTERM of the harness kills L1 (harness.procutil): that death is ours, and nothing new starts.
+        if decision == "accept" or procutil.interrupted() is not None:
+            return run, failed
+        failed.append(keep_failed_boot(share, inputs, len(failed) + 1, run.status))
+        if decision == "raise":
+            raise L1Aborted(failed)
+
+
+def runner_reported(share: Path) -> bool:
+    """Whether the runner said it started: it writes runner.json before it runs anything, and appends to
+    outcomes.jsonl after every scenario (harness.vfio_lab.inside)."""
+    from harness.vfio_lab.inside import OUTCOMES, RUNNER
+
+    return (share / RUNNER).exists() or (share / OUTCOMES).exists()
+
+
+def keep_failed_boot(share: Path, inputs: set[str], boot_number: int, status: int | None) -> FailedBoot:
+    """Moves what the failed boot wrote (its serial log with the L1 QEMU's stderr, anything /init wrote) into
+    ``share/l1-tryN/``, so the next boot starts with the share as the harness prepared it (the request), and the
+    failed boot's log stays next to the retry's."""
+    kept = share / f"l1-try{boot_number}"
+    kept.mkdir()
+    for path in sorted(share.iterdir()):
+        if path.name not in inputs and path != kept and not path.name.startswith("l1-try"):
+            path.rename(kept / path.name)
+    log = kept / "serial.log"
+    line = abort_line(log.read_text(errors="replace")) if log.exists() else None
+    return FailedBoot(boot_number, status, log, line)

@@ -64,7 +64,7 @@ async def certify_in_lab(
 ) -> dict[str, Any]:
     """Boots the lab once, certifies ``personality`` mdevs inside, copies the bundle to ``output``."""
     from harness.vfio.provider import MttyLabProvider
-    from harness.vfio_lab.boot import DEFAULT_QEMU, _run_l1, choose_accel, l1_argv
+    from harness.vfio_lab.boot import DEFAULT_QEMU, choose_accel, l1_argv, run_l1_retrying
     from harness.vfio_lab.build import REPO, lab_cache
 
     lab = MttyLabProvider(variant, qemu=qemu)
@@ -87,7 +87,7 @@ async def certify_in_lab(
     argv = l1_argv(image, lab.variant, share, serial, accel, qemu=qemu_path, cmdline_extra=PYOPTS)
     scenarios = len(only) or SUITE_SIZE_GUESS
     budget = BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * scenarios * len(binaries)
-    run = await _run_l1(argv, serial, budget, ready_file=share / RUNNER)
+    run, failed_boots = await run_l1_retrying(argv, share, serial, budget)
     bundle_dir = share / BUNDLE_DIR
     bundle_json = bundle_dir / "certify.json"
     if not bundle_json.exists():
@@ -107,6 +107,7 @@ async def certify_in_lab(
         "l1_accel": accel.accel,
         "l1_accel_reason": accel.reason,
         "timed_out": run.timed_out,
+        "failed_boots": [failed.to_json() for failed in failed_boots],
     }
     (output / "certify.json").write_text(json.dumps(bundle, indent=1) + "\n")
     return bundle

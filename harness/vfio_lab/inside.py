@@ -43,6 +43,9 @@ LOGS = "logs"  # share subfolder with each item's QEMU logs (outcome.extra["lab_
 # With LAB_ERROR, for an error that is the host's (harness.errors.HostEnvironmentError and subclasses): its
 # class name, ``what`` and ``detail``, so that the host side raises the same error (not a skip, not a bug).
 LAB_ERROR_TYPE = "lab_error_type"
+# The first launch of each binary in L1 (harness.probe's wait for QMP) is bounded by this multiple of the boot's
+# own time to the runner (probe_bound); never below harness.probe's own bound.
+PROBE_BOOT_FACTOR = 4.0
 
 
 @dataclass
@@ -132,9 +135,7 @@ def _device_labels(outcome: Outcome) -> dict[str, str]:
     return labels
 
 
-def _error_record(
-    scenario: Scenario, binary: Any, reason: str, exc: BaseException | None = None
-) -> dict[str, Any]:
+def _error_record(scenario: Scenario, binary: Any, reason: str, exc: BaseException | None = None) -> dict[str, Any]:
     """The executor raised (a harness bug, or a resource the lab could not give): the host reports it as an
     error of the item, never as a skip."""
     from harness.errors import HostEnvironmentError
@@ -146,7 +147,56 @@ def _error_record(
     return record
 
 
-async def run_request(request: Request, share: Path) -> int:
+def probe_bound(boot_s: float | None) -> float:
+    """The bound on the first QEMU launch of a binary in this L1 guest, derived from this boot's measured time.
+
+    Why not harness.probe's fixed PROBE_LAUNCH_TIMEOUT_S (20 s; the executor passes at most that): a binary's probe
+    is the first launch of its QEMU in L1, which reads the binary and its libraries over 9p under TCG, the work that
+    also dominates the boot to the runner (the runner's Python imports over the same 9p share), and both scale with
+    the host's load. Under load ~20 the 20 s bound ran out once for QEMU 7.2.22, and since a failed probe is cached
+    per binary, all 34 items of its column became errors. So the bound is PROBE_BOOT_FACTOR times ``boot_s``, the
+    guest's uptime when the runner started (runner.json's ``uptime_at_start``), measured in the same boot under the
+    same load; never less than the fixed bound. Measured in the lab on 2026-12-03 (docs/vfio-lab.md, "Measured
+    timings"), a whole first probe (launch, QMP queries, the feature probe: more than the launch the bound covers)
+    took 0.25-0.73 of ``boot_s`` for 10.0.2 and 10.2.2 and 0.88-1.00 for 7.2.22 (its libraries come from the cache
+    over 9p too): 27.8 s after a 31.6 s boot at load 11-13. The factor 4 leaves four times the largest ratio
+    measured."""
+    from harness.probe import PROBE_LAUNCH_TIMEOUT_S
+
+    if boot_s is None or boot_s <= 0:
+        return PROBE_LAUNCH_TIMEOUT_S
+    return max(PROBE_LAUNCH_TIMEOUT_S, PROBE_BOOT_FACTOR * boot_s)
+
+
+async def probe_first(binary: Any, bound: float) -> dict[str, Any]:
+    """Probes ``binary`` once with ``bound`` before its first scenario. harness.probe caches the answer (a failure
+    too) per binary, so the executor's own probe, bounded at 20 s, then finds it; a failure still makes every item
+    on that binary an error of kind environment, now only after the measured bound. Anything else it raises is
+    only noted: the executor's probe meets it again and reports it per item, as before."""
+    from harness.probe import probe_binary
+
+    started = time.monotonic()
+    error: str | None = None
+    try:
+        await asyncio.to_thread(probe_binary, binary, bound)
+    except Exception as exc:  # recorded here; the executor's probe raises it again per item
+        error = f"{type(exc).__name__}: {exc}"
+    seconds = round(time.monotonic() - started, 2)
+    return {
+        "binary": str(getattr(binary, "path", binary)),
+        "bound_s": round(bound, 1),
+        "seconds": seconds,
+        "error": error,
+    }
+
+
+def _note_probe(share: Path, probe: dict[str, Any]) -> None:
+    info = json.loads((share / RUNNER).read_text()) if (share / RUNNER).exists() else {}
+    info.setdefault("probes", []).append(probe)
+    (share / RUNNER).write_text(json.dumps(info))
+
+
+async def run_request(request: Request, share: Path, boot_s: float | None = None) -> int:
     kernel = os.uname().release
     try:
         from harness.executor import execute
@@ -159,6 +209,7 @@ async def run_request(request: Request, share: Path) -> int:
     kmsg = KernelLog()
     failures = 0
     for binary in request.binaries:
+        _note_probe(share, await probe_first(binary, probe_bound(boot_s)))
         for scenario in request.scenarios:
             started = time.monotonic()
             # In the writable share, so the host can keep the logs of an item that went wrong (--keep-logs).
@@ -237,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     share: Path = args.share
+    boot_s = _uptime()
     (share / RUNNER).write_text(
-        json.dumps({"kernel": os.uname().release, "uptime_at_start": _uptime(), "pid": os.getpid()})
+        json.dumps({"kernel": os.uname().release, "uptime_at_start": boot_s, "pid": os.getpid()})
     )
     request_path = share / REQUEST
     try:
@@ -247,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with request_path.open("rb") as fh:
                 request: Request = pickle.load(fh)
-            status = asyncio.run(run_request(request, share))
+            status = asyncio.run(run_request(request, share, boot_s))
     finally:
         info = json.loads((share / RUNNER).read_text())
         info["uptime_at_end"] = _uptime()
