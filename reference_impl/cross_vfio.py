@@ -10,13 +10,15 @@ so its device is always blocked ("VFIO device doesn't support migration") and re
 
 What this module adds is where the two sides meet, the device's savevm section:
 
-- its idstr: ``vfio_migration_init`` registers ``"<qdev path>/vfio"`` (``vmstate_if_get_id`` gives the PCI
-  path, e.g. ``0000:00:02.0/vfio``) with instance VMSTATE_INSTANCE_ID_ANY (0 for the first), in 7.2 (v1),
-  10.0.2 and 10.2.2 alike (hw/vfio/migration.c). The section is live: ``qemu_savevm_state_setup`` sends
-  its QEMU_VM_SECTION_START right after RAM's, so a destination without that handler (a 7.2 destination; a
-  10.x one whose device is blocked) fails in ``qemu_loadvm_section_start_full`` ("Unknown savevm section or
-  instance '0000:00:02.0/vfio' 0. ..." up to 10.1, "Unknown section or instance ..." from 10.2) at the
-  first device section, while a socket's source is still sending: :func:`unloaded_section`;
+- its idstr: ``vfio_migration_init`` registers ``"<qdev path>/vfio"`` (``vmstate_if_get_id`` gives the PCI path,
+  e.g. ``0000:00:01.0/vfio`` for the first device on pc-q35, measured) with instance VMSTATE_INSTANCE_ID_ANY (0
+  for the first), in 7.2 (v1), 10.0.2 and 10.2.2 alike (hw/vfio/migration.c). The section is live:
+  ``qemu_savevm_state_setup`` sends its QEMU_VM_SECTION_START right after RAM's, so a destination without that
+  handler (a 7.2 destination; a 10.x one whose device is blocked) fails in ``qemu_loadvm_section_start_full``
+  (7.2.22 and 10.0.2: error_report "Unknown savevm section or instance '0000:00:01.0/vfio' 0. ...", then the last
+  line "load of migration failed: Invalid argument"; 10.2.2: error_setg "Unknown section or instance ...",
+  appended to that line) at the first device section, while a socket's source is still sending:
+  :func:`unloaded_section`;
 - its content between 10.0 and 10.2 (:func:`check_pair`): the same markers (VFIO_MIG_FLAG_END_OF_STATE,
   DEV_CONFIG_STATE, DEV_SETUP_STATE, DEV_DATA_STATE, DEV_INIT_DATA_SENT; 10.1's DEV_CONFIG_LOAD_READY only
   in ``vfio_save_state`` when the device state goes over multifd), the same config state
