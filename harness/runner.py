@@ -36,11 +36,12 @@ from harness import procutil
 from harness.cross_targets import cross_meta, missing_outcome
 from harness.errors import VfioSetupError
 from harness.host_commands import refuse_host_commands
-from harness.item_logs import ItemLogs, provider_log_folder
+from harness.item_logs import ItemLogs
 from harness.progress import Progress
 from harness.recorder import ItemRecorder
 from harness.results import Floor, Results, WorkItem
 from harness.targets import Target
+from harness.vfio_batch import run_vfio_batch, runs_pairs, with_kernel
 
 if TYPE_CHECKING:
     from harness.binaries import QemuBinary
@@ -231,13 +232,13 @@ class _Run:
 
     async def run_model(self, scenario: Scenario, target: Target, accel: str) -> Outcome:
         host = await self.facts(target, accel)
-        outcome = _with_kernel(self._predict_item(scenario, target, host), host)
+        outcome = with_kernel(self.predict_item(scenario, target, host), host)
         note = profile_note(target.version)
         if note is not None:
             outcome.extra["profile_note"] = note
         return outcome
 
-    def _predict_item(self, scenario: Scenario, target: Target, host: HostFacts) -> Outcome:
+    def predict_item(self, scenario: Scenario, target: Target, host: HostFacts) -> Outcome:
         """The model's outcome; a cross-version item's destination version goes to the model as well."""
         if target.destination_version is None:
             return self.predict_fn()(scenario, target.version, host)
@@ -284,71 +285,26 @@ class _Run:
                 if workdir is not None:  # interrupted before the item was recorded: only "all" keeps it
                     self.logs.settle_logs(workdir, "not run")
 
-    async def run_vfio_batch(self, scenarios: Sequence[Scenario], provider: VfioProvider) -> None:
-        """Hand every VFIO scenario to the provider at once (``--repeat N``: N batches), then run the model
-        with the provider's host."""
-        binary_targets = [t for t in self.targets if t.binary is not None]
-        binaries = [t.binary for t in binary_targets if t.binary is not None]
-        rounds = max(1, self.options.repeat)
-        real: list[dict[tuple[str, str], Outcome]] = [{} for _ in range(rounds)]
-        batch_errors: list[BaseException | None] = [None] * rounds
-        if self.options.backend in ("both", "qemu") and binaries:
-            for round_ in range(rounds):
-                try:
-                    for outcome in await provider.run_batch(scenarios, binaries):
-                        target = _target_of(outcome, binary_targets)
-                        if target is not None:
-                            real[round_][(outcome.scenario, target.column)] = outcome
-                except Exception as exc:
-                    batch_errors[round_] = exc
-        host = provider.host_facts()
-        for target in self.targets:
-            for scenario in scenarios:
-                outcomes: dict[str, Outcome | BaseException] = {}
-                reals: list[Outcome | BaseException] = []
-                if self.options.backend in ("both", "qemu") and target.binary is not None:
-                    # The provider's own error for an item (e.g. ResourceUnavailable raised in the lab).
-                    item_errors = getattr(provider, "item_errors", None) or {}
-                    binary_path = str(target.binary.path)
-                    for round_ in range(rounds):
-                        got = real[round_].get((scenario.id, target.column))
-                        reals.append(
-                            got
-                            or batch_errors[round_]
-                            or item_errors.get((scenario.id, binary_path))
-                            or RuntimeError(
-                                f"VFIO provider {self.options.vfio_provider!r} returned no outcome for this scenario"
-                            )
-                        )
-                    outcomes["qemu"] = reals[0]
-                if self.options.backend in ("both", "reference") or target.binary is None:
-                    try:
-                        outcomes["reference"] = _with_kernel(self.predict_fn()(scenario, target.version, host), host)
-                    except Exception as exc:
-                        outcomes["reference"] = exc
-                if rounds > 1 and reals:
-                    self.recorder.record_repeated(scenario, target, reals, outcomes.get("reference"))
-                else:
-                    qemu = outcomes.get("qemu")
-                    logs = provider_log_folder(qemu) if isinstance(qemu, Outcome) else None
-                    self.recorder.record(scenario, target, outcomes, provider_logs=logs)
-
     async def run(self) -> Results:
         semaphore = asyncio.Semaphore(max(1, self.options.jobs))
         provider = self.options.provider
         if provider is None and self.options.vfio_provider:
             provider = get_provider(self.options.vfio_provider, self.options.vfio_options)
-        # The provider runs a batch of scenarios on every binary of the run: items of one version each only.
+        # The provider runs a batch of scenarios on every binary of the run (items of one version each only),
+        # and the cross-version items as pairs of binaries when it can (harness.vfio_batch).
         unbatchable = {s.id for s, t in self.items if t.cross or t.missing is not None}
         vfio = [s for s in self.scenarios if needs_vfio(s) and s.id not in unbatchable] if provider is not None else []
+        pairs = [(s, t) for s, t in self.items if t.cross and t.missing is None and needs_vfio(s)]
+        pairs = pairs if provider is not None and runs_pairs(provider) else []
+        paired = {(s.id, t.column) for s, t in pairs}
         tasks: list[asyncio.Task[None]] = []
         self.recorder.save()
         try:
-            if vfio and provider is not None:
-                tasks.append(asyncio.create_task(self.run_vfio_batch(vfio, provider)))
+            if (vfio or pairs) and provider is not None:
+                tasks.append(asyncio.create_task(run_vfio_batch(self, vfio, provider, pairs)))
             # scenario-major order: with several binaries, the columns of one scenario finish together
             for scenario, target in self.items:
-                if scenario not in vfio:
+                if scenario not in vfio and (scenario.id, target.column) not in paired:
                     tasks.append(asyncio.create_task(self.run_item(scenario, target, semaphore)))
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
@@ -372,23 +328,6 @@ class _Run:
             self.logs.remove_empty_logs_root()
             self.recorder.save()
         return self.results
-
-
-def _with_kernel(outcome: Outcome, host: HostFacts) -> Outcome:
-    """The model's outcome names the kernel whose facts it was given (the lab guest's, for VFIO)."""
-    if outcome.kernel is None:
-        outcome.kernel = host.kernel
-    return outcome
-
-
-def _target_of(outcome: Outcome, targets: Sequence[Target]) -> Target | None:
-    for target in targets:
-        if target.binary is not None and outcome.binary and str(target.binary.path) == outcome.binary:
-            return target
-    for target in targets:
-        if str(target.version) == outcome.qemu_version:
-            return target
-    return None
 
 
 def get_provider(name: str, options: Mapping[str, Any]) -> VfioProvider:

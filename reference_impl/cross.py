@@ -13,8 +13,10 @@ of ``switchover-ack`` on 7.2: "Parameter 'capability' does not accept value ..."
   (x-ignore-shared; mapped-ram from 9.0) must be set alike (:func:`configuration_cause`; the destination's
   line: reference_impl.loadvm.configuration_error);
 - the device sections the destination cannot load (the vdagent section, 10.1+: reference_impl.loadvm);
-- what the model cannot say for a pair (:func:`check_pair`, :func:`check_quirk`): VFIO devices, quirks whose
-  outcome depends on the destination's version and was measured only for one version.
+- the "vfio" sections of VFIO devices (reference_impl.cross_vfio: a 7.2 side never registers one);
+- what the model cannot say for a pair (:func:`check_pair`, :func:`check_quirk`): a "vfio" section both sides
+  would handle where QEMU does not decide whether it loads, quirks whose outcome depends on the destination's
+  version and was measured only for one version.
 
 The configuration rules hold for one version too (two machine types on one version fail alike), so they run
 for every pair; same-version scenarios that set both sides alike never reach them.
@@ -23,6 +25,7 @@ for every pair; same-version scenarios that set both sides alike never reach the
 from __future__ import annotations
 
 from contract.versions import V9_0, Version
+from reference_impl import cross_vfio
 from reference_impl.capabilities import N8_1, N10_1, capability_names
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
@@ -92,14 +95,12 @@ def crosses(source: Machine, destination: Machine) -> bool:
 def check_pair(source: Machine, destination: Machine) -> None:
     """Raise NotModelled for what the model does not follow across two versions, before any step runs.
 
-    VFIO: the device state protocol changed under the same section ("vfio"): 7.2 speaks the v1 migration
-    region protocol (hw/vfio/migration.c, VFIO_REGION_TYPE_MIGRATION_DEPRECATED), 8.0 on the v2 uAPI
-    (VFIO_DEVICE_FEATURE_MIGRATION); the stream carries the vendor driver's data, so whether one loads the
-    other's is the device's business, not QEMU's: not predicted."""
+    VFIO (reference_impl.cross_vfio): each side's gating follows its own version; what is not modelled is a
+    "vfio" section both sides would handle where QEMU does not decide whether it loads (a v1 side, versions
+    before 10.0, another kernel driver, multifd)."""
     if not crosses(source, destination):
         return
-    if any(d.driver == "vfio-pci" for d in (*source.devices, *destination.devices)):
-        raise NotModelled(f"vfio-pci across QEMU versions ({source.version.short} -> {destination.version.short})")
+    cross_vfio.check_pair(source, destination)
 
 
 def check_quirk(quirk_id: str, source: Machine, destination: Machine) -> None:
@@ -125,6 +126,10 @@ def check_stream_races(source: Machine, destination: Machine) -> None:
       indicated error 1", 7.2.22 "Unable to write to socket: Bad file descriptor", 10.2.2 "Channel error:
       Input/output error", one run each): not modelled until measured stable. (postcopy-ram on the
       destination only changes nothing: it completes, measured on the three.)
+    - a "vfio" section the destination has no handler for (a 7.2 destination, reference_impl.cross_vfio): the
+      destination exits at the section's start, right after RAM's setup, while the source still sends RAM, so
+      the source's error is the same race as for the configuration section (over exec: modelled,
+      reference_impl.loadvm.config_mismatch).
     - a vdagent section (10.1+) into a destination before 10.1: a command-line chardev registers it before the
       machine's devices, so the source still writes their sections when the destination exits; the source
       completed 5 times and failed once ("Unable to write to socket: Broken pipe") in 6 runs of 10.2.2 ->
@@ -141,6 +146,9 @@ def check_stream_races(source: Machine, destination: Machine) -> None:
         raise NotModelled("multifd on one side of a tcp/unix migration only (the destination)")
     if "postcopy-ram" in source.caps and "postcopy-ram" not in destination.caps:
         raise NotModelled("postcopy-ram on the source of a tcp/unix migration only")
+    if cross_vfio.unloaded_section(source, destination) is not None:
+        raise NotModelled("a vfio section the destination does not load, over tcp/unix")
+    cross_vfio.check_stream(source, destination)
     # The same race between two 10.2.2 (a chardev-add'ed vdagent, the destination without one): the source
     # failed with "Unable to write to socket: Broken pipe" in 1 of 3 runs (main job, 2026-12-03).
     loads_vdagent = destination.vn >= N10_1 and "qemu-vdagent" in destination.chardevs.values()

@@ -12,6 +12,7 @@ from contract.sizes import parse_mib
 from reference_impl import catalog
 from reference_impl.capabilities import N9_1, N10_1, N10_2
 from reference_impl.cross import configuration_cause
+from reference_impl.cross_vfio import check_stream, unloaded_section
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, pci_paths
 
@@ -61,6 +62,8 @@ def config_mismatch(source: Machine, destination: Machine) -> str | None:
     order qemu_loadvm_state meets the causes:
     - an unmigratable device on the destination: qemu_savevm_state_blocked comes first;
     - another RAM size: ram_load_precopy "Length mismatch" for the RAM block (the first section);
+    - a "vfio" section the destination has no handler for (reference_impl.cross_vfio.unloaded_section: a
+      7.2 destination, or a device blocked there), whose start comes right after RAM's;
     - a device the source has and the destination lacks (:func:`_missing_device`);
     - a vdagent chardev the destination lacks (10.1+, :func:`missing_vdagent`).
     Measured on 10.0.2 and 7.2.22 over exec (unmigratable-savevm-load-destination, precopy-memory-mismatch,
@@ -69,6 +72,7 @@ def config_mismatch(source: Machine, destination: Machine) -> str | None:
     (its state just is not sent).
     """
     vn = destination.vn  # the destination prints the line (cross-version: its own version's form)
+    check_stream(source, destination)
     if destination.blockers.unmigratable:
         return load_failure(vn, state_blocked(destination.blockers.unmigratable[0]))
     # qemu_loadvm_state_header: the configuration section (machine type, validated caps) comes first.
@@ -77,6 +81,10 @@ def config_mismatch(source: Machine, destination: Machine) -> str | None:
         return configuration
     if _mib(source.memory) != _mib(destination.memory):
         return load_failure(vn, RAM_LOAD_ERROR)
+    # A live "vfio" section starts right after RAM's setup, before any device's non-iterable state.
+    vfio = unloaded_section(source, destination)
+    if vfio is not None:
+        return load_failure(vn, unknown_section(vfio))
     missing = _missing_device(source, destination)
     if missing is not None:
         return missing

@@ -88,6 +88,8 @@ class MttyLabProvider:
     """The nested mtty lab as a VFIO provider."""
 
     name = "mtty"
+    # Cross-version items go into the batch as pairs of binaries (harness.vfio_batch).
+    runs_pairs = True
 
     def __init__(
         self,
@@ -136,9 +138,15 @@ class MttyLabProvider:
             kernel=self.kernel,
         )
 
-    async def run_batch(self, scenarios: Sequence[Scenario], binaries: Sequence[QemuBinary]) -> list[Outcome]:
-        """Boots the lab once and runs every scenario on every binary inside it."""
-        if not scenarios or not binaries:
+    async def run_batch(
+        self,
+        scenarios: Sequence[Scenario],
+        binaries: Sequence[QemuBinary],
+        pairs: Sequence[tuple[Scenario, QemuBinary, QemuBinary]] = (),
+    ) -> list[Outcome]:
+        """Boots the lab once and runs every scenario on every binary inside it, and each of ``pairs`` (a
+        cross-version item: the source on the first binary, the destination on the second)."""
+        if not pairs and (not scenarios or not binaries):
             return []
         from harness.vfio_lab.boot import DEFAULT_QEMU, boot
         from harness.vfio_lab.build import REPO, lab_cache
@@ -159,14 +167,16 @@ class MttyLabProvider:
             )
         request = Request(
             scenarios=list(scenarios),
-            binaries=list(binaries),
+            binaries=list(binaries) if scenarios else [],
             variant=self.variant,
             personalities=list(image.personalities),
             unavailable_note=image.unavailable_note,
+            pairs=list(pairs),
         )
         with (share / REQUEST).open("wb") as fh:
             pickle.dump(request, fh)
-        budget = self.timeout or BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * len(scenarios) * len(binaries)
+        count = len(request.scenarios) * len(request.binaries) + len(pairs)
+        budget = self.timeout or BOOT_BUDGET_S + PER_SCENARIO_BUDGET_S * count
         result = await boot(image, self.variant, share, timeout=budget, qemu=self.qemu or DEFAULT_QEMU)
         self.last_boot = result
         for failed in result.failed_boots:

@@ -60,6 +60,13 @@ class Request:
     personalities: list[str] | None = None  # what the lab image offers (None: all)
     unavailable_note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Cross-version items: (scenario, source binary, destination binary), each side on its own binary.
+    pairs: list[tuple[Scenario, Any, Any]] = field(default_factory=list)
+
+
+def pair_key(source: Any, destination: Any) -> str:
+    """How a cross-version item's binaries are named in a ``lab_error`` line (the host's item_errors key)."""
+    return f"{source.path}->{destination.path}"
 
 
 def _uptime() -> float:
@@ -198,46 +205,57 @@ def _note_probe(share: Path, probe: dict[str, Any]) -> None:
 
 async def run_request(request: Request, share: Path, boot_s: float | None = None) -> int:
     kernel = os.uname().release
+    items = [(scenario, binary, None) for binary in request.binaries for scenario in request.scenarios]
+    items += getattr(request, "pairs", [])  # a request pickled before pairs existed has none
     try:
         from harness.executor import execute
     except ImportError as exc:
-        for binary in request.binaries:
-            for scenario in request.scenarios:
-                _append(share, _error_record(scenario, binary, f"harness.executor is not available: {exc}"))
+        for scenario, binary, destination in items:
+            label = binary if destination is None else pair_key(binary, destination)
+            _append(share, _error_record(scenario, label, f"harness.executor is not available: {exc}"))
         return 1
     allocator = MdevAllocator(request.personalities, request.unavailable_note)
     kmsg = KernelLog()
     failures = 0
-    for binary in request.binaries:
-        _note_probe(share, await probe_first(binary, probe_bound(boot_s)))
-        for scenario in request.scenarios:
-            started = time.monotonic()
-            # In the writable share, so the host can keep the logs of an item that went wrong (--keep-logs).
-            (share / LOGS).mkdir(exist_ok=True)
-            name = item_log_name(scenario.id, str(binary.version))
-            workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=share / LOGS))
-            try:
-                outcome = await asyncio.wait_for(
-                    execute(scenario, binary, workdir=workdir, allocator=allocator, timeout=request.wait_timeout_s),
-                    request.scenario_timeout_s,
-                )
-            except Exception as exc:  # the executor's own bugs: keep going, say what happened
-                failures += 1
-                traceback.print_exc()
-                _append(share, _error_record(scenario, binary, f"{type(exc).__name__}: {exc}", exc))
-                continue
-            finally:
-                allocator.release_all()
-            outcome.kernel = kernel
-            outcome.vfio_provider = PROVIDER_NAME
-            outcome.extra.setdefault("lab_variant", request.variant)
-            outcome.extra["lab_logs"] = str(workdir.relative_to(share))
-            if outcome.duration_s is None:
-                outcome.duration_s = round(time.monotonic() - started, 3)
-            transitions = kmsg.transitions(_device_labels(outcome))
-            if transitions:
-                outcome.extra["kernel_vfio_transitions"] = transitions
-            _append(share, outcome.to_json())
+    probed: set[str] = set()
+    for scenario, binary, destination in items:
+        # Each binary's first launch in L1 (a pair's destination too) under the boot-derived bound.
+        for side in (binary, destination):
+            if side is not None and str(side.path) not in probed:
+                probed.add(str(side.path))
+                _note_probe(share, await probe_first(side, probe_bound(boot_s)))
+        started = time.monotonic()
+        # In the writable share, so the host can keep the logs of an item that went wrong (--keep-logs).
+        (share / LOGS).mkdir(exist_ok=True)
+        column = str(binary.version) if destination is None else f"{binary.version}->{destination.version}"
+        workdir = Path(tempfile.mkdtemp(prefix=f"{item_log_name(scenario.id, column)}-", dir=share / LOGS))
+        # A cross-version item: the destination on its own binary, exactly as the executor runs it on the host.
+        cross: dict[str, Any] = {"destination_binary": destination} if destination is not None else {}
+        try:
+            outcome = await asyncio.wait_for(
+                execute(
+                    scenario, binary, workdir=workdir, allocator=allocator, timeout=request.wait_timeout_s, **cross
+                ),
+                request.scenario_timeout_s,
+            )
+        except Exception as exc:  # the executor's own bugs: keep going, say what happened
+            failures += 1
+            traceback.print_exc()
+            label = binary if destination is None else pair_key(binary, destination)
+            _append(share, _error_record(scenario, label, f"{type(exc).__name__}: {exc}", exc))
+            continue
+        finally:
+            allocator.release_all()
+        outcome.kernel = kernel
+        outcome.vfio_provider = PROVIDER_NAME
+        outcome.extra.setdefault("lab_variant", request.variant)
+        outcome.extra["lab_logs"] = str(workdir.relative_to(share))
+        if outcome.duration_s is None:
+            outcome.duration_s = round(time.monotonic() - started, 3)
+        transitions = kmsg.transitions(_device_labels(outcome))
+        if transitions:
+            outcome.extra["kernel_vfio_transitions"] = transitions
+        _append(share, outcome.to_json())
     return 1 if failures else 0
 
 

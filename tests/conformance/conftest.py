@@ -139,8 +139,13 @@ def vfio_batch(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Results
             else:
                 options = settings.vfio_options()
                 scenarios = [s for s in suite() if needs_vfio(s)]
+                targets = targets_for_binaries(binaries())
+                # The cross-version VFIO cases go into the same batch, as pairs of binaries.
+                cross = [(s, t) for s, t in cross_cases(targets) if needs_vfio(s)]
+                items = [(s, t) for s in scenarios for t in targets] + cross
+                scenarios += list({s.id: s for s, _ in cross}.values())
                 run = RunOptions(backend="both", jobs=1, vfio_provider=name, vfio_options=options)
-                cache["results"] = run_sync(scenarios, targets_for_binaries(binaries()), run)
+                cache["results"] = run_sync(scenarios, targets, run, items)
                 results_io.save(cache["results"], result_file)
         return cache["results"]
 

@@ -11,7 +11,7 @@ import pytest
 from contract.host import HostFacts
 from contract.messages import vm_exited
 from contract.outcome import Outcome
-from contract.scenario import DeviceSpec, MigrationSpec, Scenario, Step, VmSpec
+from contract.scenario import MigrationSpec, Scenario, Step, VmSpec
 from contract.versions import Version
 from reference_impl.cross import supported
 from reference_impl.limits import NotModelled
@@ -214,12 +214,7 @@ def test_a_cut_stream_is_reported_in_the_destinations_form() -> None:
     assert from_old.error == _destination_exit(load_failure(1002, "Section footer error, section_id: 2"))
 
 
-# ---- not modelled across versions ----------------------------------------------------------------------------
-def test_vfio_across_versions_is_not_modelled() -> None:
-    vm = VmSpec(machine="pc-q35-7.2", devices=(DeviceSpec("vfio-pci", id="vfio0"),))
-    assert (_run("10.0", "10.2", vm).not_modelled or "").startswith("vfio-pci across QEMU versions")
-
-
+# ---- not modelled across versions (VFIO: tests/unit/test_model_cross_vfio.py) --------------------------------
 def test_a_quirk_the_destination_decides_is_not_modelled_across_versions() -> None:
     steps = (Step("set-capabilities", capabilities={"compress": True}), Step("migrate"), Step("wait"))
     assert (
