@@ -70,13 +70,18 @@ def test_8_0_and_8_1_resume_is_refused_before_the_uri_is_dispatched(version: str
     assert refusal("migrate", version, uri="tcp:127.0.0.1:1", resume=True) == NO_PAUSED
 
 
+def migrate_with(capability: str, version: str, **arguments: Any) -> Outcome:
+    """``migrate`` with ``arguments`` after the source's ``capability`` was set."""
+    caps = Step("set-capabilities", side="source", capabilities={capability: True})
+    return run(caps, qmp("migrate", **arguments), version=version)
+
+
 @pytest.mark.parametrize("version", PRE_CHANNELS)
 def test_8_0_and_8_1_check_the_uri_against_multifd_first(version: str) -> None:
     # migration_channels_and_uri_compatible comes before migrate_prepare (new in 8.0; 7.2 resumes first).
-    caps = Step("set-capabilities", side="source", capabilities={"multifd": True})
-    resumed = run(caps, qmp("migrate", uri="exec:cat", resume=True), version=version)
+    resumed = migrate_with("multifd", version, uri="exec:cat", resume=True)
     assert resumed.error == "Migration requires multi-channel URIs (e.g. tcp)"
-    assert run(caps, qmp("migrate", uri="exec:cat", resume=True), version="7.2").error == NO_PAUSED
+    assert migrate_with("multifd", "7.2", uri="exec:cat", resume=True).error == NO_PAUSED
 
 
 @pytest.mark.parametrize("version", PRE_CHANNELS + BLK_ERA)
@@ -85,12 +90,9 @@ def test_blk_and_inc_follow_migrate_prepare(version: str) -> None:
     for argument in ("blk", "inc"):
         block = run(qmp("migrate", uri="tcp:127.0.0.1:1", **{argument: True}), version=version)
         assert same(block, plain)
-    with_cap = Step("set-capabilities", side="source", capabilities={"block": True})
-    assert run(with_cap, qmp("migrate", uri="tcp:127.0.0.1:1", blk=True), version=version).error == INCOMPATIBLE
+    assert migrate_with("block", version, uri="tcp:127.0.0.1:1", blk=True).error == INCOMPATIBLE
     # Another capability: migrate_caps_check with block added is not modelled.
-    xbzrle = Step("set-capabilities", side="source", capabilities={"xbzrle": True})
-    skipped = run(xbzrle, qmp("migrate", uri="tcp:127.0.0.1:1", blk=True), version=version)
-    assert skipped.verdict == "skipped"
+    assert migrate_with("xbzrle", version, uri="tcp:127.0.0.1:1", blk=True).verdict == "skipped"
 
 
 @pytest.mark.parametrize("version", ("7.2", *PRE_CHANNELS, *BLK_ERA))
@@ -107,10 +109,8 @@ def test_a_running_migration_is_refused_before_blk_is_looked_at(version: str) ->
 
 @pytest.mark.parametrize("version", BLK_ERA)
 def test_8_2_and_9_0_parse_the_uri_before_blk(version: str) -> None:
-    with_cap = Step("set-capabilities", side="source", capabilities={"block": True})
-    outcome = run(with_cap, qmp("migrate", uri="bogus:x", blk=True), version=version)
-    assert outcome.error == "unknown migration protocol: bogus:x"
-    assert run(with_cap, qmp("migrate", uri="bogus:x", blk=True), version="8.1").error == INCOMPATIBLE
+    assert migrate_with("block", version, uri="bogus:x", blk=True).error == "unknown migration protocol: bogus:x"
+    assert migrate_with("block", "8.1", uri="bogus:x", blk=True).error == INCOMPATIBLE
 
 
 @pytest.mark.parametrize("version", BLK_ERA)
