@@ -231,3 +231,30 @@ def test_a_destination_refusing_its_tls_channel_keeps_listening_before_10_0(vers
     assert (outcome.verdict, outcome.error) == ("failed", "No TLS credentials with id 'nosuch'")
     assert outcome.destination is not None and outcome.destination.runstate == "inmigrate"
     assert run(*steps, version="10.0").destination is None  # 10.0: migration_channel_process_incoming exits
+
+
+def set_parameter(version: str, **parameters: Any) -> str | None:
+    return run(Step("set-parameters", side="source", parameters=parameters), version=version).error
+
+
+@pytest.mark.parametrize("version", ("7.2", "8.0", "8.1", "8.2", "9.0", "10.0"))
+def test_multifd_levels_are_checked_from_9_0(version: str) -> None:
+    # migrate_params_test_apply copies the two levels from 9.0 (commit b4014a2bf5); before, the check reads the
+    # current value and passes.
+    checked = version in ("9.0", "10.0")
+    zlib = "Parameter 'multifd_zlib_level' expects a value between 0 and 9"
+    zstd = "Parameter 'multifd_zstd_level' expects a value between 0 and 20"
+    assert set_parameter(version, **{"multifd-zlib-level": 10}) == (zlib if checked else None)
+    assert set_parameter(version, **{"multifd-zstd-level": 21}) == (zstd if checked else None)
+
+
+@pytest.mark.parametrize(
+    ("version", "error"),
+    [
+        ("8.1", "Parameter 'vcpu_dirty_limit' expects is invalid, it must greater then 1 MB/s"),
+        ("9.0", "Parameter 'vcpu_dirty_limit' expects is invalid, it must greater then 1 MB/s"),
+        ("9.1", "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s"),
+    ],
+)
+def test_vcpu_dirty_limit_text_changed_in_9_1(version: str, error: str) -> None:
+    assert set_parameter(version, **{"vcpu-dirty-limit": 0}) == error
