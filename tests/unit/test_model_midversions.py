@@ -258,3 +258,24 @@ def test_multifd_levels_are_checked_from_9_0(version: str) -> None:
 )
 def test_vcpu_dirty_limit_text_changed_in_9_1(version: str, error: str) -> None:
     assert set_parameter(version, **{"vcpu-dirty-limit": 0}) == error
+
+
+@pytest.mark.parametrize(("version", "text"), [("8.1", "state"), ("8.2", "or postcopy-recover state")])
+def test_migrate_pause_text_names_recover_from_8_2(version: str, text: str) -> None:
+    error = refusal("migrate-pause", version)
+    assert error == f"migrate-pause is currently only supported during postcopy-active {text}"
+
+
+@pytest.mark.parametrize(("version", "runstate"), [("8.1", "postmigrate"), ("8.2", "paused"), ("9.2", "paused")])
+def test_a_cancelled_stopped_source_gets_its_old_runstate_from_8_2(version: str, runstate: str) -> None:
+    # migration_iteration_finish: 7.2-8.1 postmigrate, 8.2+ s->vm_old_state (the VM was stopped before migrate).
+    steps = (
+        Step("stop"),
+        Step("set-capabilities", side="source", capabilities={"pause-before-switchover": True}),
+        Step("migrate", transport="tcp"),
+        Step("wait"),
+        qmp("migrate_cancel"),
+        Step("wait"),
+    )
+    source = run(*steps, version=version).source
+    assert source is not None and (source.status, source.runstate) == ("cancelled", runstate)
