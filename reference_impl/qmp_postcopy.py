@@ -31,7 +31,7 @@ def _postcopy_running(scene: Scene) -> bool:
 
 
 def migrate_pause(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> str | None:
-    """``qmp_migrate_pause``: only the source's postcopy-active (10.0: migration_postcopy_is_alive, which
+    """``qmp_migrate_pause``: only the source's postcopy-active (8.2+: migration_postcopy_is_alive, which
     adds postcopy-recover), then the destination's, can be paused; anything else is refused with the
     version's text.
 
