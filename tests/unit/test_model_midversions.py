@@ -15,7 +15,9 @@ import pytest
 from contract.host import HostFacts
 from contract.outcome import Outcome
 from contract.scenario import Scenario, Step, VmSpec
+from contract.versions import Version
 from reference_impl import predict
+from reference_impl.machine_types import machine_error, resolve_machine
 
 HOST = HostFacts(userfaultfd=True)
 MAIN = {"channel-type": "main", "addr": {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": "1"}}
@@ -279,3 +281,20 @@ def test_a_cancelled_stopped_source_gets_its_old_runstate_from_8_2(version: str,
     )
     source = run(*steps, version=version).source
     assert source is not None and (source.status, source.runstate) == ("cancelled", runstate)
+
+
+@pytest.mark.parametrize(
+    ("version", "gone"),
+    [("8.1", None), ("8.2", "pc-i440fx-1.7"), ("9.0", "pc-i440fx-1.7"), ("9.1", "pc-i440fx-2.3")],
+)
+def test_machine_types_and_their_refusal_per_release(version: str, gone: str | None) -> None:
+    # hw/i386/pc_piix.c / pc_q35.c of each release; select_machine's text names the type from 9.1.
+    profile = Version.parse(version)
+    if gone is not None:
+        assert resolve_machine(gone, profile) is None
+    assert resolve_machine("pc-i440fx-2.4", profile) == "pc-i440fx-2.4"
+    assert resolve_machine("pc-q35-2.4", profile) == "pc-q35-2.4"
+    named = 'unsupported machine type: "pc-q35-10.0"'
+    plain = "unsupported machine type"
+    expected = named if profile >= Version(9, 1) else plain
+    assert machine_error(VmSpec(machine="pc-q35-10.0"), profile) == expected
