@@ -18,6 +18,9 @@ class HostFacts:
     # KVM keeps the invtsc CPUID flag a vCPU asks for (probed: harness.probe, "+invtsc,enforce" starts); else
     # QEMU drops it with a warning and kvm_arch_init_vcpu adds no invtsc blocker (reference_impl.cpu).
     kvm_invtsc: bool = False
+    # KVM offers Hyper-V (KVM_CAP_HYPERV, probed): without it no hv-* CPU flag adds a blocker
+    # (reference_impl.cpu); None: not probed, or not KVM.
+    kvm_hyperv: bool | None = None
     dirty_ring: bool = False  # KVM with dirty-ring-size set (rule r)
     # VFIO: whether the kernel's DMA-logging report works for devices that advertise DMA logging.
     # False on Debian's stock 6.12 vfio.ko (IOMMUFD_DRIVER unset: iova_bitmap stubs return -EOPNOTSUPP),

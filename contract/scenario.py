@@ -20,7 +20,7 @@ SIDES = ("source", "destination", "both")
 TRANSPORTS = ("tcp", "unix", "file", "exec")
 MODES = ("precopy", "postcopy", "background-snapshot")
 ACCELS = ("auto", "kvm", "tcg")
-REQUIREMENTS = ("kvm", "uffd", "uffd-wp", "vfio", "guest", "kvm-invtsc")
+REQUIREMENTS = ("kvm", "uffd", "uffd-wp", "vfio", "guest", "kvm-invtsc", "kvm-no-hyperv")
 PERSONALITIES = ("migratable", "no-p2p", "no-precopy", "no-dirty-logging", "no-migration")
 
 # Capabilities the destination must share with the source (contract: "How a scenario is executed").

@@ -23,6 +23,7 @@ cannot boot Linux it costs the whole bound (harness.linux_boot boots; harness.uf
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import platform
 import threading
@@ -63,6 +64,10 @@ class HostProbe:
     kvm_device: bool
     kvm_detail: str
     pvm: bool
+    # KVM_CAP_HYPERV (KVM_CHECK_EXTENSION on /dev/kvm): without it QEMU's hyperv_enabled() is false and no hv-*
+    # flag reaches hyperv_init_vcpu (reference_impl.cpu). None: not asked (no usable /dev/kvm).
+    kvm_hyperv: bool | None = None
+    kvm_hyperv_detail: str = "not probed: no usable /dev/kvm"
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ def probe_host() -> HostProbe:
             kvm_detail = "/dev/kvm is PVM (kvm_pvm): paravirtual KVM"
         else:
             kvm_detail = "/dev/kvm present"
+        hyperv, hyperv_detail = kvm_hyperv() if kvm_device else (None, "not probed: no usable /dev/kvm")
         _host_cache = HostProbe(
             kernel=platform.release(),
             userfaultfd=uffd,
@@ -169,8 +175,29 @@ def probe_host() -> HostProbe:
             kvm_device=kvm_device,
             kvm_detail=kvm_detail,
             pvm=pvm,
+            kvm_hyperv=hyperv,
+            kvm_hyperv_detail=hyperv_detail,
         )
         return _host_cache
+
+
+KVM_CHECK_EXTENSION = 0xAE03  # _IO(KVMIO, 0x03), linux/kvm.h
+KVM_CAP_HYPERV = 44
+
+
+def kvm_hyperv() -> tuple[bool | None, str]:
+    """Whether this host's KVM offers Hyper-V enlightenments at all (KVM_CAP_HYPERV), with the evidence."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return None, f"not probed: /dev/kvm: {exc.strerror}"
+    try:
+        answer = fcntl.ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_HYPERV)
+    except OSError as exc:
+        return None, f"not probed: KVM_CHECK_EXTENSION: {exc.strerror}"
+    finally:
+        os.close(fd)
+    return answer > 0, f"KVM_CHECK_EXTENSION(KVM_CAP_HYPERV) = {answer}"
 
 
 # ---------------------------------------------------------------------------------------------- binary
@@ -374,6 +401,7 @@ def host_facts(binary: QemuBinary, accel: str) -> HostFacts:
         uffd_wp=host.uffd_wp and uffd,
         kvm=resolved == "kvm",
         kvm_invtsc=resolved == "kvm" and probe.kvm.invtsc is True,
+        kvm_hyperv=host.kvm_hyperv if resolved == "kvm" else None,
         dirty_ring=False,  # never enabled by the executor
         kernel=host.kernel,
     )

@@ -19,6 +19,7 @@ def format_qemus(binaries: Sequence[QemuBinary]) -> str:
         f"  userfaultfd: {'yes' if host.userfaultfd else 'no'} ({host.userfaultfd_detail})",
         f"  UFFD write-protect: {'yes' if host.uffd_wp else 'no'} ({host.uffd_wp_detail})",
         f"  KVM: {host.kvm_detail}",
+        f"  KVM Hyper-V: {host.kvm_hyperv_detail}",
         "",
     ]
     if not binaries:

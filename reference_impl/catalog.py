@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.versions import V8_1, V8_2, V10_1, Version
+from contract.versions import V8_2, V10_1, Version
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,9 @@ class DeviceModel:
 
 _MODELS = (
     DeviceModel("nvme", "pci", "nvme"),
-    # hw/ufs appeared in 8.1 (7.2.22: "'ufs' is not a valid device model name", measured).
-    DeviceModel("ufs", "pci", "ufs", since=V8_1),
+    # hw/ufs appeared in 8.2 (commit bc4e68d362 "hw/ufs: Initial commit for emulated Universal-Flash-Storage",
+    # September 2023: not in 8.1.0's tree, in 8.2.0's; 7.2.22: "'ufs' is not a valid device model name", measured).
+    DeviceModel("ufs", "pci", "ufs", since=V8_2),
     DeviceModel("rocker", "pci", "rocker"),
     DeviceModel("amd-iommu", "sysbus", "amd-iommu", idstr_without_path=True, occupies_pci_slot=True, viommu=True),
     DeviceModel("virtio-crypto-pci", "pci", "virtio-crypto", qom_type="virtio-crypto-device"),

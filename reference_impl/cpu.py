@@ -17,9 +17,15 @@ Whether the vCPU has invtsc is decided from the -cpu string in target/i386/cpu.c
   ``enforce``), so the blocker needs a KVM that keeps invtsc: HostFacts.kvm_invtsc, probed.
 Under TCG invtsc is not supported ("TCG doesn't support requested feature"): dropped, never a blocker.
 
+The Hyper-V blockers of hyperv_init_vcpu ("'hv-passthrough' CPU flag prevents migration, ...", and
+hv-no-nonarch-coresharing=auto's) need hyperv_enabled(), which asks KVM for KVM_CAP_HYPERV first (7.2.22,
+10.0.2, 10.2.2 alike; kvm_hyperv_expand_features returns at once without it): on a KVM without Hyper-V
+(HostFacts.kvm_hyperv False, probed) these flags add nothing (measured on 10.0.2 and 7.2.22 on the PVM host:
+migrate accepted). With Hyper-V they are not modelled (no such host measured).
+
 Not modelled (each depends on something no probe measures, or was not read): a TSC frequency (whether this
 host's KVM sets one decides if the vCPU starts at all; 10.0 also makes invtsc migratable with it), the
-Hyper-V blockers of hyperv_init_vcpu (hv-passthrough, hv-no-nonarch-coresharing), a named model whose
+Hyper-V blockers on a KVM with Hyper-V (above), a named model whose
 definition carries invtsc (YongFeng, 10.0+), ``migratable`` on a model without that property, ``enforce``
 where invtsc is dropped (the refusal's text), and a boolean QEMU's parser might refuse.
 """
@@ -72,9 +78,24 @@ def parse_cpu(text: str) -> tuple[str, dict[str, str], set[str], set[str]]:
     return model, options, plus, minus
 
 
-def cpu_blocker(cpu: str | None, kvm: bool, kvm_invtsc: bool) -> str | None:
+def _hyperv_flags(options: dict[str, str], plus: set[str], minus: set[str], kvm_hyperv: bool | None) -> None:
+    """hv-passthrough / hv-no-nonarch-coresharing under KVM: nothing without KVM_CAP_HYPERV, else NotModelled."""
+    for name in sorted((plus | minus | set(options)) & _HYPERV_BLOCKERS):
+        if kvm_hyperv is None:
+            raise NotModelled(f"-cpu {name} under KVM (whether KVM offers Hyper-V was not probed)")
+        if kvm_hyperv:
+            raise NotModelled(f"-cpu {name} on a KVM with Hyper-V (hyperv_init_vcpu's blockers: not measured)")
+        if name == "hv-no-nonarch-coresharing" and name in options:
+            if options[name] not in ("on", "off", "auto"):  # an OnOffAuto property
+                raise NotModelled(f"-cpu {name}={options[name]} (a value QEMU's parser refuses)")
+        else:
+            _flag(options, plus, minus, name)
+
+
+def cpu_blocker(cpu: str | None, kvm: bool, kvm_invtsc: bool, kvm_hyperv: bool | None = None) -> str | None:
     """The blocker kvm_arch_init_vcpu adds for the vCPU of ``-cpu cpu`` (None: the executor's default model, a
-    "host" model with migratable on), or None. ``kvm``: the VM runs on KVM; ``kvm_invtsc``: HostFacts.kvm_invtsc.
+    "host" model with migratable on), or None. ``kvm``: the VM runs on KVM; ``kvm_invtsc``: HostFacts.kvm_invtsc;
+    ``kvm_hyperv``: HostFacts.kvm_hyperv.
 
     Raises NotModelled for what the module docstring lists."""
     if cpu is None:
@@ -85,9 +106,10 @@ def cpu_blocker(cpu: str | None, kvm: bool, kvm_invtsc: bool) -> str | None:
         if "invtsc" in names and _flag(options, plus, minus, "invtsc") and _flag(options, plus, minus, "enforce"):
             raise NotModelled("-cpu ...,+invtsc,enforce under TCG (x86_cpu_filter_features' refusal)")
         return None
-    unknown = sorted(names & (_TSC_FREQUENCY | _HYPERV_BLOCKERS))
+    unknown = sorted(names & _TSC_FREQUENCY)
     if unknown:
-        raise NotModelled(f"-cpu {unknown[0]} under KVM (a host-dependent vCPU start, or hyperv_init_vcpu's blockers)")
+        raise NotModelled(f"-cpu {unknown[0]} under KVM (a host-dependent vCPU start)")
+    _hyperv_flags(options, plus, minus, kvm_hyperv)
     if model.startswith("YongFeng"):
         raise NotModelled(f"-cpu {model} under KVM (a model whose definition may carry invtsc)")
     migratable = _flag(options, plus, minus, "migratable")

@@ -224,7 +224,7 @@ def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _
             if error is not None:
                 return _Realized(error)
     # The board's vCPUs (machine_run_board_init) are realized after every backend, before any -device.
-    cpu_reason = cpu_blocker(line.cpu, host.kvm and line.accel != "tcg", host.kvm_invtsc)
+    cpu_reason = cpu_blocker(line.cpu, host.kvm and line.accel != "tcg", host.kvm_invtsc, host.kvm_hyperv)
     if cpu_reason is not None and blockers.add(cpu_reason) is not None:
         return _Realized(INVTSC_ONLY_MIGRATABLE_ERROR)
     if line.devices:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 from contract.scenario import DeviceSpec, VmSpec
-from contract.versions import V7_2, V10_0, V10_2, Version
+from contract.versions import V7_2, V8_0, V8_1, V8_2, V9_0, V9_1, V9_2, V10_0, V10_2, Version
 from reference_impl import catalog
 from reference_impl.limits import NotModelled
 
@@ -21,10 +21,18 @@ _RELEASES = (
     "2.11", "2.12", "3.0", "3.1", "4.0", "4.0.1", "4.1", "4.2", "5.0", "5.1", "5.2", "6.0", "6.1", "6.2", "7.0",
     "7.1", "7.2", "8.0", "8.1", "8.2", "9.0", "9.1", "9.2", "10.0", "10.1", "10.2",
 )  # fmt: skip
-# The oldest versioned type per family, measured (`-machine help`) on 7.2.22, 10.0.2 and 10.2.2: 10.0 removed
-# pc-i440fx-1.4 ... 2.3, 10.2 everything before 5.0 (deprecated machines "more than 6 years old").
+# The oldest versioned type per family, measured (`-machine help`) on 7.2.22, 10.0.2 and 10.2.2, and read for
+# 8.0-9.2 (DEFINE_I440FX_MACHINE / DEFINE_Q35_MACHINE in hw/i386/pc_piix.c and pc_q35.c of 8.0.0 ... 9.1.0 and
+# 9.2's soft freeze): 8.2 removed pc-i440fx-1.4 ... 1.7, 9.1 pc-i440fx-2.0 ... 2.3, 10.2 everything before 5.0
+# (deprecated machines "more than 6 years old").
 _OLDEST: dict[Version, dict[str, tuple[int, ...]]] = {
     V7_2: {"pc-q35": (2, 4), "pc-i440fx": (1, 4)},
+    V8_0: {"pc-q35": (2, 4), "pc-i440fx": (1, 4)},
+    V8_1: {"pc-q35": (2, 4), "pc-i440fx": (1, 4)},
+    V8_2: {"pc-q35": (2, 4), "pc-i440fx": (2, 0)},
+    V9_0: {"pc-q35": (2, 4), "pc-i440fx": (2, 0)},
+    V9_1: {"pc-q35": (2, 4), "pc-i440fx": (2, 4)},
+    V9_2: {"pc-q35": (2, 4), "pc-i440fx": (2, 4)},
     V10_0: {"pc-q35": (2, 4), "pc-i440fx": (2, 4)},
     V10_2: {"pc-q35": (5, 0), "pc-i440fx": (5, 0)},
 }
@@ -82,19 +90,17 @@ def machine_error(spec: VmSpec, version: Version) -> str | None:
     """QEMU's startup refusal of ``-machine`` (select_machine), or None.
 
     7.2.22: "unsupported machine type" (softmmu/vl.c, then the hint line "Use -machine help ..."); 10.0.2 and
-    10.2.2 name it: 'unsupported machine type: "pc-q35-10.0"' (system/vl.c). Measured on the three; the text
-    changed between 7.2 and 10.0 in a release not read here, so 8.0 to 9.2 are not modelled.
+    10.2.2 name it: 'unsupported machine type: "pc-q35-10.0"' (system/vl.c). Measured on the three; read in
+    8.0.0 ... 9.0.0 (7.2's text) and 9.1.0 / 9.2's soft freeze (10.0's).
     """
     if spec.machine == "q35":
         return None
     name = machine_name(spec)
     if resolve_machine(name, version) is not None:
         return None
-    if version <= V7_2:
+    if version < V9_1:
         return "unsupported machine type"
-    if version >= V10_0:
-        return f'unsupported machine type: "{name}"'
-    raise NotModelled(f"the startup error of an unknown machine type on QEMU {version.short}")
+    return f'unsupported machine type: "{name}"'
 
 
 def machine_type(spec: VmSpec, version: Version, devices: tuple[DeviceSpec, ...]) -> str:

@@ -124,11 +124,12 @@ def cancel(scene: Scene, vm: Machine) -> str | None:
     if vm.runstate == "finish-migrate":
         # Stopped for the switchover (parked in pre-switchover): migration_iteration_finish restarts a VM that
         # ran; otherwise 7.2 sets postmigrate and 10.0 the runstate it had (s->vm_old_state). Measured on both
-        # (qmp-cancel-pre-switchover, qmp-cancel-pre-switchover-paused).
+        # (qmp-cancel-pre-switchover, qmp-cancel-pre-switchover-paused); read: 8.0.0/8.1.0 as 7.2, 8.2.0 on as
+        # 10.0 (migration_iteration_finish).
         if m.source_runstate == "running":
             vm.runstate = "running"
         else:
-            vm.runstate = m.source_runstate if vm.vn >= N10_0 else "postmigrate"
+            vm.runstate = m.source_runstate if vm.vn >= N8_2 else "postmigrate"
     peer = scene.destination if vm is scene.source else scene.source
     if not reads_stream(m, peer):
         return None

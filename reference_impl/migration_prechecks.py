@@ -8,7 +8,7 @@ None; a migration ``migrate`` accepts is resolved by the contract's wait (refere
 from __future__ import annotations
 
 from reference_impl import qmp_tls
-from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_1, N8_2, N9_0
+from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_2, N9_0
 from reference_impl.machine import Machine
 from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
 from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
@@ -20,9 +20,10 @@ _PRE_8_2_SCHEMES = frozenset({"tcp", "unix", "exec", "fd", "rdma", "vsock"})
 def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None = None) -> str | None:
     """``qmp_migrate_incoming`` on the destination (started with ``-incoming defer``).
 
-    8.1+ moves the incoming state none -> setup here (migrate_set_state: an event only with cap events);
-    7.2/8.0 keep query-migrate empty but send MIGRATION setup unconditionally
-    (qemu_start_incoming_migration). Measured on both (docs/real-qemu-facts.md#flow-precopy).
+    8.2+ moves the incoming state none -> setup here (migrate_set_state: an event only with cap events; commit
+    4111a732e8 "migration: Set migration status early in incoming side", October 2023, after 8.1.0); 7.2-8.1
+    keep query-migrate empty but send MIGRATION setup unconditionally (qemu_start_incoming_migration, read in
+    7.2.22, 8.0.0, 8.1.0). Measured on 7.2.22 and 10.0.2 (docs/real-qemu-facts.md#flow-precopy).
     ``dispatch_error``: the transport's start fails after that (a unix path whose folder does not exist, a
     file that cannot be opened): the error, with the setup already done and the 'once' flag still unset.
     """
@@ -38,7 +39,7 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
         error = transport_check(vm, transport)
         if error is not None:
             return error
-    if vm.vn >= N8_1:
+    if vm.vn >= N8_2:
         emit(vm, "setup")
     else:
         vm.events.append("setup")

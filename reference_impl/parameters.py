@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from contract.versions import PROFILES, V8_1, V8_2, V9_0, V9_1, V9_2, Version
-from reference_impl.capabilities import N8_1, N9_0, N9_2, vnum
+from reference_impl.capabilities import N8_1, N9_0, N9_1, N9_2, vnum
 
 # Parameter name -> (QAPI kind, first version, first version without it). Kinds: "int" (range-checked
 # integers), "uint8", "size" (uint64), "bool", "str", "enum".
@@ -141,14 +141,15 @@ def migrate_params_check(
         return _range("downtime_limit", "an integer in the range of 0 to (2000 * 1000) ms")
     if has("multifd-channels") and get("multifd-channels") < 1:
         return _range("multifd_channels", "a value between 1 and 255")
-    # 7.2.22 accepts multifd-zlib-level 10 and multifd-zstd-level 21 (its test_apply left has_* unset);
-    # 10.0.2 refuses them (measured). The version in between where this changed is not verified: 8.1, when the
-    # code moved to options.c, is assumed.
-    if n >= N8_1 and has("multifd-zlib-level") and get("multifd-zlib-level") > 9:
+    # 7.2.22 accepts multifd-zlib-level 10 and multifd-zstd-level 21 (migrate_params_test_apply does not copy
+    # them, so the check reads the current value); 10.0.2 refuses them (measured). The copy came with commit
+    # b4014a2bf5 "migration: Properly apply migration compression level parameters" (March 2024): 9.0.0 has
+    # it, 8.1.0 and 8.2.0 do not (migration/options.c of each release, read).
+    if n >= N9_0 and has("multifd-zlib-level") and get("multifd-zlib-level") > 9:
         return _range("multifd_zlib_level", "a value between 0 and 9")
     if n >= N9_2 and has("multifd-qatzip-level") and not 1 <= get("multifd-qatzip-level") <= 9:
         return _range("multifd_qatzip_level", "a value between 1 and 9")
-    if n >= N8_1 and has("multifd-zstd-level") and get("multifd-zstd-level") > 20:
+    if n >= N9_0 and has("multifd-zstd-level") and get("multifd-zstd-level") > 20:
         return _range("multifd_zstd_level", "a value between 0 and 20")
     if has("xbzrle-cache-size"):
         size = get("xbzrle-cache-size")
@@ -182,6 +183,8 @@ def migrate_params_check(
         if has("x-vcpu-dirty-limit-period") and not 1 <= get("x-vcpu-dirty-limit-period") <= 1000:
             return _range("x-vcpu-dirty-limit-period", "a value between 1 and 1000")
         if has("vcpu-dirty-limit") and get("vcpu-dirty-limit") < 1:
+            if n < N9_1:  # QERR_INVALID_PARAMETER_VALUE until commit 45d19d9306 (April 2024, 9.1)
+                return _range("vcpu_dirty_limit", "is invalid, it must greater then 1 MB/s")
             return "Parameter 'vcpu_dirty_limit' must be greater than 1 MB/s"
     return None
 

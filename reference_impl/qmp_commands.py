@@ -18,7 +18,7 @@ from contract.scenario import DeviceSpec
 from reference_impl import catalog
 from reference_impl import migration as mig
 from reference_impl import qmp_migrate_args as migrate_args
-from reference_impl.capabilities import N8_0, N8_2
+from reference_impl.capabilities import N8_0, N8_2, N9_1
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
 from reference_impl.migration_prechecks import transport_check
@@ -168,6 +168,15 @@ def _check_arguments(command: str, arguments: Mapping[str, Any]) -> None:
         raise NotModelled(f"{command} argument {unknown[0]!r}")
 
 
+def _file_open_error(vm: Machine, path: str, verb: str) -> str:
+    """qio_channel_file_new_path failing on a missing file or folder: 8.2/9.0 call qemu_open_old and say "Unable
+    to open <path>" (io/channel-file.c of 8.2.0 and 9.0.0); 9.1+ call qemu_open / qemu_create, whose error names
+    the verb and quotes the path (commit 46cec74c1b "io: Stop using qemu_open_old in channel-file", June 2024)."""
+    if vm.vn < N9_1:
+        return f"Unable to open {path}: No such file or directory"
+    return f"Could not {verb} '{path}': No such file or directory"
+
+
 def migrate_uri(vm: Machine, uri: str) -> str | None:
     """``qmp_migrate`` with a URI chosen by the scenario (not by the executor).
 
@@ -175,7 +184,7 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
       ("unknown migration protocol: bogus:x", measured on 10.0.2). Before 8.2 the dispatch comes after
       migrate_init: "Parameter 'uri' expects a valid migration protocol" and setup -> failed (7.2.22).
     - file: whose directory does not exist: the open fails after migrate_init ("Could not create '<path>':
-      No such file or directory", status failed, measured on 10.0.2).
+      No such file or directory", status failed, measured on 10.0.2; 8.2/9.0: :func:`_file_open_error`).
     - unix: to a path that does not exist: accepted, then "Failed to connect to '<path>': No such file or
       directory" (measured on both); tcp: nobody listens (the executor never listens on a URI it did not make).
     The model asks the host filesystem whether the path exists, as QEMU's open/connect would.
@@ -190,7 +199,7 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
     # The path is the scenario's, not the run's: QEMU prints it as given and the model predicts it literally
     # (harness.compare keeps a path the model wrote, and normalises only the others).
     if scheme == "file" and not os.path.isdir(os.path.dirname(target.split(",")[0]) or "."):
-        path_error = f"Could not create '{target.split(',')[0]}': No such file or directory"
+        path_error = _file_open_error(vm, target.split(",")[0], "create")
     elif scheme == "unix" and not os.path.exists(target):
         path_error = f"Failed to connect to '{target}': No such file or directory"
     return mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
@@ -237,9 +246,11 @@ def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
     "QMP breadth"):
 
     - an unknown scheme (and file: before 8.2): "unknown migration protocol: <uri>"; 8.2+ refuses it in
-      migrate_uri_parse before any state change, 7.2 after sending MIGRATION setup (status stays none);
+      migrate_uri_parse before any state change, 7.2-8.1 after sending MIGRATION setup (status stays none; read
+      in 8.0.0's and 8.1.0's qemu_start_incoming_migration);
     - unix: to a folder that does not exist: "Failed to bind socket to <path>: No such file or directory",
-      file: (8.2+) that cannot be opened: "Could not open '<path>': No such file or directory"; both after the
+      file: (8.2+) that cannot be opened: "Could not open '<path>': No such file or directory" (8.2/9.0: "Unable
+      to open <path>: ...", :func:`_file_open_error`); both after the
       incoming setup (10.0: status setup).
     exec: is accepted as before; a file: that exists would be loaded at once (not modelled).
     """
@@ -251,15 +262,18 @@ def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
     if scheme not in URI_SCHEMES or (scheme == "file" and vm.vn < N8_2):
         if vm.vn >= N8_2:
             return f"unknown migration protocol: {uri}"
-        if vm.vn >= N8_0:
-            raise NotModelled(f"migrate-incoming of an unknown scheme on {vm.version}")
+        # 7.2-8.1 qemu_start_incoming_migration: the MIGRATION setup event is sent before the dispatch (8.0/8.1
+        # first refuse a URI that multifd or postcopy-preempt cannot use: migration_channels_and_uri_compatible).
+        error = transport_check(vm, "invalid") if vm.vn >= N8_0 else None
+        if error is not None:
+            return error
         vm.events.append("setup")
         return f"unknown migration protocol: {uri}"
     if scheme == "file":
         path = target.split(",")[0]
         if os.path.exists(path):
             raise NotModelled("migrate-incoming of an existing file (the destination loads it at once)")
-        return mig.migrate_incoming(vm, "file", dispatch_error=f"Could not open '{path}': No such file or directory")
+        return mig.migrate_incoming(vm, "file", dispatch_error=_file_open_error(vm, path, "open"))
     if scheme == "unix" and not os.path.isdir(os.path.dirname(target) or "."):
         error = f"Failed to bind socket to {target}: No such file or directory"
         return mig.migrate_incoming(vm, "unix", dispatch_error=error)

@@ -2,15 +2,17 @@
 ``inc``, ``exit-on-error`` (``detach`` is ignored by QEMU: qapi/migration.json).
 
 Read from qmp_migrate / migrate_prepare / qmp_migrate_incoming / qemu_start_incoming_migration
-(migration/migration.c) of 7.2.22 (7.2 profile) and 10.0.2 / 10.2.2 (10.0+ profiles), measured on all three
-(docs/real-qemu-facts.md, "QMP surface").
+(migration/migration.c) of every profile: 7.2.22 (Debian), 8.0.0, 8.1.0, 8.2.0, 9.0.0 and 9.1.0 (the release
+commits, in a public fork's copy of qemu/qemu's history), 9.2 (qemu/qemu master of 2024-11-04, the 9.2 soft
+freeze, and the 10.0-cycle patches that changed it after 9.2.0), 10.0.2 and 10.2.2 (Debian, built);
+measured on 7.2.22, 10.0.2 and 10.2.2 (docs/real-qemu-facts.md, "QMP surface" and "8.x and 9.x rules: sources").
+The handlers come in two shapes:
 
-The versions between (8.0 to 9.2) are modelled only at the QAPI layer (the generated marshaller refuses a
-missing mandatory member or an unexpected one before any handler runs), from the schema each version has
-(:data:`SCHEMAS`; docs/real-qemu-facts.md, "8.x and 9.x rules: sources"), and on 9.1/9.2 the handler checks the
-9.1 development tree shares with 10.0.2 (:func:`_same_as_10_0`). The other handlers of 8.0-9.0 (migrate_prepare's
-``blk``/``inc``/``resume`` checks, 8.2's ``channels`` parse, whose messages changed in 9.0) were not read: an
-argument that reaches them is :class:`~reference_impl.limits.NotModelled` there.
+- 7.2-8.1 ("old"): ``uri`` only; migrate_prepare's ``resume`` and ``blk``/``inc`` checks come before the URI is
+  dispatched on (8.0+ first asks migration_channels_and_uri_compatible).
+- 8.2+ ("new"): ``uri`` or ``channels``, the URI parsed (migrate_uri_parse) and the transport checked before
+  migrate_prepare; 8.2's texts for ``uri`` with ``channels`` and for neither differ from 9.0's, and 8.2-9.2 say
+  "Channel list has more than one entries" where 10.0 names the channel type.
 
 Each function turns the arguments into the ``uri`` the existing URI model follows (a ``main`` channel of socket
 type is its URI), or returns QEMU's refusal, or raises NotModelled.
@@ -24,12 +26,33 @@ from typing import Any, NamedTuple
 from reference_impl.capabilities import N8_0, N8_1, N8_2, N9_0, N9_1, N9_2, N10_0
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
+from reference_impl.migration_prechecks import transport_check
 
 NEED_URI_OR_CHANNELS = "need either 'uri' or 'channels' argument"
 NO_MAIN_CHANNEL = "Channel list has no main entry"  # qmp_migrate (10.0.2, 10.2.2), after the NULL read
 NO_PAUSED_MIGRATION = "Cannot resume if there is no paused migration"
+# 8.2-9.2 (qmp_migrate, qemu_start_incoming_migration): "channels->next" refused whatever the types.
+SEVERAL_CHANNELS = "Channel list has more than one entries"
 N7_2 = 702  # capabilities.vnum(V7_2)
 BOOLEANS = frozenset({"blk", "inc", "detach", "resume", "exit-on-error"})
+# migrate_uri_parse (8.2.0 to 10.2.2, the same text): the prefixes it knows; anything else is "unknown migration
+# protocol" before migrate_prepare runs.
+PARSED_SCHEMES = frozenset({"exec", "rdma", "tcp", "unix", "vsock", "fd", "file"})
+
+
+def _uri_and_channels(command: str) -> str:
+    """8.2.0's qmp_migrate / qemu_start_incoming_migration: ``uri`` given with ``channels`` (even an empty list:
+    the test is ``uri && has_channels``). Replaced in 9.0 by NEED_URI_OR_CHANNELS (commit 0770ad438d
+    "migration: Simplify initial conditionals in migration for better readability", January 2024)."""
+    return (
+        "'uri' and 'channels' arguments are mutually exclusive; exactly one of the two should be present in "
+        f"'{command}' qmp command "
+    )
+
+
+def _neither(command: str) -> str:
+    """8.2.0's text for no ``uri`` and no (or an empty) ``channels`` list (same commit as _uri_and_channels)."""
+    return f"neither 'uri' or 'channels' argument are specified in '{command}' qmp command "
 
 
 class Schema(NamedTuple):
@@ -41,17 +64,15 @@ class Schema(NamedTuple):
 
 
 def _schemas(vn: int) -> dict[str, Schema]:
-    """qapi/migration.json's ``migrate`` / ``migrate-incoming`` per profile.
+    """qapi/migration.json's ``migrate`` / ``migrate-incoming`` per profile (read in each release's file).
 
-    - 7.2 (read in 7.2.22): ``uri`` mandatory; migrate has blk/inc/detach/resume, migrate-incoming only uri.
-    - 8.2: ``channels`` added to both (commit 074dbce5fcce "migration: New migrate and migrate-incoming
-      argument 'channels'"), migrate-incoming's ``uri`` optional, migrate's still mandatory in 8.2.0/8.2.1:
-      commit 57fd4b4e10 "Make 'uri' optional for migrate QAPI" (Fixes: 074dbce5fcce) reached master for 9.0
-      and the stable branch only in 8.2.2 (qemu-devel, "[Stable-8.2.2 04/60]", whose diff shows 8.2's
-      ``'data': {'uri': 'str', '*channels': ..., '*blk': ..., '*inc': ...}``): None for the 8.2 profile.
-    - 9.1: ``blk`` and ``inc`` removed (docs/about/removed-features.rst of 10.2.2: "removed in 9.1"),
-      ``exit-on-error`` added to migrate-incoming ("(since 9.1)" in 10.2.2's qapi/migration.json).
-    8.0 and 8.1 have 7.2's schema: inferred (neither argument nor removal names them), not read.
+    - 7.2, 8.0, 8.1: ``uri`` mandatory; migrate has blk/inc/detach/resume, migrate-incoming only uri.
+    - 8.2: ``channels`` added to both (commit 074dbce5fcce), migrate-incoming's ``uri`` optional, migrate's
+      still mandatory in 8.2.0/8.2.1: commit 57fd4b4e10 "Make 'uri' optional for migrate QAPI" (9.0, January
+      2024; its diff touches only the schema) reached the stable branch in 8.2.2 (qemu-devel, "[Stable-8.2.2
+      04/60]"): None for the 8.2 profile. MigrationChannelType has only ``main`` until 10.0 adds ``cpr``.
+    - 9.0: migrate's ``uri`` optional.
+    - 9.1: ``blk`` and ``inc`` removed, ``exit-on-error`` added to migrate-incoming.
     """
     migrate = ["uri", "blk", "inc", "detach", "resume"]
     incoming = ["uri"]
@@ -75,43 +96,9 @@ def _schemas(vn: int) -> dict[str, Schema]:
 SCHEMAS: dict[int, dict[str, Schema]] = {vn: _schemas(vn) for vn in (N7_2, N8_0, N8_1, N8_2, N9_0, N9_1, N9_2, N10_0)}
 
 
-def _schema(vm: Machine, command: str, arguments: Mapping[str, Any]) -> str:
-    """ "old" (7.2) or "new" (10.0+) for the handlers read in those versions; between them only what the QAPI
-    layer decides, or the arguments the existing URI model covers (``uri``, ``detach``; 9.1+'s default
-    ``exit-on-error`` true), is modelled (see the module doc)."""
-    if vm.vn < N8_0:
-        return "old"
-    if vm.vn >= N10_0:
-        return "new"
-    if _qapi_error(command, arguments, _version_schema(vm, command)) is not None:
-        return "old" if vm.vn < N8_2 else "new"
-    # resume false skips migrate_prepare's ``if (resume)`` block in 7.2.22 and 10.0.2 alike; exit-on-error true
-    # is 9.1's default (mis->exit_on_error). Both inferred for the versions between, not read there.
-    defaults = {"resume": False, "exit-on-error": True}
-    extra = sorted(a for a in set(arguments) - {"uri", "detach"} if defaults.get(a) is not arguments[a])
-    if vm.vn >= N9_1:
-        if _same_as_10_0(command, arguments):
-            return "new"
-        if "channels" in arguments and not extra[1:]:
-            raise NotModelled(f"{command} with several channels on {vm.version} (message not read for 9.1/9.2)")
-    if extra or "uri" not in arguments:
-        raise NotModelled(f"{command} argument {extra[0] if extra else 'uri (missing)'!r} on {vm.version}")
-    return "new"
-
-
-def _same_as_10_0(command: str, arguments: Mapping[str, Any]) -> bool:
-    """9.1/9.2: the handler checks whose text is the same in the 9.1 development tree (qemu/qemu at
-    dbea1c89dad3, May 2024, after 9.0.0) and in 10.0.2, so the releases between run them too (inferred: 9.1.0
-    and 9.2.x themselves were not read). qmp_migrate / qemu_start_incoming_migration: "need either 'uri' or
-    'channels' argument" first, a single channel's address used as its URI would be, then the URI parse and
-    migration_channels_and_transport_compatible, then (migrate) migrate_prepare's resume check. Not the same:
-    a list of several channels ("Channel list has more than one entries" there; 10.0.2 names the type, and
-    migrate-incoming says "Channel list must have only one entry, for type 'main'"), nor anything after the
-    first check of a resumed migration that exists."""
-    channels = arguments.get("channels")
-    if isinstance(channels, list) and len(channels) > 1:
-        return False
-    return set(arguments) <= {"uri", "channels", "detach", "resume", "exit-on-error"}
+def _schema(vm: Machine) -> str:
+    """ "old" (7.2-8.1: no channels) or "new" (8.2+) for the handler's shape (see the module doc)."""
+    return "old" if vm.vn < N8_2 else "new"
 
 
 def _version_schema(vm: Machine, command: str) -> Schema:
@@ -120,14 +107,19 @@ def _version_schema(vm: Machine, command: str) -> Schema:
     return SCHEMAS[key][command]
 
 
-def _qapi_error(command: str, arguments: Mapping[str, Any], schema: Schema) -> str | None:
-    """The QAPI input visitor: a missing mandatory member first (``uri`` is visited first), then an unexpected
-    one (qobject_input_check_struct). Several unexpected members come out in QDict hash order: not modelled."""
+def _qapi_error(vm: Machine, command: str, arguments: Mapping[str, Any], schema: Schema) -> str | None:
+    """The QAPI input visitor, in member order: a missing mandatory ``uri`` first, then ``channels`` (8.2-9.2:
+    a channel type the enum lacks), then an unexpected member (qobject_input_check_struct, at the end). Several
+    unexpected members come out in QDict hash order: not modelled."""
     if "uri" not in arguments:
         if schema.uri_mandatory is None:
             raise NotModelled(f"{command} without uri on 8.2 (mandatory in 8.2.0/8.2.1, optional from 8.2.2)")
         if schema.uri_mandatory:
             return "Parameter 'uri' is missing"
+    if "channels" in schema.members and vm.vn < N10_0:
+        error = _channel_type_error(command, arguments.get("channels"))
+        if error is not None:
+            return error
     for name in BOOLEANS & set(arguments):
         if name in schema.members and not isinstance(arguments[name], bool):
             raise NotModelled(f"{command} argument {name!r} that is not a boolean")
@@ -136,6 +128,23 @@ def _qapi_error(command: str, arguments: Mapping[str, Any], schema: Schema) -> s
         raise NotModelled(f"{command} with several unexpected arguments {unexpected} (reported in hash order)")
     if unexpected:
         return f"Parameter '{unexpected[0]}' is unexpected"
+    return None
+
+
+def _channel_type_error(command: str, channels: Any) -> str | None:
+    """8.2-9.2: MigrationChannelType is ``main`` alone, so another type is refused while the list is visited:
+    input_type_enum (qapi/qapi-visit-core.c, the same text 8.2.0 to 10.0.2) names the member, not its path.
+    Each channel's ``addr`` is visited after its type, so an earlier channel must be one the model reads."""
+    if not isinstance(channels, list):
+        return None
+    for channel in channels:
+        kind = channel.get("channel-type") if isinstance(channel, Mapping) else None
+        if kind == "main":
+            _channel_uri(command, channel)
+            continue
+        if isinstance(kind, str):
+            return f"Parameter 'channel-type' does not accept value '{kind}'"
+        raise NotModelled(f"{command} channel-type {kind!r}")
     return None
 
 
@@ -166,34 +175,47 @@ def _channels(command: str, arguments: Mapping[str, Any]) -> list[Any] | None:
     return channels or None
 
 
+def _uri_or_channels(vm: Machine, command: str, arguments: Mapping[str, Any]) -> str | None:
+    """The first check of both handlers (8.2+) on which of ``uri`` / ``channels`` came, and (8.2-9.2) the
+    list's length; 10.0's channel-type checks follow in the callers."""
+    channels = _channels(command, arguments)
+    if vm.vn < N9_0:
+        if "uri" in arguments and "channels" in arguments:
+            return _uri_and_channels(command)
+        if channels is None and "uri" not in arguments:
+            return _neither(command)
+    elif ("uri" in arguments) == (channels is not None):
+        return NEED_URI_OR_CHANNELS
+    if channels is not None and len(channels) > 1 and vm.vn < N10_0:
+        return SEVERAL_CHANNELS
+    return None
+
+
 def migrate(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(refusal, uri): the refusal qmp_migrate gives before the URI model takes over, else the URI to follow.
 
-    7.2: migrate_prepare runs first: ``resume`` without a paused postcopy is refused whatever the URI; ``blk`` /
-    ``inc`` then set the block capability for this migration (refused with ``x-colo`` or ``block`` already on).
-    10.0+: ``uri`` xor ``channels``; a channel type twice; the URI parse and migration_channels_and_transport_
-    compatible; only then migrate_prepare's resume check. A list without a ``main`` channel dereferences NULL
+    7.2-8.1: migrate_prepare runs first (8.0+ after migration_channels_and_uri_compatible): ``resume`` without a
+    paused postcopy is refused whatever the URI; ``blk`` / ``inc`` then set the block capability for this
+    migration (refused with ``x-colo`` or ``block`` already on).
+    8.2+: ``uri`` xor ``channels`` (:func:`_uri_or_channels`); 10.0+ a channel type twice; the URI parse and
+    migration_channels_and_transport_compatible; only then migrate_prepare's resume check, and (8.2/9.0) the
+    ``blk``/``inc`` ones. A 10.0+ list without a ``main`` channel dereferences NULL
     (channelv[MIGRATION_CHANNEL_TYPE_MAIN]->addr) and the source dies with SIGSEGV on 10.0.2 and 10.2.2: a QEMU
     bug; the model predicts the refusal the code goes on to make (known bug qemu-10-migrate-channels-no-main).
     """
-    schema = _schema(vm, "migrate", arguments)
-    error = _qapi_error("migrate", arguments, _version_schema(vm, "migrate"))
+    error = _qapi_error(vm, "migrate", arguments, _version_schema(vm, "migrate"))
     if error is not None:
         return error, None
     resume = bool(arguments.get("resume", False))
     if resume and vm.status in ("postcopy-paused", "postcopy-recover"):
         raise NotModelled("migrate resume of a paused postcopy")
-    if schema == "old":
-        if resume:
-            return NO_PAUSED_MIGRATION, None
-        if arguments.get("blk") or arguments.get("inc"):
-            error = _block_migration(vm)
-            if error is not None:
-                return error, None
-        return None, str(arguments["uri"])
+    block = bool(arguments.get("blk") or arguments.get("inc"))
+    if _schema(vm) == "old":
+        return _migrate_old(vm, str(arguments["uri"]), resume=resume, block=block)
+    error = _uri_or_channels(vm, "migrate", arguments)
+    if error is not None:
+        return error, None
     channels = _channels("migrate", arguments)
-    if ("uri" in arguments) == (channels is not None):
-        return NEED_URI_OR_CHANNELS, None
     uri = arguments.get("uri")
     if channels is not None:
         seen: set[str] = set()
@@ -203,8 +225,6 @@ def migrate(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str 
                 return f"Channel list has more than one {kind} entry", None
             seen.add(kind)
         if "main" not in seen:
-            if vm.vn < N10_0:
-                raise NotModelled("migrate channels without a main channel before 10.0 (no cpr type: not read)")
             # What qmp_migrate means (10.0.2, 10.2.2): its "no main entry" check comes after it has read
             # channelv[MAIN]->addr through NULL, so real QEMU dies instead (docs/qemu-bugs.md section 12).
             return NO_MAIN_CHANNEL, None
@@ -212,12 +232,41 @@ def migrate(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str 
             raise NotModelled("migrate with a cpr channel")
         uri = _channel_uri("migrate", channels[0])
     # With resume, the URI parse and the transport check still come first (qmp_commands.migrate_command).
+    if block and not resume:
+        error = _block_migration(vm, str(uri))
+        if error is not None:
+            return error, None
     return None, str(uri)
 
 
-def _block_migration(vm: Machine) -> str | None:
-    """7.2 migrate_prepare with blk/inc: COLO first, then a block capability already on; then
-    migrate_set_block_enabled runs migrate_caps_check with ``block`` added (not modelled beyond ``events``)."""
+def _migrate_old(vm: Machine, uri: str, *, resume: bool, block: bool) -> tuple[str | None, str | None]:
+    """7.2-8.1 qmp_migrate: migrate_prepare before the URI's dispatch, so the resume refusal whatever the URI."""
+    if vm.vn >= N8_0:
+        # migration_channels_and_uri_compatible (8.0/8.1): multifd and postcopy-preempt need tcp/unix/vsock.
+        scheme = uri.partition(":")[0]
+        error = transport_check(vm, "tcp" if scheme in ("tcp", "unix", "vsock") else "invalid")
+        if error is not None:
+            return error, None
+    if resume:
+        return NO_PAUSED_MIGRATION, None
+    error = _block_migration(vm, uri) if block else None
+    return (error, None) if error is not None else (None, uri)
+
+
+def _block_migration(vm: Machine, uri: str) -> str | None:
+    """migrate_prepare with blk/inc (7.2.22, 8.0.0-9.0.0; 8.2/9.0 also warn that they are deprecated): after
+    its resume check, a running migration, an incoming runstate, a postmigrate one and a blocker (refused as
+    without blk/inc by migration_prechecks.migrate, so None here), COLO first, then a block capability already
+    on; then migrate_set_block_enabled / migrate_cap_set runs migrate_caps_check with ``block`` added (not
+    modelled beyond ``events``). 8.2+ parses the URI before (migrate_uri_parse: an unknown scheme is refused by
+    qmp_commands.migrate_uri first)."""
+    scheme = uri.partition(":")[0]
+    if vm.vn >= N8_2 and scheme not in PARSED_SCHEMES:
+        return None
+    if vm.migration is not None or vm.runstate in ("inmigrate", "postmigrate") or vm.blockers.is_blocked():
+        return None
+    if vm.vn >= N9_0 and vm.params.get("mode", "normal") != "normal":
+        raise NotModelled("migrate blk/inc in a CPR mode")
     if "x-colo" in vm.caps:
         return "No disk migration is required in COLO mode"
     if "block" in vm.caps:
@@ -229,24 +278,23 @@ def _block_migration(vm: Machine) -> str | None:
 
 def incoming_qapi_error(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     """The QAPI refusals of migrate-incoming's arguments: the marshaller runs before qmp_migrate_incoming."""
-    _schema(vm, "migrate-incoming", arguments)
-    return _qapi_error("migrate-incoming", arguments, _version_schema(vm, "migrate-incoming"))
+    return _qapi_error(vm, "migrate-incoming", arguments, _version_schema(vm, "migrate-incoming"))
 
 
 def migrate_incoming(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(refusal, uri) for qmp_migrate_incoming's arguments (checked after the 'once' flag and the runstate).
 
-    10.0+: ``uri`` xor ``channels``; more than one channel: "Channel list must have only one entry, for type
-    'main'" (the channel's type is not looked at). ``exit-on-error`` false keeps a failed destination alive:
-    not modelled."""
-    schema = _schema(vm, "migrate-incoming", arguments)
+    8.2+: :func:`_uri_or_channels`; 10.0+: more than one channel: "Channel list must have only one entry, for
+    type 'main'" (the channel's type is not looked at). ``exit-on-error`` false (9.1+) keeps a failed
+    destination alive: not modelled."""
     if arguments.get("exit-on-error") is False:
         raise NotModelled("migrate-incoming exit-on-error false")
-    if schema == "old":
+    if _schema(vm) == "old":
         return None, str(arguments["uri"])
+    error = _uri_or_channels(vm, "migrate-incoming", arguments)
+    if error is not None:
+        return error, None
     channels = _channels("migrate-incoming", arguments)
-    if ("uri" in arguments) == (channels is not None):
-        return NEED_URI_OR_CHANNELS, None
     if channels is None:
         return None, str(arguments["uri"])
     if len(channels) > 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reference_impl.capabilities import N10_0
+from reference_impl.capabilities import N8_2
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration import migrate_continue as release_pre_switchover
@@ -18,7 +18,8 @@ from reference_impl.migration_state import Scene
 
 
 def _pause_refusal(vm: Machine) -> str:
-    if vm.vn >= N10_0:
+    """qmp_migrate_pause outside postcopy: 8.2 added postcopy-recover to the text (read in 8.1.0 and 8.2.0)."""
+    if vm.vn >= N8_2:
         return "migrate-pause is currently only supported during postcopy-active or postcopy-recover state"
     return "migrate-pause is currently only supported during postcopy-active state"
 
@@ -30,7 +31,7 @@ def _postcopy_running(scene: Scene) -> bool:
 
 
 def migrate_pause(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> str | None:
-    """``qmp_migrate_pause``: only the source's postcopy-active (10.0: migration_postcopy_is_alive, which
+    """``qmp_migrate_pause``: only the source's postcopy-active (8.2+: migration_postcopy_is_alive, which
     adds postcopy-recover), then the destination's, can be paused; anything else is refused with the
     version's text.
 

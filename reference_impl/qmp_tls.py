@@ -12,8 +12,10 @@ migration/options.c, 7.2's migration/migration.c). The lookup happens when a cha
   migration_channel_connect hands the error to migrate_fd_connect (7.2) / migration_connect (10.x): the source
   fails in setup, error-desc the text;
 - incoming (migration_channel_process_incoming -> migration_tls_channel_process_incoming) on accept: the same
-  texts; 7.2 only reports them and keeps listening, 10.0+ moves the (outgoing) state to failed and exits 1
-  (mis->exit_on_error, default true).
+  texts; 7.2-9.2 only report them and keep listening (migration_channel_process_incoming read in 7.2.22, 8.0.0,
+  8.1.0, 8.2.0, 9.0.0, 9.1.0 and 9.2's soft freeze), 10.0+ moves the (outgoing) state to failed and exits 1
+  (mis->exit_on_error, default true; commit "migration: Fix hang after error in destination setup phase",
+  posted in December 2024 and merged for 10.0).
 
 ``tls-authz`` and ``tls-hostname`` are read only after the credentials resolved (qio_channel_tls_new_server /
 migration_tls_client_create), so without ``tls-creds`` they change nothing. Real credentials objects
@@ -24,7 +26,7 @@ support requires GNUTLS", measured on the 10.2.2 build) and on the handshake: no
 
 from __future__ import annotations
 
-from reference_impl.capabilities import N8_0, N10_0, N10_2
+from reference_impl.capabilities import N10_0, N10_2
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration_state import Scene, emit, kill, reads_stream
@@ -66,15 +68,11 @@ def outgoing_error(vm: Machine) -> str | None:
 def incoming_refuses(vm: Machine) -> bool:
     """Whether a destination with ``tls-creds`` set refuses the connection it accepts (see the module doc).
 
-    Before 8.0 the error is only reported (7.2.22: still inmigrate, listening); 10.0 exits 1. The versions
-    between were not read: NotModelled."""
+    Before 10.0 the error is only reported (7.2.22 measured: still inmigrate, listening; 8.0-9.2 read: the same
+    migration_channel_process_incoming and migration_tls_channel_process_incoming); 10.0 exits 1."""
     if not tls_creds(vm):
         return False
     creds_error(vm)
-    if vm.vn < N8_0:
-        return True
-    if vm.vn < N10_0:
-        raise NotModelled(f"a destination refusing its TLS channel on {vm.version}")
     return True
 
 

@@ -114,6 +114,8 @@ def unmet_requirement(
             return f"requires KVM: {probe.kvm.reason}"
         if need == "kvm-invtsc" and not (probe.kvm.usable and probe.kvm.invtsc):
             return f"requires KVM keeping invtsc: {probe.kvm.invtsc_detail}"
+        if need == "kvm-no-hyperv" and host.kvm_hyperv is not False:
+            return f"requires a KVM without Hyper-V: {host.kvm_hyperv_detail}"
         if need == "uffd" and not uffd:
             return f"requires userfaultfd (as QEMU {probe.binary.version} opens it): {host.userfaultfd_detail}"
         if need == "uffd-wp" and not (uffd and host.uffd_wp):

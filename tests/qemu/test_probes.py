@@ -104,6 +104,29 @@ def test_invtsc_probe_agrees_with_the_filters_warning(qemu_binary: QemuBinary) -
     assert host_facts(qemu_binary, "tcg").kvm_invtsc is False
 
 
+def test_hyperv_probe_agrees_with_the_vcpus_blocker(qemu_binary: QemuBinary) -> None:
+    """Our own look: a paused VM under KVM with hv-passthrough and query-migrate's blocked-reasons. The
+    hv-passthrough blocker is there exactly when hyperv_enabled() (KVM_CAP_HYPERV), the probe's question."""
+    probe = probe_binary(qemu_binary)
+    host = probe_host()
+    if not probe.kvm.usable or probe.kvm.cpu is None:
+        assert host_facts(qemu_binary, "kvm").kvm_hyperv is None
+        pytest.skip(f"KVM is not usable with this binary here: {probe.kvm.reason}")
+    commands = "".join(json.dumps({"execute": c}) + "\n" for c in ("qmp_capabilities", "query-migrate", "quit"))
+    argv = qemu_binary.argv(
+        "-machine", "q35", "-accel", "kvm", "-cpu", f"{probe.kvm.cpu},hv-passthrough", "-m", "64M", "-S",
+        "-nodefaults", "-display", "none", "-qmp", "stdio",
+    )  # fmt: skip
+    done = subprocess.run(
+        argv, input=commands, capture_output=True, text=True, env=qemu_binary.environ(), timeout=OWN_RUN_BOUND_S
+    )
+    assert done.returncode == 0, done.stderr[-300:]
+    blocked = "'hv-passthrough' CPU flag prevents migration" in done.stdout
+    assert host.kvm_hyperv is blocked, (host.kvm_hyperv_detail, done.stdout[-500:])
+    assert host_facts(qemu_binary, "kvm").kvm_hyperv is blocked
+    assert host_facts(qemu_binary, "tcg").kvm_hyperv is None
+
+
 # ------------------------------------------------------------------------------------------ Linux boot
 
 

@@ -176,3 +176,34 @@ def test_requires_kvm_invtsc_skips_with_the_probes_reason() -> None:
     no_kvm = KvmProbe(False, None, "no /dev/kvm")
     why = unmet_requirement(Scenario("t", requires=("kvm-invtsc",)), _probe(no_kvm), HOST, None)
     assert why is not None and why.startswith("requires KVM keeping invtsc: not probed")
+
+
+@pytest.mark.parametrize(
+    "cpu", ["host,hv-passthrough", "host,hv-relaxed,hv-no-nonarch-coresharing=auto", "host,+hv-passthrough"]
+)
+def test_hyperv_flags_add_nothing_on_a_kvm_without_hyperv(cpu: str) -> None:
+    # hyperv_enabled() asks KVM_CAP_HYPERV first: hyperv_init_vcpu never runs (measured on this PVM host).
+    assert cpu_blocker(cpu, kvm=True, kvm_invtsc=True, kvm_hyperv=False) is None
+    assert cpu_blocker(f"{cpu},+invtsc", kvm=True, kvm_invtsc=True, kvm_hyperv=False) == INVTSC_BLOCKER
+    with pytest.raises(NotModelled, match="with Hyper-V"):
+        cpu_blocker(cpu, kvm=True, kvm_invtsc=True, kvm_hyperv=True)
+    with pytest.raises(NotModelled, match="not probed"):
+        cpu_blocker(cpu, kvm=True, kvm_invtsc=True, kvm_hyperv=None)
+
+
+def test_hyperv_flag_values_the_parser_refuses_are_not_modelled() -> None:
+    with pytest.raises(NotModelled, match="hv-no-nonarch-coresharing=maybe"):
+        cpu_blocker("host,hv-no-nonarch-coresharing=maybe", kvm=True, kvm_invtsc=False, kvm_hyperv=False)
+    with pytest.raises(NotModelled, match="hv-passthrough=2"):
+        cpu_blocker("host,hv-passthrough=2", kvm=True, kvm_invtsc=False, kvm_hyperv=False)
+
+
+def test_requires_kvm_no_hyperv_reads_the_host_probe() -> None:
+    scenario = Scenario("t", requires=("kvm", "kvm-no-hyperv"))
+    probe = _probe(KvmProbe(True, "host", "runs"))
+    without = HostProbe("6.12", True, "", True, True, True, "", True, "", False, False, "KVM_CAP_HYPERV = 0")
+    assert unmet_requirement(scenario, probe, without, None) is None
+    with_hyperv = HostProbe("6.12", True, "", True, True, True, "", True, "", False, True, "KVM_CAP_HYPERV = 1")
+    assert unmet_requirement(scenario, probe, with_hyperv, None) == "requires a KVM without Hyper-V: KVM_CAP_HYPERV = 1"
+    unprobed = unmet_requirement(scenario, probe, HOST, None)
+    assert unprobed == "requires a KVM without Hyper-V: not probed: no usable /dev/kvm"
