@@ -13,7 +13,8 @@ from reference_impl import catalog
 from reference_impl.capabilities import N9_1, N10_1, N10_2
 from reference_impl.cross import configuration_cause
 from reference_impl.limits import NotModelled
-from reference_impl.machine import Machine, pci_paths
+from reference_impl.machine import Machine
+from reference_impl.pci_buses import pci_paths
 
 # What the destination prints when its incoming stream breaks (cancel, source failure): QEMU 10.0.2 and
 # 7.2.22 exit with status 1 and this last stderr line (docs/real-qemu-facts.md#cancel--failure).
@@ -87,7 +88,7 @@ def _missing_device(source: Machine, destination: Machine) -> str | None:
     """The first source device (realize order, the order of its vmstate sections) the destination lacks:
     qemu_loadvm_section_start_full's "Unknown section or instance '<qdev path>/<vmsd name>' 0"."""
     remaining = [d.driver for d in destination.devices]
-    for device, path in zip(source.devices, pci_paths(source.devices), strict=True):
+    for device, path in zip(source.devices, pci_paths(source.devices, source.machine_type), strict=True):
         if device.driver in remaining:
             remaining.remove(device.driver)
             continue

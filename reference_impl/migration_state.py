@@ -42,6 +42,9 @@ class Migration:
     fails_after: tuple[str, ...] = ()
     # The destination dropped the connection at accept (its own tls-creds failed, 7.2: it stays listening).
     peer_refused: bool = False
+    # Started by a raw qmp ``migrate`` to the scenario's own URI: the executor's wait does not wait for it and
+    # loads no stream (harness/execution/steps.py step_wait: only a ``migrate`` step starts "the" migration).
+    raw: bool = False
 
 
 @dataclass

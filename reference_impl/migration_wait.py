@@ -147,6 +147,11 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         # (with postcopy-preempt too); real 7.2 aborts the destination in that cleanup
         # (yank_unregister_instance: the multifd channels' yank functions are still registered): a known QEMU
         # bug (harness/known_bugs.py, docs/qemu-bugs.md "5."), not a prediction.
+        if peer.vn >= N10_2 and RETURN_PATH(ctx):
+            # 10.2 postcopy_listen_thread (postcopy-ram.c): postcopy-device while a return path exists
+            # (mis->to_src_file), postcopy-active once loadvm_postcopy_handle_run_bh ran (measured on 10.2.2,
+            # events on both sides).
+            emit(peer, "postcopy-device")
         emit(peer, "postcopy-active")
     emit(peer, "completed")
     if m.postcopy and not m.background:

@@ -108,7 +108,7 @@ def step_migrate(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None
 
 def step_wait(scene: mig.Scene, scenario: Scenario, step: Step) -> str | None:
     for vm in (scene.source, scene.destination):
-        if vm.migration is not None:
+        if vm.migration is not None and not vm.migration.raw:
             mig.finish(scene, vm)
         mig.finish_dump(vm)
     return None
