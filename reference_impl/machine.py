@@ -15,13 +15,13 @@ from typing import Any
 
 from contract.host import HostFacts
 from contract.scenario import DeviceSpec, VmSpec
-from contract.versions import Version
+from contract.versions import V8_0, V10_0, Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
 from reference_impl.cpu import INVTSC_ONLY_MIGRATABLE_ERROR, cpu_blocker
 from reference_impl.limits import NotModelled
 from reference_impl.machine_types import machine_error, machine_type
-from reference_impl.pci_buses import NOT_DYNAMIC_SYSBUS, Buses, buses_for, take_pci_slot
+from reference_impl.pci_buses import I440FX, NOT_DYNAMIC_SYSBUS, Buses, buses_for, take_pci_slot
 from reference_impl.savevm import SaveVMHandlers
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
 
@@ -281,6 +281,9 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
     )
 
 
+BUS_NO_HOTPLUG = "Bus 'pcie.0' does not support hotplugging"
+
+
 def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     """``device_add`` once the machine is ready (qdev_device_add_from_qdict, system/qdev-monitor.c).
 
@@ -290,8 +293,20 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     and migrate_add_blocker (e.g. ivshmem peer mode, measured with -only-migratable on both versions) refuse
     it with the same texts as at startup.
     """
+    # q35's pcie.0 takes no hot-plug (only its root ports' buses do); i440fx's pci.0 does (ACPI, measured).
+    # 7.2 checks the bus before the migration (qdev_device_add_from_qdict); 10.0.2 and 10.2.2 after it
+    # (qdev_hotplug_allowed -> qdev_hotplug_unplug_allowed_common). Measured: "Bus 'pcie.0' does not support
+    # hotplugging" for a virtio-rng-pci without bus= on 7.2.22, 10.0.2, 10.2.2.
+    cold_bus = catalog.is_pci_driver(device.driver) and device.properties.get("bus", "pcie.0") == "pcie.0"
+    cold_bus = cold_bus and not vm.machine_type.startswith(I440FX)
+    if cold_bus and vm.migration is not None and V8_0 <= vm.version < V10_0:
+        raise NotModelled(f"which of device_add's bus and migration checks comes first on {vm.version}")
+    if cold_bus and vm.version < V10_0:
+        return BUS_NO_HOTPLUG
     if vm.migration is not None:
         return "device_add not allowed while migrating"
+    if cold_bus:
+        return BUS_NO_HOTPLUG
     buses = buses_for(vm.machine_type)
     # Replay the existing devices on a scratch machine to rebuild the bus occupancy.
     scratch = Machine(

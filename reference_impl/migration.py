@@ -195,6 +195,7 @@ def stop(vm: Machine) -> str | None:
         vm.autostart = False
     elif vm.runstate == "running":
         vm.runstate = "paused"
+        _runstate_changed(vm)
     return None
 
 
@@ -209,7 +210,17 @@ def cont(vm: Machine) -> str | None:
         vm.autostart = True
     else:
         vm.runstate = "running"
+        _runstate_changed(vm)
     return None
+
+
+def _runstate_changed(vm: Machine) -> None:
+    """The runstate the destination takes is the one global_state_store records at the switchover
+    (migration_completion: 7.2 before vm_stop_force_state, 10.0 migration_stop_vm), not the one at migrate:
+    a source in prelaunch that is continued during the precopy hands over 'running' (measured on 7.2.22,
+    10.0.2, 10.2.2)."""
+    if vm.migration is not None and not vm.migration.postcopy_requested:
+        vm.migration.source_runstate = vm.runstate
 
 
 def snapshot_save(vm: Machine) -> str | None:

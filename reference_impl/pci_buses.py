@@ -13,7 +13,7 @@ from contract.scenario import DeviceSpec
 from reference_impl import catalog
 from reference_impl.limits import NotModelled
 
-__all__ = ["NOT_DYNAMIC_SYSBUS", "Buses", "buses_for", "pci_paths", "take_pci_slot"]
+__all__ = ["I440FX", "NOT_DYNAMIC_SYSBUS", "Buses", "buses_for", "pci_paths", "take_pci_slot"]
 
 # Devices that create a PCI bus named after their id (pcie-root-port: one slot, the others 32).
 _PCI_BRIDGES = frozenset({"pcie-root-port", "ioh3420", "xio3130-downstream", "pci-bridge", "pcie-pci-bridge"})
@@ -38,7 +38,7 @@ class Buses:
 # What pc (i440fx) has on pci.0 under -nodefaults (pc_init1): the host bridge at 00.0 and the PIIX3
 # functions at 01.x, so auto slots start at 02 (measured: nvme at startup and hot-added reads
 # '0000:00:02.0/nvme' on 7.2.22, 10.0.2, 10.2.2). Slot 1f is free there (no ICH9 functions).
-_I440FX = "pc-i440fx-"
+I440FX = "pc-i440fx-"
 # intel-iommu / amd-iommu are sysbus devices only q35 allows (machine_class_allow_dynamic_sysbus_dev in
 # pc_q35.c; qdev_device_add_from_qdict refuses them elsewhere). Measured with intel-iommu on pc, the three.
 NOT_DYNAMIC_SYSBUS = "Parameter 'driver' expects a dynamic sysbus device type for the machine"
@@ -46,7 +46,7 @@ NOT_DYNAMIC_SYSBUS = "Parameter 'driver' expects a dynamic sysbus device type fo
 
 def buses_for(machine_type: str) -> Buses:
     """The empty buses of a machine type: q35's pcie.0 or i440fx's pci.0."""
-    if machine_type.startswith(_I440FX):
+    if machine_type.startswith(I440FX):
         return Buses(pci={"pci.0": _PciBus("0000:00", 2, 0x1F)}, root="pci.0")
     return Buses()
 

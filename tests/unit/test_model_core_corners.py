@@ -25,9 +25,16 @@ MIGRATE = Step("migrate", transport="tcp")
 EVENTS = Step("set-capabilities", capabilities={"events": True})
 
 
-def run(*items: Step, version: str = "10.0", source: VmSpec | None = None, memory: str = "64M") -> Outcome:
+def run(
+    *items: Step,
+    version: str = "10.0",
+    source: VmSpec | None = None,
+    memory: str = "64M",
+    destination: VmSpec | None = None,
+) -> Outcome:
+    """Both sides alike (a scenario's [vm]) unless ``destination`` says otherwise."""
     vm = VmSpec(memory=memory)
-    scenario = Scenario("t", source=source or vm, destination=vm, steps=items)
+    scenario = Scenario("t", source=source or vm, destination=destination or source or vm, steps=items)
     return predict(scenario, version, HOST)
 
 
@@ -194,3 +201,55 @@ def test_cpr_mode_skips_format_blockers_then_fails_inactivating(version: str) ->
     assert refusal(outcome) == ("failed", "migration", "Error in migration completion: Bad address")
     assert outcome.source is not None and (outcome.source.status, outcome.source.runstate) == ("failed", "paused")
     assert run(*CPR, Step("wait"), version=version).verdict == "completed"
+
+
+BUS = "Bus 'pcie.0' does not support hotplugging"
+RNG = {"driver": "virtio-rng-pci", "id": "rng0"}
+
+
+@pytest.mark.parametrize(("version", "during"), [("7.2", BUS), ("10.0", "device_add not allowed while migrating")])
+def test_pcie0_takes_no_hotplug(version: str, during: str) -> None:
+    # core-device-add-pcie0-no-hotplug, core-device-add-pcie0-during-migration.
+    assert run(qmp("device_add", "destination", **RNG), version=version).error == BUS
+    assert run(SLOW, MIGRATE, qmp("device_add", **RNG), version=version, memory="1G").error == during
+    pc = VmSpec(memory="64M", machine="pc")
+    assert run(qmp("device_add", **RNG), version=version, source=pc).verdict == "completed"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_destination_announces_active_once(version: str) -> None:
+    # core-pause-before-switchover-events.
+    both = Step("set-capabilities", side="both", capabilities={"events": True})
+    pause = Step("set-capabilities", capabilities={"pause-before-switchover": True})
+    outcome = run(both, pause, MIGRATE, Step("wait"), Step("migrate-continue"), Step("wait"), version=version)
+    assert outcome.events is not None and outcome.events["destination"] == ["setup", "active", "completed"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_destination_takes_the_runstate_at_the_switchover(version: str) -> None:
+    # core-prelaunch-cont-during-migration.
+    prelaunch, plain = VmSpec(memory="1G", args=("-S",)), VmSpec(memory="1G")
+    fast = Step("set-parameters", parameters={"max-bandwidth": 0})
+    outcome = run(SLOW, MIGRATE, Step("cont"), fast, Step("wait"), version=version, source=prelaunch, destination=plain)
+    assert outcome.destination is not None and outcome.destination.runstate == "running"
+    still = run(MIGRATE, Step("wait"), version=version, source=prelaunch, destination=plain)
+    assert still.destination is not None and still.destination.runstate == "prelaunch"
+
+
+def test_configuration_mismatch_over_a_socket_is_not_modelled() -> None:
+    # nvme on the destination only, over tcp: the source failed 4 of 5, completed 1 of 5 (7.2.22, 10.2.2).
+    scenario = Scenario(
+        "t",
+        source=VmSpec(memory="64M"),
+        destination=VmSpec(memory="64M", args=("-device", "nvme,serial=n0")),
+        steps=(MIGRATE, Step("wait")),
+    )
+    outcome = predict(scenario, "10.0", HOST)
+    assert outcome.verdict == "skipped" and outcome.not_modelled is not None and "socket" in outcome.not_modelled
+    exec_scenario = Scenario(
+        scenario.id,
+        source=scenario.source,
+        destination=scenario.destination,
+        steps=(Step("migrate", transport="exec"), Step("wait")),
+    )
+    assert predict(exec_scenario, "10.0", HOST).verdict == "failed"
