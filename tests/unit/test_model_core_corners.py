@@ -253,3 +253,20 @@ def test_configuration_mismatch_over_a_socket_is_not_modelled() -> None:
         steps=(Step("migrate", transport="exec"), Step("wait")),
     )
     assert predict(exec_scenario, "10.0", HOST).verdict == "failed"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_i440fx_unplug_waits_for_the_guest(version: str) -> None:
+    # core-pc-nvme-hotplug-del: ACPI unplug is a request; the blocker stays.
+    pc = VmSpec(memory="64M", machine="pc")
+    add = qmp("device_add", driver="nvme", serial="n0", id="nv0")
+    outcome = run(add, qmp("device_del", id="nv0"), MIGRATE, version=version, source=pc)
+    assert outcome.error == "State blocked by non-migratable device '0000:00:02.0/nvme'"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_stop_during_precopy_hands_over_paused(version: str) -> None:
+    # core-stop-during-migration-then-wait.
+    fast = Step("set-parameters", parameters={"max-bandwidth": 0})
+    outcome = run(SLOW, MIGRATE, Step("stop"), fast, Step("wait"), version=version, memory="1G")
+    assert outcome.destination is not None and outcome.destination.runstate == "paused"
