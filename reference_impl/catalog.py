@@ -104,6 +104,8 @@ AUTO_NODE_NAME = "#block<N>"
 # ui/vdagent.c vdagent_chr_open: migrate_add_blocker(&vd->migration_blocker, ...). Measured on 10.0.2 and
 # 7.2.22 (measured: 7.2.22 has it too, docs/real-qemu-facts.md qmp-steps); 10.1 made vdagent migratable: its
 # vdagent_chr_init registers the "vdagent" vmstate section instead (reference_impl.loadvm).
+# Chardev backends whose instance registers a vmstate section (10.1+ qemu-vdagent: vdagent_chr_init).
+CHARDEV_SECTIONS = frozenset({"qemu-vdagent"})
 CHARDEV_BLOCKERS: dict[str, tuple[str, Version]] = {
     "qemu-vdagent": ("The vdagent chardev doesn't yet support migration", V10_1),
 }

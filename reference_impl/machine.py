@@ -15,7 +15,7 @@ from typing import Any
 
 from contract.host import HostFacts
 from contract.scenario import DeviceSpec, VmSpec
-from contract.versions import V8_0, V10_0, Version
+from contract.versions import V8_0, V10_0, V10_1, Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
 from reference_impl.cpu import INVTSC_ONLY_MIGRATABLE_ERROR, cpu_blocker
@@ -174,6 +174,8 @@ class Machine:
     # (TLS parameters name them: reference_impl.qmp_tls)
     objects: dict[str, str] = field(default_factory=dict)
     referenced: frozenset[str] = frozenset()  # CommandLine.referenced: object-del refuses an object in use
+    # vmstate sections registered before RAM's (command-line qemu-vdagent chardevs on 10.1+: loadvm)
+    early_sections: int = 0
     # -machine memory-backend=: the guest RAM is a backend object (x-ignore-shared skips it when shared)
     ram_backend: bool = False
     machine_type: str = ""  # the -machine type QEMU resolved (an alias gives the version's newest: machine_types)
@@ -278,6 +280,7 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         referenced=line.referenced,
         machine_type=machine_type(spec, version, line.devices),
         ram_backend=any("memory-backend=" in text for text in (spec.machine, *spec.args)),
+        early_sections=sum(1 for b, _ in line.chardevs if b in catalog.CHARDEV_SECTIONS and version >= V10_1),
     )
 
 
@@ -380,8 +383,10 @@ def _realize_devices(
         elif catalog.is_usb_device(driver):
             if buses.usb_controller is None:
                 return f"No 'usb-bus' bus found for device '{driver}'"
-            buses.usb_ports += 1
-            path = f"{buses.usb_controller}/{buses.usb_ports}"
+            if "bus" in device.properties and len(buses.usb_ports) > 1:
+                raise NotModelled("a USB device naming its bus among several USB controllers")
+            port = buses.usb_ports[buses.usb_controller] = buses.usb_ports.get(buses.usb_controller, 0) + 1
+            path = f"{buses.usb_controller}/{port}"
         if model is not None:
             if model.unmigratable_vmsd is not None:
                 # check_only_migratable (hw/core/qdev.c), before realize.
@@ -393,8 +398,13 @@ def _realize_devices(
                 else:
                     idstr = f"{path}/{model.unmigratable_vmsd}"
                 vm.blockers.unmigratable.append(idstr)
-            if model.usb_host_controller and buses.usb_controller is None and path is not None:
+            if model.usb_host_controller and path is not None:
+                # A USB device without bus= goes to the newest controller's bus: bus_add_child inserts each
+                # device at the head of its bus's children, and qbus_find_recursive walks them in that order
+                # (measured: ich9-usb-uhci1 then qemu-xhci, the usb-serial is '0000:00:02.0/1/usb-serial' on
+                # 7.2.22, 10.0.2, 10.2.2).
                 buses.usb_controller = path
+                buses.usb_ports.setdefault(path, 0)
         if driver in catalog.IVSHMEM_DRIVERS and device.properties.get("master", "off") not in ("on", "true"):
             error = vm.blockers.add(catalog.IVSHMEM_PEER_BLOCKER)
             if error is not None:

@@ -54,6 +54,8 @@ class Scene:
     source: Machine
     destination: Machine
     socket_uri: bool = False  # migrate-incoming tcp/unix done (later migrates reuse the URI)
+    # A raw migrate's asynchronous connect failure may not have landed before the next step (qmp_commands).
+    connect_race: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -30,8 +30,8 @@ class _PciBus:
 @dataclass
 class Buses:
     pci: dict[str, _PciBus] = field(default_factory=lambda: {"pcie.0": _PciBus("0000:00", 1, 0x1E)})
-    usb_controller: str | None = None  # qdev path of the first USB host controller
-    usb_ports: int = 0
+    usb_controller: str | None = None  # qdev path of the newest USB host controller
+    usb_ports: dict[str, int] = field(default_factory=dict)  # controller path -> ports taken
     root: str = "pcie.0"  # the bus a PCI device without bus= goes to
 
 
