@@ -35,17 +35,27 @@ class MigrationBlockers:
         if reason in self.reasons:
             self.reasons.remove(reason)
 
-    def is_blocked(self) -> str | None:
+    def is_blocked(self, mode: str = "normal") -> str | None:
         """``migration_is_blocked``: the error ``migrate``/``snapshot-save`` report, or None.
 
-        Unmigratable vmsds are checked first, then the newest blocker.
+        Unmigratable vmsds are checked first, then the newest blocker of the migration ``mode``
+        (``migration_blockers[migrate_mode()]``, 10.0.2): a CPR mode does not see the blockers the block
+        formats add with migrate_add_blocker_normal (block/vvfat.c, vmdk.c, vdi.c, vhdx.c, vpc.c, qcow.c,
+        parallels.c in 10.0.2; 7.2 has no modes).
         """
         if self.unmigratable:
             return f"State blocked by non-migratable device '{self.unmigratable[0]}'"
-        if self.reasons:
-            return self.reasons[0]
+        reasons = [r for r in self.reasons if mode == "normal" or not normal_mode_only(r)]
+        if reasons:
+            return reasons[0]
         return None
 
     def blocked_reasons(self) -> list[str]:
         """query-migrate ``blocked-reasons``: explicit blockers, then one per unmigratable vmsd."""
         return list(self.reasons) + [f"non-migratable device: {idstr}" for idstr in self.unmigratable]
+
+
+def normal_mode_only(reason: str) -> bool:
+    """A block format's blocker (catalog.format_blocker: "The <fmt> format used by node ..."), which 10.0.2 adds
+    with migrate_add_blocker_normal."""
+    return reason.startswith("The ") and " format used by node " in reason

@@ -105,6 +105,8 @@ AUTO_NODE_NAME = "#block<N>"
 # ui/vdagent.c vdagent_chr_open: migrate_add_blocker(&vd->migration_blocker, ...). Measured on 10.0.2 and
 # 7.2.22 (measured: 7.2.22 has it too, docs/real-qemu-facts.md qmp-steps); 10.1 made vdagent migratable: its
 # vdagent_chr_init registers the "vdagent" vmstate section instead (reference_impl.loadvm).
+# Chardev backends whose instance registers a vmstate section (10.1+ qemu-vdagent: vdagent_chr_init).
+CHARDEV_SECTIONS = frozenset({"qemu-vdagent"})
 CHARDEV_BLOCKERS: dict[str, tuple[str, Version]] = {
     "qemu-vdagent": ("The vdagent chardev doesn't yet support migration", V10_1),
 }
@@ -148,8 +150,9 @@ def is_usb_device(driver: str) -> bool:
 
 
 def drive_format(options: dict[str, str]) -> str | None:
-    """The format driver a ``-drive`` opens: format=, else vvfat for fat: files, else probed by extension."""
-    fmt = options.get("format")
+    """The format driver a ``-drive`` opens: format= (or driver=, the option format= sets: drive_new passes
+    the rest of -drive's options to bdrv_open), else vvfat for fat: files, else probed by extension."""
+    fmt = options.get("format") or options.get("driver")
     if fmt:
         return fmt
     file = options.get("file", "")
@@ -170,7 +173,7 @@ def drive_blockers(options: dict[str, str], *, blockdev: bool = False) -> list[s
     if fmt in FORMAT_BLOCKERS:
         return [format_blocker(FORMAT_BLOCKERS[fmt], node)]
     if fmt == "vvfat":
-        rw = options.get("rw") in ("on", "true") if blockdev else "rw:" in options.get("file", "")
+        rw = options.get("rw") in ("on", "true") or (not blockdev and "rw:" in options.get("file", ""))
         if rw:
             # vvfat rw opens an internal qcow write target first: its blocker is added first (so it is what
             # -only-migratable reports), then the vvfat one (newest, so what migrate reports). Measured.

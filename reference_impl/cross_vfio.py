@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from reference_impl.capabilities import N8_0, N10_0
 from reference_impl.limits import NotModelled
-from reference_impl.machine import Machine, pci_paths
+from reference_impl.machine import Machine
+from reference_impl.pci_buses import pci_paths
 from reference_impl.vfio.api import placeholder_name
 from reference_impl.vfio.handlers import VfioSaveHandlers
 
@@ -50,7 +51,7 @@ def vfio_sections(vm: Machine) -> list[tuple[str | None, VfioSaveHandlers | None
     handlers = {h.name: h for h in vm.handlers if isinstance(h, VfioSaveHandlers)}
     sections: list[tuple[str | None, VfioSaveHandlers | None]] = []
     unnamed = 0
-    for device, path in zip(vm.devices, pci_paths(vm.devices), strict=True):
+    for device, path in zip(vm.devices, pci_paths(vm.devices, vm.machine_type), strict=True):
         if device.driver != "vfio-pci":
             continue
         name = placeholder_name(device.id, unnamed)

@@ -14,7 +14,8 @@ from reference_impl.capabilities import N9_1, N10_1, N10_2
 from reference_impl.cross import configuration_cause
 from reference_impl.cross_vfio import check_stream, unloaded_section
 from reference_impl.limits import NotModelled
-from reference_impl.machine import Machine, pci_paths
+from reference_impl.machine import Machine
+from reference_impl.pci_buses import pci_paths
 
 # What the destination prints when its incoming stream breaks (cancel, source failure): QEMU 10.0.2 and
 # 7.2.22 exit with status 1 and this last stderr line (docs/real-qemu-facts.md#cancel--failure).
@@ -95,7 +96,7 @@ def _missing_device(source: Machine, destination: Machine) -> str | None:
     """The first source device (realize order, the order of its vmstate sections) the destination lacks:
     qemu_loadvm_section_start_full's "Unknown section or instance '<qdev path>/<vmsd name>' 0"."""
     remaining = [d.driver for d in destination.devices]
-    for device, path in zip(source.devices, pci_paths(source.devices), strict=True):
+    for device, path in zip(source.devices, pci_paths(source.devices, source.machine_type), strict=True):
         if device.driver in remaining:
             remaining.remove(device.driver)
             continue
@@ -154,5 +155,8 @@ def ram_section_footer(source: Machine) -> str:
     """check_section_footer's text for a stream cut inside RAM's section: the id is the source's numbering
     (register_savevm_live: global_section_id++). migration_object_init registers "block" (blk_mig_init) right
     before "ram" until block migration went away in 9.1: RAM is section 2 from 7.2.22, 1 from 10.0.2 and
-    10.2.2 (measured: a cancel over tcp into a 10.2.2 destination)."""
-    return SECTION_FOOTER_ERROR if source.vn >= N9_1 else "Section footer error, section_id: 2"
+    10.2.2 (measured: a cancel over tcp into a 10.2.2 destination). Sections registered before
+    migration_object_init come first: a command-line qemu-vdagent chardev's (10.1+, vdagent_chr_init: early
+    backends are created before it in qemu_init) makes RAM section 2 on 10.2.2, removed or not (measured)."""
+    ram = (1 if source.vn >= N9_1 else 2) + source.early_sections
+    return f"Section footer error, section_id: {ram}"

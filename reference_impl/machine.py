@@ -15,11 +15,13 @@ from typing import Any
 
 from contract.host import HostFacts
 from contract.scenario import DeviceSpec, VmSpec
-from contract.versions import Version
+from contract.versions import V8_0, V10_0, V10_1, Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
 from reference_impl.cpu import INVTSC_ONLY_MIGRATABLE_ERROR, cpu_blocker
+from reference_impl.limits import NotModelled
 from reference_impl.machine_types import machine_error, machine_type
+from reference_impl.pci_buses import I440FX, NOT_DYNAMIC_SYSBUS, Buses, buses_for, take_pci_slot
 from reference_impl.savevm import SaveVMHandlers
 from reference_impl.vfio.api import VfioMachineState, placeholder_name
 
@@ -172,6 +174,10 @@ class Machine:
     # (TLS parameters name them: reference_impl.qmp_tls)
     objects: dict[str, str] = field(default_factory=dict)
     referenced: frozenset[str] = frozenset()  # CommandLine.referenced: object-del refuses an object in use
+    # vmstate sections registered before RAM's (command-line qemu-vdagent chardevs on 10.1+: loadvm)
+    early_sections: int = 0
+    # -machine memory-backend=: the guest RAM is a backend object (x-ignore-shared skips it when shared)
+    ram_backend: bool = False
     machine_type: str = ""  # the -machine type QEMU resolved (an alias gives the version's newest: machine_types)
 
 
@@ -200,17 +206,19 @@ def _realize_cached(spec: VmSpec, line: CommandLine, version: Version, vn: int, 
     hit = _REALIZED.get(key)
     if hit is not None and hit[0] is spec and hit[1] is host:
         return hit[2]
-    result = _realize_uncached(line, version, host)
+    result = _realize_uncached(spec, line, version, host)
     if len(_REALIZED) >= _PARSED_MAX:
         _REALIZED.clear()
     _REALIZED[key] = (spec, host, result)
     return result
 
 
-def _realize_uncached(line: CommandLine, version: Version, host: HostFacts) -> _Realized:
+def _realize_uncached(spec: VmSpec, line: CommandLine, version: Version, host: HostFacts) -> _Realized:
     blockers = MigrationBlockers(only_migratable=line.only_migratable)
     vn = version.major * 100 + version.minor
     vm = Machine(version, host, "source", vn, "prelaunch", blockers, objects=dict(line.objects))
+    vm.machine_type = machine_type(spec, version, line.devices)
+    vm.chardevs = {chardev_id: backend for backend, chardev_id in line.chardevs}
     # qemu_create_early_backends opens every -chardev before the block backends (qemu_create_late_backends).
     for backend, _chardev_id in line.chardevs:
         reason = catalog.chardev_blocker(backend, version)
@@ -271,68 +279,12 @@ def realize(spec: VmSpec, version: Version, host: HostFacts, role: str) -> Machi
         objects=dict(line.objects),
         referenced=line.referenced,
         machine_type=machine_type(spec, version, line.devices),
+        ram_backend=any("memory-backend=" in text for text in (spec.machine, *spec.args)),
+        early_sections=sum(1 for b, _ in line.chardevs if b in catalog.CHARDEV_SECTIONS and version >= V10_1),
     )
 
 
-# Devices that create a PCI bus named after their id (pcie-root-port: one slot, the others 32).
-_PCI_BRIDGES = frozenset({"pcie-root-port", "ioh3420", "xio3130-downstream", "pci-bridge", "pcie-pci-bridge"})
-
-
-@dataclass
-class _PciBus:
-    prefix: str  # qdev path prefix: "0000:00" for pcie.0, the bridge's own path below it
-    first_slot: int
-    last_slot: int
-    slots: dict[int, str] = field(default_factory=dict)  # slot -> "driver,id=ID" of its occupant
-
-
-@dataclass
-class _Buses:
-    pci: dict[str, _PciBus] = field(default_factory=lambda: {"pcie.0": _PciBus("0000:00", 1, 0x1E)})
-    usb_controller: str | None = None  # qdev path of the first USB host controller
-    usb_ports: int = 0
-
-
-def _parse_slot(addr: str) -> tuple[int, int]:
-    slot_text, _, fn_text = addr.partition(".")
-    return int(slot_text, 16), int(fn_text or "0", 16)
-
-
-def _take_pci_slot(buses: _Buses, device: DeviceSpec) -> tuple[str | None, str | None]:
-    """pci_qdev_realize / do_pci_register_device: (qdev path, error).
-
-    Paths as measured (docs/real-qemu-facts.md#blockers, #slots-and-buses): "0000:00:01.0" on pcie.0 (auto
-    slots from 01 in realize order; 00 is the host bridge, 1f the ICH9 functions), "0000:00:01.0:00.0" behind
-    a root port at 01.0 (pcibus_get_dev_path appends one "SS.F" per bridge level).
-    """
-    bus = buses.pci.get(device.properties.get("bus", "pcie.0"))
-    if bus is None:
-        return None, f"Bus '{device.properties.get('bus')}' not found"
-    occupant = f"{device.driver},id={device.id if device.id is not None else '(null)'}"
-    addr = device.properties.get("addr")
-    if addr is not None:
-        slot, fn = _parse_slot(addr)
-        reserved = bus.prefix == "0000:00" and slot in (0, 0x1F)
-        if slot in bus.slots or reserved:
-            owner = bus.slots.get(slot, "mch,id=(null)")
-            return None, f"PCI: slot {slot} function {fn} not available for {device.driver}, in use by {owner}"
-    else:
-        free = [s for s in range(bus.first_slot, bus.last_slot + 1) if s not in bus.slots]
-        if not free:
-            return None, f"PCI: no slot/function available for {device.driver}, all in use or reserved"
-        slot, fn = free[0], 0
-    bus.slots[slot] = occupant
-    path = f"{bus.prefix}:{slot:02x}.{fn}"
-    if device.driver in _PCI_BRIDGES and device.id is not None:
-        last = 0 if device.driver in ("pcie-root-port", "ioh3420", "xio3130-downstream") else 0x1F
-        buses.pci[device.id] = _PciBus(path, 0, last)
-    return path, None
-
-
-def pci_paths(devices: tuple[DeviceSpec, ...]) -> list[str | None]:
-    """Each device's qdev path on the PCI buses (None off PCI), as _take_pci_slot assigns them in realize order."""
-    buses = _Buses()
-    return [_take_pci_slot(buses, d)[0] if catalog.is_pci_driver(d.driver) else None for d in devices]
+BUS_NO_HOTPLUG = "Bus 'pcie.0' does not support hotplugging"
 
 
 def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
@@ -344,9 +296,21 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     and migrate_add_blocker (e.g. ivshmem peer mode, measured with -only-migratable on both versions) refuse
     it with the same texts as at startup.
     """
+    # q35's pcie.0 takes no hot-plug (only its root ports' buses do); i440fx's pci.0 does (ACPI, measured).
+    # 7.2 checks the bus before the migration (qdev_device_add_from_qdict); 10.0.2 and 10.2.2 after it
+    # (qdev_hotplug_allowed -> qdev_hotplug_unplug_allowed_common). Measured: "Bus 'pcie.0' does not support
+    # hotplugging" for a virtio-rng-pci without bus= on 7.2.22, 10.0.2, 10.2.2.
+    cold_bus = catalog.is_pci_driver(device.driver) and device.properties.get("bus", "pcie.0") == "pcie.0"
+    cold_bus = cold_bus and not vm.machine_type.startswith(I440FX)
+    if cold_bus and vm.migration is not None and V8_0 <= vm.version < V10_0:
+        raise NotModelled(f"which of device_add's bus and migration checks comes first on {vm.version}")
+    if cold_bus and vm.version < V10_0:
+        return BUS_NO_HOTPLUG
     if vm.migration is not None:
         return "device_add not allowed while migrating"
-    buses = _Buses()
+    if cold_bus:
+        return BUS_NO_HOTPLUG
+    buses = buses_for(vm.machine_type)
     # Replay the existing devices on a scratch machine to rebuild the bus occupancy.
     scratch = Machine(
         version=vm.version,
@@ -356,6 +320,8 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
         runstate=vm.runstate,
         blockers=MigrationBlockers(),
         objects=vm.objects,
+        machine_type=vm.machine_type,
+        chardevs=vm.chardevs,
     )
     _realize_devices(scratch, vm.devices, buses)
     taken = {d.id for d in vm.devices if d.id is not None}
@@ -366,11 +332,11 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
 
 
 def _realize_devices(
-    vm: Machine, devices: tuple[DeviceSpec, ...], buses: _Buses | None = None, taken_ids: set[str] | None = None
+    vm: Machine, devices: tuple[DeviceSpec, ...], buses: Buses | None = None, taken_ids: set[str] | None = None
 ) -> str | None:
     """Realize ``devices`` in order; QEMU's error for the first that fails. ``taken_ids``: device ids already
     in use (the devices realized before a hot-plug)."""
-    buses = buses if buses is not None else _Buses()
+    buses = buses if buses is not None else buses_for(vm.machine_type)
     taken = set(taken_ids or ())
     vfio_state: VfioMachineState | None = None
     viommu = False
@@ -380,6 +346,12 @@ def _realize_devices(
         model = catalog.model_for(driver)
         if model is not None and model.since is not None and vm.version < model.since:
             return f"'{driver}' is not a valid device model name"
+        if model is not None and model.bus == "sysbus" and model.viommu and buses.root != "pcie.0":
+            return NOT_DYNAMIC_SYSBUS
+        if driver == "usb-host":
+            # usb_host_realize looks the host's USB devices up ("failed to find host usb device 99:99",
+            # measured on 7.2.22 and 10.0.2): a fact of the host, not of QEMU.
+            raise NotModelled("usb-host (whether the host has the USB device)")
         if device.id is not None:
             # qdev_device_add_from_qdict: the bus is looked up before the device is created, its id set
             # (qdev_set_id: "Duplicate device ID") before it is realized (where a PCI slot is taken).
@@ -388,6 +360,16 @@ def _realize_devices(
                     return f"No 'usb-bus' bus found for device '{driver}'"
                 return f"Duplicate device ID '{device.id}'"
             taken.add(device.id)
+        chardev = device.properties.get("chardev")
+        if chardev is not None and chardev not in vm.chardevs:
+            # set_chardev (hw/core/qdev-properties-system.c, 7.2 and 10.0.2), before realize: measured with
+            # usb-serial on 7.2.22, 10.0.2, 10.2.2 (it comes before -only-migratable's check_only_migratable).
+            return f"Property '{driver}.chardev' can't find value '{chardev}'"
+        if driver == "hv-syndbg":
+            # hv_syndbg_realize: a vmbus-bridge first (which needs Hyper-V CPU features: not modelled).
+            if not any(d.driver == "vmbus-bridge" for d in vm.devices):
+                return "hv-syndbg device requires vmbus-bridge device"
+            raise NotModelled("hv-syndbg with a vmbus-bridge")
         memdev = device.properties.get("memdev") if driver in catalog.MEMDEV_DRIVERS else None
         if memdev is not None and memdev not in vm.objects:
             # object_set_properties_from_keyval sets the link before realize: object_resolve_link (qom/object.c,
@@ -395,14 +377,16 @@ def _realize_devices(
             return f"Device '{memdev}' not found"
         path: str | None = None
         if catalog.is_pci_driver(driver):
-            path, error = _take_pci_slot(buses, device)
+            path, error = take_pci_slot(buses, device)
             if error is not None:
                 return error
         elif catalog.is_usb_device(driver):
             if buses.usb_controller is None:
                 return f"No 'usb-bus' bus found for device '{driver}'"
-            buses.usb_ports += 1
-            path = f"{buses.usb_controller}/{buses.usb_ports}"
+            if "bus" in device.properties and len(buses.usb_ports) > 1:
+                raise NotModelled("a USB device naming its bus among several USB controllers")
+            port = buses.usb_ports[buses.usb_controller] = buses.usb_ports.get(buses.usb_controller, 0) + 1
+            path = f"{buses.usb_controller}/{port}"
         if model is not None:
             if model.unmigratable_vmsd is not None:
                 # check_only_migratable (hw/core/qdev.c), before realize.
@@ -414,8 +398,13 @@ def _realize_devices(
                 else:
                     idstr = f"{path}/{model.unmigratable_vmsd}"
                 vm.blockers.unmigratable.append(idstr)
-            if model.usb_host_controller and buses.usb_controller is None and path is not None:
+            if model.usb_host_controller and path is not None:
+                # A USB device without bus= goes to the newest controller's bus: bus_add_child inserts each
+                # device at the head of its bus's children, and qbus_find_recursive walks them in that order
+                # (measured: ich9-usb-uhci1 then qemu-xhci, the usb-serial is '0000:00:02.0/1/usb-serial' on
+                # 7.2.22, 10.0.2, 10.2.2).
                 buses.usb_controller = path
+                buses.usb_ports.setdefault(path, 0)
         if driver in catalog.IVSHMEM_DRIVERS and device.properties.get("master", "off") not in ("on", "true"):
             error = vm.blockers.add(catalog.IVSHMEM_PEER_BLOCKER)
             if error is not None:

@@ -106,10 +106,11 @@ def machine_error(spec: VmSpec, version: Version) -> str | None:
 def machine_type(spec: VmSpec, version: Version, devices: tuple[DeviceSpec, ...]) -> str:
     """The resolved machine type of a VM that started (machine_error said None).
 
-    The device model (reference_impl.machine: pcie.0, q35's slots and qdev paths) is q35's: a PCI device on
-    another machine family is not modelled."""
+    The device model (reference_impl.machine) knows q35's pcie.0 and i440fx's pci.0 (its slots and qdev
+    paths); a PCI device on another machine family is not modelled."""
     resolved = resolve_machine(machine_name(spec), version)
     assert resolved is not None
-    if not resolved.startswith("pc-q35-") and any(catalog.is_pci_driver(d.driver) for d in devices):
+    pci_family = resolved.startswith(("pc-q35-", "pc-i440fx-"))
+    if not pci_family and any(catalog.is_pci_driver(d.driver) for d in devices):
         raise NotModelled(f"PCI devices on machine type '{resolved}'")
     return resolved

@@ -8,12 +8,15 @@ None; a migration ``migrate`` accepts is resolved by the contract's wait (refere
 from __future__ import annotations
 
 from reference_impl import qmp_tls
-from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_2, N9_0
+from reference_impl.blockers import normal_mode_only
+from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_2, N9_0, N10_0
+from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
 from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
 
 # Schemes qmp_migrate dispatches on before 8.2 (no file:); others fail after migrate_init.
+VVFAT_RW = "The vvfat (rw) format used by node"
 _PRE_8_2_SCHEMES = frozenset({"tcp", "unix", "exec", "fd", "rdma", "vsock"})
 
 
@@ -70,12 +73,21 @@ def connect_refused(transport: str) -> str:
     return f"Failed to connect to '{where}': Connection refused"
 
 
-def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_error: str | None = None) -> str | None:
+def migrate(
+    vm: Machine,
+    transport: str,
+    *,
+    peer_listening: bool = True,
+    path_error: str | None = None,
+    start_error: str | None = None,
+) -> str | None:
     """``qmp_migrate`` + ``migrate_prepare`` + ``migrate_init``: the error, or None once the migration started.
 
     Refusals before migrate_init change nothing (status, error-desc and runstate stay; no event).
     ``path_error``: the target path of a scenario-chosen URI cannot be opened (file: refused after
     migrate_init, setup -> failed; unix: the connect fails asynchronously with this error-desc).
+    ``start_error``: the transport's start refuses the address after migrate_init (7.2's socket_parse, an fd:
+    name monitor_get_fd does not know): migrate_fd_error moves setup -> failed and the command is refused.
     """
     v = vm.vn
     caps = vm.caps
@@ -90,7 +102,10 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
         return "Guest is waiting for an incoming migration"
     if vm.runstate == "postmigrate":
         return "Can't migrate the vm that was paused due to previous migration"
-    blocked = vm.blockers.is_blocked()
+    mode = str(vm.params.get("mode", "normal"))
+    if mode != "normal" and v < N10_0 and any(normal_mode_only(r) for r in vm.blockers.reasons):
+        raise NotModelled(f"which blockers mode {mode} sees on {vm.version} (read in 10.0.2)")
+    blocked = vm.blockers.is_blocked(mode)
     if blocked is not None:
         return blocked
     if v >= N9_0 and "mapped-ram" in caps:
@@ -122,11 +137,20 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
         # file: and bogus:; docs/real-qemu-facts.md migrate-order says 7.2-8.1).
         emit(vm, "failed")
         return "Parameter 'uri' expects a valid migration protocol"
+    if start_error is not None:
+        emit(vm, "failed")
+        vm.error_desc = start_error
+        return start_error
     if path_error is not None and transport == "file":
         # file_start_outgoing_migration: the open fails, migrate_fd_error moves setup -> failed (10.0.2).
         emit(vm, "failed")
         vm.error_desc = path_error
         return path_error
+    if "x-ignore-shared" in caps and vm.ram_backend:
+        # Two processes never share the backend, so the destination starts from its own empty RAM; what fails
+        # then depends on how far the firmware ran before migrate (7.2.22: the vapic's kvm-tpr-opt post_load
+        # gave EPERM in some runs, not others; docs/real-qemu-facts.md, "Races").
+        raise NotModelled("x-ignore-shared with the guest RAM on a memory backend (the load depends on the firmware)")
     migration = Migration(transport=transport, background="background-snapshot" in caps, source_runstate=vm.runstate)
     if v < N8_0 and transport not in SOCKET_TRANSPORTS and "multifd" in caps:
         # 7.2 has no transport check at migrate time: the outgoing side fails in setup and prints this line
@@ -140,6 +164,10 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
     elif (tls_error := qmp_tls.outgoing_error(vm)) is not None:
         # migration_channel_connect: the TLS lookup fails once the channel exists, in setup.
         migration.failure = (tls_error, tls_error)
+    elif (completion := _cpr_completion_failure(vm)) is not None:
+        migration.failure = (completion, completion)
+        migration.fails_when_active = True
+        migration.fails_after = ("device",)
     else:
         migration.failure = _vfio_failure(vm)
         # A VFIO failure comes from qemu_savevm_state_setup (ram_save_setup: the dirty-log start fails);
@@ -148,6 +176,19 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
         migration.fails_when_active = migration.failure is not None
     vm.migration = migration
     return None
+
+
+def _cpr_completion_failure(vm: Machine) -> str | None:
+    """A CPR mode skips the normal-mode blockers (migrate_add_blocker_normal: a rw vvfat's), but
+    migration_completion_precopy still calls migration_switchover_start, whose migration_block_inactivate
+    fails for a rw vvfat (bdrv_inactivate_all: -1): -EFAULT, after active -> device (10.0.2 and 10.2.2
+    source, read; measured 3 of 3 on both: "Error in migration completion: Bad address", the source keeps
+    its runstate). 9.x has the mode but its completion was not read."""
+    if vm.params.get("mode", "normal") == "normal" or not any(VVFAT_RW in r for r in vm.blockers.reasons):
+        return None
+    if vm.vn < N10_0:
+        raise NotModelled(f"a CPR-mode migration with a rw vvfat drive on {vm.version}")
+    return "Error in migration completion: Bad address"
 
 
 def _vfio_failure(vm: Machine) -> tuple[str | None, str | None] | None:

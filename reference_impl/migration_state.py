@@ -42,6 +42,9 @@ class Migration:
     fails_after: tuple[str, ...] = ()
     # The destination dropped the connection at accept (its own tls-creds failed, 7.2: it stays listening).
     peer_refused: bool = False
+    # Started by a raw qmp ``migrate`` to the scenario's own URI: the executor's wait does not wait for it and
+    # loads no stream (harness/execution/steps.py step_wait: only a ``migrate`` step starts "the" migration).
+    raw: bool = False
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Scene:
     source: Machine
     destination: Machine
     socket_uri: bool = False  # migrate-incoming tcp/unix done (later migrates reuse the URI)
+    # A raw migrate's asynchronous connect failure may not have landed before the next step (qmp_commands).
+    connect_race: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

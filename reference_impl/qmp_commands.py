@@ -15,13 +15,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from contract.scenario import DeviceSpec
-from reference_impl import catalog
+from reference_impl import catalog, uri_parse
 from reference_impl import migration as mig
 from reference_impl import qmp_migrate_args as migrate_args
 from reference_impl.capabilities import N8_0, N8_2, N9_1
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
 from reference_impl.migration_prechecks import transport_check
+from reference_impl.pci_buses import I440FX
 from reference_impl.qmp_jobs import ARGUMENTS as JOB_ARGUMENTS
 from reference_impl.qmp_jobs import HANDLERS as JOB_HANDLERS
 from reference_impl.qmp_postcopy import ARGUMENTS as POSTCOPY_ARGUMENTS
@@ -106,7 +107,13 @@ def device_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     device = next((d for d in vm.devices if d.id == dev_id), None)
     if device is None:
         return f"Device '{dev_id}' not found"
+    if catalog.is_usb_device(device.driver):
+        return _unplug_usb(vm, device)
     ports = {d.id for d in vm.devices if d.driver == "pcie-root-port"}
+    if vm.machine_type.startswith(I440FX) and catalog.is_pci_driver(device.driver):
+        # i440fx's pci.0 unplugs through ACPI, which also waits for the guest (measured: nvme hot-added on pc,
+        # device_del'd, and the migrate after it is still blocked on 7.2.22, 10.0.2, 10.2.2).
+        ports |= {None, "pci.0"}
     if device.properties.get("bus") not in ports or "failover" in device.properties:
         raise NotModelled(f"device_del of a {device.driver} that is not on a pcie-root-port")
     if vm.migration is not None:
@@ -114,11 +121,32 @@ def device_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _unplug_usb(vm: Machine, device: DeviceSpec) -> str | None:
+    """A USB device's unplug needs no guest: qdev_unplug's migration check, then the usb-bus hotplug handler
+    (qdev_simple_device_unplug_cb) unrealizes it at once, unregistering its vmsd (vmstate_unregister in
+    device_unrealize), so an unmigratable one no longer blocks (measured: usb-wacom-tablet hot-added,
+    device_del'd, and the migrate that follows completes on 7.2.22, 10.0.2, 10.2.2). Only the newest USB
+    device is followed: removing another frees a port that the next hot-plug takes (paths not modelled)."""
+    usb = [d for d in vm.devices if catalog.is_usb_device(d.driver)]
+    if usb[-1] is not device:
+        raise NotModelled("device_del of a USB device that is not the newest one")
+    if vm.migration is not None:
+        return "device_del not allowed while migrating"
+    model = catalog.model_for(device.driver)
+    vmsd = model.unmigratable_vmsd if model is not None else None
+    if vmsd is not None:
+        mine = [i for i, idstr in enumerate(vm.blockers.unmigratable) if idstr.endswith(f"/{vmsd}")]
+        del vm.blockers.unmigratable[mine[-1]]
+    vm.devices = tuple(d for d in vm.devices if d is not device)
+    return None
+
+
 # URI schemes qmp_migrate dispatches on (migration/migration.c); anything else is not a migration protocol.
 URI_SCHEMES = frozenset({"tcp", "unix", "file", "exec", "fd", "rdma", "vsock"})
-# Of those, the ones the model follows: fd needs a descriptor passed with getfd, rdma an RDMA device (and a
-# build with it), vsock a vsock transport; their failure texts come from code the model does not mirror.
-MODELLED_SCHEMES = frozenset({"tcp", "unix", "file", "exec"})
+# Of those, the ones the model follows: rdma needs an RDMA device (and a build with it), vsock a vsock
+# transport; their failure texts come from code the model does not mirror. fd: is followed as far as the
+# harness can take it: no descriptor is ever passed (getfd), so the name is not found (reference_impl.uri_parse).
+MODELLED_SCHEMES = frozenset({"tcp", "unix", "file", "exec", "fd"})
 # Arguments each migration command's handler reads; migrate and migrate-incoming check their own
 # (reference_impl.qmp_migrate_args: QAPI's "unexpected" refusals depend on the version).
 MODELLED_ARGUMENTS: dict[str, frozenset[str]] = {
@@ -195,14 +223,46 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
     if scheme not in URI_SCHEMES and vm.vn >= N8_2:
         return f"unknown migration protocol: {uri}"
     transport = scheme if scheme in URI_SCHEMES else "invalid"
+    start_error = _address_error(vm, scheme, target)
+    if start_error is not None and vm.vn >= N8_2:
+        return start_error  # migrate_uri_parse, before migrate_prepare: nothing changes
     path_error = None
     # The path is the scenario's, not the run's: QEMU prints it as given and the model predicts it literally
     # (harness.compare keeps a path the model wrote, and normalises only the others).
-    if scheme == "file" and not os.path.isdir(os.path.dirname(target.split(",")[0]) or "."):
-        path_error = _file_open_error(vm, target.split(",")[0], "create")
-    elif scheme == "unix" and not os.path.exists(target):
+    path = uri_parse.file_offset(target)[0] if scheme == "file" else target
+    if scheme == "file" and not os.path.isdir(os.path.dirname(path) or "."):
+        path_error = _file_open_error(vm, path, "create")
+    elif scheme == "file" and vm.vn >= N8_2 and os.path.exists(path) and not os.path.isfile(path):
+        # file_start_outgoing_migration ftruncates whatever it opened, even to 0: a device (/dev/null) gives
+        # EINVAL (measured on 10.0.2 and 10.2.2 with file:/dev/null,offset=0x1000; status failed).
+        offset = uri_parse.file_offset(target)[1] or 0
+        path_error = f"failed to truncate migration file to offset {offset:x}: Invalid argument"
+    elif scheme == "unix" and start_error is None and not os.path.exists(target):
         path_error = f"Failed to connect to '{target}': No such file or directory"
-    return mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
+    elif scheme == "fd" and start_error is None:
+        # fd_start_outgoing_migration: monitor_get_fd fails after migrate_init; migrate_fd_error: setup -> failed.
+        start_error = uri_parse.fd_lookup_error(target)
+    error = mig.migrate(vm, transport, peer_listening=False, path_error=path_error, start_error=start_error)
+    if error is None and scheme == "exec":
+        # Accepted, with the scenario's own command: what it does with the stream (exits at once, writes it
+        # somewhere) is the command's (measured with exec:true: 7.2.22 "Unable to write to command: Broken
+        # pipe", 10.x "ram_save_setup failed: Input/output error").
+        raise NotModelled("migrate to exec: with the scenario's own command")
+    if error is None and vm.migration is not None:
+        vm.migration.raw = True
+    return error
+
+
+def _address_error(vm: Machine, scheme: str, target: str) -> str | None:
+    """The URI's address refused by its parser (reference_impl.uri_parse): 8.2+ in migrate_uri_parse, 7.2 in
+    the transport's start (socket_parse after migrate_init / the incoming setup event); 8.0/8.1 not read."""
+    # 7.2 hands fd: names straight to the monitor lookup (no socket_parse): "fd:" is an unknown '' there.
+    error = None if scheme == "fd" and vm.vn < N8_2 else uri_parse.socket_address_error(scheme, target)
+    if error is None and scheme == "file" and vm.vn >= N8_2:
+        error = uri_parse.file_offset(target)[2]
+    if error is not None and N8_0 <= vm.vn < N8_2:
+        raise NotModelled(f"where {vm.version} parses a {scheme}: address")
+    return error
 
 
 def migrate_command(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
@@ -269,6 +329,13 @@ def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
             return error
         vm.events.append("setup")
         return f"unknown migration protocol: {uri}"
+    error = _address_error(vm, scheme, target)
+    if error is not None:
+        if vm.vn < N8_2:
+            vm.events.append("setup")  # 7.2: qemu_start_incoming_migration sends it before the transport starts
+        return error
+    if scheme == "fd":
+        return mig.migrate_incoming(vm, "fd", dispatch_error=uri_parse.fd_lookup_error(target))
     if scheme == "file":
         path = target.split(",")[0]
         if os.path.exists(path):
@@ -327,13 +394,29 @@ _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
 }
 
 
+def _connect_failure(scene: mig.Scene, vm: Machine) -> None:
+    """A raw ``migrate`` whose socket connect fails (nothing listens on the scenario's address): the connect
+    runs in a thread and its callback (socket_outgoing_migration -> migration_channel_connect -> 7.2
+    migrate_fd_error, 10.x migration_connect_set_error) moves setup -> failed in the main loop. The final read
+    waits for the source to leave setup, so a scenario that ends here reads failed (events setup, failed;
+    measured on 7.2.22, 10.0.2, 10.2.2). A next step on the source races that callback (a second migrate:
+    accepted 2 of 3, "There's a migration process in progress" 1 of 3 on each): steps.run_step says so."""
+    m = vm.migration
+    if m is not None and m.failure is not None and m.transport in mig.SOCKET_TRANSPORTS and not m.fails_when_active:
+        mig.finish(scene, vm)
+        scene.connect_race = True
+
+
 def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str, Any]) -> str | None:
     """One raw ``qmp`` step on ``vm``: QEMU's error text, or None for ``{}``; raises
     :class:`~reference_impl.limits.NotModelled` for what the model does not follow."""
     _check_arguments(command, arguments)
     handler = _HANDLERS.get(command)
     if handler is not None:
-        return handler(vm, arguments)
+        error = handler(vm, arguments)
+        if command == "migrate" and error is None:
+            _connect_failure(scene, vm)
+        return error
     # Handlers that need the pair (the peer's migration, the jobs each VM created).
     scene_handler = POSTCOPY_HANDLERS.get(command) or JOB_HANDLERS.get(command)
     if scene_handler is not None:
@@ -355,13 +438,7 @@ def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str,
     if command == "stop":
         return mig.stop(vm)
     if command == "dump-guest-memory":
-        # qmp_dump_guest_memory (dump/dump.c): refused while inmigrate; detach=true holds an internal blocker
-        # while the dump runs (the model assumes it is still running at the next step).
-        if vm.runstate == "inmigrate":
-            return "Dump not allowed during incoming migration."
-        if arguments.get("detach"):
-            return mig.start_detached_dump(vm)
-        return None
+        return mig.dump_guest_memory(vm, arguments)
     if command in NO_MIGRATION_EFFECT and not arguments:
         return None
     raise NotModelled(f"QMP command {command!r}")

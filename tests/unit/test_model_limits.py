@@ -35,7 +35,7 @@ def qmp(command: str, **arguments: Any) -> Step:
         (qmp("x-colo-lost-heartbeat"), "QMP command 'x-colo-lost-heartbeat'"),
         (qmp("calc-dirty-rate"), "QMP command 'calc-dirty-rate'"),
         (qmp("migrate", uri="rdma:127.0.0.1:4444"), "migrate URI scheme 'rdma'"),
-        (qmp("migrate", uri="fd:mig"), "migrate URI scheme 'fd'"),
+        (qmp("migrate", uri="fd:3"), "fd: URI with the descriptor number 3"),
         (qmp("migrate", uri="vsock:3:4444"), "migrate URI scheme 'vsock'"),
         (
             Step("qmp", side="destination", command="migrate-incoming", arguments={"uri": "vsock:3:4444"}),
