@@ -18,113 +18,14 @@ An entry does not hide a failure:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
-from contract.scenario import Scenario, expand_steps
+from contract.scenario import Scenario, expand_steps, migrate_transport
 from contract.versions import Version
 from harness.compare import Comparison
+from harness.known_bug_signature import KnownDivergence, Shape, Value, equals, matches, one_of
 
-
-@dataclass(frozen=True)
-class Value:
-    """A test of the value real QEMU produced for one field, with the words a mismatch report uses."""
-
-    description: str
-    test: Callable[[Any], bool]
-
-    def __call__(self, value: Any) -> bool:
-        try:
-            return bool(self.test(value))
-        except (TypeError, KeyError, AttributeError, ValueError):
-            return False
-
-
-def equals(expected: Any) -> Value:
-    return Value(f"== {expected!r}", lambda value: value == expected)
-
-
-def matches(pattern: str) -> Value:
-    regex = re.compile(pattern)
-    return Value(f"matches /{pattern}/", lambda value: isinstance(value, str) and regex.search(value) is not None)
-
-
-def one_of(*values: Value) -> Value:
-    return Value(" or ".join(v.description for v in values), lambda value: any(v(value) for v in values))
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One way a bug shows in a comparison.
-
-    Every field of ``required`` differs and real QEMU's value passes its test; a field of ``optional`` may differ
-    if QEMU's value passes its test; no other field differs.
-    """
-
-    required: Mapping[str, Value]
-    optional: Mapping[str, Value] = field(default_factory=dict)
-
-    def problems(self, differences: Mapping[str, list[Any]]) -> list[str]:
-        problems = []
-        for name, value in self.required.items():
-            if name not in differences:
-                problems.append(f"expected a difference in {name!r}")
-            elif not value(differences[name][1]):
-                problems.append(f"QEMU's {name} {differences[name][1]!r} does not match: {value.description}")
-        for name, value in self.optional.items():
-            if name in differences and not value(differences[name][1]):
-                problems.append(f"QEMU's {name} {differences[name][1]!r} does not match: {value.description}")
-        unexplained = sorted(set(differences) - set(self.required) - set(self.optional))
-        if unexplained:
-            problems.append(f"differences the known bug does not explain: {', '.join(unexplained)}")
-        return problems
-
-
-@dataclass(frozen=True)
-class KnownDivergence:
-    """A documented QEMU bug and its signature."""
-
-    name: str  # short id, also the docs/qemu-bugs.md section it points to
-    scenarios: frozenset[str]  # scenario ids the entry applies to
-    versions: tuple[tuple[str, str], ...]  # inclusive "major.minor" ranges the bug was seen on
-    accels: frozenset[str]  # accelerators it applies to (the real run's Outcome.accel)
-    reason: str
-    shapes: tuple[Shape, ...]  # any one of them is the bug
-    # Or any scenario whose steps set up the bug's trigger (e.g. the sweep's generated scenarios).
-    configuration: Callable[[Scenario], bool] | None = None
-
-    def applies(self, scenario: Scenario | str, version: Version, accel: str | None = None) -> bool:
-        """The case (scenario, version, accelerator) is one where the bug was seen; None: any accelerator."""
-        scenario_id = scenario if isinstance(scenario, str) else scenario.id
-        by_configuration = (
-            not isinstance(scenario, str) and self.configuration is not None and self.configuration(scenario)
-        )
-        if scenario_id not in self.scenarios and not by_configuration:
-            return False
-        if accel is not None and accel not in self.accels:
-            return False
-        return any(
-            Version.parse(low) <= Version(version.major, version.minor) <= Version.parse(high)
-            for low, high in self.versions
-        )
-
-    @property
-    def gone_message(self) -> str:
-        return (
-            f"known bug no longer reproduces: {self.name} ({self.reason}); remove its entry from "
-            "harness/known_bugs.py and docs/qemu-bugs.md"
-        )
-
-    def problems(self, comparison: Comparison) -> list[str]:
-        """Why ``comparison`` is not this known bug (empty when it is)."""
-        if comparison.agree:
-            return [self.gone_message]
-        per_shape = [shape.problems(comparison.differences) for shape in self.shapes]
-        if any(not problems for problems in per_shape):
-            return []
-        return [f"not the signature of {self.name}: " + "; ".join(problems) for problems in per_shape]
+__all__ = ["KNOWN_DIVERGENCES", "KnownDivergence", "Shape", "Value", "classify", "known_divergence"]
 
 
 # The 7.2 dirty-page bug, seen two ways (docs/qemu-bugs.md "4."):
@@ -139,7 +40,6 @@ _GUEST_LOST_PAGES = Value(
 )
 _GUEST_DIED = Value("a dead guest", lambda guest: guest["alive"] is False)
 _DESTINATION_GONE = equals(None)
-
 
 
 def _capabilities_by_side(scenario: Scenario) -> tuple[set[str], set[str]]:
@@ -194,10 +94,13 @@ def _multifd_on_live_destination(scenario: Scenario) -> bool:
     migrate = next((i for i, s in enumerate(steps) if s.action == "migrate"), None)
     if migrate is None or not _socket_migrate(scenario):
         return False
-    for i, step in enumerate(steps[migrate + 1:], start=migrate + 1):
-        if (step.action == "set-capabilities" and step.side in ("destination", "both")
-                and step.capabilities.get("multifd")):
-            return any(s.action == "wait" for s in steps[i + 1:])
+    for i, step in enumerate(steps[migrate + 1 :], start=migrate + 1):
+        if (
+            step.action == "set-capabilities"
+            and step.side in ("destination", "both")
+            and step.capabilities.get("multifd")
+        ):
+            return any(s.action == "wait" for s in steps[i + 1 :])
     return False
 
 
@@ -222,6 +125,19 @@ def _removed_vdagent_then_migrate(scenario: Scenario) -> bool:
                 removed = True
         elif step.action == "migrate" and removed:
             return True
+    return False
+
+
+def _background_snapshot_from_prelaunch(scenario: Scenario, transports: frozenset[str]) -> bool:
+    """A background snapshot over one of ``transports`` from a source started with -S that no step continues
+    (cont) before it."""
+    if "-S" not in scenario.source.args or "background-snapshot" not in _capabilities_by_side(scenario)[0]:
+        return False
+    for step in expand_steps(scenario):
+        if step.action == "migrate":
+            return migrate_transport(scenario, step) in transports
+        if step.action == "qmp" and step.command == "cont" and step.side in ("source", "both"):
+            return False
     return False
 
 
@@ -257,6 +173,20 @@ _NO_MAIN_CHANNEL_SEGV: dict[str, Value] = {
     "stage": equals("migration"),
     "source.status": equals(None),
     "source.runstate": equals(None),
+}
+# bg_migration_thread's vm_stop_force_state(RUN_STATE_PAUSED) on a prelaunch VM: runstate_set aborts before
+# anything is written, so the destination never loads (it waits in inmigrate, or exec's reader saw nothing).
+_PRELAUNCH_PAUSED_ABORT = matches(
+    r"^source QEMU exited with status -6: invalid runstate transition: 'prelaunch' -> 'paused'$"
+)
+_PRELAUNCH_PAUSED_ABORT_ALSO: dict[str, Value] = {
+    "verdict": equals("failed"),
+    "stage": equals("migration"),
+    "source.status": equals(None),
+    "source.runstate": equals(None),
+    "destination.status": one_of(equals("none"), equals("setup"), equals("failed"), _DESTINATION_GONE),
+    "destination.runstate": one_of(equals("inmigrate"), _DESTINATION_GONE),
+    "events": Value("any events", lambda _events: True),
 }
 # The intended end of a postcopy migration is known to the model; the bug changes only what comes after the
 # source completed (or, with postcopy-preempt, keeps the source waiting for the destination that died).
@@ -426,6 +356,34 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
                 optional=_NO_MAIN_CHANNEL_SEGV,
             ),
         ),
+    ),
+    KnownDivergence(
+        name="qemu-bgsnap-from-prelaunch-aborts",
+        scenarios=frozenset({"core-bgsnap-prelaunch-exec"}),
+        configuration=lambda scenario: _background_snapshot_from_prelaunch(
+            scenario, frozenset({"exec", "tcp", "unix"})
+        ),
+        versions=(("7.2", "10.2"),),
+        accels=_ANY_ACCEL,  # runstate_set's transition table, whatever the accelerator
+        reason=(
+            "QEMU's bg_migration_thread stops a VM that never ran with vm_stop_force_state(RUN_STATE_PAUSED): "
+            "runstate_set has no prelaunch -> paused transition and aborts the source "
+            "(docs/qemu-bugs.md section 14)"
+        ),
+        shapes=(Shape(required={"error": _PRELAUNCH_PAUSED_ABORT}, optional=_PRELAUNCH_PAUSED_ABORT_ALSO),),
+    ),
+    KnownDivergence(
+        name="qemu-bgsnap-from-prelaunch-aborts-file",
+        scenarios=frozenset({"core-bgsnap-prelaunch-file"}),
+        configuration=lambda scenario: _background_snapshot_from_prelaunch(scenario, frozenset({"file"})),
+        versions=(("10.0", "10.2"),),
+        accels=_ANY_ACCEL,  # runstate_set's transition table, whatever the accelerator
+        reason=(
+            "QEMU's bg_migration_thread stops a VM that never ran with vm_stop_force_state(RUN_STATE_PAUSED): "
+            "runstate_set has no prelaunch -> paused transition and aborts the source (file:, seen on 10.0 and 10.2) "
+            "(docs/qemu-bugs.md section 14)"
+        ),
+        shapes=(Shape(required={"error": _PRELAUNCH_PAUSED_ABORT}, optional=_PRELAUNCH_PAUSED_ABORT_ALSO),),
     ),
 )
 

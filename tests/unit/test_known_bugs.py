@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from contract.scenario import MigrationSpec, Scenario, Step
+from contract.scenario import MigrationSpec, Scenario, Step, VmSpec
 from contract.versions import Version
 from harness.compare import Comparison
 from harness.known_bugs import KNOWN_DIVERGENCES, KnownDivergence, classify, known_divergence
@@ -52,37 +52,43 @@ def test_stale_pages_on_a_live_guest_are_the_bug() -> None:
 
 
 def test_a_guest_that_panicked_and_ended_its_qemu_is_the_bug() -> None:
-    comparison = _classified({
-        "guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}],
-        "verdict": ["completed", "failed"],
-        "stage": [None, "migration"],
-        "error": [None, "destination QEMU exited with status 0: "],
-        "destination.status": ["completed", None],
-        "destination.runstate": ["running", None],
-    })
+    comparison = _classified(
+        {
+            "guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}],
+            "verdict": ["completed", "failed"],
+            "stage": [None, "migration"],
+            "error": [None, "destination QEMU exited with status 0: "],
+            "destination.status": ["completed", None],
+            "destination.runstate": ["running", None],
+        }
+    )
     assert comparison.known_bug == ENTRY.reason
 
 
 def test_a_destination_that_cannot_load_the_stream_is_not_the_dirty_page_bug() -> None:
     # Same fields as a guest death, other values: exit status 1 with QEMU's load failure is not lost pages.
-    comparison = _classified({
-        "guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}],
-        "verdict": ["completed", "failed"],
-        "stage": [None, "migration"],
-        "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
-        "destination.status": ["completed", None],
-        "destination.runstate": ["running", None],
-    })
+    comparison = _classified(
+        {
+            "guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}],
+            "verdict": ["completed", "failed"],
+            "stage": [None, "migration"],
+            "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
+            "destination.status": ["completed", None],
+            "destination.runstate": ["running", None],
+        }
+    )
     assert comparison.known_bug is None and comparison.diverges
     problems = ENTRY.problems(comparison)
     assert any("error" in p and "status 1" in p for p in problems)
 
 
 def test_a_destination_that_failed_the_migration_is_not_the_bug() -> None:
-    comparison = _classified({
-        "guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}],
-        "destination.status": ["completed", "failed"],
-    })
+    comparison = _classified(
+        {
+            "guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}],
+            "destination.status": ["completed", "failed"],
+        }
+    )
     assert comparison.diverges
 
 
@@ -179,23 +185,29 @@ def test_the_yank_abort_applies_by_configuration() -> None:
 
 def test_the_yank_abort_signature() -> None:
     scenario = _postcopy({"multifd": True, "postcopy-ram": True})
-    abort = _comparison({
-        "verdict": ["completed", "failed"],
-        "stage": [None, "migration"],
-        "error": [None, YANK_LINE],
-        "destination.status": ["completed", None],
-        "destination.runstate": ["running", None],
-    }, scenario="sweep.x")
+    abort = _comparison(
+        {
+            "verdict": ["completed", "failed"],
+            "stage": [None, "migration"],
+            "error": [None, YANK_LINE],
+            "destination.status": ["completed", None],
+            "destination.runstate": ["running", None],
+        },
+        scenario="sweep.x",
+    )
     classify(abort, scenario, V72, "tcg")
     assert abort.known_bug == YANK.reason
     # the same fields with a load failure are not this bug
-    load = _comparison({
-        "verdict": ["completed", "failed"],
-        "stage": [None, "migration"],
-        "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
-        "destination.status": ["completed", None],
-        "destination.runstate": ["running", None],
-    }, scenario="sweep.x")
+    load = _comparison(
+        {
+            "verdict": ["completed", "failed"],
+            "stage": [None, "migration"],
+            "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
+            "destination.status": ["completed", None],
+            "destination.runstate": ["running", None],
+        },
+        scenario="sweep.x",
+    )
     classify(load, scenario, V72, "tcg")
     assert load.known_bug is None and load.diverges
 
@@ -206,15 +218,18 @@ def test_multifd_with_preempt_is_the_misrouted_channel_not_the_yank_abort() -> N
     scenario = _postcopy({"multifd": True, "postcopy-ram": True, "postcopy-preempt": True})
     assert known_divergence(scenario, V72, "tcg") is PREEMPT
     for status in ("active", "postcopy-active"):
-        stuck = _comparison({
-            "verdict": ["completed", "failed"],
-            "stage": [None, "migration"],
-            "error": [None, f"timed out after 60 s waiting for the source migration to end (last seen: {status})"],
-            "source.status": ["completed", status],
-            "source.runstate": ["postmigrate", "finish-migrate"],
-            "destination.status": ["completed", None],
-            "destination.runstate": ["running", None],
-        }, scenario="sweep.x")
+        stuck = _comparison(
+            {
+                "verdict": ["completed", "failed"],
+                "stage": [None, "migration"],
+                "error": [None, f"timed out after 60 s waiting for the source migration to end (last seen: {status})"],
+                "source.status": ["completed", status],
+                "source.runstate": ["postmigrate", "finish-migrate"],
+                "destination.status": ["completed", None],
+                "destination.runstate": ["running", None],
+            },
+            scenario="sweep.x",
+        )
         classify(stuck, scenario, V72, "tcg")
         assert stuck.known_bug == PREEMPT.reason, PREEMPT.problems(stuck)
     # a source stuck elsewhere is something else
@@ -232,6 +247,7 @@ def test_a_fixed_qemu_shows_the_fix() -> None:
 
 
 # ---- 7.2 multifd turned on at a destination whose stream flows: SIGSEGV (docs/qemu-bugs.md "8.") -------------
+
 
 def _live_multifd(*, wait: bool = True, side: str = "destination") -> Scenario:
     items = [
@@ -270,11 +286,14 @@ def test_the_segfault_signature() -> None:
         classify(comparison, _live_multifd(), V72, "tcg")
         assert comparison.known_bug == SEGV.reason, SEGV.problems(comparison)
     # a destination that exits 1 with a load failure is not the segfault
-    other = _comparison({
-        "verdict": ["completed", "failed"],
-        "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
-        "destination.status": ["completed", None],
-    }, scenario="live-multifd")
+    other = _comparison(
+        {
+            "verdict": ["completed", "failed"],
+            "error": [None, "destination QEMU exited with status 1: load of migration failed: Invalid argument"],
+            "destination.status": ["completed", None],
+        },
+        scenario="live-multifd",
+    )
     classify(other, _live_multifd(), V72, "tcg")
     assert other.diverges
 
@@ -358,4 +377,45 @@ def test_the_removed_vdagent_abort_signature() -> None:
     differences["error"] = [None, VDAGENT_ABORT.replace("status -6", "status -11")]  # another crash
     other = Comparison("sweep.v", "10.2.2", agree=False, differences=differences)
     classify(other, scenario, V102, "tcg")
+    assert other.diverges
+
+
+PRELAUNCH = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-bgsnap-from-prelaunch-aborts")
+PRELAUNCH_FILE = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-bgsnap-from-prelaunch-aborts-file")
+PRELAUNCH_ABORT = "source QEMU exited with status -6: invalid runstate transition: 'prelaunch' -> 'paused'"
+
+
+def _bgsnap(transport: str, args: tuple[str, ...] = ("-S",), *steps: Step) -> Scenario:
+    migration = MigrationSpec(mode="background-snapshot", transport=transport)
+    return Scenario("sweep.b", source=VmSpec(args=args), migration=migration, steps=steps or None)
+
+
+def test_the_prelaunch_snapshot_abort_applies_by_configuration() -> None:
+    v10 = Version(10, 0, 2)
+    assert known_divergence(_bgsnap("exec"), V72, "tcg") is PRELAUNCH
+    assert known_divergence(_bgsnap("exec"), v10, "kvm") is PRELAUNCH
+    assert known_divergence(_bgsnap("file"), v10, "tcg") is PRELAUNCH_FILE
+    # 7.2 has no file: transport, so its refusal agrees: no entry there (else "no longer reproduces")
+    assert known_divergence(_bgsnap("file"), V72, "tcg") is None
+    assert known_divergence(_bgsnap("exec", ()), v10, "tcg") is None  # a running source
+    assert known_divergence("core-bgsnap-prelaunch-file", V72, "tcg") is None
+
+
+def test_the_prelaunch_snapshot_abort_signature() -> None:
+    differences: dict[str, list[Any]] = {
+        "verdict": ["completed", "failed"],
+        "stage": [None, "migration"],
+        "error": [None, PRELAUNCH_ABORT],
+        "source.status": ["completed", None],
+        "source.runstate": ["prelaunch", None],
+        "destination.status": ["completed", "none"],
+        "destination.runstate": ["prelaunch", "inmigrate"],
+    }
+    comparison = Comparison("sweep.b", "10.0.2", agree=False, differences=dict(differences))
+    classify(comparison, _bgsnap("exec"), Version(10, 0, 2), "tcg")
+    assert comparison.known_bug == PRELAUNCH.reason
+    # another abort of the source is not this bug
+    differences["error"] = [None, "source QEMU exited with status -6: something else"]
+    other = Comparison("sweep.b", "10.0.2", agree=False, differences=differences)
+    classify(other, _bgsnap("exec"), Version(10, 0, 2), "tcg")
     assert other.diverges
