@@ -6,8 +6,9 @@ One plan is rendered three ways (harness.ci.render: GitLab, GitHub, JSON) and ex
 cells. A cell's QEMU is whatever ``migconform run --qemu`` takes (a version among those found, a path), or
 ``build:SPEC`` for a QEMU ``migconform qemu build SPEC`` makes first. A pair cell migrates from one QEMU to
 another over the cross-version suite (``migconform run CROSS --pair SRC:DST``): its shards are computed over
-that suite, so the plan records two shard memberships. Pair cells have no lab kernel: no cross-version
-scenario has a VFIO device (a cross-version VFIO migration is not modelled), so a lab would never boot.
+that suite, so the plan records two shard memberships. With lab kernels, pair cells run on one of them
+(:func:`pair_kernel`), so the cross-version VFIO scenarios run in the lab as the same-version ones do; a
+kernel axis for pairs too would run every cross scenario once more per kernel for the few that use a lab.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Plan:
     pair_shard_members: list[list[str]] = field(default_factory=list)
     pair_shard_loads_ms: list[int] = field(default_factory=list)
     lab_setup: str = LAB_SETUP
+    pair_kernel: str | None = None  # the pair cells' lab kernel (None: no lab, as in a plan without kernels)
 
     @property
     def cells(self) -> list[Cell]:
@@ -127,7 +129,8 @@ class Plan:
             for kernel in self.kernels
             for k in range(1, self.shards + 1)
         ]
-        pairs = [Cell(src, None, k, self.shards, dst) for src, dst in self.pairs for k in range(1, self.shards + 1)]
+        kernel = self.pair_kernel
+        pairs = [Cell(src, kernel, k, self.shards, dst) for src, dst in self.pairs for k in range(1, self.shards + 1)]
         return plain + pairs
 
     def cell(self, cell_id: str) -> Cell | None:
@@ -147,22 +150,21 @@ class Plan:
     def run_argv(self, cell: Cell) -> list[str]:
         """The exact command of the cell's job (relative paths: the job runs in the project's folder)."""
         if cell.destination_arg is not None:
-            return self.pair_words(cell.qemu_arg, cell.destination_arg, cell.shard_text, cell.id)
+            return self.pair_words(cell.qemu_arg, cell.destination_arg, cell.kernel, cell.shard_text, cell.id)
         return self.run_words(cell.qemu_arg, cell.kernel, cell.shard_text, cell.id)
 
     def run_words(self, qemu: str, kernel: str | None, shard: str, cell_id: str) -> list[str]:
         """:meth:`run_argv` from its variable parts, so a CI file can write it once with variables."""
         argv = [*self.migconform, "run", self.suite, "--qemu", qemu]
-        if kernel is not None:
-            argv += ["--lab-kernel", kernel]  # the same as --vfio-provider mtty --vfio-option series=K
-        return argv + self._common_words(shard, cell_id)
+        return argv + _lab_kernel_words(kernel) + self._common_words(shard, cell_id)
 
-    def pair_words(self, source: str, destination: str, shard: str, cell_id: str) -> list[str]:
+    def pair_words(self, source: str, destination: str, kernel: str | None, shard: str, cell_id: str) -> list[str]:
         """A pair cell's command: the cross-version suite from one QEMU to another, sharded over that suite.
         Both are ``--qemu`` too, so that the run's QEMUs are the pair's (as in ``run --cross --qemu ...``),
         not every QEMU the runner has."""
         argv = [*self.migconform, "run", self.cross_suite, "--qemu", source, "--qemu", destination]
-        return [*argv, "--pair", f"{source}:{destination}", *self._common_words(shard, cell_id)]
+        argv += ["--pair", f"{source}:{destination}", *_lab_kernel_words(kernel)]
+        return argv + self._common_words(shard, cell_id)
 
     def _common_words(self, shard: str, cell_id: str) -> list[str]:
         out = f"{RESULTS_ROOT}/{cell_id}"
@@ -223,6 +225,8 @@ class Plan:
             jobs.append(job)
         plan_file = f"{RESULTS_ROOT}/plan.json"
         axes = {"qemu": self.qemus, "kernel": self.kernels, "shards": self.shards}
+        if self.pair_kernel is not None:  # absent otherwise: a plan without kernels is written as it always was
+            axes["pair_kernel"] = self.pair_kernel
         return {
             "migconform_ci_plan": PLAN_VERSION,
             "suite": self.suite,
@@ -269,7 +273,14 @@ class Plan:
             pair_shard_members=[[str(s) for s in entry["scenarios"]] for entry in pair_shards],
             pair_shard_loads_ms=[int(entry["expected_ms"]) for entry in pair_shards],
             lab_setup=str(data.get("lab_setup") or LAB_SETUP),
+            # Absent in a plan written before pair cells had a kernel: its pair cells (and their ids) had none.
+            pair_kernel=None if axes.get("pair_kernel") is None else str(axes["pair_kernel"]),
         )
+
+
+def _lab_kernel_words(kernel: str | None) -> list[str]:
+    # The same as --vfio-provider mtty --vfio-option series=K.
+    return [] if kernel is None else ["--lab-kernel", kernel]
 
 
 def _shards_json(members: list[list[str]], loads: list[int]) -> list[dict[str, Any]]:
@@ -333,6 +344,16 @@ def plan_kernels(kernels: Sequence[str]) -> list[str | None]:
     return out or [None]
 
 
+def pair_kernel(kernels: Sequence[str | None]) -> str | None:
+    """The pair cells' lab kernel: the lab's default series when the plan has it (the lab every plain mtty run
+    uses, with every personality the cross-version VFIO scenarios ask for), else the plan's first kernel;
+    None without kernels."""
+    from harness.vfio_lab.kernels import DEFAULT_SERIES
+
+    named = [k for k in kernels if k]
+    return DEFAULT_SERIES if DEFAULT_SERIES in named else next(iter(named), None)
+
+
 def _default_cross_suite(suite: str) -> str:
     beside = Path(suite) / "cross"
     return str(beside) if beside.is_dir() else CROSS_SUITE
@@ -391,10 +412,11 @@ def make_plan(
     prefix = shlex.split(migconform)
     if not prefix:
         raise UsageError("ci plan: --migconform must name a command")
+    kernel_list = plan_kernels(kernels)
     plan = Plan(
         suite=suite,
         qemus=qemu_list,
-        kernels=plan_kernels(kernels),
+        kernels=kernel_list,
         shards=shards,
         balance=balance,
         migconform=prefix,
@@ -408,6 +430,7 @@ def make_plan(
         pair_shard_members=[members for members, _ in pair_loads],
         pair_shard_loads_ms=[load for _, load in pair_loads],
         lab_setup=lab_setup,
+        pair_kernel=pair_kernel(kernel_list) if pair_list else None,
     )
     ids_seen = [c.id for c in plan.cells]
     if len(set(ids_seen)) != len(ids_seen):

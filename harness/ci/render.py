@@ -83,14 +83,15 @@ def _empty(item: Any) -> str:
     return _scalar(item)
 
 
-def _template(plan: Plan, values: dict[str, str], *, pair: bool) -> str:
+def _template(plan: Plan, values: dict[str, str], cells: list[Cell], *, pair: bool) -> str:
     """The run command of every cell of a job as one shell line, each cell's own values as variables
     (double-quoted words, so that the shell or the CI expands them; every other word quoted as it is).
-    Pair cells (``pair``) run another command than the QEMU cells, so they are a job of their own."""
+    Pair cells (``pair``) run another command than the QEMU cells, so they are a job of their own; either
+    job's cells have a lab kernel when the plan has kernels."""
+    kernel = values["kernel"] if any(c.kernel for c in cells) else None
     if pair:
-        words = plan.pair_words(values["src"], values["dst"], values["shard"], values["cell"])
+        words = plan.pair_words(values["src"], values["dst"], kernel, values["shard"], values["cell"])
     else:
-        kernel = values["kernel"] if any(c.kernel for c in plan.cells) else None
         words = plan.run_words(values["qemu"], kernel, values["shard"], values["cell"])
     marks = set(values.values())
     return " ".join(f'"{w}"' if any(m in w for m in marks) else shlex.quote(w) for w in words)
@@ -149,7 +150,7 @@ def gitlab(plan: Plan, *, setup: list[str], stage: str, header: str) -> str:
                 *_setup_lines(setup),
                 f'for spec in ${{QEMU_BUILD:-}}; do {prefix} qemu build "$spec"; done',
                 *(f'if [ -n "${{KERNEL:-}}" ]; then {line}; fi' for line in lab),
-                _template(plan, gl_vars, pair=pair),
+                _template(plan, gl_vars, cells, pair=pair),
             ],
             "artifacts": {"when": "always", "expire_in": "1 week", "paths": [f"{RESULTS_ROOT}/"]},
         }
@@ -206,7 +207,7 @@ def github(plan: Plan, *, setup: list[str], runs_on: str, header: str) -> str:
             )
         for line in _lab_line(plan, cells, gh_vars["kernel"]):
             steps.append({"name": "prepare the VFIO lab", "if": "matrix.kernel != ''", "run": line})
-        steps.append({"name": "run the cell", "run": _template(plan, gh_vars, pair=pair)})
+        steps.append({"name": "run the cell", "run": _template(plan, gh_vars, cells, pair=pair)})
         steps.append(
             {
                 "uses": "actions/upload-artifact@v4",

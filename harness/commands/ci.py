@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="K[,K...]",
         help="VFIO lab kernel series (6.1,6.12), `all` (every row of the lab's kernel table) or `available` "
-        "(those built here): each cell runs the mtty lab on one (--lab-kernel); default: no lab",
+        "(those built here): each QEMU cell runs the mtty lab on one (--lab-kernel), pair cells on the lab's "
+        "default if given, else the first; default: no lab",
     )
     plan.add_argument(
         "--pairs",

@@ -14,7 +14,7 @@ from test_ci_plan import _expand, _merge, outcome, plan, write_cell  # tests/uni
 
 from harness import cli
 from harness.ci import render
-from harness.ci.plan import Cell, Plan, make_plan
+from harness.ci.plan import Cell, Plan, make_plan, pair_kernel
 from harness.compare import Comparison
 from harness.loader import load_scenarios
 from harness.results import Results, load, save
@@ -33,22 +33,50 @@ def test_pair_cells_run_the_cross_suite_with_their_pair() -> None:
     p = pair_plan()
     pairs = [c for c in p.cells if c.destination]
     assert [c.label for c in pairs if c.shard == 1] == ["7.2.22:build:10.2.2", "7.2.22:10.0.2", "10.0.2:7.2.22"]
-    assert {c.kernel for c in pairs} == {None}  # no cross-version VFIO scenario: no lab
+    assert {c.kernel for c in pairs} == {"6.12"}  # the plan's lab kernel: cross VFIO scenarios run in the lab
     ids = [c.id for c in p.cells]
-    assert len(set(ids)) == len(ids) and "p7.2.22_10.0.2_knone_s1of2" in ids
+    assert len(set(ids)) == len(ids) and "p7.2.22_10.0.2_k6.12_s1of2" in ids
     assert all(re.fullmatch(r"[A-Za-z0-9._]+", i) for i in ids)
     built = next(c for c in pairs if c.destination == "build:10.2.2" and c.shard == 2)
     argv = p.run_argv(built)
     assert argv[:3] == ["migconform", "run", str(CROSS_DIR)]
-    assert argv[3:9] == ["--qemu", "7.2.22", "--qemu", "10.2.2", "--pair", "7.2.22:10.2.2"]
+    assert argv[3:11] == ["--qemu", "7.2.22", "--qemu", "10.2.2", "--pair", "7.2.22:10.2.2", "--lab-kernel", "6.12"]
     assert argv[argv.index("--shard") + 1] == "2/2" and argv.count("--qemu") == 2
     assert p.build_argvs(built) == [["migconform", "qemu", "build", "10.2.2"]]
     assert p.members(built) == p.pair_shard_members[1]
     cross_ids = sorted(s.id for s in load_scenarios([CROSS_DIR]))
     assert sorted(s for members in p.pair_shard_members for s in members) == cross_ids
-    lab = next(c for c in p.cells if c.kernel == "6.12")
+    lab = next(c for c in p.cells if c.kernel == "6.12" and not c.destination)
     assert p.lab_argv(lab) == ["bash", "scripts/setup-lab.sh", "--series", "6.12"]
-    assert p.run_argv(lab)[5:7] == ["--lab-kernel", "6.12"] and p.lab_argv(built) is None
+    assert p.run_argv(lab)[5:7] == ["--lab-kernel", "6.12"] and p.lab_argv(built) == p.lab_argv(lab)
+
+
+def test_pair_cells_kernel_is_the_labs_default_else_the_first() -> None:
+    """The lab's default series when the plan has it (6.1's mtty cannot migrate), else the first; none, no lab."""
+    assert pair_kernel(["6.1", "6.12"]) == pair_kernel(["7.3", "6.12"]) == "6.12"
+    assert pair_kernel(["6.1"]) == "6.1" and pair_kernel(["7.3", "7.2"]) == "7.3"
+    assert pair_kernel([None]) is None and pair_kernel([]) is None
+    assert {c.kernel for c in pair_plan(["6.1,6.12"]).cells if c.destination} == {"6.12"}
+    bare = plan([], 2, qemus=["7.2.22,10.0.2"], cross=True, cross_suite=str(CROSS_DIR))
+    pairs = [c for c in bare.cells if c.destination]
+    assert bare.pair_kernel is None and {c.kernel for c in pairs} == {None}
+    assert pairs[0].id == "p7.2.22_10.0.2_knone_s1of2" and all(bare.lab_argv(c) is None for c in pairs)
+    assert "--lab-kernel" not in bare.run_argv(pairs[0]) and "pair_kernel" not in bare.to_json()["axes"]
+
+
+def test_pair_kernel_round_trips_through_json_and_an_older_plan_keeps_none() -> None:
+    p = pair_plan(["6.1,6.12"])
+    data = json.loads(render.as_json(p))
+    assert data["axes"]["pair_kernel"] == "6.12"
+    again = Plan.from_json(data)
+    assert again.pair_kernel == "6.12" and again.cells == p.cells
+    assert [again.run_argv(c) for c in again.cells] == [p.run_argv(c) for c in p.cells]
+    pair_job = next(j for j in data["jobs"] if "destination" in j["cell"])
+    assert pair_job["cell"]["kernel"] == "6.12" and pair_job["lab_argv"][-2:] == ["--series", "6.12"]
+    del data["axes"]["pair_kernel"]  # a plan written before pair cells had a kernel: its jobs' ids had none
+    older = Plan.from_json(data)
+    assert {c.kernel for c in older.cells if c.destination} == {None}
+    assert {c.kernel for c in older.cells if not c.destination} == {"6.1", "6.12"}
 
 
 def test_pair_cells_in_gitlab_github_and_json() -> None:
@@ -62,7 +90,8 @@ def test_pair_cells_in_gitlab_github_and_json() -> None:
             assert _expand(gl[job]["script"][-1], values) == p.run_argv(cells[entry["CELL"]])
             seen.append(entry["CELL"])
     assert sorted(seen) == sorted(cells)
-    assert any("setup-lab.sh --series" in line for line in gl[render.GITLAB_CELL_JOB]["script"])
+    for job in (render.GITLAB_CELL_JOB, render.GITLAB_PAIR_JOB):  # pair cells prepare their lab too
+        assert any("setup-lab.sh --series" in line for line in gl[job]["script"])
     needs = [n["job"] for n in gl[render.GITLAB_MERGE_JOB]["needs"]]
     assert needs == [render.GITLAB_CELL_JOB, render.GITLAB_PAIR_JOB]
     gh = yaml.safe_load(render.github(p, setup=[], runs_on="x", header=""))
@@ -74,6 +103,7 @@ def test_pair_cells_in_gitlab_github_and_json() -> None:
             values = {"${{ matrix.%s }}" % k: v for k, v in entry.items()}  # noqa: UP031 - GitHub's braces
             assert _expand(run_step["run"], values) == p.run_argv(cells[entry["cell"]])
             seen.append(entry["cell"])
+        assert any(s.get("name") == "prepare the VFIO lab" for s in job["steps"])
     assert sorted(seen) == sorted(cells)
     assert gh["jobs"][render.GITHUB_MERGE_JOB]["needs"] == [render.GITHUB_CELL_JOB, render.GITHUB_PAIR_JOB]
     data = json.loads(render.as_json(p))
@@ -163,11 +193,13 @@ def test_cross_square_after_a_plan_merge_with_kernels(crossed: tuple[Path, Plan]
     root, p = crossed
     assert cli.main(_merge(root, *_write_all(root, p))) == 0
     merged = json.loads((root / "m.json").read_text())
-    assert "7.2.22->10.0.2" in merged["meta"]["versions"] and "10.0.2 / kernel 6.12" in merged["meta"]["versions"]
+    assert {"7.2.22->10.0.2 / kernel 6.12", "10.0.2 / kernel 6.12"} <= set(merged["meta"]["versions"])
+    assert merged["meta"]["ci"]["plan"]["pair_kernel"] == "6.12"
     squares = cross_cells(build_matrix(load(root / "m.json")))
     assert sorted(squares) == ["cross-cancel-tcp", "cross-caps-events-tcp", "cross-machine-7.2-tcp"]
     sources, destinations, cells = squares["cross-caps-events-tcp"]
-    assert sources == destinations == ["7.2.22", "10.0.2"] and len(cells) == 2
+    assert sources == ["7.2.22 / kernel 6.12", "10.0.2 / kernel 6.12"] and len(cells) == 2
+    assert destinations == ["7.2.22", "10.0.2"]  # the kernel is the source row's: the destination is a version
     # A cross column that carries a lab kernel keeps its versions apart from the kernel.
     assert split_column("7.2.22->10.0.2 / kernel 6.12") == ("7.2.22", "10.0.2")
     rows = cross_matrices([("s", "7.2.22->10.0.2 / kernel 6.12", "a"), ("s", "7.2.22->10.0.2 / kernel 6.1", "b")])
