@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from reference_impl import qmp_tls
 from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_1, N8_2, N9_0
+from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
 from reference_impl.savevm import PrepareContext, qemu_savevm_state_prepare
@@ -45,6 +46,7 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
     if dispatch_error is not None:
         return dispatch_error
     vm.incoming = transport
+    vm.incoming_caps = vm.caps
     return None
 
 
@@ -82,6 +84,13 @@ def migrate(vm: Machine, transport: str, *, peer_listening: bool = True, path_er
         error = transport_check(vm, transport)
         if error is not None:
             return error
+    mode = vm.params.get("mode", "normal")
+    if mode == "cpr-transfer":
+        # qmp_migrate (10.0.2, 10.2.2): a uri, or channels without a cpr entry, is refused after the transport
+        # check and before migrate_prepare (measured on both: status unchanged).
+        return "missing 'cpr' migration channel"
+    if mode == "cpr-exec":
+        raise NotModelled("migrate in mode cpr-exec")
     # migrate_prepare (migration/migration.c).
     if vm.migration is not None:
         return IN_PROGRESS

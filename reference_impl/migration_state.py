@@ -42,6 +42,9 @@ class Migration:
     fails_after: tuple[str, ...] = ()
     # The destination dropped the connection at accept (its own tls-creds failed, 7.2: it stays listening).
     peer_refused: bool = False
+    # Started by a raw qmp migrate to the scenario's URI: the executor neither waits for it to leave setup nor
+    # loads a file/exec stream it wrote into the destination.
+    raw: bool = False
 
 
 @dataclass
@@ -90,7 +93,7 @@ def incoming_runstate(source_runstate: str, autostart: bool) -> str:
 def left_setup(vm: Machine) -> None:
     """The executor's bounded wait for the migration to leave setup (before start-postcopy and cancel)."""
     m = vm.migration
-    if m is not None and not m.left_setup:
+    if m is not None and not m.left_setup and not m.raw:  # the executor waits only for its own migrate step's
         m.left_setup = True
         if vm.status == "setup":
             emit(vm, "active")

@@ -18,10 +18,11 @@ from contract.scenario import DeviceSpec
 from reference_impl import catalog
 from reference_impl import migration as mig
 from reference_impl import qmp_migrate_args as migrate_args
-from reference_impl.capabilities import N8_0, N8_2
+from reference_impl.capabilities import N8_0, N8_2, capability_names
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
 from reference_impl.migration_prechecks import transport_check
+from reference_impl.qmp_dirtylimit import HANDLERS as DIRTYLIMIT_HANDLERS
 from reference_impl.qmp_jobs import ARGUMENTS as JOB_ARGUMENTS
 from reference_impl.qmp_jobs import HANDLERS as JOB_HANDLERS
 from reference_impl.qmp_postcopy import ARGUMENTS as POSTCOPY_ARGUMENTS
@@ -155,6 +156,12 @@ NO_MIGRATION_EFFECT = frozenset(
         "query-kvm",
         "query-chardev",
         "query-pci",
+        # 7.2+ migration and dirty-rate queries: state reads with no error path (qmp_query_colo_status,
+        # qmp_query_migrationthreads, qmp_query_dirty_rate, qmp_query_vcpu_dirty_limit: NULL when no limit runs).
+        "query-colo-status",
+        "query-migrationthreads",
+        "query-dirty-rate",
+        "query-vcpu-dirty-limit",
     }
 )
 
@@ -193,7 +200,10 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
         path_error = f"Could not create '{target.split(',')[0]}': No such file or directory"
     elif scheme == "unix" and not os.path.exists(target):
         path_error = f"Failed to connect to '{target}': No such file or directory"
-    return mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
+    error = mig.migrate(vm, transport, peer_listening=False, path_error=path_error)
+    if vm.migration is not None:
+        vm.migration.raw = True
+    return error
 
 
 def migrate_command(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
@@ -300,6 +310,26 @@ def object_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     return None
 
 
+def set_capabilities_raw(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_migrate_set_capabilities`` sent raw: the QAPI input visitor reads the list first and refuses a
+    ``state`` that is not a JSON boolean (qobject_input_type_bool: "Invalid parameter type for
+    'capabilities[N].state', expected: boolean", measured on 7.2.22, 10.0.2, 10.2.2). A later entry of the
+    same capability wins (the handler walks the list in order), as in the step action."""
+    entries = arguments.get("capabilities", [])
+    if not isinstance(entries, list) or not all(
+        isinstance(c, Mapping) and set(c) == {"capability", "state"} for c in entries
+    ):
+        raise NotModelled("migrate-set-capabilities with a malformed list")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry["capability"], str):
+            raise NotModelled("migrate-set-capabilities with a capability that is not a string")
+        if entry["capability"] not in capability_names(vm.version):
+            break  # the visitor refuses the name first (set_capabilities words it)
+        if not isinstance(entry["state"], bool):
+            return f"Invalid parameter type for 'capabilities[{index}].state', expected: boolean"
+    return mig.set_capabilities(vm, {str(c["capability"]): bool(c["state"]) for c in entries})
+
+
 _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
     "chardev-add": chardev_add,
     "chardev-remove": chardev_remove,
@@ -310,6 +340,7 @@ _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
     "migrate-incoming": migrate_incoming_command,
     "object-add": object_add,
     "object-del": object_del,
+    **DIRTYLIMIT_HANDLERS,
 }
 
 
@@ -325,8 +356,7 @@ def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str,
     if scene_handler is not None:
         return scene_handler(scene, vm, arguments)
     if command == "migrate-set-capabilities":
-        caps = {str(c["capability"]): bool(c["state"]) for c in arguments.get("capabilities", [])}
-        return mig.set_capabilities(vm, caps)
+        return set_capabilities_raw(vm, arguments)
     if command == "migrate-set-parameters":
         return mig.set_parameters(vm, dict(arguments))
     if command == "migrate-start-postcopy":
