@@ -32,6 +32,9 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
     if vm.runstate != "inmigrate":
         return "'-incoming' was not specified on the command line"
     if vm.vn < N8_2 and transport == "file":
+        if vm.vn < N8_0:
+            # 7.2's qemu_start_incoming_migration sends MIGRATION setup before it dispatches on the scheme.
+            vm.events.append("setup")
         return "unknown migration protocol: file:<FILE>"
     if vm.vn >= N8_0:
         # qemu_start_incoming_migration checks the channels against the caps like migrate does (measured on

@@ -15,8 +15,8 @@ from reference_impl.capabilities import N8_1, N9_0, N9_2, vnum
 from reference_impl.limits import NotModelled
 from reference_impl.parameters_bitmaps import alias_map_error, well_typed_mapping
 
-# Parameter name -> (QAPI kind, first version, first version without it). Kinds: "int" (range-checked
-# integers), "uint8", "size" (uint64), "bool", "str", "enum".
+# Parameter name -> (QAPI kind, first version, first version without it). Kinds: "int" (uint32:
+# x-checkpoint-delay), "uint8", "size" (uint64), "bool", "str", "enum", "list" (block-bitmap-mapping).
 _PARAMETERS: dict[str, tuple[str, Version | None, Version | None]] = {
     "announce-initial": ("size", None, None),
     "announce-max": ("size", None, None),
@@ -105,16 +105,23 @@ def _visit(version: Version, request: Mapping[str, Any]) -> str | None:
             return f"Parameter '{name}' is unexpected"
         kind = _PARAMETERS[name][0]
         if kind in ("int", "uint8", "size"):
+            # visit_type_uintN reads every unsigned width through qobject_input_type_uint64 first: anything but
+            # a JSON integer is "expects uint64"; then the width's range (a negative is its two's complement).
             if isinstance(value, bool) or not isinstance(value, int):
-                return f"Parameter '{name}' expects {'uint8_t' if kind == 'uint8' else 'uint64'}"
-            if kind == "uint8" and not 0 <= value <= 255:
-                return f"Parameter '{name}' expects uint8_t"
+                return f"Parameter '{name}' expects uint64"
+            width = {"uint8": 8, "int": 32}.get(kind)
+            if width is not None and not 0 <= value % (1 << 64) < (1 << width):
+                return f"Parameter '{name}' expects uint{width}_t"
         elif kind == "bool":
             if not isinstance(value, bool):
                 return f"Invalid parameter type for '{name}', expected: boolean"
         elif kind == "str":
+            # tls-creds, tls-hostname, tls-authz are the alternate StrOrNull in MigrateSetParameters (measured:
+            # an integer gives this text on 7.2.22, 10.0.2 and 10.2.2).
             if not isinstance(value, str):
-                return f"Invalid parameter type for '{name}', expected: string"
+                return f"Invalid parameter type for '{name}', expected: StrOrNull"
+        elif kind == "enum" and not isinstance(value, str):
+            return f"Invalid parameter type for '{name}', expected: string"  # qobject_input_type_str
         elif kind == "enum" and value not in _ENUMS[name]:
             since = _ENUM_SINCE.get((name, str(value)))
             if since is None or version < since:

@@ -13,7 +13,10 @@ import pytest
 from contract.host import HostFacts
 from contract.outcome import Outcome
 from contract.scenario import Scenario, Step, VmSpec
+from contract.versions import profile_for
 from reference_impl import predict
+from reference_impl.machine import realize
+from reference_impl.migration_prechecks import migrate_incoming
 from reference_impl.parameters_bitmaps import alias_map_error
 
 HOST = HostFacts()
@@ -187,3 +190,37 @@ def test_validate_uuid_mismatch_is_not_modelled() -> None:
     assert same.verdict == "completed"
     no_destination_uuid = run(caps, MIGRATE, WAIT, source=src)
     assert no_destination_uuid.verdict == "completed"
+
+
+def test_72_file_incoming_refusal_sends_setup_first() -> None:
+    # qemu_start_incoming_migration (7.2.22): qapi_event_send_migration(SETUP), then "unknown migration protocol".
+    destination = realize(VmSpec(memory="64M"), profile_for("7.2"), HOST, "destination")
+    assert not isinstance(destination, str)
+    assert migrate_incoming(destination, "file") == "unknown migration protocol: file:<FILE>"
+    assert destination.events == ["setup"] and destination.status == "none"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_parameter_visitor_type_errors(version: str) -> None:
+    # scratch set 2: visit_type_uintN reads every width through qobject_input_type_uint64 first.
+    def error(**parameters: Any) -> str | None:
+        return run(Step("set-parameters", parameters=parameters), version=version).error
+
+    assert error(**{"multifd-channels": "four"}) == "Parameter 'multifd-channels' expects uint64"
+    assert error(**{"multifd-channels": 2.5}) == "Parameter 'multifd-channels' expects uint64"
+    assert error(**{"cpu-throttle-initial": True}) == "Parameter 'cpu-throttle-initial' expects uint64"
+    assert error(**{"x-checkpoint-delay": 1 << 32}) == "Parameter 'x-checkpoint-delay' expects uint32_t"
+    assert error(**{"x-checkpoint-delay": -1}) == "Parameter 'x-checkpoint-delay' expects uint32_t"
+    assert error(**{"multifd-compression": 1}) == "Invalid parameter type for 'multifd-compression', expected: string"
+    assert error(**{"tls-creds": 5}) == "Invalid parameter type for 'tls-creds', expected: StrOrNull"
+
+
+@pytest.mark.parametrize("version", ("10.0", "10.2"))
+def test_raw_migrate_to_file_offsets_and_devices(version: str) -> None:
+    bad = run(qmp("migrate", uri="file:/dev/null,offset=abc"), version=version)
+    assert refusal(bad) == ("refused", "qmp", "file URI has bad offset abc: Invalid argument")
+    assert bad.source is not None and bad.source.status == "none"
+    device = run(qmp("migrate", uri="file:/dev/null"), WAIT, version=version)
+    assert refusal(device) == ("refused", "qmp", "failed to truncate migration file to offset 0: Invalid argument")
+    assert device.source is not None and (device.source.status, device.source.runstate) == ("failed", "running")
+    assert run(qmp("migrate", uri="file:/dev/null,offset=4096"), WAIT, version=version).not_modelled
