@@ -61,6 +61,11 @@ def finish(scene: Scene, vm: Machine) -> None:
         quirk = first_quirk(STREAM, ctx, vm.vn) or first_quirk(SWITCHOVER, ctx, vm.vn)
         if quirk is not None:
             check_quirk(quirk.id, vm, peer)
+            if quirk.id == COLO_RACE:
+                # Hidden-author runs of x-colo on the source alone (2026-12-03, 7.2.22, tcp): 3 of 4 times the
+                # source's monitor stopped answering (a harness error), once the source sat in colo and the
+                # destination aborted in memory_region_add_subregion_common; the sweep had seen both sides in colo.
+                raise NotModelled("a 7.2 precopy with x-colo over tcp/unix (the secondary's COLO start races)")
             if isinstance(quirk.effect, EndsWait):
                 _end_wait(scene, vm, m, peer, quirk.effect)
                 return
@@ -90,6 +95,9 @@ def _check_uuid(scene: Scene, vm: Machine) -> None:
         )
 
 
+COLO_RACE = "x-colo-7.2-enters-colo"
+
+
 def _waits_for_channels(source: Machine, destination: Machine) -> bool:
     """A destination that listened with multifd on, fed by a source without it: migration_ioc_process_incoming
     takes the first connection as the main channel and starts the load only once every multifd channel has
@@ -97,12 +105,35 @@ def _waits_for_channels(source: Machine, destination: Machine) -> bool:
     starts. Measured on 7.2.22 (stays none, only 7.2's setup event), 10.0.2 and 10.2.2 (stay setup). The
     source, which never reads a return path, writes the whole stream into the socket and completes: only a
     stream that fits the loopback socket buffers (a VM of at most 256M, firmware only) was measured.
-    A 7.2 destination that turned multifd on after its listener started is reference_impl.cross's case."""
-    if "multifd" not in destination.incoming_caps or "multifd" in source.caps:
+    A 7.2 destination that turned multifd on after its listener started is reference_impl.cross's case.
+
+    With multifd on both sides, a destination that counts more channels (multifd-channels, default 2) than the
+    source opens waits the same way (multifd_recv_all_channels_created; measured 2 -> 4 on the three versions).
+    The other mismatches are races, not modelled: fewer channels on the destination (multifd_recv_new_channel
+    refuses the extra id: 7.2.22's source failed "Connection reset by peer" with the destination left active,
+    10.0.2's and 10.2.2's destination monitor stopped answering), another multifd-compression (the destination
+    exits; the source fails with a socket text timing picks: "Broken pipe" on the three, 1 run each)."""
+    if "multifd" not in destination.incoming_caps:
         return False
+    if "multifd" in source.caps:
+        if _method(source) != _method(destination):
+            raise NotModelled("multifd-compression differs between the sides of a tcp/unix migration")
+        sent, expected = _channels(source), _channels(destination)
+        if sent > expected:
+            raise NotModelled("more multifd channels on the source than the destination accepts")
+        if sent == expected:
+            return False
     if whole_mib(source.memory) > 256:
-        raise NotModelled("multifd on the destination only, with a stream larger than the socket buffers")
+        raise NotModelled("multifd channels the destination waits for, with a stream larger than the socket buffers")
     return True
+
+
+def _method(vm: Machine) -> str:
+    return str(vm.params.get("multifd-compression", "none"))
+
+
+def _channels(vm: Machine) -> int:
+    return int(vm.params.get("multifd-channels", 2))  # MigrationParameters default (DEFAULT_MIGRATE_MULTIFD_CHANNELS)
 
 
 def _complete_unread(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitContext) -> None:

@@ -224,3 +224,32 @@ def test_raw_migrate_to_file_offsets_and_devices(version: str) -> None:
     assert refusal(device) == ("refused", "qmp", "failed to truncate migration file to offset 0: Invalid argument")
     assert device.source is not None and (device.source.status, device.source.runstate) == ("failed", "running")
     assert run(qmp("migrate", uri="file:/dev/null,offset=4096"), WAIT, version=version).not_modelled
+
+
+def _multifd(source_channels: int, destination_channels: int, method: str = "none") -> tuple[Step, ...]:
+    return (
+        Step("set-capabilities", side="both", capabilities={"multifd": True}),
+        Step("set-parameters", parameters={"multifd-channels": source_channels, "multifd-compression": method}),
+        Step("set-parameters", side="destination", parameters={"multifd-channels": destination_channels}),
+        MIGRATE,
+        WAIT,
+    )
+
+
+@pytest.mark.parametrize(("version", "listening"), [("7.2", "none"), ("10.0", "setup"), ("10.2", "setup")])
+def test_multifd_channel_count_mismatches(version: str, listening: str) -> None:
+    # scratch set 3: h3-multifd-channels-more-on-destination (modelled), -more-on-source and
+    # h3-multifd-compression-mismatch (races).
+    waits = run(*_multifd(2, 4), version=version)
+    assert waits.verdict == "failed"
+    assert waits.destination is not None and waits.destination.status == listening
+    assert run(*_multifd(4, 2), version=version).not_modelled
+    assert run(*_multifd(2, 2, "zlib"), version=version).not_modelled
+    assert run(*_multifd(3, 3), version=version).verdict == "completed"
+
+
+def test_72_x_colo_precopy_is_not_modelled() -> None:
+    caps = Step("set-capabilities", capabilities={"x-colo": True})
+    assert run(caps, MIGRATE, WAIT, version="7.2").not_modelled == (
+        "a 7.2 precopy with x-colo over tcp/unix (the secondary's COLO start races)"
+    )
