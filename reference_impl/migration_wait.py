@@ -222,6 +222,11 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         return
     emit(peer, "active")
     if m.postcopy and not m.background:
+        if peer.vn >= N10_2 and RETURN_PATH(ctx):
+            # postcopy_ram_listen_thread (10.2.2): active -> postcopy-device while the source's return path
+            # exists (mis->to_src_file), then loadvm_postcopy_handle_run -> postcopy-active (measured, events on
+            # the destination).
+            emit(peer, "postcopy-device")
         # postcopy_ram_listen_thread: postcopy-active -> completed, then migration_incoming_state_destroy.
         # 7.2 accepts postcopy with multifd (rule e came in 8.1) and means it to complete like any postcopy
         # (with postcopy-preempt too); real 7.2 aborts the destination in that cleanup

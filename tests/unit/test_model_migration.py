@@ -250,13 +250,12 @@ def test_cancel() -> None:
         Step("wait"),
     )
     assert "max-postcopy-bandwidth 0" in (steps(*pc).not_modelled or "")
-    # With the postcopy phase throttled too, the cancel lands before the end (real 10.0.2: destination exits 1).
+    # With the postcopy phase throttled too it is still a race: real 10.0.2 once let the cancel land before the
+    # switch (destination exits 1), and refused it in postcopy-active in a later run ("Postcopy migration in
+    # progress, cannot cancel.", max-postcopy-bandwidth 10000; docs/real-qemu-facts.md "qmp-corners").
     slow_pc = (Step("set-parameters", parameters={"max-postcopy-bandwidth": 1000}), *pc)
-    outcome = steps(*slow_pc)
-    assert (outcome.verdict, states(outcome)) == ("failed", (("cancelled", "running"), None))
-    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Input/output error"
-    outcome = steps(*slow_pc, version="7.2")
-    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
+    for version in ("10.0", "7.2"):
+        assert "max-postcopy-bandwidth 1000" in (steps(*slow_pc, version=version).not_modelled or "")
 
 
 @pytest.mark.parametrize(

@@ -253,3 +253,53 @@ def test_72_x_colo_precopy_is_not_modelled() -> None:
     assert run(caps, MIGRATE, WAIT, version="7.2").not_modelled == (
         "a 7.2 precopy with x-colo over tcp/unix (the secondary's COLO start races)"
     )
+
+
+POSTCOPY = (
+    Step("set-capabilities", side="both", capabilities={"postcopy-ram": True, "events": True}),
+    Step("set-parameters", parameters={"max-bandwidth": 200000, "max-postcopy-bandwidth": 10000}),
+    MIGRATE,
+    Step("start-postcopy"),
+)
+
+
+@pytest.mark.parametrize(
+    ("version", "destination"),
+    [
+        ("7.2", ["setup", "active", "postcopy-active", "completed"]),
+        ("10.0", ["setup", "active", "postcopy-active", "completed"]),
+        ("10.2", ["setup", "active", "postcopy-device", "postcopy-active", "completed"]),
+    ],
+)
+def test_postcopy_destination_events(version: str, destination: list[str]) -> None:
+    # postcopy-events-both-sides: 10.2's postcopy_ram_listen_thread passes through postcopy-device.
+    outcome = run(*POSTCOPY, WAIT, version=version)
+    assert outcome.verdict == "completed"
+    assert outcome.events is not None and outcome.events["destination"] == destination
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_steps_after_a_postcopy_switch_are_timing(version: str) -> None:
+    # scratch set 4: even at max-postcopy-bandwidth 10000 the postcopy ended within seconds.
+    for step in (Step("cancel"), Step("set-capabilities", capabilities={"xbzrle": True}), Step("stop")):
+        assert "postcopy switch requested" in (run(*POSTCOPY, step, version=version).not_modelled or "")
+    assert "postcopy switch requested" in (run(*POSTCOPY, version=version).not_modelled or "")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_parked_destination_sends_active_once(version: str) -> None:
+    # qmp-continue-parked-after-start-postcopy.
+    steps = (
+        Step("set-capabilities", side="both", capabilities={"postcopy-ram": True, "events": True}),
+        Step("set-capabilities", capabilities={"pause-before-switchover": True}),
+        MIGRATE,
+        WAIT,
+        qmp("migrate-start-postcopy"),
+        Step("migrate-continue"),
+        WAIT,
+    )
+    outcome = run(*steps, version=version)
+    assert outcome.verdict == "completed" and outcome.events is not None
+    assert outcome.events["destination"] == ["setup", "active", "completed"]
+    path = ["setup", "active", "pre-switchover", "device", "completed"]
+    assert outcome.events["source"] == path
