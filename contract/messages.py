@@ -11,6 +11,7 @@ import re
 
 # What the executor's wait step waits for first (harness.pair MigrationPair.wait_source_end).
 SOURCE_MIGRATION_END = "the source migration to end"
+DESTINATION_MIGRATION_END = "the destination migration to end"
 
 _WAIT_BOUND = re.compile(r"\btimed out after \d+(?:\.\d+)? s\b")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from contract.messages import SOURCE_MIGRATION_END
+from contract.messages import DESTINATION_MIGRATION_END, SOURCE_MIGRATION_END
 from contract.outcome import VmState
 from harness.binaries import QemuBinary
 from harness.errors import MigrationTimeout, QmpConnectionError, QmpTimeout, VmDied
@@ -351,7 +351,7 @@ class MigrationPair:
         it died (a failed load makes the destination exit(1))."""
         try:
             return await self.wait_status(
-                "destination", DESTINATION_END_STATUSES, timeout, what="the destination migration to end"
+                "destination", DESTINATION_END_STATUSES, timeout, what=DESTINATION_MIGRATION_END
             )
         except VmDied:
             return None

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from contract.host import HostFacts
 from harness.binaries import QemuBinary
 from harness.errors import HostEnvironmentError, MigconformError, QemuLaunchError
-from harness.features.offered import Offered, probe_offered
+from harness.features.offered import Offered, parse_multifd_compression, probe_offered
 from harness.machine import QemuMachine
 from harness.uffd import UFFD_FEATURE_PAGEFAULT_FLAG_WP, open_uffd_dev, open_uffd_syscall, uffd_features
 
@@ -227,7 +227,7 @@ def run_in_thread(coro: Coroutine[Any, Any, T]) -> T:
 
 async def _probe_tcg(
     binary: QemuBinary, launch_timeout: float
-) -> tuple[tuple[str, ...], frozenset[str], tuple[str, ...], str | None]:
+) -> tuple[tuple[str, ...], frozenset[str], tuple[str, ...], frozenset[str] | None, str | None]:
     args = ["-machine", "q35", "-accel", "tcg", "-m", "64M", "-S"]
     try:
         async with QemuMachine(binary, args, name="probe", launch_timeout=launch_timeout) as vm:
@@ -237,9 +237,10 @@ async def _probe_tcg(
             if "vfio-pci" in types:
                 props = await vm.qmp("device-list-properties", typename="vfio-pci")
                 vfio_props = tuple(sorted(str(p["name"]) for p in props))
-            return caps, types, vfio_props, None
+            compression = parse_multifd_compression(await vm.qmp("query-qmp-schema"))
+            return caps, types, vfio_props, compression, None
     except MigconformError as exc:
-        return (), frozenset(), (), str(exc)
+        return (), frozenset(), (), None, str(exc)
 
 
 async def _kvm_runs(binary: QemuBinary, cpu: str, launch_timeout: float) -> str:
@@ -306,10 +307,10 @@ async def _probe_kvm(binary: QemuBinary, host: HostProbe, launch_timeout: float)
 async def _probe(binary: QemuBinary, launch_timeout: float) -> BinaryProbe:
     started = time.monotonic()
     host = probe_host()
-    (caps, types, vfio_props, error), kvm = await asyncio.gather(
+    (caps, types, vfio_props, compression, error), kvm = await asyncio.gather(
         _probe_tcg(binary, launch_timeout), _probe_kvm(binary, host, launch_timeout)
     )
-    offered = None if error is not None else await asyncio.to_thread(probe_offered, binary, types)
+    offered = None if error is not None else await asyncio.to_thread(probe_offered, binary, types, compression)
     seconds = round(time.monotonic() - started, 3)
     return BinaryProbe(binary, caps, types, vfio_props, kvm, error, seconds, offered=offered)
 

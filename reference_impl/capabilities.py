@@ -20,6 +20,7 @@ N8_0, N8_1, N8_2, N9_0, N9_1, N9_2, N10_0, N10_1, N10_2 = 800, 801, 802, 900, 90
 def vnum(version: Version) -> int:
     return version.major * 100 + version.minor
 
+
 # MigrationCapability (qapi/migration.json), in enum order. 7.2/8.0: 21 (measured on 7.2.22,
 # docs/real-qemu-facts.md#caps-list).
 _CAPS_7_2 = (

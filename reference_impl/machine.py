@@ -161,6 +161,7 @@ class Machine:
     params: dict[str, Any] = field(default_factory=dict)
     autostart: bool = True  # cleared by -S / `stop` while inmigrate, set by `cont`
     incoming: str | None = None  # transport of migrate-incoming, once called
+    incoming_caps: frozenset[str] = frozenset()  # its capabilities when migrate-incoming started the listener
     error_desc: str | None = None
     events: list[str] = field(default_factory=list)  # MIGRATION event statuses sent
     alive: bool = True

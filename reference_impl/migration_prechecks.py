@@ -35,6 +35,9 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
     if vm.runstate != "inmigrate":
         return "'-incoming' was not specified on the command line"
     if vm.vn < N8_2 and transport == "file":
+        if vm.vn < N8_0:
+            # 7.2's qemu_start_incoming_migration sends MIGRATION setup before it dispatches on the scheme.
+            vm.events.append("setup")
         return "unknown migration protocol: file:<FILE>"
     if vm.vn >= N8_0:
         # qemu_start_incoming_migration checks the channels against the caps like migrate does (measured on
@@ -49,6 +52,7 @@ def migrate_incoming(vm: Machine, transport: str, *, dispatch_error: str | None 
     if dispatch_error is not None:
         return dispatch_error
     vm.incoming = transport
+    vm.incoming_caps = vm.caps
     return None
 
 
@@ -95,6 +99,13 @@ def migrate(
         error = transport_check(vm, transport)
         if error is not None:
             return error
+    mode = vm.params.get("mode", "normal")
+    if mode == "cpr-transfer":
+        # qmp_migrate (10.0.2, 10.2.2): a uri, or channels without a cpr entry, is refused after the transport
+        # check and before migrate_prepare (measured on both: status unchanged).
+        return "missing 'cpr' migration channel"
+    if mode == "cpr-exec":
+        raise NotModelled("migrate in mode cpr-exec")
     # migrate_prepare (migration/migration.c).
     if vm.migration is not None:
         return IN_PROGRESS

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from contract.versions import PROFILES, V8_1, V8_2, V9_0, V9_1, V9_2, Version
+from contract.versions import PROFILES, V8_1, V8_2, V9_0, V9_1, V9_2, V10_0, V10_2, Version
 from reference_impl.capabilities import N8_1, N9_0, N9_1, N9_2, vnum
+from reference_impl.limits import NotModelled
+from reference_impl.parameters_bitmaps import alias_map_error, well_typed_mapping
 
-# Parameter name -> (QAPI kind, first version, first version without it). Kinds: "int" (range-checked
-# integers), "uint8", "size" (uint64), "bool", "str", "enum".
+# Parameter name -> (QAPI kind, first version, first version without it). Kinds: "int" (uint32:
+# x-checkpoint-delay), "uint8", "size" (uint64), "bool", "str", "enum", "list" (block-bitmap-mapping).
 _PARAMETERS: dict[str, tuple[str, Version | None, Version | None]] = {
     "announce-initial": ("size", None, None),
     "announce-max": ("size", None, None),
@@ -49,6 +51,7 @@ _PARAMETERS: dict[str, tuple[str, Version | None, Version | None]] = {
     "mode": ("enum", V8_2, None),
     "zero-page-detection": ("enum", V9_0, None),
     "direct-io": ("bool", V9_1, None),
+    "block-bitmap-mapping": ("list", None, None),
 }
 
 # Enum values in Debian's builds (qpl/uadk/qatzip need build options Debian does not enable; zstd is on).
@@ -57,6 +60,18 @@ _ENUMS: dict[str, tuple[str, ...]] = {
     "mode": ("normal", "cpr-reboot"),
     "zero-page-detection": ("none", "legacy", "multifd"),
 }
+# Enum values added after the parameter (MigMode in qapi/migration.json: cpr-transfer in 10.0.2's, cpr-exec in
+# 10.2.2's; measured: 10.0.2 refuses cpr-exec, 10.2.2 accepts it).
+_ENUM_SINCE: dict[tuple[str, str], Version] = {
+    ("mode", "cpr-transfer"): V10_0,
+    ("mode", "cpr-exec"): V10_2,
+}
+
+
+def compression_methods() -> tuple[str, ...]:
+    """The multifd-compression values the model expects of a QEMU (Debian's builds): any other is refused."""
+    return _ENUMS["multifd-compression"]
+
 
 DEFAULTS: dict[str, Any] = {
     "cpu-throttle-initial": 20,
@@ -90,19 +105,42 @@ def _visit(version: Version, request: Mapping[str, Any]) -> str | None:
             return f"Parameter '{name}' is unexpected"
         kind = _PARAMETERS[name][0]
         if kind in ("int", "uint8", "size"):
+            # visit_type_uintN reads every unsigned width through qobject_input_type_uint64 first: anything but
+            # a JSON integer is "expects uint64"; then the width's range (a negative is its two's complement).
             if isinstance(value, bool) or not isinstance(value, int):
-                return f"Parameter '{name}' expects {'uint8_t' if kind == 'uint8' else 'uint64'}"
-            if kind == "uint8" and not 0 <= value <= 255:
-                return f"Parameter '{name}' expects uint8_t"
+                return f"Parameter '{name}' expects uint64"
+            width = {"uint8": 8, "int": 32}.get(kind)
+            if width is not None and not 0 <= value % (1 << 64) < (1 << width):
+                return f"Parameter '{name}' expects uint{width}_t"
         elif kind == "bool":
             if not isinstance(value, bool):
                 return f"Invalid parameter type for '{name}', expected: boolean"
         elif kind == "str":
+            # tls-creds, tls-hostname, tls-authz are the alternate StrOrNull in MigrateSetParameters (measured:
+            # an integer gives this text on 7.2.22, 10.0.2 and 10.2.2).
             if not isinstance(value, str):
-                return f"Invalid parameter type for '{name}', expected: string"
+                return f"Invalid parameter type for '{name}', expected: StrOrNull"
+        elif kind == "enum" and not isinstance(value, str):
+            return f"Invalid parameter type for '{name}', expected: string"  # qobject_input_type_str
         elif kind == "enum" and value not in _ENUMS[name]:
-            return f"Parameter '{name}' does not accept value '{value}'"
+            since = _ENUM_SINCE.get((name, str(value)))
+            if since is None or version < since:
+                return f"Parameter '{name}' does not accept value '{value}'"
+        elif kind == "list" and not well_typed_mapping(value):
+            raise NotModelled(f"{name} that is not a list of node aliases with string members")
     return None
+
+
+def _wrapped(version: Version, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the handler sees: qobject_input_type_uint64 takes a negative JSON integer for a uint64 or size
+    parameter as its two's complement (measured: downtime-limit -1 reaches the range check as 2^64-1 and is
+    refused; max-bandwidth -1 is accepted as SIZE_MAX), on 7.2.22, 10.0.2 and 10.2.2."""
+    return {
+        name: value + (1 << 64)
+        if _PARAMETERS[name][0] == "size" and isinstance(value, int) and not isinstance(value, bool) and value < 0
+        else value
+        for name, value in request.items()
+    }
 
 
 def migrate_params_check(
@@ -169,6 +207,10 @@ def migrate_params_check(
         return _range("announce_rounds", "a value between 0 and 1000")
     if has("announce-step") and not 1 <= get("announce-step") <= 10000:
         return _range("announce_step", "a value between 0 and 10000")
+    if has("block-bitmap-mapping"):
+        error = alias_map_error(merged["block-bitmap-mapping"])
+        if error is not None:
+            return f"Invalid mapping given for block-bitmap-mapping: {error}"
     if "zero-copy-send" in caps and (
         merged.get("multifd-compression", "none") != "none" or merged.get("tls-creds", "")
     ):
@@ -197,6 +239,7 @@ def apply_parameter_request(
     error = _visit(version, request)
     if error is not None:
         return current, error
+    request = _wrapped(version, request)
     merged = {**current, **request}
     error = migrate_params_check(version, merged, request, caps, current)
     if error is not None:

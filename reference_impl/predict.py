@@ -8,6 +8,7 @@ command ends the scenario. A VM that died is ``null`` and makes the verdict ``fa
 from __future__ import annotations
 
 import importlib
+import itertools
 from typing import TYPE_CHECKING
 
 from contract.actions import stage_of
@@ -141,6 +142,15 @@ def not_modelled(scenario: Scenario, short: str, what: str) -> Outcome:
     )
 
 
+def _uuid(args: tuple[str, ...]) -> str | None:
+    """``-uuid VALUE`` (qemu_uuid, qemu_uuid_set), lower-cased as qemu_uuid_parse reads it; the last one wins."""
+    found = None
+    for option, value in itertools.pairwise(args):
+        if option in ("-uuid", "--uuid"):
+            found = value.lower()
+    return found
+
+
 def _predict(
     scenario: Scenario, version: Version | str, host: HostFacts, destination_profile: Version | None = None
 ) -> Outcome:
@@ -160,6 +170,7 @@ def _predict(
         return outcome
     check_pair(source, destination)
     scene = mig.Scene(source, destination)
+    scene.extra["uuids"] = (_uuid(scenario.source.args), _uuid(scenario.destination.args))
     # Memory a guest workload fills: the stream is that big, so a throttled migration outlasts the next step.
     filled = whole_mib(scenario.guest.memory) if scenario.guest is not None and guest_runs(scenario) else 0
     vfio = _vfio_events(scenario, source, destination)

@@ -11,6 +11,7 @@ for it. Only commands read in QEMU's source to have no effect on migration answe
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,11 +19,12 @@ from contract.scenario import DeviceSpec
 from reference_impl import catalog, uri_parse
 from reference_impl import migration as mig
 from reference_impl import qmp_migrate_args as migrate_args
-from reference_impl.capabilities import N8_0, N8_2, N9_1
+from reference_impl.capabilities import N8_0, N8_2, N9_1, capability_names
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine, hotplug_device
 from reference_impl.migration_prechecks import transport_check
 from reference_impl.pci_buses import I440FX
+from reference_impl.qmp_dirtylimit import HANDLERS as DIRTYLIMIT_HANDLERS
 from reference_impl.qmp_jobs import ARGUMENTS as JOB_ARGUMENTS
 from reference_impl.qmp_jobs import HANDLERS as JOB_HANDLERS
 from reference_impl.qmp_postcopy import ARGUMENTS as POSTCOPY_ARGUMENTS
@@ -183,6 +185,12 @@ NO_MIGRATION_EFFECT = frozenset(
         "query-kvm",
         "query-chardev",
         "query-pci",
+        # 7.2+ migration and dirty-rate queries: state reads with no error path (qmp_query_colo_status,
+        # qmp_query_migrationthreads, qmp_query_dirty_rate, qmp_query_vcpu_dirty_limit: NULL when no limit runs).
+        "query-colo-status",
+        "query-migrationthreads",
+        "query-dirty-rate",
+        "query-vcpu-dirty-limit",
     }
 )
 
@@ -233,6 +241,8 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
     if scheme == "file" and not os.path.isdir(os.path.dirname(path) or "."):
         path_error = _file_open_error(vm, path, "create")
     elif scheme == "file" and vm.vn >= N8_2 and os.path.exists(path) and not os.path.isfile(path):
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            raise NotModelled(f"migrate to file: {path!r}, which is not a regular file")
         # file_start_outgoing_migration ftruncates whatever it opened, even to 0: a device (/dev/null) gives
         # EINVAL (measured on 10.0.2 and 10.2.2 with file:/dev/null,offset=0x1000; status failed).
         offset = uri_parse.file_offset(target)[1] or 0
@@ -247,6 +257,8 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
         # Accepted, with the scenario's own command: what it does with the stream (exits at once, writes it
         # somewhere) is the command's (measured with exec:true: 7.2.22 "Unable to write to command: Broken
         # pipe", 10.x "ram_save_setup failed: Input/output error").
+        # Even a command that drains the stream (exec:cat > /dev/null, completed on 7.2.22, 10.0.2 and 10.2.2)
+        # ends on its own time: the executor's wait watches only its own migrate step's migration.
         raise NotModelled("migrate to exec: with the scenario's own command")
     if error is None and vm.migration is not None:
         vm.migration.raw = True
@@ -381,6 +393,26 @@ def object_del(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     return None
 
 
+def set_capabilities_raw(vm: Machine, arguments: Mapping[str, Any]) -> str | None:
+    """``qmp_migrate_set_capabilities`` sent raw: the QAPI input visitor reads the list first and refuses a
+    ``state`` that is not a JSON boolean (qobject_input_type_bool: "Invalid parameter type for
+    'capabilities[N].state', expected: boolean", measured on 7.2.22, 10.0.2, 10.2.2). A later entry of the
+    same capability wins (the handler walks the list in order), as in the step action."""
+    entries = arguments.get("capabilities", [])
+    if not isinstance(entries, list) or not all(
+        isinstance(c, Mapping) and set(c) == {"capability", "state"} for c in entries
+    ):
+        raise NotModelled("migrate-set-capabilities with a malformed list")
+    for index, entry in enumerate(entries):
+        if not isinstance(entry["capability"], str):
+            raise NotModelled("migrate-set-capabilities with a capability that is not a string")
+        if entry["capability"] not in capability_names(vm.version):
+            break  # the visitor refuses the name first (set_capabilities words it)
+        if not isinstance(entry["state"], bool):
+            return f"Invalid parameter type for 'capabilities[{index}].state', expected: boolean"
+    return mig.set_capabilities(vm, {str(c["capability"]): bool(c["state"]) for c in entries})
+
+
 _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
     "chardev-add": chardev_add,
     "chardev-remove": chardev_remove,
@@ -391,6 +423,7 @@ _HANDLERS: dict[str, Callable[[Machine, Mapping[str, Any]], str | None]] = {
     "migrate-incoming": migrate_incoming_command,
     "object-add": object_add,
     "object-del": object_del,
+    **DIRTYLIMIT_HANDLERS,
 }
 
 
@@ -422,8 +455,7 @@ def run_qmp(scene: mig.Scene, vm: Machine, command: str, arguments: Mapping[str,
     if scene_handler is not None:
         return scene_handler(scene, vm, arguments)
     if command == "migrate-set-capabilities":
-        caps = {str(c["capability"]): bool(c["state"]) for c in arguments.get("capabilities", [])}
-        return mig.set_capabilities(vm, caps)
+        return set_capabilities_raw(vm, arguments)
     if command == "migrate-set-parameters":
         return mig.set_parameters(vm, dict(arguments))
     if command == "migrate-start-postcopy":

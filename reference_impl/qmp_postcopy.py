@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reference_impl.capabilities import N8_2
+from reference_impl.capabilities import N8_2, N9_1, N10_2
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration import migrate_continue as release_pre_switchover
@@ -57,6 +57,31 @@ def migrate_recover(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> 
     return "Migrate recover can only be run when postcopy is paused."
 
 
+# MigrationStatus (qapi/migration.json): the values the QAPI input visitor takes for migrate-continue's state.
+_STATUSES = (
+    "none",
+    "setup",
+    "cancelling",
+    "cancelled",
+    "active",
+    "postcopy-active",
+    "postcopy-paused",
+    "postcopy-recover",
+    "completed",
+    "failed",
+    "colo",
+    "pre-switchover",
+    "device",
+    "wait-unplug",
+)
+
+
+def _status_names(vm: Machine) -> tuple[str, ...]:
+    """postcopy-recover-setup is 9.1+, postcopy-device 10.2+ (their "since" in 10.2.2's qapi/migration.json)."""
+    extra = (("postcopy-recover-setup",) if vm.vn >= N9_1 else ()) + (("postcopy-device",) if vm.vn >= N10_2 else ())
+    return _STATUSES + extra
+
+
 def migrate_continue(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) -> str | None:
     """``qmp_migrate_continue(state)``: the outgoing status must be the one named ("Migration not in expected
     state: <status>", same text in 7.2 and 10.0); then it posts pause_sem. Out of pre-switchover that releases
@@ -65,6 +90,10 @@ def migrate_continue(scene: Scene, vm: Machine, arguments: Mapping[str, Any]) ->
     state = arguments.get("state")
     if not isinstance(state, str):
         raise NotModelled("migrate-continue without a 'state' string")
+    if state not in _status_names(vm):
+        # The visitor refuses a value outside the enum before qmp_migrate_continue runs (measured: 'parked' on
+        # 7.2.22, 10.0.2, 10.2.2).
+        return f"Parameter 'state' does not accept value '{state}'"
     if vm.status != state:
         return f"Migration not in expected state: {vm.status}"
     if state == "pre-switchover":

@@ -42,7 +42,8 @@ HARNESS_MODULES_USING_THE_MODEL = {
     "harness/toml_reader.py": {"reference_impl.capabilities"},  # every modelled capability name is accepted
     "harness/runner.py": {"reference_impl", "reference_impl.predict"},  # runs the model
     "harness/vfio/features.py": {"reference_impl.vfio.uapi"},  # the kernel's VFIO flags, as the model names them
-    "harness/features/offered.py": {"reference_impl.catalog"},  # a device the model knows a version lacks
+    # a device the model knows a version lacks; the multifd compression methods it expects of a build
+    "harness/features/offered.py": {"reference_impl.catalog", "reference_impl.parameters"},
 }
 
 

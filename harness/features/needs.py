@@ -27,6 +27,7 @@ NOUNS: Mapping[str, str] = {
     "block-driver": "block driver",
     "transport": "migration transport",
     "accel": "accelerator",
+    "multifd-compression": "multifd compression method",
 }
 
 # chardev_alias_table (chardev/char.c): the old names a -chardev backend may still be given.
@@ -217,6 +218,16 @@ def _qmp_needs(step: Step, where: str) -> Iterator[Need]:
     elif command in ("migrate", "migrate-incoming"):
         yield from _uri_need(args.get("uri"), where)
         yield from _channel_needs(args.get("channels"), where)
+    elif command == "migrate-set-parameters":
+        yield from _compression_need(args, where)
+
+
+def _compression_need(parameters: Mapping[str, Any], where: str) -> Iterator[Need]:
+    """``multifd-compression``: MultiFDCompression's values other than none and zlib exist only where QEMU was
+    configured with their library (zstd: CONFIG_ZSTD; qapi/migration.json)."""
+    method = parameters.get("multifd-compression")
+    if isinstance(method, str) and method not in ("", "none", "zlib"):
+        yield Need("multifd-compression", method, where)
 
 
 def scenario_needs(scenario: Scenario) -> tuple[Need, ...]:
@@ -230,6 +241,8 @@ def scenario_needs(scenario: Scenario) -> tuple[Need, ...]:
             found.extend(_qmp_needs(step, f"step[{index}] {step.command}"))
         elif step.action == "migrate":
             found.extend(_uri_need(f"{migrate_transport(scenario, step)}:", where))
+        elif step.action == "set-parameters":
+            found.extend(_compression_need(step.parameters, where))
     seen: set[tuple[str, str]] = set()
     unique: list[Need] = []
     for need in found:

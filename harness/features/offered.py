@@ -47,6 +47,8 @@ class Offered:
     types: frozenset[str]
     netdevs: frozenset[str] | None = None
     block_drivers: frozenset[str] | None = None
+    # MultiFDCompression's values in the binary's QAPI schema (query-qmp-schema); None: not read.
+    multifd_compression: frozenset[str] | None = None
 
     @property
     def has_rdma(self) -> bool:
@@ -66,12 +68,19 @@ class Offered:
             return None if self.netdevs is None else need.name in self.netdevs
         if need.kind == "block-driver":
             return None if self.block_drivers is None else need.name in self.block_drivers
+        if need.kind == "multifd-compression":
+            return None if self.multifd_compression is None else need.name in self.multifd_compression
         return None
 
 
 def modelled_absence(need: Need, version: Version) -> bool:
     """Whether the model itself predicts that ``version`` lacks ``need`` (a device newer than the version,
     reference_impl.catalog ``since``): then the refusal is behaviour to compare, not a build's gap."""
+    if need.kind == "multifd-compression":
+        # The model predicts the refusal of the methods Debian's builds lack (qpl, qatzip, uadk).
+        from reference_impl.parameters import compression_methods
+
+        return need.name not in compression_methods()
     if need.kind != "device":
         return False
     from reference_impl.catalog import model_for
@@ -128,11 +137,32 @@ def _help(binary: QemuBinary, *args: str) -> str:
     return done.stdout
 
 
-def probe_offered(binary: QemuBinary, types: frozenset[str]) -> Offered:
-    """``types`` (qom-list-types, from harness.probe) plus the two help listings (two short QEMU runs that
-    print and exit). Blocking."""
+def parse_multifd_compression(schema: object) -> frozenset[str] | None:
+    """MultiFDCompression's values from ``query-qmp-schema``: the type of migrate-set-parameters' member
+    ``multifd-compression`` (type names other than commands' are masked, so it is found through the command).
+    Enum entities list ``values`` (7.2) and, from 9.1, ``members`` too. None when the schema does not say."""
+    if not isinstance(schema, list):
+        return None
+    entities = {str(e.get("name")): e for e in schema if isinstance(e, dict)}
+    command = entities.get("migrate-set-parameters", {})
+    members = entities.get(str(command.get("arg-type")), {}).get("members", [])
+    kind = next(
+        (m.get("type") for m in members if isinstance(m, dict) and m.get("name") == "multifd-compression"), None
+    )
+    values = entities.get(str(kind), {}).get("values")
+    if not isinstance(values, list):
+        return None
+    return frozenset(str(v) for v in values)
+
+
+def probe_offered(
+    binary: QemuBinary, types: frozenset[str], multifd_compression: frozenset[str] | None = None
+) -> Offered:
+    """``types`` (qom-list-types, from harness.probe) and ``multifd_compression`` (its query-qmp-schema) plus
+    the two help listings (two short QEMU runs that print and exit). Blocking."""
     return Offered(
         types=types,
         netdevs=parse_netdev_help(_help(binary, "-netdev", "help")),
         block_drivers=parse_format_help(_help(binary, "-drive", "format=help")),
+        multifd_compression=multifd_compression,
     )

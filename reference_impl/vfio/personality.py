@@ -68,9 +68,7 @@ def personality_for(name: str | None, host: HostFacts) -> VfioPersonality:
     try:
         base = PERSONALITIES[key]
     except KeyError:
-        raise ValueError(
-            f"unknown VFIO personality {key!r} (allowed: {', '.join(PERSONALITIES)})"
-        ) from None
+        raise ValueError(f"unknown VFIO personality {key!r} (allowed: {', '.join(PERSONALITIES)})") from None
     if base.dma_logging is DmaLogging.WORKS and not host.vfio_dirty_report_works:
         return VfioPersonality(base.name, base.migration_flags, DmaLogging.REPORT_FAILS, base.iommu_dirty_tracking)
     return base

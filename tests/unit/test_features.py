@@ -9,7 +9,7 @@ from contract.scenario import DeviceSpec, Scenario, Step, VmSpec
 from contract.versions import Version
 from harness.features import Need, Offered, lacking, scenario_needs
 from harness.features.needs import split_options
-from harness.features.offered import parse_format_help, parse_netdev_help
+from harness.features.offered import parse_format_help, parse_multifd_compression, parse_netdev_help
 from harness.loader import load_scenario
 
 V72 = Version(7, 2, 22)
@@ -139,3 +139,34 @@ def test_a_name_no_qemu_could_register_is_compared_not_skipped() -> None:
     assert lacking(scenario_needs(evil), OFFERED, V102) is None
     missing = Scenario("s", source=VmSpec(devices=(DeviceSpec("no-such-device"),)))
     assert lacking(scenario_needs(missing), OFFERED, V102) == Need("device", "no-such-device", "[source] device[0]")
+
+
+def test_multifd_compression_methods_need_their_library() -> None:
+    # The 10.2.2 build (--without-default-features) has no zstd: "Parameter 'multifd-compression' does not
+    # accept value 'zstd'" is the build's gap, not a divergence (docs/real-qemu-facts.md, qmp-corners).
+    stepped = Scenario("s", steps=(Step("set-parameters", parameters={"multifd-compression": "zstd"}),))
+    raw = Scenario("r", steps=(_qmp("migrate-set-parameters", **{"multifd-compression": "zstd"}),))
+    plain = Scenario("p", steps=(Step("set-parameters", parameters={"multifd-compression": "zlib"}),))
+    assert _names(stepped) == _names(raw) == {("multifd-compression", "zstd")}
+    assert _names(plain) == set()
+    without = Offered(types=frozenset(), multifd_compression=frozenset({"none", "zlib"}))
+    missing = lacking(scenario_needs(stepped), without, V102)
+    assert missing is not None
+    assert (
+        missing.missing_text() == "this QEMU has no zstd multifd compression method (needed by step[0] set-parameters)"
+    )
+    # qpl is a refusal the model predicts for Debian's builds: compared, not skipped; an unread schema judges nothing.
+    qpl = Scenario("q", steps=(Step("set-parameters", parameters={"multifd-compression": "qpl"}),))
+    assert lacking(scenario_needs(qpl), without, V102) is None
+    assert lacking(scenario_needs(stepped), Offered(types=frozenset()), V102) is None
+
+
+def test_multifd_compression_values_from_the_qmp_schema() -> None:
+    schema = [
+        {"name": "migrate-set-parameters", "meta-type": "command", "arg-type": "17"},
+        {"name": "17", "meta-type": "object", "members": [{"name": "multifd-compression", "type": "42"}]},
+        {"name": "42", "meta-type": "enum", "values": ["none", "zlib", "zstd"]},
+    ]
+    assert parse_multifd_compression(schema) == frozenset({"none", "zlib", "zstd"})
+    assert parse_multifd_compression(schema[:2]) is None
+    assert parse_multifd_compression({"not": "a list"}) is None

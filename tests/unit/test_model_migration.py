@@ -20,8 +20,13 @@ HOST = HostFacts()
 SLOW = Step("set-parameters", parameters={"max-bandwidth": 1000})
 
 
-def steps(*items: Step, source: VmSpec | None = None, destination: VmSpec | None = None,
-          version: str = "10.0", host: HostFacts = HOST) -> Outcome:
+def steps(
+    *items: Step,
+    source: VmSpec | None = None,
+    destination: VmSpec | None = None,
+    version: str = "10.0",
+    host: HostFacts = HOST,
+) -> Outcome:
     scenario = Scenario("t", source=source or VmSpec(), destination=destination or VmSpec(), steps=items)
     return predict(scenario, version, host)
 
@@ -58,12 +63,16 @@ EVENTS_BOTH = Step("set-capabilities", side="both", capabilities={"events": True
 def test_events_per_version() -> None:
     # real #flow-precopy: 10.0.2 always passes through device; 7.2.22 does not.
     plan = (EVENTS_BOTH, Step("migrate"), Step("wait"))
-    assert steps(*plan).events == {"source": ["setup", "active", "device", "completed"],
-                                   "destination": ["setup", "active", "completed"]}
+    assert steps(*plan).events == {
+        "source": ["setup", "active", "device", "completed"],
+        "destination": ["setup", "active", "completed"],
+    }
     events_9_2 = steps(*plan, version="9.2").events
     assert events_9_2 is not None and events_9_2["source"] == ["setup", "active", "completed"]
-    assert steps(*plan, version="7.2").events == {"source": ["setup", "active", "completed"],
-                                                  "destination": ["setup", "active", "completed"]}
+    assert steps(*plan, version="7.2").events == {
+        "source": ["setup", "active", "completed"],
+        "destination": ["setup", "active", "completed"],
+    }
     # without the cap: nothing on 10.0.2; 7.2.22 still sends setup at migrate-incoming
     assert mig("10.0").events == {"source": [], "destination": []}
     assert mig("7.2").events == {"source": [], "destination": ["setup"]}
@@ -99,9 +108,14 @@ def test_destination_started_paused() -> None:
     ],
 )
 def test_postcopy(version: str, source_events: list[str]) -> None:
-    outcome = steps(Step("set-capabilities", side="both", capabilities={"postcopy-ram": True, "events": True}),
-                    Step("set-parameters", parameters={"max-bandwidth": 1000}),
-                    Step("migrate"), Step("start-postcopy"), Step("wait"), version=version)
+    outcome = steps(
+        Step("set-capabilities", side="both", capabilities={"postcopy-ram": True, "events": True}),
+        Step("set-parameters", parameters={"max-bandwidth": 1000}),
+        Step("migrate"),
+        Step("start-postcopy"),
+        Step("wait"),
+        version=version,
+    )
     assert outcome.verdict == "completed"
     assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
     assert outcome.events is not None
@@ -112,13 +126,21 @@ def test_start_postcopy_preconditions() -> None:
     # real 10.0.2 / 7.2.22 #postcopy.
     outcome = steps(Step("migrate"), Step("start-postcopy"))
     assert (outcome.stage, outcome.error) == (
-        "start-postcopy", "Enable postcopy with migrate_set_capability before the start of migration")
+        "start-postcopy",
+        "Enable postcopy with migrate_set_capability before the start of migration",
+    )
     outcome = steps(Step("set-capabilities", capabilities={"postcopy-ram": True}), Step("start-postcopy"))
     assert (outcome.stage, outcome.error) == (
-        "start-postcopy", "Postcopy must be started after migration has been started")
+        "start-postcopy",
+        "Postcopy must be started after migration has been started",
+    )
     # qmp_migrate_start_postcopy / migrate_postcopy(): dirty-bitmaps alone also enables start-postcopy
-    outcome = steps(Step("set-capabilities", capabilities={"dirty-bitmaps": True}), Step("migrate"),
-                    Step("start-postcopy"), Step("wait"))
+    outcome = steps(
+        Step("set-capabilities", capabilities={"dirty-bitmaps": True}),
+        Step("migrate"),
+        Step("start-postcopy"),
+        Step("wait"),
+    )
     assert outcome.verdict == "completed"
 
 
@@ -137,7 +159,10 @@ def test_file_transport_before_8_2() -> None:
     # real 7.2.22 #checks: file: is refused after migrate_init, status failed, runstate unchanged.
     outcome = mig("7.2", mode="background-snapshot")
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "refused", "migrate", "Parameter 'uri' expects a valid migration protocol")
+        "refused",
+        "migrate",
+        "Parameter 'uri' expects a valid migration protocol",
+    )
     assert states(outcome) == (("failed", "running"), ("none", "inmigrate"))
     # migration_channels_and_transport_compatible: file: exists from 8.2
     assert mig("8.2", transport="file").verdict == "completed"
@@ -153,12 +178,17 @@ def test_migrate_twice_and_after_cont() -> None:
     # real #checks: second migrate -> postmigrate message, status stays completed.
     outcome = steps(Step("migrate"), Step("wait"), Step("migrate"))
     assert (outcome.stage, outcome.error) == (
-        "migrate", "Can't migrate the vm that was paused due to previous migration")
+        "migrate",
+        "Can't migrate the vm that was paused due to previous migration",
+    )
     assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
     # real #checks: after cont the reused tcp URI is not listened on any more: failed, source running.
     outcome = steps(Step("migrate"), Step("wait"), Step("cont"), Step("migrate"), Step("wait"))
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "failed", "migration", "Failed to connect to '127.0.0.1:<port>': Connection refused")
+        "failed",
+        "migration",
+        "Failed to connect to '127.0.0.1:<port>': Connection refused",
+    )
     assert states(outcome) == (("failed", "running"), ("completed", "running"))
 
 
@@ -170,7 +200,10 @@ def test_migrate_from_the_destination() -> None:
     # migrate_from_destination): suite precheck-inmigrate, real 10.0.2 and 7.2.22 (/tmp run 22:46): refused@migrate.
     outcome = steps(Step("migrate", side="destination", transport="exec"))
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "refused", "migrate", "Guest is waiting for an incoming migration")
+        "refused",
+        "migrate",
+        "Guest is waiting for an incoming migration",
+    )
     assert states(outcome) == (("none", "running"), ("none", "inmigrate"))
 
 
@@ -180,8 +213,10 @@ def test_migration_in_progress() -> None:
     assert outcome.error == "There's a migration process in progress"
     outcome = steps(SLOW, Step("migrate"), Step("set-capabilities", capabilities={"xbzrle": True}))
     assert (outcome.stage, outcome.error) == ("set-capabilities", "There's a migration process in progress")
-    assert steps(SLOW, Step("migrate"), Step("set-parameters", parameters={"max-bandwidth": 2000}),
-                 Step("wait")).verdict == "completed"
+    assert (
+        steps(SLOW, Step("migrate"), Step("set-parameters", parameters={"max-bandwidth": 2000}), Step("wait")).verdict
+        == "completed"
+    )
 
 
 def test_destination_caps_after_incoming() -> None:
@@ -207,16 +242,20 @@ def test_cancel() -> None:
     assert steps(Step("cancel")).verdict == "completed"
     # A cancel after the switch to postcopy was requested races the unthrottled postcopy phase (real 7.2.22 let
     # the destination complete once): reference_impl.timing says so instead of guessing.
-    pc = (Step("set-capabilities", side="both", capabilities={"postcopy-ram": True}), Step("migrate"),
-          Step("start-postcopy"), Step("cancel"), Step("wait"))
+    pc = (
+        Step("set-capabilities", side="both", capabilities={"postcopy-ram": True}),
+        Step("migrate"),
+        Step("start-postcopy"),
+        Step("cancel"),
+        Step("wait"),
+    )
     assert "max-postcopy-bandwidth 0" in (steps(*pc).not_modelled or "")
-    # With the postcopy phase throttled too, the cancel lands before the end (real 10.0.2: destination exits 1).
+    # With the postcopy phase throttled too it is still a race: real 10.0.2 once let the cancel land before the
+    # switch (destination exits 1), and refused it in postcopy-active in a later run ("Postcopy migration in
+    # progress, cannot cancel.", max-postcopy-bandwidth 10000; docs/real-qemu-facts.md "qmp-corners").
     slow_pc = (Step("set-parameters", parameters={"max-postcopy-bandwidth": 1000}), *pc)
-    outcome = steps(*slow_pc)
-    assert (outcome.verdict, states(outcome)) == ("failed", (("cancelled", "running"), None))
-    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Input/output error"
-    outcome = steps(*slow_pc, version="7.2")
-    assert outcome.error == "destination QEMU exited with status 1: load of migration failed: Invalid argument"
+    for version in ("10.0", "7.2"):
+        assert "max-postcopy-bandwidth 1000" in (steps(*slow_pc, version=version).not_modelled or "")
 
 
 @pytest.mark.parametrize(
@@ -225,8 +264,12 @@ def test_cancel() -> None:
         # real 10.0.2 #checks (synchronous refusals, status stays none)
         ("10.0", {"multifd": True}, "exec", "Migration requires multi-channel URIs (e.g. tcp)"),
         ("10.0", {"multifd": True}, "file", "Migration requires multi-channel URIs (e.g. tcp)"),
-        ("10.0", {"postcopy-ram": True, "postcopy-preempt": True}, "exec",
-         "Migration requires multi-channel URIs (e.g. tcp)"),
+        (
+            "10.0",
+            {"postcopy-ram": True, "postcopy-preempt": True},
+            "exec",
+            "Migration requires multi-channel URIs (e.g. tcp)",
+        ),
         ("10.0", {"mapped-ram": True}, "tcp", "Migration requires seekable transport (e.g. file)"),
         ("10.0", {"mapped-ram": True, "multifd": True}, "tcp", "Migration requires seekable transport (e.g. file)"),
     ],
@@ -241,9 +284,11 @@ def test_mapped_ram_file() -> None:
     # migration_channels_and_transport_compatible: mapped-ram (+multifd) to file: is fine; real 10.0.2: with
     # compression it is refused.
     assert mig("10.0", capabilities={"mapped-ram": True, "multifd": True}, transport="file").verdict == "completed"
-    outcome = steps(Step("set-capabilities", capabilities={"mapped-ram": True}),
-                    Step("set-parameters", parameters={"multifd-compression": "zlib"}),
-                    Step("migrate", transport="file"))
+    outcome = steps(
+        Step("set-capabilities", capabilities={"mapped-ram": True}),
+        Step("set-parameters", parameters={"multifd-compression": "zlib"}),
+        Step("migrate", transport="file"),
+    )
     assert (outcome.stage, outcome.error) == ("migrate", "Cannot use compression with mapped-ram")
 
 
@@ -251,7 +296,10 @@ def test_multifd_exec_on_7_2_fails_late() -> None:
     # real 7.2.22 #slots-and-buses: accepted, then failed with this stderr line and no error-desc.
     outcome = mig("7.2", capabilities={"multifd": True}, transport="exec")
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "failed", "migration", "multifd is not supported by current protocol")
+        "failed",
+        "migration",
+        "multifd is not supported by current protocol",
+    )
     assert states(outcome) == (("failed", "running"), ("none", "inmigrate"))
 
 
@@ -279,8 +327,9 @@ def test_snapshot_save() -> None:
 def test_dump_guest_memory_blocker() -> None:
     # real 10.0.2 / 7.2.22 (#harness-runs): dump-guest-memory detach=true, then migrate: refused with the
     # internal blocker, source in save-vm.
-    dump = Step("qmp", command="dump-guest-memory", arguments={"paging": False, "protocol": "file:/tmp/d",
-                                                             "detach": True})
+    dump = Step(
+        "qmp", command="dump-guest-memory", arguments={"paging": False, "protocol": "file:/tmp/d", "detach": True}
+    )
     outcome = steps(dump, Step("migrate"))
     assert (outcome.stage, outcome.error) == ("migrate", "Live migration disabled: dump-guest-memory in progress")
     assert states(outcome)[0] == ("none", "save-vm")
@@ -290,8 +339,13 @@ def test_dump_guest_memory_blocker() -> None:
 
 def test_qmp_step_runs_the_command() -> None:
     # the executor names a refused qmp step's stage "qmp" (contract.actions)
-    outcome = steps(Step("qmp", command="migrate-set-capabilities",
-                         arguments={"capabilities": [{"capability": "switchover-ack", "state": True}]}))
+    outcome = steps(
+        Step(
+            "qmp",
+            command="migrate-set-capabilities",
+            arguments={"capabilities": [{"capability": "switchover-ack", "state": True}]},
+        )
+    )
     assert (outcome.stage, outcome.error) == ("qmp", "Capability 'switchover-ack' requires capability 'return-path'")
 
 
@@ -300,11 +354,13 @@ def test_quit() -> None:
     quit_dst = Step("qmp", side="destination", command="quit")
     outcome = steps(quit_dst)
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "failed", "migration", "destination QEMU exited with status 0: ")
+        "failed",
+        "migration",
+        "destination QEMU exited with status 0: ",
+    )
     assert states(outcome) == (("none", "running"), None)
     # during a migration: the source fails writing (real 10.0.2)
-    outcome = steps(Step("set-parameters", parameters={"max-bandwidth": 1000}), Step("migrate"), quit_dst,
-                    Step("wait"))
+    outcome = steps(Step("set-parameters", parameters={"max-bandwidth": 1000}), Step("migrate"), quit_dst, Step("wait"))
     assert (outcome.verdict, outcome.error) == ("failed", "Unable to write to socket: Broken pipe")
     assert states(outcome) == (("failed", "running"), None)
 
@@ -323,14 +379,28 @@ def test_pause_before_switchover_parks(version: str) -> None:
 def test_migrate_continue(version: str) -> None:
     # real 10.0.2 and 7.2.22 (suite pause-before-switchover-continue, 2026-11-25 23:03): pre-switchover ->
     # device -> completed on both versions; a second migrate-continue is refused with the current status.
-    outcome = steps(Step("set-capabilities", capabilities={"pause-before-switchover": True, "events": True}),
-                    Step("migrate"), Step("wait"), Step("migrate-continue"), Step("wait"), Step("migrate-continue"),
-                    version=version)
+    outcome = steps(
+        Step("set-capabilities", capabilities={"pause-before-switchover": True, "events": True}),
+        Step("migrate"),
+        Step("wait"),
+        Step("migrate-continue"),
+        Step("wait"),
+        Step("migrate-continue"),
+        version=version,
+    )
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "refused", "migrate-continue", "Migration not in expected state: completed")
+        "refused",
+        "migrate-continue",
+        "Migration not in expected state: completed",
+    )
     assert states(outcome) == (("completed", "postmigrate"), ("completed", "running"))
     assert outcome.events is not None and outcome.events["source"] == [
-        "setup", "active", "pre-switchover", "device", "completed"]
+        "setup",
+        "active",
+        "pre-switchover",
+        "device",
+        "completed",
+    ]
 
 
 def test_compress_without_destination_support_fails() -> None:
@@ -338,19 +408,23 @@ def test_compress_without_destination_support_fails() -> None:
     # not among the destination's caps); the destination cannot load the stream.
     outcome = mig("7.2", capabilities={"compress": True})
     assert (outcome.verdict, outcome.stage, outcome.error) == (
-        "failed", "migration", "Unable to write to socket: Connection reset by peer")
+        "failed",
+        "migration",
+        "Unable to write to socket: Connection reset by peer",
+    )
     assert states(outcome) == (("failed", "running"), None)
-    both = steps(Step("set-capabilities", side="both", capabilities={"compress": True}), Step("migrate"),
-                 Step("wait"), version="7.2")
+    both = steps(
+        Step("set-capabilities", side="both", capabilities={"compress": True}),
+        Step("migrate"),
+        Step("wait"),
+        version="7.2",
+    )
     assert both.verdict == "completed"
 
 
 def test_x_colo() -> None:
-    # real 7.2.22 (sweep): both sides enter COLO and the wait times out.
-    outcome = mig("7.2", capabilities={"x-colo": True})
-    assert (outcome.verdict, outcome.error) == (
-        "failed", "timed out after 60 s waiting for the source migration to end (last seen: colo)")
-    assert states(outcome) == (("colo", "running"), ("colo", "running"))
+    # real 7.2.22: the sweep saw both sides enter COLO; 4 later runs a hung source monitor or a destination abort.
+    assert mig("7.2", capabilities={"x-colo": True}).not_modelled
     # real 10.0.2 (sweep): the source fails after precopy and the destination is gone.
     outcome = mig("10.0", capabilities={"x-colo": True})
     assert (outcome.verdict, outcome.error) == ("failed", "Unable to write to socket: Connection reset by peer")
@@ -381,8 +455,12 @@ def test_fast_precopy_races_postcopy() -> None:
     # A scenario that sets its own fast max-bandwidth keeps it: the harness sweep saw the idle VM's precopy
     # complete before the switch, but whether it does is timing (reference_impl.timing), so not modelled.
     for fast in (134217728, 0):  # 0 disables the rate limit (migration_rate_exceeded: RATE_LIMIT_DISABLED)
-        outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True},
-                      parameters={"max-bandwidth": fast}, mode="postcopy")
+        outcome = mig(
+            "10.0",
+            capabilities={"postcopy-ram": True, "events": True},
+            parameters={"max-bandwidth": fast},
+            mode="postcopy",
+        )
         assert outcome.verdict == "skipped" and f"max-bandwidth {fast}" in (outcome.not_modelled or "")
 
 
@@ -400,8 +478,9 @@ def test_unthrottled_migration_is_not_guessed() -> None:
         assert (outcome.not_modelled is None) is modelled
         if modelled:
             assert states(outcome) == (("active", "running"), ("active", "inmigrate"))
-    small = steps(Step("set-parameters", parameters={"max-bandwidth": 1000}), Step("migrate"),
-                  source=VmSpec(memory="16M"))
+    small = steps(
+        Step("set-parameters", parameters={"max-bandwidth": 1000}), Step("migrate"), source=VmSpec(memory="16M")
+    )
     assert small.verdict == "skipped"  # a smaller VM's stream was not measured
     assert steps(Step("migrate"), Step("wait")).verdict == "completed"
 
@@ -411,16 +490,27 @@ def test_executor_paces_postcopy() -> None:
     # so the switch happens (real 10.0.2, suite postcopy-* scenarios: postcopy-active in the source events).
     outcome = mig("10.0", capabilities={"postcopy-ram": True, "events": True}, mode="postcopy")
     assert outcome.events is not None and outcome.events["source"] == [
-        "setup", "active", "device", "postcopy-active", "completed"]
+        "setup",
+        "active",
+        "device",
+        "postcopy-active",
+        "completed",
+    ]
 
 
 def test_dirty_bitmaps_alone_never_switches() -> None:
     # real 10.0.2 and 7.2.22 (suite postcopy-dirty-bitmaps-only, run 22:46): start-postcopy accepted, no
     # postcopy-active.
-    for version, path in (("10.0", ["setup", "active", "device", "completed"]),
-                          ("7.2", ["setup", "active", "completed"])):
-        outcome = mig(version, capabilities={"dirty-bitmaps": True, "events": True},
-                      parameters={"max-bandwidth": 1000000}, mode="postcopy")
+    for version, path in (
+        ("10.0", ["setup", "active", "device", "completed"]),
+        ("7.2", ["setup", "active", "completed"]),
+    ):
+        outcome = mig(
+            version,
+            capabilities={"dirty-bitmaps": True, "events": True},
+            parameters={"max-bandwidth": 1000000},
+            mode="postcopy",
+        )
         assert outcome.events is not None and outcome.events["source"] == path
 
 
@@ -429,10 +519,24 @@ def test_dirty_bitmaps_alone_never_switches() -> None:
     [
         # real 10.0.2 (harness sweep): a return path over file: / exec:
         ("10.0", "file", ("failed", "Unable to read from file: Bad file descriptor", ("failed", "running"))),
-        ("10.0", "exec", ("failed", "timed out after 60 s waiting for the source migration to end (last seen: device)",
-                          ("device", "finish-migrate"))),
-        ("7.2", "exec", ("failed", "timed out after 60 s waiting for the source migration to end (last seen: active)",
-                         ("active", "finish-migrate"))),
+        (
+            "10.0",
+            "exec",
+            (
+                "failed",
+                "timed out after 60 s waiting for the source migration to end (last seen: device)",
+                ("device", "finish-migrate"),
+            ),
+        ),
+        (
+            "7.2",
+            "exec",
+            (
+                "failed",
+                "timed out after 60 s waiting for the source migration to end (last seen: active)",
+                ("active", "finish-migrate"),
+            ),
+        ),
     ],
 )
 def test_return_path_over_one_way_transports(version: str, transport: str, expected: tuple[Any, ...]) -> None:
@@ -477,21 +581,26 @@ def test_sweep_2026_11_25_rules() -> None:
     assert outcome.error == "Sibling indicated error 1"
     assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "failed"]
     assert mig("10.0", capabilities={"x-colo": True, "multifd": True}).error == (
-        "ram_save_setup failed: Input/output error")
+        "ram_save_setup failed: Input/output error"
+    )
     # 7.2.22 x-colo after a postcopy switch: no COLO, completed.
     outcome = mig("7.2", capabilities={"x-colo": True, "postcopy-ram": True}, mode="postcopy")
     assert (outcome.verdict, states(outcome)) == ("completed", (("completed", "postmigrate"), ("completed", "running")))
     # 7.2.22 x-colo with a return path in precopy: the return-path thread fails on COLO's traffic.
     outcome = mig("7.2", capabilities={"x-colo": True, "return-path": True})
     assert (outcome.error, states(outcome)) == (
-        "RP: Received invalid message 0x0000 length 0x0000", (("failed", "running"), ("colo", "running")))
+        "RP: Received invalid message 0x0000 length 0x0000",
+        (("failed", "running"), ("colo", "running")),
+    )
     # 10.0.2 return path over file: fails at switchover (events through device); with switchover-ack the source
     # waits in active for the ack.
     outcome = mig("10.0", capabilities={"return-path": True, "events": True}, transport="file")
     assert outcome.events is not None and outcome.events["source"] == ["setup", "active", "device", "failed"]
     outcome = mig("10.0", capabilities={"return-path": True, "switchover-ack": True}, transport="file")
     assert (outcome.error, states(outcome)[0]) == (
-        "timed out after 60 s waiting for the source migration to end (last seen: active)", ("active", "running"))
+        "timed out after 60 s waiting for the source migration to end (last seen: active)",
+        ("active", "running"),
+    )
     # 10.0.2 pause-before-switchover comes before the return path's read failure over file.
     outcome = mig("10.0", capabilities={"return-path": True, "pause-before-switchover": True}, transport="file")
     assert (outcome.verdict, states(outcome)[0]) == ("completed", ("pre-switchover", "finish-migrate"))

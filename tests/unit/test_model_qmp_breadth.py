@@ -59,7 +59,8 @@ def test_migrate_pause_in_postcopy_is_not_modelled() -> None:
     params = Step("set-parameters", parameters={"max-bandwidth": 200000, "max-postcopy-bandwidth": 10000})
     for side in ("source", "destination"):
         outcome = run(caps, params, MIGRATE, Step("start-postcopy"), qmp("migrate-pause", side))
-        assert outcome.not_modelled == f"migrate-pause on the {side} during postcopy"
+        # reference_impl.timing now says it first: whether the postcopy is still running is timing.
+        assert "postcopy switch requested" in (outcome.not_modelled or "")
 
 
 @pytest.mark.parametrize("version", ["10.0", "7.2"])

@@ -113,7 +113,7 @@ CASES: dict[str, tuple[str, Scenario, tuple[Any, ...]]] = {
             ("pre-switchover", "finish-migrate"),
             ("active", "inmigrate"),
             ("setup", "active", "pre-switchover"),
-            ("setup", "active", "active"),
+            ("setup", "active"),  # no repeated event: migrate_set_state never moves a state to itself
         ),
     ),
     "pause-before-switchover-parks": (
@@ -193,18 +193,9 @@ CASES: dict[str, tuple[str, Scenario, tuple[Any, ...]]] = {
             ("setup",),
         ),
     ),
-    "x-colo-7.2-enters-colo": (
-        "7.2",
-        sweep("x-colo"),
-        (
-            "failed",
-            _TIMEOUT.format("colo"),
-            ("colo", "running"),
-            ("colo", "running"),
-            ("setup", "active", "colo"),
-            ("setup",),
-        ),
-    ),
+    # Fires, then not modelled: 4 later runs without events gave a hung source monitor 3 times and a destination
+    # abort once (reference_impl.migration_wait.COLO_RACE, docs/real-qemu-facts.md "qmp-corners").
+    "x-colo-7.2-enters-colo": ("7.2", sweep("x-colo"), ("skipped", None, None, None, (), ())),
     "x-colo-7.2-exec-enters-colo": (
         "7.2",
         sweep("x-colo", transport="exec"),
