@@ -8,9 +8,8 @@ on 2026-12-03 (7.2.22, 10.0.2, 10.2.2); docs/real-qemu-facts.md "Core corners".
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from model_steps import qmp, refusal
 
 from contract.host import HostFacts
 from contract.outcome import Outcome
@@ -36,14 +35,6 @@ def run(
     vm = VmSpec(memory=memory)
     scenario = Scenario("t", source=source or vm, destination=destination or source or vm, steps=items)
     return predict(scenario, version, HOST)
-
-
-def qmp(command: str, side: str = "source", **arguments: Any) -> Step:
-    return Step("qmp", side=side, command=command, arguments=arguments)
-
-
-def refusal(outcome: Outcome) -> tuple[Any, ...]:
-    return outcome.verdict, outcome.stage, outcome.error
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from model_steps import qmp, refusal
 
 from contract.host import HostFacts
 from contract.outcome import Outcome
@@ -32,14 +33,6 @@ def run(
         "t", source=source or VmSpec(memory="64M"), destination=destination or VmSpec(memory="64M"), steps=items
     )
     return predict(scenario, version, HOST)
-
-
-def qmp(command: str, side: str = "source", **arguments: Any) -> Step:
-    return Step("qmp", side=side, command=command, arguments=arguments)
-
-
-def refusal(outcome: Outcome) -> tuple[Any, ...]:
-    return outcome.verdict, outcome.stage, outcome.error
 
 
 @pytest.mark.parametrize("version", VERSIONS)
