@@ -8,7 +8,7 @@ None; a migration ``migrate`` accepts is resolved by the contract's wait (refere
 from __future__ import annotations
 
 from reference_impl import qmp_tls
-from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_2, N9_0, N10_0
+from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_1, N8_2, N9_0, N10_0
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
@@ -147,6 +147,12 @@ def migrate(
         # migration protocol" comes after migrate_init and moves setup -> failed (measured on 7.2.22 with
         # file: and bogus:; docs/real-qemu-facts.md migrate-order says 7.2-8.1).
         emit(vm, "failed")
+        if v == N8_1:
+            # 8.1's qmp_migrate sets this error in a local Error it never propagates (commit 908927db28
+            # "migration: Update error description whenever migration fails" switched errp to &local_err and
+            # kept the ``return``; f4e1b61336 dropped the ``return`` for 8.2): migrate answers success, status
+            # failed, no error-desc. Read in v8.1.0 (7e5a8bb22368) and the v8.1.1-v8.1.4 tags; 8.1.5 not read.
+            return None
         return "Parameter 'uri' expects a valid migration protocol"
     if start_error is not None:
         emit(vm, "failed")

@@ -1,5 +1,6 @@
 """device_add's check order, the CPR modes' blockers and a rw vvfat's completion, and where a tcp:/unix: address
-is parsed, on the profiles between 7.2 and 10.0, through the bundled scenarios that once said "not modelled".
+is parsed, on the profiles between 7.2 and 10.0, through the bundled scenarios that once said "not modelled"; and
+8.1's unknown-scheme error that qmp_migrate never propagates.
 
 The rules were read in each release's source (8.0.0 c1eb2ddf0f80, 8.1.0 7e5a8bb22368, 8.2.0 1600b9f46b1b, 9.0.0
 c25df57ae8f9, 9.1.0 fd1952d814da, 9.2's soft freeze daaf51001a13: docs/real-qemu-facts.md, "8.x and 9.x rules:
@@ -82,3 +83,13 @@ def test_incoming_address_parse_and_the_setup_event(name: str, error: str, versi
     outcome = bundled(name, version)
     assert (outcome.verdict, outcome.error) == ("refused", error)
     assert outcome.events["destination"] == (["setup"] if version != "8.2" else [])
+
+
+@pytest.mark.parametrize(
+    ("version", "error"), (("8.0", "Parameter 'uri' expects a valid migration protocol"), ("8.1", None))
+)
+def test_8_1_loses_the_unknown_scheme_error(version: str, error: str | None) -> None:
+    # 8.1's qmp_migrate sets the error in a local Error it never propagates: migrate answers success.
+    outcome = bundled("precheck-bad-uri", version)
+    assert (outcome.error, outcome.source.status) == (error, "failed")
+    assert outcome.verdict == ("refused" if error else "failed")
