@@ -15,7 +15,7 @@ from typing import Any
 
 from contract.host import HostFacts
 from contract.scenario import DeviceSpec, VmSpec
-from contract.versions import V8_0, V10_0, V10_1, Version
+from contract.versions import V10_0, V10_1, Version
 from reference_impl import catalog
 from reference_impl.blockers import MigrationBlockers
 from reference_impl.cpu import INVTSC_ONLY_MIGRATABLE_ERROR, cpu_blocker
@@ -298,13 +298,14 @@ def hotplug_device(vm: Machine, device: DeviceSpec) -> str | None:
     it with the same texts as at startup.
     """
     # q35's pcie.0 takes no hot-plug (only its root ports' buses do); i440fx's pci.0 does (ACPI, measured).
-    # 7.2 checks the bus before the migration (qdev_device_add_from_qdict); 10.0.2 and 10.2.2 after it
-    # (qdev_hotplug_allowed -> qdev_hotplug_unplug_allowed_common). Measured: "Bus 'pcie.0' does not support
-    # hotplugging" for a virtio-rng-pci without bus= on 7.2.22, 10.0.2, 10.2.2.
+    # 7.2 to 9.2 check the bus before the migration: qdev_device_add_from_qdict's qbus_is_hotpluggable test
+    # precedes its migration_is_idle (9.2: migration_is_running) test, read in 7.2.22 and in 8.0.0 c1eb2ddf0f80,
+    # 8.1.0 7e5a8bb22368, 8.2.0 1600b9f46b1b, 9.0.0 c25df57ae8f9, 9.1.0 fd1952d814da, 9.2's soft freeze
+    # daaf51001a13 (docs/real-qemu-facts.md, "8.x and 9.x rules: sources"). 10.0.2 and 10.2.2 test the bus
+    # after it, in qdev_hotplug_allowed(dev, bus, errp). Measured: "Bus 'pcie.0' does not support hotplugging"
+    # for a virtio-rng-pci without bus= on 7.2.22, 10.0.2, 10.2.2.
     cold_bus = catalog.is_pci_driver(device.driver) and device.properties.get("bus", "pcie.0") == "pcie.0"
     cold_bus = cold_bus and not vm.machine_type.startswith(I440FX)
-    if cold_bus and vm.migration is not None and V8_0 <= vm.version < V10_0:
-        raise NotModelled(f"which of device_add's bus and migration checks comes first on {vm.version}")
     if cold_bus and vm.version < V10_0:
         return BUS_NO_HOTPLUG
     if vm.migration is not None:

@@ -8,8 +8,7 @@ None; a migration ``migrate`` accepts is resolved by the contract's wait (refere
 from __future__ import annotations
 
 from reference_impl import qmp_tls
-from reference_impl.blockers import normal_mode_only
-from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_2, N9_0, N10_0
+from reference_impl.capabilities import IN_PROGRESS, N8_0, N8_1, N8_2, N9_0, N10_0
 from reference_impl.limits import NotModelled
 from reference_impl.machine import Machine
 from reference_impl.migration_state import SOCKET_TRANSPORTS, Migration, emit
@@ -113,10 +112,11 @@ def migrate(
         return "Guest is waiting for an incoming migration"
     if vm.runstate == "postmigrate":
         return "Can't migrate the vm that was paused due to previous migration"
-    mode = str(vm.params.get("mode", "normal"))
-    if mode != "normal" and v < N10_0 and any(normal_mode_only(r) for r in vm.blockers.reasons):
-        raise NotModelled(f"which blockers mode {mode} sees on {vm.version} (read in 10.0.2)")
-    blocked = vm.blockers.is_blocked(mode)
+    # migration_is_blocked reads migration_blockers[migrate_mode()]: the block formats' blockers are added with
+    # migrate_add_blocker_normal from 8.2 (the first release with a mode) on, read in 8.2.0 1600b9f46b1b, 9.0.0
+    # c25df57ae8f9, 9.1.0 fd1952d814da, 9.2's soft freeze daaf51001a13 (block/vvfat.c, vmdk.c, vdi.c, vhdx.c,
+    # vpc.c, qcow.c, parallels.c; add_blockers and migration_is_blocked as in 10.0.2).
+    blocked = vm.blockers.is_blocked(str(vm.params.get("mode", "normal")))
     if blocked is not None:
         return blocked
     if v >= N9_0 and "mapped-ram" in caps:
@@ -147,6 +147,12 @@ def migrate(
         # migration protocol" comes after migrate_init and moves setup -> failed (measured on 7.2.22 with
         # file: and bogus:; docs/real-qemu-facts.md migrate-order says 7.2-8.1).
         emit(vm, "failed")
+        if v == N8_1:
+            # 8.1's qmp_migrate sets this error in a local Error it never propagates (commit 908927db28
+            # "migration: Update error description whenever migration fails" switched errp to &local_err and
+            # kept the ``return``; f4e1b61336 dropped the ``return`` for 8.2): migrate answers success, status
+            # failed, no error-desc. Read in v8.1.0 (7e5a8bb22368) and the v8.1.1-v8.1.4 tags; 8.1.5 not read.
+            return None
         return "Parameter 'uri' expects a valid migration protocol"
     if start_error is not None:
         emit(vm, "failed")
@@ -178,7 +184,7 @@ def migrate(
     elif (completion := _cpr_completion_failure(vm)) is not None:
         migration.failure = (completion, completion)
         migration.fails_when_active = True
-        migration.fails_after = ("device",)
+        migration.fails_after = ("device",) if v >= N10_0 else ()
     else:
         migration.failure = _vfio_failure(vm)
         # A VFIO failure comes from qemu_savevm_state_setup (ram_save_setup: the dirty-log start fails);
@@ -194,12 +200,26 @@ def _cpr_completion_failure(vm: Machine) -> str | None:
     migration_completion_precopy still calls migration_switchover_start, whose migration_block_inactivate
     fails for a rw vvfat (bdrv_inactivate_all: -1): -EFAULT, after active -> device (10.0.2 and 10.2.2
     source, read; measured 3 of 3 on both: "Error in migration completion: Bad address", the source keeps
-    its runstate). 9.x has the mode but its completion was not read."""
+    its runstate). 8.2-9.2: :func:`_cpr_completion_failure_8x`."""
     if vm.params.get("mode", "normal") == "normal" or not any(VVFAT_RW in r for r in vm.blockers.reasons):
         return None
     if vm.vn < N10_0:
-        raise NotModelled(f"a CPR-mode migration with a rw vvfat drive on {vm.version}")
+        return _cpr_completion_failure_8x(vm)
     return "Error in migration completion: Bad address"
+
+
+def _cpr_completion_failure_8x(vm: Machine) -> str:
+    """8.2-9.2 inactivate the disks in qemu_savevm_state_complete_precopy_non_iterable (migration/savevm.c),
+    which sets the error first (migrate_set_error keeps the first; 9.0+'s "Error in migration completion" in
+    migration_completion comes second): "<function>: bdrv_inactivate_all() failed (-1)", the -1 being 10.x's
+    measured bdrv_inactivate_all value for a rw vvfat (bdrv_inactivate_recurse: the same -EPERM test). No
+    device status (migration_maybe_pause passes through it only with pause-before-switchover), active ->
+    failed (migration_completion_failed), and migration_iteration_finish gives back s->vm_old_state. Read in
+    8.2.0 1600b9f46b1b, 9.0.0 c25df57ae8f9, 9.1.0 fd1952d814da, 9.2's soft freeze daaf51001a13 (9.0+ stop the
+    VM of a CPR mode in migrate_fd_connect, migration_stop_vm, rather than in migration_completion_precopy)."""
+    if "pause-before-switchover" in vm.caps:
+        raise NotModelled(f"a CPR-mode migration with a rw vvfat drive and pause-before-switchover on {vm.version}")
+    return "qemu_savevm_state_complete_precopy_non_iterable: bdrv_inactivate_all() failed (-1)"
 
 
 def _vfio_failure(vm: Machine) -> tuple[str | None, str | None] | None:

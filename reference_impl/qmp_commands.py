@@ -266,14 +266,13 @@ def migrate_uri(vm: Machine, uri: str) -> str | None:
 
 
 def _address_error(vm: Machine, scheme: str, target: str) -> str | None:
-    """The URI's address refused by its parser (reference_impl.uri_parse): 8.2+ in migrate_uri_parse, 7.2 in
-    the transport's start (socket_parse after migrate_init / the incoming setup event); 8.0/8.1 not read."""
-    # 7.2 hands fd: names straight to the monitor lookup (no socket_parse): "fd:" is an unknown '' there.
+    """The URI's address refused by its parser (reference_impl.uri_parse): 8.2+ in migrate_uri_parse, 7.2-8.1 in
+    socket_start_{outgoing,incoming}_migration's socket_parse, after migrate_init / the incoming setup event (8.0.0
+    c1eb2ddf0f80 and 8.1.0 7e5a8bb22368 have 7.2's migration/socket.c, socket_parse and inet_parse)."""
+    # 7.2-8.1 hand fd: names straight to the monitor lookup (no socket_parse): "fd:" is an unknown '' there.
     error = None if scheme == "fd" and vm.vn < N8_2 else uri_parse.socket_address_error(scheme, target)
     if error is None and scheme == "file" and vm.vn >= N8_2:
         error = uri_parse.file_offset(target)[2]
-    if error is not None and N8_0 <= vm.vn < N8_2:
-        raise NotModelled(f"where {vm.version} parses a {scheme}: address")
     return error
 
 
@@ -344,7 +343,7 @@ def migrate_incoming_uri(vm: Machine, uri: str) -> str | None:
     error = _address_error(vm, scheme, target)
     if error is not None:
         if vm.vn < N8_2:
-            vm.events.append("setup")  # 7.2: qemu_start_incoming_migration sends it before the transport starts
+            vm.events.append("setup")  # 7.2-8.1: qemu_start_incoming_migration sends it before the transport
         return error
     if scheme == "fd":
         return mig.migrate_incoming(vm, "fd", dispatch_error=uri_parse.fd_lookup_error(target))
