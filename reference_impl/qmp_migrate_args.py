@@ -231,7 +231,7 @@ def migrate(vm: Machine, arguments: Mapping[str, Any]) -> tuple[str | None, str 
         if "cpr" in seen:
             raise NotModelled("migrate with a cpr channel")
         uri = _channel_uri("migrate", channels[0])
-    # With resume, the URI parse and the transport check still come first (qmp_commands.migrate_command).
+    # With resume, the URI parse and the transport check still come first (qmp_migrate_uri.migrate_command).
     if block and not resume:
         error = _block_migration(vm, str(uri))
         if error is not None:
@@ -259,7 +259,7 @@ def _block_migration(vm: Machine, uri: str) -> str | None:
     without blk/inc by migration_prechecks.migrate, so None here), COLO first, then a block capability already
     on; then migrate_set_block_enabled / migrate_cap_set runs migrate_caps_check with ``block`` added (not
     modelled beyond ``events``). 8.2+ parses the URI before (migrate_uri_parse: an unknown scheme is refused by
-    qmp_commands.migrate_uri first)."""
+    qmp_migrate_uri.migrate_uri first)."""
     scheme = uri.partition(":")[0]
     if vm.vn >= N8_2 and scheme not in PARSED_SCHEMES:
         return None
