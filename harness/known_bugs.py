@@ -13,7 +13,9 @@ An entry does not hide a failure:
 - a case whose entry applies but that now *agrees* is reported as "known bug no longer reproduces"
   (``Comparison.known_bug_gone``). That does not fail ``migconform run`` (the QEMU under test is right, and a
   release that fixes the bug must show the fix rather than a failure), but every report prints it prominently,
-  and the pytest conformance test (tests/conformance/test_suite.py) fails so that the stale entry is removed.
+  and the pytest conformance test (tests/conformance/test_suite.py) fails so that the stale entry is removed;
+- except for an *intermittent* entry (a race inside QEMU that shows in some runs only): its agreeing runs are
+  plain agreements, and a run that shows the bug must still match the signature.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ _GUEST_LOST_PAGES = Value(
     lambda guest: (guest["alive"] is True and int(guest["bad_pages"]) > 0) or guest["alive"] is False,
 )
 _GUEST_DIED = Value("a dead guest", lambda guest: guest["alive"] is False)
+# A guest that panicked may end its QEMU (-no-reboot, panic=-1: a clean exit) before the final read.
+_GUEST_DIED_ALSO: dict[str, Value] = {
+    "verdict": equals("failed"),
+    "stage": equals("migration"),
+    "error": matches(r"^destination QEMU exited with status 0: "),
+    "destination.status": equals(None),
+    "destination.runstate": equals(None),
+}
 _DESTINATION_GONE = equals(None)
 
 
@@ -221,16 +231,24 @@ KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = (
         reason="QEMU 7.2 under TCG loses dirty pages in multi-pass precopy (docs/qemu-bugs.md section 4)",
         shapes=(
             Shape(required={"guest": _GUEST_LOST_PAGES}),
-            Shape(
-                required={"guest": _GUEST_DIED},
-                optional={
-                    "verdict": equals("failed"),
-                    "stage": equals("migration"),
-                    "error": matches(r"^destination QEMU exited with status 0: "),
-                    "destination.status": _DESTINATION_GONE,
-                    "destination.runstate": _DESTINATION_GONE,
-                },
-            ),
+            Shape(required={"guest": _GUEST_DIED}, optional=_GUEST_DIED_ALSO),
+        ),
+    ),
+    KnownDivergence(
+        name="qemu-7.2-tcg-precopy-loses-dirty-pages-after-cancel",
+        scenarios=frozenset({"guest-cancel-then-retry"}),
+        versions=(("7.2", "7.2"),),
+        accels=frozenset({"tcg"}),
+        # The retry is a multi-pass precopy of a writing guest at 128 MiB/s, the same bug's conditions; it shows
+        # in some runs only (main job 2026-12-03: the destination's guest dead once, after agreeing in earlier runs).
+        intermittent=True,
+        reason=(
+            "QEMU 7.2 under TCG loses dirty pages in multi-pass precopy, here in the retry after a cancel; "
+            "intermittent (docs/qemu-bugs.md section 4)"
+        ),
+        shapes=(
+            Shape(required={"guest": _GUEST_LOST_PAGES}),
+            Shape(required={"guest": _GUEST_DIED}, optional=_GUEST_DIED_ALSO),
         ),
     ),
     KnownDivergence(
@@ -395,6 +413,7 @@ def classify(comparison: Comparison, scenario: Scenario | str, version: Version,
     if known is None:
         return
     if comparison.agree:
-        comparison.known_bug_gone = known.gone_message
+        if not known.intermittent:
+            comparison.known_bug_gone = known.gone_message
     elif not known.problems(comparison):
         comparison.known_bug = known.reason

@@ -419,3 +419,26 @@ def test_the_prelaunch_snapshot_abort_signature() -> None:
     other = Comparison("sweep.b", "10.0.2", agree=False, differences=differences)
     classify(other, _bgsnap("exec"), Version(10, 0, 2), "tcg")
     assert other.diverges
+
+
+RETRY = next(k for k in KNOWN_DIVERGENCES if k.name == "qemu-7.2-tcg-precopy-loses-dirty-pages-after-cancel")
+
+
+def test_an_intermittent_bug_that_did_not_show_is_a_plain_agreement() -> None:
+    assert RETRY.intermittent and not ENTRY.intermittent
+    agreeing = Comparison("guest-cancel-then-retry", "7.2.22", agree=True, differences={})
+    classify(agreeing, "guest-cancel-then-retry", V72, "tcg")
+    assert agreeing.known_bug_gone is None and agreeing.known_bug is None
+    assert RETRY.problems(agreeing) == []
+
+
+def test_an_intermittent_bug_that_showed_must_match_its_signature() -> None:
+    dead = {"guest": [GUEST_OK, {"alive": False, "pages_checked": 0, "bad_pages": 0}]}
+    shown = Comparison("guest-cancel-then-retry", "7.2.22", agree=False, differences=dict(dead))
+    classify(shown, "guest-cancel-then-retry", V72, "tcg")
+    assert shown.known_bug == RETRY.reason
+    other = Comparison(
+        "guest-cancel-then-retry", "7.2.22", agree=False, differences={"verdict": ["completed", "failed"]}
+    )
+    classify(other, "guest-cancel-then-retry", V72, "tcg")
+    assert other.diverges and other.known_bug is None
