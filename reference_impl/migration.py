@@ -159,11 +159,26 @@ def quit_vm(scene: Scene, vm: Machine) -> None:
     """QMP quit: the process exits 0 with no stderr line (measured on both: "destination QEMU exited with
     status 0: "). A source streaming to a destination that quit fails at its next write (measured on 10.0.2:
     "Unable to write to socket: Broken pipe"; 7.2.22 had not connected yet: "Failed to connect ...")."""
-    kill(vm, 0, "")
     m = scene.source.migration
+    if vm is scene.source and m is not None and m.failure is None and reads_stream(m, scene.destination):
+        _quit_streaming_source(m, scene.destination, vm)
+    kill(vm, 0, "")
     if vm is scene.destination and m is not None and m.transport in SOCKET_TRANSPORTS and m.failure is None:
         m.failure = ("Unable to write to socket: Broken pipe", None)
         m.fails_when_active = True
+
+
+def _quit_streaming_source(m: Migration, peer: Machine, vm: Machine) -> None:
+    """A source that quits mid-stream: qemu_cleanup -> migration_shutdown cancels the migration
+    (migration_cancel, read in 7.2 and 10.0.2), so the destination's qemu_loadvm_state fails on the cut
+    stream and process_incoming_migration_co exits 1, as after migrate_cancel (measured on 7.2.22, 10.0.2,
+    10.2.2: "check_section_footer: Read section footer failed: -5", then "load of migration failed").
+    After migrate-start-postcopy the destination may already run the guest: not followed."""
+    if m.postcopy_requested:
+        raise NotModelled("quit of a source after migrate-start-postcopy")
+    emit(peer, "active")
+    emit(peer, "failed")
+    kill(peer, 1, load_failure(peer.vn, ram_section_footer(vm)))
 
 
 def migrate_continue(vm: Machine) -> str | None:
