@@ -36,6 +36,7 @@ from reference_impl.quirks import (
     EndsWait,
     Fails,
     LoadFails,
+    Races,
     WaitContext,
     first_quirk,
 )
@@ -61,11 +62,8 @@ def finish(scene: Scene, vm: Machine) -> None:
         quirk = first_quirk(STREAM, ctx, vm.vn) or first_quirk(SWITCHOVER, ctx, vm.vn)
         if quirk is not None:
             check_quirk(quirk.id, vm, peer)
-            if quirk.id == COLO_RACE:
-                # Hidden-author runs of x-colo on the source alone (2026-12-03, 7.2.22, tcp): 3 of 4 times the
-                # source's monitor stopped answering (a harness error), once the source sat in colo and the
-                # destination aborted in memory_region_add_subregion_common; the sweep had seen both sides in colo.
-                raise NotModelled("a 7.2 precopy with x-colo over tcp/unix (the secondary's COLO start races)")
+            if isinstance(quirk.effect, Races):
+                raise NotModelled(quirk.effect.why)
             if isinstance(quirk.effect, EndsWait):
                 _end_wait(scene, vm, m, peer, quirk.effect)
                 return
@@ -93,9 +91,6 @@ def _check_uuid(scene: Scene, vm: Machine) -> None:
         raise NotModelled(
             "validate-uuid with another -uuid on the destination (its load fails; the source's end is a race)"
         )
-
-
-COLO_RACE = "x-colo-7.2-enters-colo"
 
 
 def _waits_for_channels(source: Machine, destination: Machine) -> bool:
@@ -215,10 +210,7 @@ def _complete(scene: Scene, vm: Machine, m: Migration, peer: Machine, ctx: WaitC
         load_error = _load_failure(vm, peer, ctx)
     else:
         load_error = _socket_load_failure(vm, peer, ctx)
-    # migrate_set_state only moves (and announces) a status once: a destination already active (a wait that
-    # parked the source in pre-switchover) sends no second MIGRATION active (measured on 7.2.22, 10.0.2, 10.2.2).
-    if peer.status != "active":
-        emit(peer, "active")
+    emit(peer, "active")  # no second MIGRATION active for a destination a parked pre-switchover left active
     if load_error is not None:
         emit(peer, "failed")
         kill(peer, 1, load_error)

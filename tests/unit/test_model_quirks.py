@@ -194,7 +194,7 @@ CASES: dict[str, tuple[str, Scenario, tuple[Any, ...]]] = {
         ),
     ),
     # Fires, then not modelled: 4 later runs without events gave a hung source monitor 3 times and a destination
-    # abort once (reference_impl.migration_wait.COLO_RACE, docs/real-qemu-facts.md "qmp-corners").
+    # abort once (its Races effect in reference_impl.quirks, docs/real-qemu-facts.md "qmp-corners").
     "x-colo-7.2-enters-colo": ("7.2", sweep("x-colo"), ("skipped", None, None, None, (), ())),
     "x-colo-7.2-exec-enters-colo": (
         "7.2",
